@@ -1,0 +1,27 @@
+// Command pe runs programs from OCI container images in micro-VMs. The
+// commands live in package cli; main only wires signals and the exit status.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pe-project/pe/cmd/pe/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop) // after the first signal, a second one kills pe at once
+	err := cli.New().ExecuteContext(ctx)
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		err = errors.New("interrupted")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pe: %v\n", err)
+		os.Exit(125) // pe itself failed (DESIGN.md §3)
+	}
+}

@@ -1,0 +1,180 @@
+package archtest
+
+import (
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/pe-project/pe"
+
+// layers orders pe's top-level folders. A package may import packages of
+// its own folder and of folders in lower layers, nothing else of pe's
+// (DESIGN.md §1: cmd/pe, server → engine → image, guest, vmm → erofs,
+// pearchive). Layer 0 imports nothing of ours. A new top-level folder with
+// Go code must be placed here.
+var layers = map[string]int{
+	"erofs":     0,
+	"pearchive": 0,
+	"gist":      0,
+	"internal":  0,
+	"image":     1,
+	"guest":     1,
+	"vmm":       1,
+	"engine":    2,
+	"server":    3,
+	"cmd":       3,
+}
+
+// moduleRoot finds the directory holding go.mod.
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil {
+			if !strings.Contains(string(b), "module "+module+"\n") {
+				t.Fatalf("%s/go.mod is not module %s", dir, module)
+			}
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.mod not found")
+		}
+		dir = parent
+	}
+}
+
+// folderOf returns the top-level folder of a path relative to the module
+// root: "vmm/qemu" → "vmm".
+func folderOf(rel string) string {
+	folder, _, _ := strings.Cut(rel, "/")
+	return folder
+}
+
+// imports maps each package directory (relative to the module root) to the
+// module packages its Go files, tests included, import.
+func imports(t *testing.T, root string) map[string][]string {
+	t.Helper()
+	fset := token.NewFileSet()
+	deps := map[string][]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if p != root && (strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "testdata" || name == "vendor" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(name, ".go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, p, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(root, filepath.Dir(p))
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		for _, spec := range f.Imports {
+			path, err := strconv.Unquote(spec.Path.Value)
+			if err != nil {
+				return err
+			}
+			if dep, ok := strings.CutPrefix(path, module+"/"); ok {
+				if !slices.Contains(deps[rel], dep) {
+					deps[rel] = append(deps[rel], dep)
+				}
+			} else if path == module {
+				deps[rel] = append(deps[rel], ".")
+			}
+		}
+		if _, ok := deps[rel]; !ok {
+			deps[rel] = nil
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return deps
+}
+
+func TestDependencyDirection(t *testing.T) {
+	root := moduleRoot(t)
+	deps := imports(t, root)
+	if len(deps["erofs"]) != 0 {
+		t.Errorf("erofs imports %q; it must import nothing of ours", deps["erofs"])
+	}
+	for pkg, pkgDeps := range deps {
+		from := folderOf(pkg)
+		if pkg == "." {
+			t.Errorf("Go files at the module root: code belongs in the folders of DESIGN.md §1")
+			continue
+		}
+		fromLayer, ok := layers[from]
+		if !ok {
+			t.Errorf("package %s is in folder %s, which has no layer: add it to layers in this test and to docs/architecture.md", pkg, from)
+			continue
+		}
+		for _, dep := range pkgDeps {
+			to := folderOf(dep)
+			if to == from {
+				continue
+			}
+			toLayer, ok := layers[to]
+			if !ok || toLayer >= fromLayer {
+				t.Errorf("%s imports %s: %s (layer %d) may only import folders of lower layers", pkg, dep, from, fromLayer)
+			}
+		}
+	}
+	// The packages this milestone has, so that the walk above cannot pass
+	// by finding nothing.
+	for _, pkg := range []string{"erofs", "image", "cmd/pe", "cmd/pe/cli"} {
+		if _, ok := deps[pkg]; !ok {
+			t.Errorf("package %s not found under %s", pkg, root)
+		}
+	}
+}
+
+func TestLayersCheck(t *testing.T) {
+	// The rule itself: the imports DESIGN.md allows and some it forbids.
+	allowed := func(from, to string) bool {
+		f, t := folderOf(from), folderOf(to)
+		return f == t || layers[t] < layers[f]
+	}
+	for _, tt := range []struct {
+		from, to string
+		want     bool
+	}{
+		{"image", "erofs", true},
+		{"cmd/pe/cli", "image", true},
+		{"cmd/pe/cli", "erofs", true},
+		{"vmm/qemu", "vmm", true},
+		{"engine", "vmm", true},
+		{"erofs", "image", false},
+		{"image", "cmd/pe/cli", false},
+		{"image", "guest", false},
+		{"engine", "server", false},
+		{"pearchive", "erofs", false},
+	} {
+		if got := allowed(tt.from, tt.to); got != tt.want {
+			t.Errorf("%s importing %s allowed = %v, want %v", tt.from, tt.to, got, tt.want)
+		}
+	}
+}
