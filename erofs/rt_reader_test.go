@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"os"
 	"testing"
+	"testing/fstest"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -101,5 +102,39 @@ func checkImageWithReader(t *testing.T, img string, want snapshot) {
 	}
 	if diff := cmp.Diff(want, readerSnapshot(t, fsys)); diff != "" {
 		t.Errorf("pe's reader differs from the source (-want +got):\n%s", diff)
+	}
+}
+
+// TestReaderFSTestOnWriterImage runs the io/fs conformance checks over an
+// image this package's writer made (the mkfs.erofs images get the same in
+// reader_test.go).
+func TestReaderFSTestOnWriterImage(t *testing.T) {
+	t.Parallel()
+	// TestFS opens every entry it finds, so leave out the symlinks that
+	// dangle on purpose.
+	spec := &treeSpec{}
+	for _, it := range fullTree(50).items {
+		if it.entry.Mode&fs.ModeSymlink == 0 || it.entry.Path == "links/short" {
+			spec.items = append(spec.items, it)
+		}
+	}
+	img := spec.write(t, WriterOptions{})
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fsys, err := Open(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var expect []string
+	for p := range spec.expected(t, WriterOptions{}) {
+		if p != "" {
+			expect = append(expect, p)
+		}
+	}
+	if err := fstest.TestFS(fsys, expect...); err != nil {
+		t.Fatal(err)
 	}
 }
