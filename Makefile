@@ -5,47 +5,69 @@
 GO       ?= go
 FUZZTIME ?= 30s
 DEMO_IMAGE ?= /tmp/pe-demo.erofs
+# The OCI image layout make demo builds and runs.
+DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps test demo bench fuzz clean
+.PHONY: all build deps deps-vm kernel test demo demo-erofs bench bench-image bench-run fuzz clean
 
 all: build
 
-## build: compile the pe command into bin/pe
+## build: compile the pe command into bin/pe and its guest init (static) into bin/pe-init
 build:
 	$(GO) build -o bin/pe ./cmd/pe
+	CGO_ENABLED=0 $(GO) build -ldflags='-s -w' -o bin/pe-init ./guest/cmd/pe-init
 
-## deps: install erofs-utils (the reference EROFS tools) when missing, download Go modules
-deps:
+## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the guest kernel), download Go modules
+deps: deps-vm kernel
 	command -v mkfs.erofs >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y erofs-utils)
+	dpkg -s busybox-static >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) apt-get install -y busybox-static)
 	$(GO) mod download
+
+## deps-vm: install QEMU when missing
+deps-vm:
+	command -v qemu-system-x86_64 >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y qemu-system-x86)
+
+## kernel: install the guest kernel (Debian's cloud kernel) into pe's data dir
+kernel:
+	scripts/get-kernel.sh
 
 ## test: vet and run every test
 test: deps
 	$(GO) vet ./...
 	$(GO) test -timeout 25m ./...
 
-## demo: build an EROFS image from a small tree and look inside it with pe's own reader
-demo: build
+## demo: install QEMU and the guest kernel, build a busybox image (an OCI layout) and run programs from it in VMs
+demo: deps-vm kernel build
+	GO=$(GO) scripts/demo.sh $(DEMO_OCI)
+
+## demo-erofs: build an EROFS image from a small tree and look inside it with pe's own reader
+demo-erofs: build
 	@set -e; \
 	tree=$$(mktemp -d /tmp/pe-demo-tree.XXXXXX); \
 	trap 'rm -rf "$$tree"' EXIT; \
 	chmod 755 "$$tree"; mkdir -p "$$tree/etc" "$$tree/bin"; \
 	printf 'Hello from an EROFS image built by pe.\n' >"$$tree/hello.txt"; \
-	printf 'NAME=pe-demo\n' >"$$tree/etc/os-release"; \
-	printf '#!/bin/sh\necho hi\n' >"$$tree/bin/hi"; chmod 755 "$$tree/bin/hi"; \
 	ln -s hello.txt "$$tree/greeting"; \
 	echo "+ bin/pe image build-erofs $$tree -o $(DEMO_IMAGE)"; \
 	bin/pe image build-erofs "$$tree" -o $(DEMO_IMAGE); \
 	echo "+ bin/pe image files $(DEMO_IMAGE)"; \
 	bin/pe image files $(DEMO_IMAGE); \
-	echo "+ bin/pe image cat $(DEMO_IMAGE) hello.txt"; \
-	bin/pe image cat $(DEMO_IMAGE) hello.txt
+	echo "+ bin/pe image cat $(DEMO_IMAGE) greeting"; \
+	bin/pe image cat $(DEMO_IMAGE) greeting
 
 ## bench: pe image build-erofs against mkfs.erofs (TREE=dir to choose the tree)
 bench:
 	scripts/bench-erofs.sh $(TREE)
+
+## bench-image: pe's image conversion against tar -x + mkfs.erofs on a ~230 MB image built from Debian packages
+bench-image:
+	scripts/bench-image.sh
+
+## bench-run: pe run IMAGE true against a bare QEMU boot of the same kernel (the floor)
+bench-run: deps build
+	scripts/bench-run.sh
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 fuzz:
@@ -59,4 +81,4 @@ fuzz:
 
 ## clean: remove what the build and the demo made
 clean:
-	rm -rf bin $(DEMO_IMAGE)
+	rm -rf bin $(DEMO_IMAGE) $(DEMO_OCI)

@@ -9,8 +9,10 @@
 // The on-disk layout follows the Linux kernel's fs/erofs/erofs_fs.h. The
 // writer only emits features that Linux 6.1 (the Debian guest kernel) reads:
 // compact and extended inodes, flat and tail-packed (inline) data, inline and
-// shared extended attributes with the built-in name prefixes, and a
-// superblock checksum.
+// shared extended attributes with the built-in name prefixes, a superblock
+// checksum, and lz4-compressed files (WriterOptions.Compression) with compact
+// or full indexes, zero padding and big physical clusters. The reader also
+// reads chunked files and mkfs.erofs's tail-packed compressed files.
 //
 // The package knows nothing about OCI images or tar files.
 package erofs

@@ -23,6 +23,10 @@ const (
 	featureIncompatFragments    = 0x20
 	featureIncompatXattrPrefix  = 0x40
 	featureIncompatKnown        = featureIncompatZeroPadding | featureIncompatBigPcluster
+	// featureIncompatComprCfgs shares its bit with big pclusters: images
+	// with it keep per-algorithm configuration records after the superblock
+	// and say in u1 which algorithms they use.
+	featureIncompatComprCfgs = featureIncompatBigPcluster
 
 	inodeSlotSize     = 32 // nid granularity
 	compactInodeSize  = 32
@@ -46,6 +50,48 @@ const (
 	formatLayoutShift       = 1
 	formatLayoutMask        = 0x7
 	formatKnownBits         = 0xF
+)
+
+// Compressed inodes (Linux fs/erofs/erofs_fs.h and zmap.c).
+const (
+	zMapHeaderSize = 8 // struct z_erofs_map_header
+	zFullIndexSize = 8 // struct z_erofs_lcluster_index
+
+	// h_advise bits.
+	zAdviseCompacted2B    = 0x0001
+	zAdviseBigPcluster1   = 0x0002
+	zAdviseBigPcluster2   = 0x0004
+	zAdviseInlinePcluster = 0x0008
+	zAdviseInterlaced     = 0x0010
+	zAdviseFragment       = 0x0020
+
+	// Logical cluster (lcluster) index types, the low two bits of
+	// di_advise or of a compacted entry.
+	zTypePlain   = 0 // uncompressed pcluster of one lcluster
+	zTypeHead1   = 1 // first lcluster of an extent, algorithm h_algorithmtype & 15
+	zTypeNonhead = 2 // lcluster inside an extent started earlier
+	zTypeHead2   = 3 // first lcluster, algorithm h_algorithmtype >> 4
+
+	// zD0Cblkcnt in delta[0] of the first NONHEAD lcluster of a big
+	// pcluster says the rest of the field is the pcluster's block count.
+	zD0Cblkcnt = 1 << 11
+	// zFragmentBit in h_clusterbits: the whole file is in the packed inode.
+	zFragmentBit = 7
+
+	zAlgLZ4 = 0 // Z_EROFS_COMPRESSION_LZ4
+
+	// zPclusterMaxSize is Z_EROFS_PCLUSTER_MAX_SIZE, the largest encoded
+	// pcluster Linux reads; zPclusterMaxDSize is Z_EROFS_PCLUSTER_MAX_DSIZE,
+	// the largest decoded extent current kernels accept.
+	zPclusterMaxSize  = 1 << 20
+	zPclusterMaxDSize = 12 << 20
+
+	// lz4MaxDistance is the LZ4 format's largest match offset, what the
+	// superblock's lz4_max_distance and the lz4 config record announce.
+	lz4MaxDistance = 65535
+	// lz4CfgsSize is sizeof(struct z_erofs_lz4_cfgs): max_distance,
+	// max_pclusterblks and 10 reserved bytes.
+	lz4CfgsSize = 14
 )
 
 // Directory entry file types (EROFS_FT_*).

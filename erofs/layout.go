@@ -12,6 +12,13 @@ import (
 // Close lays out directories, shared xattrs and inodes after the file data,
 // writes the superblock and flushes the output. It does not close out.
 func (w *Writer) Close() error {
+	if w.zpipe != nil {
+		// Commit the files still being compressed, then end the workers.
+		if w.err == nil && !w.closed {
+			w.zpipe.drain(w) // sets w.err on failure
+		}
+		w.zpipe.stop()
+	}
 	if w.err != nil {
 		w.tails.close()
 		return w.err
@@ -207,19 +214,55 @@ func (w *Writer) finish() error {
 	// Block 0 (or the first 4 KiB for small blocks: the kernel reads the
 	// superblock through a page) carries the superblock.
 	head := make([]byte, superOffset+w.bs)
+	if w.zcfg != nil {
+		// Linux 6.1 (fs/erofs/decompressor.c, z_erofs_lz4_decompress_mem)
+		// finds where a pcluster's LZ4 data starts by skipping the
+		// zeros in front of it only with ZERO_PADDING; without it, it
+		// decodes "partially" from the pcluster's first byte.
+		sb.FeatureIncompat |= featureIncompatZeroPadding
+		sb.U1 = lz4MaxDistance
+		if w.zcfg.big(w.bs) {
+			// Big pclusters: their size limit comes from the lz4
+			// config record (erofs_load_compr_cfgs in super.c reads it
+			// right after the superblock, as a __le16 length then the
+			// record), and u1 lists the algorithms in use.
+			sb.FeatureIncompat |= featureIncompatBigPcluster | featureIncompatComprCfgs
+			sb.U1 = 1 << zAlgLZ4
+			rec := head[superOffset+superSize:]
+			binary.LittleEndian.PutUint16(rec[0:], lz4CfgsSize)
+			binary.LittleEndian.PutUint16(rec[2:], lz4MaxDistance)
+			binary.LittleEndian.PutUint16(rec[4:], uint16(w.zcfg.pcap/int(w.bs)))
+		}
+	}
 	copy(head[superOffset:], sb.marshal())
 	sb.Checksum = superBlockChecksum(head, w.bs)
 	copy(head[superOffset:], sb.marshal())
 	if _, err := w.out.Seek(superOffset, io.SeekStart); err != nil {
 		return fmt.Errorf("erofs: writing superblock: %w", err)
 	}
-	if _, err := w.out.Write(head[superOffset : superOffset+superSize]); err != nil {
+	end := superOffset + superSize
+	if w.zcfg != nil {
+		end += 2 + lz4CfgsSize // block 0 is 4 KiB here, the record fits
+	}
+	if _, err := w.out.Write(head[superOffset:end]); err != nil {
 		return fmt.Errorf("erofs: writing superblock: %w", err)
 	}
 	if _, err := w.out.Seek(int64(total)*w.bs, io.SeekStart); err != nil {
 		return fmt.Errorf("erofs: seeking to the end: %w", err)
 	}
 	return nil
+}
+
+// itemSize is the size of an inode's metadata item: the inode, its xattrs,
+// and its inline tail or, for a compressed file, its map header and
+// indexes.
+func (w *Writer) itemSize(ino *inode) int {
+	body := inodeSize(ino) + ino.xsize
+	if ino.z != nil {
+		hdr := zIndexStart(body)
+		return hdr + zIndexSize(hdr, ino.size, uint64(w.bs), w.zcfg.compact)
+	}
+	return body + ino.tailLen
 }
 
 func inodeSize(ino *inode) int {
@@ -370,7 +413,7 @@ type metaBlock struct {
 func (w *Writer) packInodes(inodes []*inode) []*metaBlock {
 	bs := int(w.bs)
 	slot := func(ino *inode) int {
-		return int(align(int64(inodeSize(ino)+ino.xsize+ino.tailLen), inodeSlotSize))
+		return int(align(int64(w.itemSize(ino)), inodeSlotSize))
 	}
 	var blocks []*metaBlock
 	// free[k] lists blocks with exactly k free slots.
@@ -483,7 +526,12 @@ func (w *Writer) writeMeta(blocks []*metaBlock) error {
 // tail.
 func (w *Writer) encodeInode(ino *inode) ([]byte, error) {
 	layout := layoutFlatPlain
-	if ino.tailLen > 0 {
+	switch {
+	case ino.z != nil && w.zcfg.compact:
+		layout = layoutCompressedCompact
+	case ino.z != nil:
+		layout = layoutCompressedFull
+	case ino.tailLen > 0:
 		layout = layoutFlatInline
 	}
 	di := diskInode{
@@ -504,7 +552,9 @@ func (w *Writer) encodeInode(ino *inode) ([]byte, error) {
 	case sIFCHR, sIFBLK:
 		di.U = ino.rdev
 	case sIFREG, sIFDIR, sIFLNK:
-		if ino.nblocks > 0 {
+		if ino.z != nil {
+			di.U = uint32(ino.nblocks) // compressed_blocks
+		} else if ino.nblocks > 0 {
 			di.U = uint32(ino.blkaddr)
 		}
 	}
@@ -523,6 +573,13 @@ func (w *Writer) encodeInode(ino *inode) ([]byte, error) {
 		for _, x := range ino.inline {
 			out = x.appendEntry(out)
 		}
+	}
+	if ino.z != nil {
+		var err error
+		if out, err = appendZIndexes(out, ino.z, ino.size, w.zcfg, w.bs); err != nil {
+			return nil, err
+		}
+		return out, nil
 	}
 	if ino.tailLen > 0 {
 		switch {

@@ -30,11 +30,11 @@ const (
 	maxBlkSzBits   = 16
 )
 
-// readerIncompat are the feature_incompat bits the reader accepts. Zero
-// padding and big pclusters only change how compressed data is stored, and
-// compressed inodes are refused when read, so images that merely carry those
-// bits still open.
-const readerIncompat = featureIncompatKnown | featureIncompatChunkedFile | featureIncompatXattrPrefix
+// readerIncompat are the feature_incompat bits the reader accepts: besides
+// what the writer emits, chunked files, long xattr prefixes and
+// tail-packed compressed files, which mkfs.erofs writes.
+const readerIncompat = featureIncompatKnown | featureIncompatChunkedFile | featureIncompatXattrPrefix |
+	featureIncompatZTailpacking
 
 // Errors of path resolution. They wrap the io/fs sentinels callers test for.
 var (
@@ -69,6 +69,7 @@ type FS struct {
 	mu     sync.Mutex
 	inodes map[uint64]*fsInode
 	blocks blockCache
+	zcache zcache
 }
 
 // Open reads the superblock of an EROFS image and returns a file system over
@@ -426,8 +427,8 @@ func (f *FS) walk(op, name string, follow bool) (*fsInode, error) {
 
 // Open opens the named file, following symlinks. Directories implement
 // fs.ReadDirFile; other files also implement io.ReaderAt and io.Seeker.
-// Reading a compressed file fails with an error wrapping
-// errors.ErrUnsupported.
+// Files compressed with an algorithm other than lz4 fail to read with an
+// error wrapping errors.ErrUnsupported.
 func (f *FS) Open(name string) (fs.File, error) {
 	in, err := f.walk("open", name, true)
 	if err != nil {
@@ -537,8 +538,9 @@ func (f *FS) readContent(in *fsInode) ([]byte, error) {
 		}
 		return buf[:n], nil
 	}
-	// Only a sparse (chunked, with holes) file can be larger than the
-	// image: grow as data arrives instead of trusting the size.
+	// Only a sparse (chunked, with holes) or a compressed file can be
+	// larger than the image: grow as data arrives instead of trusting the
+	// size.
 	var buf []byte
 	for off := int64(0); off < size; {
 		n := min(size-off, readFileChunk)

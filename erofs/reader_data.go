@@ -2,7 +2,6 @@ package erofs
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 )
@@ -12,12 +11,15 @@ type extent struct {
 	off    int64 // logical start in the file
 	length int64 // > 0
 	phys   int64 // image offset holding byte off, or -1 for a hole of zeros
+	// enc says how the bytes are stored: encNone for flat data at phys,
+	// else the plen bytes of a pcluster at phys decode to the extent.
+	enc  int
+	plen int64
 }
 
 // dataMapper finds where an inode's data lives. Every data layout has one,
-// and reading goes only through it, so the compressed layouts can slot in
-// a mapper whose extents also name a compressed physical cluster to
-// decompress.
+// and reading goes only through it; the compressed layouts' extents name a
+// physical cluster to decode.
 type dataMapper interface {
 	// mapExtent returns the extent holding logical offset off, which is
 	// less than the data size.
@@ -34,7 +36,7 @@ func (f *FS) mapper(in *fsInode) (dataMapper, error) {
 	case layoutChunkBased:
 		return f.chunkMapper(in)
 	case layoutCompressedFull, layoutCompressedCompact:
-		return compressedMapper{nid: in.nid}, nil
+		return f.zmapper(in)
 	}
 	return nil, corruptf("inode %d: unknown data layout %d", in.nid, in.di.layout())
 }
@@ -163,14 +165,6 @@ func (m *chunkMapper) mapExtent(off int64) (extent, error) {
 	return e, nil
 }
 
-// compressedMapper stands in for the compressed layouts until they are
-// supported.
-type compressedMapper struct{ nid uint64 }
-
-func (m compressedMapper) mapExtent(int64) (extent, error) {
-	return extent{}, fmt.Errorf("inode %d: compressed inodes not supported yet: %w", m.nid, errors.ErrUnsupported)
-}
-
 // emptyMapper is the mapping of a file without data; it is never asked.
 type emptyMapper struct{}
 
@@ -204,7 +198,13 @@ func (f *FS) readData(in *fsInode, m dataMapper, size int64, p []byte, off int64
 			return n, fmt.Errorf("inode %d: bad mapping of offset %d: %+v", in.nid, off, e)
 		}
 		k := int(min(int64(len(p)-n), e.length-(off-e.off)))
-		if e.phys < 0 {
+		if e.enc != encNone {
+			dec, err := f.decodeExtent(in.nid, e)
+			if err != nil {
+				return n, err
+			}
+			copy(p[n:n+k], dec[off-e.off:])
+		} else if e.phys < 0 {
 			clear(p[n : n+k])
 		} else if err := f.readPhys(p[n:n+k], e.phys+(off-e.off)); err != nil {
 			return n, wrapInode(in.nid, err)

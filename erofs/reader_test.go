@@ -667,52 +667,33 @@ func TestReaderSymlinks(t *testing.T) {
 	}
 }
 
+// TestReaderCompressed reads mkfs.erofs's lz4 images: legacy and compact
+// indexes, big pclusters, tail packing, lz4hc.
 func TestReaderCompressed(t *testing.T) {
 	requireTool(t, "mkfs.erofs")
 	src := filepath.Join(t.TempDir(), "src")
-	if err := os.MkdirAll(filepath.Join(src, "d"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	text := bytes.Repeat([]byte("compressible text, over and over\n"), 1<<15)
-	small := []byte{0x8f, 0x11, 0xd2, 0x05, 0x9a}
-	for name, data := range map[string][]byte{"text": text, "d/small": small} {
-		if err := os.WriteFile(filepath.Join(src, name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fsys := readerOpenFile(t, mkfsImage(t, src, "-zlz4"))
-
-	fi, err := fsys.Stat("text")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := fi.Sys().(*Stat)
-	if st.Layout != layoutCompressedFull && st.Layout != layoutCompressedCompact {
-		t.Fatalf("text: layout %d, want a compressed one", st.Layout)
-	}
-	if fi.Size() != int64(len(text)) {
-		t.Errorf("text: size %d, want %d", fi.Size(), len(text))
-	}
-	if _, err := fsys.ReadFile("text"); !errors.Is(err, errors.ErrUnsupported) {
-		t.Errorf("ReadFile(text) = %v, want errors.ErrUnsupported", err)
-	}
-	f, err := fsys.Open("text")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Read(make([]byte, 10)); !errors.Is(err, errors.ErrUnsupported) {
-		t.Errorf("Read(text) = %v, want errors.ErrUnsupported", err)
-	}
-	if _, err := fsys.ReadDir("d"); err != nil {
-		t.Errorf("ReadDir(d): %v", err)
-	}
-	if fi, err := fsys.Stat("d/small"); err != nil {
-		t.Error(err)
-	} else if l := fi.Sys().(*Stat).Layout; l != layoutCompressedFull && l != layoutCompressedCompact {
-		if got, err := fsys.ReadFile("d/small"); err != nil || !bytes.Equal(got, small) {
-			t.Errorf("ReadFile(d/small) = %x, %v", got, err)
-		}
+	zTree(1<<20).writeDir(t, src)
+	for _, args := range [][]string{
+		{"-zlz4"},
+		{"-zlz4hc"},
+		{"-zlz4", "-C16384"},
+		{"-zlz4hc,6", "-C65536"},
+		{"-zlz4", "-C65536", "-Elegacy-compress"},
+		{"-zlz4", "-Elegacy-compress"},
+		{"-zlz4", "-Eztailpacking"},
+		{"-zlz4", "-C16384", "-Eztailpacking"},
+	} {
+		t.Run(strings.Join(args, ""), func(t *testing.T) {
+			t.Parallel()
+			img := mkfsImage(t, src, append(args, "-T0", "--all-root")...)
+			fsys := readerOpenFile(t, img)
+			compressed := zCheckContents(t, fsys, src)
+			if compressed == 0 {
+				t.Errorf("no file of the image is compressed")
+			}
+			readerCheckFile(t, fsys, "mixed/large", src)
+			readerCheckFile(t, fsys, "sizes/mixed-327687", src)
+		})
 	}
 }
 

@@ -128,7 +128,10 @@ func TestReaderFSTestOnWriterImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var expect []string
+	// TestFS runs its fs.Sub check on the directory of the first name with
+	// a slash, and fs.Sub refuses non-UTF-8 names (big/ has some): make it
+	// a directory without them, whatever the map order.
+	expect := []string{"sizes/f1"}
 	for p := range spec.expected(t, WriterOptions{}) {
 		if p != "" {
 			expect = append(expect, p)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	goerofs "github.com/erofs/go-erofs"
 	"golang.org/x/sys/unix"
@@ -321,9 +322,19 @@ func mountImage(t testing.TB, img string) string {
 		t.Fatalf("mount %s: %v: %s", img, err, msg)
 	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
+		// Something else on the machine (a file indexer, another
+		// engineer's find) may hold the mount for a moment: retry, then
+		// detach it lazily rather than leave it behind.
+		var out []byte
+		var err error
+		for range 20 {
+			if out, err = exec.Command("umount", dir).CombinedOutput(); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
+		exec.Command("umount", "-l", dir).Run()
+		t.Errorf("umount %s: %v: %s", dir, err, out)
 	})
 	return dir
 }

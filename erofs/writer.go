@@ -25,6 +25,24 @@ type WriterOptions struct {
 	// TempDir holds the spool file for file tails of very large trees; ""
 	// means os.TempDir().
 	TempDir string
+
+	// Compression compresses regular files: CompressionNone (""),
+	// CompressionLZ4 ("lz4") or CompressionLZ4HC ("lz4hc"). It needs a
+	// 4096-byte block size. Files that compression does not make smaller
+	// stay uncompressed. Linux 6.1 reads every layout this writes.
+	Compression string
+	// CompressionLevel is the lz4hc level, 1 (fastest) to 12 (smallest);
+	// 0 means DefaultLZ4HCLevel (9), mkfs.erofs's default. lz4 takes none.
+	CompressionLevel int
+	// PclusterSize is the largest physical cluster, the unit of
+	// compressed data, in bytes: a multiple of the block size up to 1 MiB;
+	// 0 means one block. Larger pclusters compress better but make small
+	// random reads decompress more.
+	PclusterSize int
+	// CompressIndex is the layout of compressed files' indexes: IndexCompact
+	// ("compact", the default: 2 bytes per 4 KiB logical cluster) or
+	// IndexFull ("full": 8 bytes each).
+	CompressIndex string
 }
 
 // tailMemLimit is how many bytes of file tails stay in memory before the
@@ -52,6 +70,10 @@ type Writer struct {
 	closed bool
 	// inodes counts inodes created, to give each a stable creation order.
 	inodes uint64
+	// zcfg and z are set when regular files are compressed.
+	zcfg  *compressConfig
+	z     *zwriter
+	zpipe *zpipe
 }
 
 // node is one name in the tree. Hard links are several nodes sharing an
@@ -81,6 +103,9 @@ type inode struct {
 	tailLen int
 	tailOff int64
 	target  string // symlink target when inline
+	// z is set for a compressed file: its extents. nblocks then counts
+	// the blocks of all its pclusters.
+	z *zinfo
 
 	// Set while laying out the metadata at Close.
 	nlink    uint32
@@ -116,7 +141,12 @@ func NewWriter(out io.WriteSeeker, opts WriterOptions) (*Writer, error) {
 	default:
 		return nil, fmt.Errorf("erofs: block size %d not supported (use 512, 1024, 2048 or 4096)", bs)
 	}
+	zcfg, err := parseCompression(opts, bs)
+	if err != nil {
+		return nil, err
+	}
 	w := &Writer{
+		zcfg:    zcfg,
 		out:     out,
 		buf:     bufio.NewWriterSize(out, 1<<20),
 		opts:    opts,
@@ -124,6 +154,10 @@ func NewWriter(out io.WriteSeeker, opts WriterOptions) (*Writer, error) {
 		blkBits: bits,
 		tails:   newTailStore(opts.TempDir, tailMemLimit),
 		copyBuf: make([]byte, 1<<20),
+	}
+	if zcfg != nil {
+		w.z = newZwriter(zcfg, bs)
+		w.zpipe = newZpipe(zcfg, bs)
 	}
 	// The superblock sits at byte 1024; data starts at the first block
 	// after it. Reserve that space now, the superblock is written last.
@@ -301,11 +335,35 @@ func (w *Writer) setDirMeta(ino *inode, mode uint16, e Entry, xs []xattr) {
 	ino.xattrs = xs
 }
 
-// writeData streams size bytes of r to the data area. Whole blocks go
+// writeData stores a file's data: compressed when the writer compresses
+// and the file is a regular file of more than one block (smaller ones
+// cannot save a block), flat otherwise.
+func (w *Writer) writeData(ino *inode, r io.Reader, size uint64, target string) error {
+	switch {
+	case w.z == nil:
+		return w.writeFlat(ino, r, size, target)
+	case target == "" && size > uint64(w.bs):
+		return w.writeCompressed(ino, r, size)
+	case target == "":
+		// Queued behind the files being compressed, so blocks stay in
+		// the order of Add calls.
+		return w.zpipe.submit(w, ino, r, size, true)
+	}
+	// A symlink: only one that does not fit inline writes a block, and
+	// must wait for the queue.
+	if extendedInodeSize+inlineXattrSize(ino.xattrs)+int(size) > int(w.bs) {
+		if err := w.zpipe.drain(w); err != nil {
+			return err
+		}
+	}
+	return w.writeFlat(ino, r, size, target)
+}
+
+// writeFlat streams size bytes of r to the data area. Whole blocks go
 // straight to the output; the last partial block is kept for packing inline
 // after the inode when it can fit there with the largest inode and every
 // xattr inline, and is otherwise written as a zero-padded block.
-func (w *Writer) writeData(ino *inode, r io.Reader, size uint64, target string) error {
+func (w *Writer) writeFlat(ino *inode, r io.Reader, size uint64, target string) error {
 	ino.size = size
 	full := size / uint64(w.bs)
 	tail := int(size % uint64(w.bs))
@@ -512,6 +570,9 @@ func (w *Writer) Remove(path string) error {
 // removes it.
 func (w *Writer) Discard() error {
 	w.closed = true
+	if w.zpipe != nil {
+		w.zpipe.stop()
+	}
 	if w.err == nil {
 		w.err = errors.New("erofs: writer discarded")
 	}

@@ -10,4 +10,19 @@
 //     and refuses names that would escape the image root;
 //   - BuildEROFS builds an image file from either kind of source atomically:
 //     the output appears complete or not at all.
+//
+// Container images come through a Cache, pe's content-addressed image
+// cache:
+//
+//   - ParseReference reads what users type: registry references with
+//     docker's defaults, oci:PATH[:TAG|@DIGEST] layouts and
+//     docker-archive:PATH[:TAG] tarballs;
+//   - Cache.Get and Cache.Pull resolve a reference for a platform (through
+//     go-containerregistry for registries: docker credentials, retries,
+//     digest and size checks), fetch the layer blobs the cache lacks, and
+//     flatten the layers with Flatten into one EROFS image per manifest
+//     digest, once, even when several processes ask at the same time;
+//   - Cache.Import and Cache.BuildImportEROFS lay a tarball over a base
+//     image's layers (Compiler Explorer's compiler builds);
+//   - Cache.List, Cache.Remove and Cache.Prune manage what is cached.
 package image

@@ -17,7 +17,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	context.AfterFunc(ctx, stop) // after the first signal, a second one kills pe at once
 	err := cli.New().ExecuteContext(ctx)
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+	var status *cli.ExitStatus
+	switch {
+	case errors.As(err, &status):
+		os.Exit(status.Code) // pe run: the program's status
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
 		err = errors.New("interrupted")
 	}
 	if err != nil {

@@ -45,7 +45,7 @@ func TestExitStatus(t *testing.T) {
 	}{
 		{[]string{"image", "--help"}, 0, ""},
 		{[]string{"image", "cat", "/nonexistent.erofs", "x"}, 125, "pe: open /nonexistent.erofs: no such file or directory"},
-		{[]string{"image", "build-erofs"}, 125, "pe: accepts 1 arg(s), received 0 (see 'pe image build-erofs --help')"},
+		{[]string{"image", "build-erofs"}, 125, "pe: SOURCE (a directory, tar file or image) or --tar is required (see 'pe image build-erofs --help')"},
 		{[]string{"image", "files", "--bogus"}, 125, "pe: unknown flag: --bogus"},
 	}
 	for _, tt := range tests {

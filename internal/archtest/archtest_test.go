@@ -30,6 +30,7 @@ var layers = map[string]int{
 	"engine":    2,
 	"server":    3,
 	"cmd":       3,
+	"scripts":   3, // benchmark helpers (scripts/mkimage), like commands
 }
 
 // moduleRoot finds the directory holding go.mod.

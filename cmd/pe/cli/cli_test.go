@@ -211,7 +211,7 @@ func TestUsageErrors(t *testing.T) {
 		args    []string
 		wantErr string
 	}{
-		{"no source", []string{"image", "build-erofs", "-o", filepath.Join(dir, "x")}, "accepts 1 arg(s)"},
+		{"no source", []string{"image", "build-erofs", "-o", filepath.Join(dir, "x")}, "SOURCE (a directory, tar file or image) or --tar is required"},
 		{"no output", []string{"image", "build-erofs", dir}, "--output"},
 		{"unknown flag", []string{"image", "build-erofs", dir, "--bogus"}, "unknown flag: --bogus"},
 		{"bad mtime", []string{"image", "build-erofs", dir, "-o", filepath.Join(dir, "x"), "--mtime", "yesterday"}, "--mtime"},

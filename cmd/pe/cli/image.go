@@ -15,7 +15,7 @@ import (
 func newImageCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
-		Short: "Build and inspect root file system images",
+		Short: "Pull, import, build and inspect root file system images",
 		Args:  cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
@@ -24,7 +24,8 @@ func newImageCmd(a *app) *cobra.Command {
 			return cmd.Help()
 		},
 	}
-	cmd.AddCommand(newBuildEROFSCmd(a), newFilesCmd(a), newCatCmd(a))
+	cmd.AddCommand(newPullCmd(a), newLsCmd(a), newRmCmd(a), newPruneCmd(a), newImportCmd(a),
+		newBuildEROFSCmd(a), newFilesCmd(a), newCatCmd(a))
 	return cmd
 }
 

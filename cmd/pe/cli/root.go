@@ -10,6 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Version is pe's version, sent to registries as the user agent
+// "pe/VERSION". Release builds set it with
+// -ldflags "-X github.com/pe-project/pe/cmd/pe/cli.Version=...".
+var Version = "dev"
+
 // app is the state the commands share.
 type app struct {
 	// log writes to the command's standard error at the --log-level.
@@ -28,11 +33,23 @@ func New() *cobra.Command {
 		Short: "Run programs from OCI images in micro-VMs",
 		Long: `pe runs programs from OCI container images inside throw-away micro-VMs.
 
-This version has the image tools: building the read-only EROFS root file system
-images pe boots, from a directory or a tar file, and looking inside them.`,
+pe run runs a program from an image in a new VM (QEMU, with KVM where it works
+and TCG elsewhere, or cloud-hypervisor); pe doctor says what it needs. The image
+tools pull OCI images into a local cache as the read-only EROFS root file
+systems pe boots, import tarballs (such as Compiler Explorer's compiler builds)
+as images, build EROFS images from directories, tar files and images, and look
+inside them.
+
+Settings come from flags, then PE_* environment variables (PE_CACHE_DIR,
+PE_PLATFORM, PE_INSECURE, PE_MAX_IMAGE_SIZE, PE_LOG_LEVEL, PE_VMM, PE_ACCEL,
+PE_KERNEL), then ~/.config/pe/config.toml (keys: cache-dir, platform, insecure,
+max-image-size, log-level, vmm, accel, kernel), then defaults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := applyConfig(cmd); err != nil {
+				return err
+			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return usageErrorf(cmd, "--log-level %q: want debug, info, warn or error", logLevel)
@@ -45,7 +62,7 @@ images pe boots, from a directory or a tar file, and looking inside them.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: err}
 	})
-	root.AddCommand(newImageCmd(a))
+	root.AddCommand(newRunCmd(a), newDoctorCmd(a), newImageCmd(a))
 	return root
 }
 

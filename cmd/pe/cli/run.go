@@ -1,0 +1,320 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/image"
+	"github.com/pe-project/pe/vmm"
+)
+
+// ExitStatus is the error of a command that ran to its end but exits with
+// a status other than 0 and prints nothing more: pe run whose program
+// failed, pe doctor with something missing. main exits with Code.
+type ExitStatus struct {
+	Code int
+}
+
+func (e *ExitStatus) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// vmFlags are the flags of the commands that boot VMs (pe run, pe doctor).
+type vmFlags struct {
+	vmm, accel, kernel, init string
+}
+
+func (f *vmFlags) register(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.vmm, "vmm", "auto", "the VMM: auto (cloud-hypervisor where it and KVM work, else qemu), qemu or cloud-hypervisor")
+	fs.StringVar(&f.accel, "accel", "auto", "the acceleration: auto (KVM when a probe boot shows it works, else TCG), kvm or tcg")
+	fs.StringVar(&f.kernel, "kernel", "", "the guest kernel directory (default $PE_KERNEL, else "+"$PE_DATA_DIR/kernel or ~/.local/share/pe/kernel, installed by make kernel)")
+	fs.StringVar(&f.init, "init", "", "the guest init binary (default $PE_INIT, else pe-init next to pe)")
+}
+
+// runFlags are pe run's flags.
+type runFlags struct {
+	pullFlags
+	vmFlags
+	env, envFiles     []string
+	workdir, user     string
+	entrypoint        string
+	interactive       bool
+	stdinFile         string
+	inputDir          string
+	outputDir         string
+	timeout           time.Duration
+	memory, maxOutput string
+	cpus              int
+	asJSON, debug     bool
+}
+
+// newRunCmd returns "pe run".
+func newRunCmd(a *app) *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
+		Short: "Run a program from an image in a micro-VM",
+		Long: `Run COMMAND (or the image's entrypoint and cmd) from IMAGE in a throw-away
+micro-VM, as docker run would in a container: the image's config gives the
+entrypoint, cmd, environment, working directory and user, and the flags change
+them. Flags after IMAGE belong to the program.
+
+IMAGE is a reference (busybox, docker.io/library/gcc:14, oci:./layout[:tag],
+docker-archive:./img.tar), pulled into the image cache when needed, or an
+EROFS file (path ending in .erofs).
+
+The program's standard output and error go to pe's. pe exits with the
+program's status, 128+N when signal N killed it, 124 when --timeout killed it,
+and 125 when pe itself failed (one line on standard error says why).
+--json prints one JSON object instead: exit_code, signal, timed_out, stdout,
+stderr (stdout_b64, stderr_b64 when not UTF-8), the truncation flags, image
+{reference, digest}, vmm, accel, duration_ms (each phase) and rusage.`,
+		Example: `  pe run busybox echo hello
+  pe run -e NAME=world busybox sh -c 'echo hello $NAME'
+  echo data | pe run -i busybox wc -c
+  pe run --input ./src --output ./out gcc:14 sh -c 'gcc -o /run/pe/output/a /run/pe/input/a.c'
+  pe run --json --timeout 2s busybox sleep 5`,
+		Args: usageArgs(cobra.MinimumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRun(cmd, a, f, args)
+		},
+	}
+	cmd.Flags().SetInterspersed(false)
+	fs := cmd.Flags()
+	fs.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable, NAME=VALUE, or NAME to pass pe's value (repeatable)")
+	fs.StringArrayVar(&f.envFiles, "env-file", nil, "read environment variables from a file of NAME=VALUE lines (repeatable)")
+	fs.StringVarP(&f.workdir, "workdir", "w", "", "the working directory inside the image (absolute)")
+	fs.StringVarP(&f.user, "user", "u", "", "the user: name, UID, name:group or UID:GID (names from the image's /etc/passwd, /etc/group)")
+	fs.StringVar(&f.entrypoint, "entrypoint", "", "replace the image's entrypoint (and drop its cmd); '' clears it")
+	fs.BoolVarP(&f.interactive, "interactive", "i", false, "give pe's standard input to the program (read whole before the VM starts)")
+	fs.StringVar(&f.stdinFile, "stdin", "", "give this file to the program as standard input")
+	fs.StringVar(&f.inputDir, "input", "", "copy this directory to /run/pe/input in the VM (modes and symlinks kept)")
+	fs.StringVar(&f.outputDir, "output", "", "copy /run/pe/output from the VM into this directory afterwards")
+	fs.DurationVar(&f.timeout, "timeout", engine.DefaultTimeout, "the program's time limit")
+	fs.StringVar(&f.memory, "memory", "512M", "the VM's memory")
+	fs.IntVar(&f.cpus, "cpus", 1, "the VM's vCPUs")
+	fs.StringVar(&f.maxOutput, "max-output", "1MiB", "keep at most this much of stdout and of stderr each (and of the output directory)")
+	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the program's output")
+	fs.BoolVar(&f.debug, "debug", false, "show the guest console and the guest init's log on standard error")
+	f.pullFlags.register(fs, true)
+	f.vmFlags.register(cmd)
+	return cmd
+}
+
+// runRun is pe run.
+func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
+	req := &engine.RunRequest{
+		Image:     args[0],
+		InputDir:  f.inputDir,
+		OutputDir: f.outputDir,
+		Timeout:   f.timeout,
+		CPUs:      f.cpus,
+		Debug:     f.debug,
+	}
+	if len(args) > 1 {
+		req.Cmd = args[1:]
+	}
+	if cmd.Flags().Changed("entrypoint") {
+		req.Entrypoint = []string{}
+		if f.entrypoint != "" {
+			req.Entrypoint = []string{f.entrypoint}
+		}
+	}
+	req.Workdir, req.User = f.workdir, f.user
+	env, err := runEnv(f.envFiles, f.env, a.lookupEnv)
+	if err != nil {
+		return usageErrorf(cmd, "%v", err)
+	}
+	req.Env = env
+	if f.timeout <= 0 {
+		return usageErrorf(cmd, "--timeout %v: want a positive duration", f.timeout)
+	}
+	if f.cpus < 1 || f.cpus > 255 {
+		return usageErrorf(cmd, "--cpus %d: want 1 to 255", f.cpus)
+	}
+	mem, err := parseSize(f.memory)
+	if err != nil {
+		return usageErrorf(cmd, "--memory: %v", err)
+	}
+	if mem < 64<<20 {
+		return usageErrorf(cmd, "--memory %s: want at least 64MiB", f.memory)
+	}
+	req.MemoryMiB = int((mem + 1<<20 - 1) >> 20)
+	maxOut, err := parseSize(f.maxOutput)
+	if err != nil || maxOut < 1 {
+		return usageErrorf(cmd, "--max-output %q: want a size of at least one byte, such as 64KiB or 1MiB", f.maxOutput)
+	}
+	req.MaxOutput = maxOut
+	switch {
+	case f.interactive && f.stdinFile != "":
+		return usageErrorf(cmd, "-i and --stdin both give the program's standard input: choose one")
+	case f.interactive:
+		req.Stdin = cmd.InOrStdin()
+	case f.stdinFile != "":
+		in, err := os.Open(f.stdinFile)
+		if err != nil {
+			return fmt.Errorf("--stdin: %w", err)
+		}
+		defer in.Close()
+		req.Stdin = in
+	}
+	for _, d := range []struct{ flag, dir string }{{"--input", f.inputDir}} {
+		if d.dir == "" {
+			continue
+		}
+		if fi, err := os.Stat(d.dir); err != nil {
+			return fmt.Errorf("%s: %w", d.flag, err)
+		} else if !fi.IsDir() {
+			return fmt.Errorf("%s %s: not a directory", d.flag, d.dir)
+		}
+	}
+	if f.debug {
+		req.Console = cmd.ErrOrStderr()
+	}
+
+	popts, err := f.pullFlags.options(cmd, a)
+	if err != nil {
+		return err
+	}
+	cache, err := f.open()
+	if err != nil {
+		return err
+	}
+	lim := guest.DefaultLimits()
+	lim.MaxOutput = max(lim.MaxOutput, maxOut)
+	e, err := engine.New(engine.Options{
+		Images:     &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}},
+		VMM:        f.vmm,
+		Accel:      f.accel,
+		Kernel:     f.kernel,
+		InitBinary: f.init,
+		CacheDir:   engineCacheDir(f.cacheDir),
+		Limits:     lim,
+		Log:        a.log,
+	})
+	if err != nil {
+		return err
+	}
+	res, err := e.Run(cmd.Context(), req)
+	if err != nil {
+		return err
+	}
+
+	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	if f.asJSON {
+		b, err := json.Marshal(res)
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(out, "%s\n", b); err != nil {
+			return err
+		}
+	} else {
+		if _, err := out.Write(res.Stdout); err != nil {
+			return err
+		}
+		errOut.Write(res.Stderr)
+		for _, note := range runNotes(res, f) {
+			fmt.Fprintf(errOut, "pe: %s\n", note)
+		}
+	}
+	if code := res.ExitStatus(); code != 0 {
+		return &ExitStatus{Code: code}
+	}
+	return nil
+}
+
+// runNotes are the lines pe adds on standard error after the program's
+// output: what cut it short.
+func runNotes(res *engine.RunResult, f *runFlags) []string {
+	var notes []string
+	if res.TimedOut {
+		notes = append(notes, fmt.Sprintf("the program ran past --timeout %v and was killed", f.timeout))
+	}
+	if res.Rusage.OOMKills > 0 {
+		notes = append(notes, fmt.Sprintf("the program ran out of memory (--memory %s): %d process(es) killed", f.memory, res.Rusage.OOMKills))
+	}
+	for _, s := range []struct {
+		name  string
+		cut   bool
+		total int64
+	}{{"stdout", res.StdoutTruncated, res.StdoutBytes}, {"stderr", res.StderrTruncated, res.StderrBytes}} {
+		if s.cut {
+			notes = append(notes, fmt.Sprintf("%s cut at --max-output %s (the program wrote %d bytes)", s.name, f.maxOutput, s.total))
+		}
+	}
+	if res.OutputTruncated {
+		notes = append(notes, fmt.Sprintf("the output directory did not fit in --max-output %s; some files are missing", f.maxOutput))
+	}
+	return notes
+}
+
+// runEnv gathers the environment the flags give: --env-file files, then
+// -e entries; a bare NAME takes pe's own value and is left out when pe has
+// none, as docker does.
+func runEnv(files, entries []string, lookup func(string) (string, bool)) ([]string, error) {
+	var env []string
+	add := func(entry, from string) error {
+		name, _, hasValue := strings.Cut(entry, "=")
+		if name == "" || strings.ContainsAny(name, " \t") {
+			return fmt.Errorf("%s: %q is not NAME=VALUE or NAME", from, entry)
+		}
+		if !hasValue {
+			v, ok := lookup(name)
+			if !ok {
+				return nil
+			}
+			entry = name + "=" + v
+		}
+		env = append(env, entry)
+		return nil
+	}
+	for _, file := range files {
+		fh, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("--env-file: %w", err)
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Buffer(nil, 1<<20)
+		for n := 1; sc.Scan(); n++ {
+			line := strings.TrimLeft(sc.Text(), " \t")
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if err := add(line, fmt.Sprintf("--env-file %s line %d", file, n)); err != nil {
+				fh.Close()
+				return nil, err
+			}
+		}
+		err = sc.Err()
+		fh.Close()
+		if err != nil {
+			return nil, fmt.Errorf("--env-file %s: %w", file, err)
+		}
+	}
+	for _, e := range entries {
+		if err := add(e, "-e"); err != nil {
+			return nil, err
+		}
+	}
+	return env, nil
+}
+
+// engineCacheDir is where the engine keeps initramfs files and the KVM
+// probe's verdict: the image cache's directory when --cache-dir names one.
+func engineCacheDir(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if d, err := image.DefaultCacheDir(); err == nil {
+		return d
+	}
+	return vmm.CacheDir()
+}

@@ -1,0 +1,18 @@
+// Package engine runs one program from an OCI image in a throw-away
+// micro-VM, end to end. The CLI (pe run) and the server both call it.
+//
+// A run goes: resolve the image (an ImageSource: pe's image cache, or an
+// EROFS file) → merge the image config with the request, the way docker run
+// does (MergeConfig: entrypoint and cmd, environment with a default PATH,
+// working directory, user names looked up in the image's /etc/passwd and
+// /etc/group) → the initramfs for the kernel and guest init (built once,
+// cached) → the I/O file (the request, stdin and input files) → boot the VM
+// (package vmm; the backend and acceleration chosen once per Engine by
+// Choose, which probes whether KVM really works) → wait, at most the time
+// limit plus a grace period, then kill → read the guest's result and
+// output files → remove every file the run made.
+//
+// An Engine runs at most Options.MaxConcurrent VMs at once; other runs wait
+// for a slot. Each RunResult carries the program's exit status and output
+// and the time each phase took, guest-side phases included.
+package engine

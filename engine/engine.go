@@ -1,0 +1,491 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pe-project/pe/erofs"
+	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/vmm"
+)
+
+// Defaults of a run.
+const (
+	DefaultTimeout   = 10 * time.Second
+	DefaultMemoryMiB = vmm.DefaultMemoryMiB
+	DefaultCPUs      = vmm.DefaultCPUs
+)
+
+// Grace periods: how long past its time limit a VM may run before pe kills
+// it, whatever the guest does. The guest needs the time to boot (seconds
+// under TCG on a loaded host), collect the output and power off.
+const (
+	GraceKVM = 5 * time.Second
+	GraceTCG = 30 * time.Second
+)
+
+// Options configures an Engine.
+type Options struct {
+	// Images resolves the IMAGE of a run. Required.
+	Images ImageSource
+	// Backend, when set, is the VMM used, with Accel (which must then be
+	// kvm or tcg); else one is chosen from VMM and Accel (see Choose).
+	Backend vmm.Backend
+	// VMM is auto, qemu or cloud-hypervisor; Accel auto, kvm or tcg.
+	VMM, Accel string
+	// Kernel is the guest kernel directory ("" finds it, see
+	// vmm.FindKernel); KernelInfo, when set, is used as is.
+	Kernel     string
+	KernelInfo *vmm.Kernel
+	// InitBinary is the guest init ("" finds it, see FindInit).
+	InitBinary string
+	// NoPVH boots the kernel image as it is; by default pe boots the
+	// uncompressed kernel inside it through its PVH entry point (see
+	// vmm.BootImage), which skips the decompressor at every boot.
+	NoPVH bool
+	// MaxConcurrent bounds the VMs running at once (0: the number of CPUs).
+	MaxConcurrent int
+	// TempDir is where each run's work directory goes ("" for os.TempDir()).
+	TempDir string
+	// CacheDir keeps initramfs files and the KVM probe's verdict ("" for
+	// vmm.CacheDir()).
+	CacheDir string
+	// Grace overrides the grace period (0: GraceKVM or GraceTCG).
+	Grace time.Duration
+	// Limits bound what runs may ask for and what the guest may send
+	// back; zero fields take guest.DefaultLimits.
+	Limits guest.Limits
+	// Log receives debug messages; nil discards them.
+	Log *slog.Logger
+}
+
+// Engine runs programs in micro-VMs. It is safe for concurrent use; at most
+// MaxConcurrent VMs run at once, the other runs wait their turn.
+type Engine struct {
+	opts   Options
+	log    *slog.Logger
+	kernel *vmm.Kernel
+	// bootKernel is the kernel image the VMs boot.
+	bootKernel string
+	init       string
+	sem        chan struct{}
+
+	chooseMu sync.Mutex
+	choice   *Choice
+}
+
+// New returns an engine. It finds the kernel and the guest init now, so
+// that a missing one is reported before any run; the VMM is chosen (and
+// KVM probed) at the first run, or by calling Choice.
+func New(opts Options) (*Engine, error) {
+	if opts.Images == nil {
+		return nil, errors.New("engine: no image source")
+	}
+	if opts.MaxConcurrent <= 0 {
+		opts.MaxConcurrent = runtime.NumCPU()
+	}
+	if opts.CacheDir == "" {
+		opts.CacheDir = vmm.CacheDir()
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Backend != nil && opts.Accel != vmm.AccelKVM && opts.Accel != vmm.AccelTCG {
+		return nil, fmt.Errorf("engine: a given backend needs Accel kvm or tcg, not %q", opts.Accel)
+	}
+	e := &Engine{opts: opts, log: opts.Log, sem: make(chan struct{}, opts.MaxConcurrent)}
+	e.kernel = opts.KernelInfo
+	if e.kernel == nil {
+		k, err := vmm.FindKernel(opts.Kernel)
+		if err != nil {
+			return nil, err
+		}
+		e.kernel = k
+	}
+	e.bootKernel = e.kernel.Vmlinuz
+	if !opts.NoPVH {
+		p, err := vmm.BootImage(e.kernel, opts.CacheDir)
+		if err != nil {
+			e.log.Debug("booting the kernel image as it is", "reason", err)
+		}
+		e.bootKernel = p
+	}
+	init, err := FindInit(opts.InitBinary)
+	if err != nil {
+		return nil, err
+	}
+	e.init = init
+	sweepRunDirs(opts.TempDir, e.log)
+	return e, nil
+}
+
+// Run directories: TempDir/pe-run-*, holding the file "owner" with the PID
+// of the pe that made it.
+const (
+	runDirPrefix = "pe-run-"
+	runDirOwner  = "owner"
+)
+
+// sweepRunDirs removes the run directories whose pe is gone: a pe killed
+// with SIGKILL cannot remove its own (its VMM dies with it, see
+// vmm.StartProcess). A directory without an owner file is left for an
+// hour, in case its pe is about to write it.
+func sweepRunDirs(tempDir string, log *slog.Logger) {
+	if tempDir == "" {
+		tempDir = os.TempDir()
+	}
+	dirs, _ := filepath.Glob(filepath.Join(tempDir, runDirPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, runDirOwner))
+		if err != nil {
+			if fi, serr := os.Stat(d); serr != nil || time.Since(fi.ModTime()) < time.Hour {
+				continue
+			}
+		} else if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && pid > 0 && processAlive(pid) {
+			continue
+		}
+		log.Debug("removing the run directory of a pe that is gone", "dir", d)
+		os.RemoveAll(d)
+	}
+}
+
+// processAlive reports whether a process with this PID exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Kernel returns the guest kernel the engine boots.
+func (e *Engine) Kernel() *vmm.Kernel { return e.kernel }
+
+// KernelImage returns the kernel image file the VMs boot: the PVH kernel
+// extracted from Kernel().Vmlinuz, or that file itself.
+func (e *Engine) KernelImage() string { return e.bootKernel }
+
+// Choice returns the VMM and acceleration runs use, choosing them (and
+// probing KVM) the first time. A choice made while ctx was being canceled
+// (an interrupted probe) is used but not kept.
+func (e *Engine) Choice(ctx context.Context) (*Choice, error) {
+	e.chooseMu.Lock()
+	defer e.chooseMu.Unlock()
+	if e.choice != nil {
+		return e.choice, nil
+	}
+	if e.opts.Backend != nil {
+		e.choice = &Choice{Backend: e.opts.Backend, VMM: e.opts.Backend.Name(), Accel: e.opts.Accel, Reason: "given by the caller"}
+		return e.choice, nil
+	}
+	c, err := Choose(ctx, ChooseOptions{
+		VMM: e.opts.VMM, Accel: e.opts.Accel, Kernel: e.kernel, CacheDir: e.opts.CacheDir, Log: e.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.log.Debug("VMM chosen", "vmm", c.VMM, "accel", c.Accel, "reason", c.Reason)
+	if ctx.Err() == nil {
+		e.choice = c
+	}
+	return c, nil
+}
+
+// RunRequest is one run.
+type RunRequest struct {
+	// Image is the image reference, resolved by Options.Images.
+	Image string
+	// Overrides change the image's config (entrypoint, cmd, env, working
+	// directory, user).
+	Overrides
+	// Stdin is the program's standard input, read whole before the VM
+	// starts; nil gives it /dev/null.
+	Stdin io.Reader
+	// InputDir is copied to /run/pe/input ("" for none).
+	InputDir string
+	// OutputDir receives /run/pe/output ("" to drop it).
+	OutputDir string
+	// Timeout is the program's wall-time limit (0: DefaultTimeout).
+	Timeout time.Duration
+	// MemoryMiB is the VM's memory (0: DefaultMemoryMiB); CPUs its vCPUs
+	// (0: DefaultCPUs).
+	MemoryMiB int
+	CPUs      int
+	// MaxOutput caps stdout and stderr each, and the output directory
+	// (0: the engine's limit, 1 MiB by default).
+	MaxOutput int64
+	// Debug turns on the guest init's verbose log; Console, when set,
+	// receives the guest console as it is written.
+	Debug   bool
+	Console io.Writer
+}
+
+// Run runs one program in a new VM and returns its result. The error is
+// non-nil only when pe itself failed (image not found, VM died without a
+// result, ...): a program that fails or times out is a result. Whatever
+// happens, the VM is gone and its files removed when Run returns.
+func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err error) {
+	start := time.Now()
+	t := &timer{last: start, d: map[string]time.Duration{}}
+	lim := e.limits()
+	req := *r
+	if req.Timeout <= 0 {
+		req.Timeout = DefaultTimeout
+	}
+	if req.MaxOutput < 0 || req.MaxOutput > lim.MaxOutput {
+		return nil, fmt.Errorf("max output %d: want 1 to %d bytes", req.MaxOutput, lim.MaxOutput)
+	}
+
+	img, err := e.opts.Images.Resolve(ctx, req.Image)
+	if err != nil {
+		return nil, err
+	}
+	proc, err := e.process(img, req.Overrides)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", img.Reference, err)
+	}
+	t.lap("image")
+
+	choice, err := e.Choice(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t.lap("choose_vmm")
+
+	select {
+	case e.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-e.sem }()
+	t.lap("queue")
+
+	initramfs, err := guest.InitramfsPath(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, nil)
+	if err != nil {
+		return nil, err
+	}
+	t.lap("initramfs")
+
+	work, err := os.MkdirTemp(e.opts.TempDir, runDirPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("run directory: %w", err)
+	}
+	defer os.RemoveAll(work)
+	// The owner's PID lets a later pe remove this directory should this
+	// one be killed with SIGKILL (see sweepRunDirs).
+	if err := os.WriteFile(filepath.Join(work, runDirOwner), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		return nil, fmt.Errorf("run directory: %w", err)
+	}
+	ioPath := filepath.Join(work, "io.img")
+	greq := &guest.Request{
+		Argv: proc.Argv, Env: proc.Env, Cwd: proc.Cwd,
+		UID: proc.UID, GID: proc.GID, Groups: proc.Groups,
+		Timeout:   req.Timeout,
+		MaxOutput: req.MaxOutput,
+		Time:      time.Now(),
+		Seed:      make([]byte, guest.SeedSize),
+	}
+	rand.Read(greq.Seed)
+	if err := guest.WriteIOFile(ioPath, greq, req.Stdin, req.InputDir, lim); err != nil {
+		return nil, err
+	}
+	t.lap("io_file")
+
+	cmdline := "quiet panic=-1 " + guest.CmdlineImage + "=/dev/vda " + guest.CmdlineIO + "=/dev/vdb"
+	if req.Debug {
+		cmdline += " " + guest.CmdlineDebug + "=1"
+	}
+	cfg := &vmm.Config{
+		Kernel:    e.bootKernel,
+		Initramfs: initramfs,
+		Cmdline:   cmdline,
+		Disks:     []vmm.Disk{{Path: img.EROFSPath, ReadOnly: true}, {Path: ioPath}},
+		CPUs:      req.CPUs,
+		MemoryMiB: req.MemoryMiB,
+		Accel:     choice.Accel,
+		WorkDir:   work,
+		Console:   req.Console,
+		Log:       e.log,
+	}
+	m, err := choice.Backend.Start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Kill()
+	t.lap("vm_start")
+
+	grace := e.grace(choice.Accel)
+	limit := req.Timeout + grace
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	waitErr := m.Wait(wctx)
+	expired := wctx.Err() != nil
+	cancel()
+	killed := false
+	if waitErr != nil && expired {
+		killed = true
+		m.Kill()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+	t.lap("vm")
+
+	resp, err := guest.ReadResult(ioPath, lim)
+	if err != nil {
+		return nil, &VMError{
+			VMM: choice.VMM, Accel: choice.Accel, Err: err, Exit: waitErr,
+			Killed: killed, Limit: limit, Console: m.ConsoleLog(),
+		}
+	}
+	res = &RunResult{
+		Result:  resp.Result,
+		Stdout:  resp.Stdout,
+		Stderr:  resp.Stderr,
+		Image:   ImageInfo{Reference: img.Reference, Digest: img.Digest},
+		VMM:     choice.VMM,
+		Accel:   choice.Accel,
+		Console: m.ConsoleLog(),
+	}
+	if killed && !res.TimedOut {
+		// The guest wrote a result but did not power off in time.
+		e.log.Warn("the VM did not power off by itself; killed", "limit", limit)
+	}
+	if req.OutputDir != "" {
+		if err := resp.ExtractOutputs(req.OutputDir); err != nil {
+			return res, fmt.Errorf("output directory %s: %w", req.OutputDir, err)
+		}
+	}
+	t.lap("result")
+	res.Durations = t.d
+	for k, us := range resp.Result.Timings {
+		res.Durations["guest_"+k] = time.Duration(us) * time.Microsecond
+	}
+	res.Durations["total"] = time.Since(start)
+	return res, nil
+}
+
+// process opens the image's root file system (for /etc/passwd) and merges
+// its config with the overrides.
+func (e *Engine) process(img *ResolvedImage, o Overrides) (*Process, error) {
+	var cfg *v1.Config
+	if img.Config != nil {
+		cfg = &img.Config.Config
+	}
+	f, err := os.Open(img.EROFSPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rootfs, err := erofs.Open(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", img.EROFSPath, err)
+	}
+	return MergeConfig(cfg, o, rootfs)
+}
+
+func (e *Engine) limits() guest.Limits {
+	l := e.opts.Limits
+	d := guest.DefaultLimits()
+	if l.MaxOutput <= 0 {
+		l.MaxOutput = d.MaxOutput
+	}
+	if l.MaxFiles <= 0 {
+		l.MaxFiles = d.MaxFiles
+	}
+	if l.MaxRequest <= 0 {
+		l.MaxRequest = d.MaxRequest
+	}
+	return l
+}
+
+// grace is how long past the time limit a VM may run.
+func (e *Engine) grace(accel string) time.Duration {
+	if e.opts.Grace > 0 {
+		return e.opts.Grace
+	}
+	if accel == vmm.AccelKVM {
+		return GraceKVM
+	}
+	return GraceTCG
+}
+
+// timer measures the phases of a run.
+type timer struct {
+	last time.Time
+	d    map[string]time.Duration
+}
+
+func (t *timer) lap(name string) {
+	now := time.Now()
+	t.d[name] = now.Sub(t.last)
+	t.last = now
+}
+
+// VMError reports a VM that ended without a usable result.
+type VMError struct {
+	VMM, Accel string
+	// Err is why the result could not be read (it wraps guest.ErrNoResult
+	// or guest.ErrBadResponse).
+	Err error
+	// Exit is the VMM's exit error, nil when it exited normally.
+	Exit error
+	// Killed says pe killed the VM when it ran past Limit.
+	Killed bool
+	Limit  time.Duration
+	// Console is the end of the guest console.
+	Console []byte
+}
+
+func (e *VMError) Error() string {
+	var msg string
+	switch {
+	case e.Killed:
+		msg = fmt.Sprintf("the VM (%s, %s) did not finish within %v and was killed", e.VMM, e.Accel, e.Limit)
+	case e.Exit != nil:
+		msg = fmt.Sprintf("the VM (%s, %s) failed: %v", e.VMM, e.Accel, e.Exit)
+	default:
+		msg = fmt.Sprintf("the VM (%s, %s) stopped", e.VMM, e.Accel)
+	}
+	// ReadResult's error names the I/O file, which is gone: keep the cause.
+	cause := e.Err
+	if inner := errors.Unwrap(cause); inner != nil {
+		cause = inner
+	}
+	msg += "; " + cause.Error()
+	if tail := e.ConsoleTail(3); tail != "" {
+		msg += "; console: " + strings.Join(strings.Split(tail, "\n"), " | ")
+	} else {
+		msg += "; the console is empty"
+	}
+	return msg
+}
+
+func (e *VMError) Unwrap() error { return e.Err }
+
+// ConsoleTail returns the last n non-empty lines of the console.
+func (e *VMError) ConsoleTail(n int) string { return consoleTail(e.Console, n) }
+
+// consoleTail returns the last n non-empty lines of b, trimmed.
+func consoleTail(b []byte, n int) string {
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

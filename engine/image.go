@@ -1,0 +1,97 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pe-project/pe/image"
+)
+
+// ResolvedImage is an image ready to boot: its EROFS root file system and
+// its config.
+type ResolvedImage struct {
+	// Reference is the canonical reference (or the file path) it was
+	// resolved from.
+	Reference string
+	// Digest is the manifest digest ("sha256:..."), "" when there is none
+	// (a bare EROFS file).
+	Digest string
+	// EROFSPath is the root file system image.
+	EROFSPath string
+	// Config is the image config (entrypoint, cmd, env, working dir,
+	// user); nil when there is none.
+	Config *v1.ConfigFile
+}
+
+// ImageSource resolves the IMAGE argument of a run.
+type ImageSource interface {
+	Resolve(ctx context.Context, ref string) (*ResolvedImage, error)
+}
+
+// CacheSource resolves references with pe's image cache, pulling and
+// converting images it lacks (image.Cache.Get).
+type CacheSource struct {
+	Cache   *image.Cache
+	Options image.PullOptions
+}
+
+// Resolve implements ImageSource.
+func (s *CacheSource) Resolve(ctx context.Context, ref string) (*ResolvedImage, error) {
+	r, err := image.ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := s.Cache.Get(ctx, r, s.Options)
+	if err != nil {
+		return nil, err
+	}
+	return &ResolvedImage{
+		Reference: img.Reference,
+		Digest:    img.Digest.String(),
+		EROFSPath: img.EROFSPath,
+		Config:    img.Config,
+	}, nil
+}
+
+// FileSource resolves references that name an existing EROFS file
+// ("./rootfs.erofs", a path ending in .erofs) to that file, with no image
+// config, and hands every other reference to Next (nil: an error).
+type FileSource struct {
+	Next ImageSource
+}
+
+// Resolve implements ImageSource.
+func (s *FileSource) Resolve(ctx context.Context, ref string) (*ResolvedImage, error) {
+	if strings.HasSuffix(ref, ".erofs") || strings.HasPrefix(ref, "erofs:") {
+		p := strings.TrimPrefix(ref, "erofs:")
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", ref, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("image %s: not a regular file", ref)
+		}
+		return &ResolvedImage{Reference: p, EROFSPath: p}, nil
+	}
+	if s.Next == nil {
+		return nil, fmt.Errorf("image %s: only EROFS files (*.erofs) can be run without an image cache", ref)
+	}
+	return s.Next.Resolve(ctx, ref)
+}
+
+// StaticSource resolves the references it holds, for tests and callers
+// that built their images themselves.
+type StaticSource map[string]*ResolvedImage
+
+// Resolve implements ImageSource.
+func (s StaticSource) Resolve(ctx context.Context, ref string) (*ResolvedImage, error) {
+	img, ok := s[ref]
+	if !ok {
+		return nil, fmt.Errorf("image %s: %w", ref, image.ErrNotFound)
+	}
+	return img, nil
+}

@@ -1,0 +1,162 @@
+package guestinit
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// CgroupRoot is where the init mounts the cgroup v2 hierarchy.
+const CgroupRoot = "/sys/fs/cgroup"
+
+// cgroup is the program's cgroup v2 directory. Everything the program
+// starts lands in it, so limits and the final kill cover all of it.
+type cgroup struct {
+	dir string
+	fd  int // the directory, for clone3's CLONE_INTO_CGROUP
+}
+
+// newCgroup creates the cgroup name under parent with memory.max and
+// pids.max set, enabling the memory and pids controllers in parent. Every
+// limit must take: a program without them could take the init down.
+func newCgroup(parent, name string, memMax int64, pidsMax int) (*cgroup, error) {
+	if err := writeFile(filepath.Join(parent, "cgroup.subtree_control"), "+memory +pids"); err != nil {
+		return nil, fmt.Errorf("cgroup: enable memory and pids controllers: %w", err)
+	}
+	dir := filepath.Join(parent, name)
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	for _, s := range []struct{ file, value string }{
+		{"memory.max", strconv.FormatInt(memMax, 10)},
+		{"pids.max", strconv.Itoa(pidsMax)},
+		// One OOM kill ends the whole program rather than leaving a
+		// half-dead process tree running until the time limit.
+		{"memory.oom.group", "1"},
+	} {
+		if err := writeFile(filepath.Join(dir, s.file), s.value); err != nil {
+			os.Remove(dir)
+			return nil, fmt.Errorf("cgroup: set %s: %w", s.file, err)
+		}
+	}
+	// No swap in the VM, but say so in case a kernel has some.
+	if err := writeFile(filepath.Join(dir, "memory.swap.max"), "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		os.Remove(dir)
+		return nil, fmt.Errorf("cgroup: set memory.swap.max: %w", err)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	return &cgroup{dir: dir, fd: fd}, nil
+}
+
+// kill SIGKILLs everything in the cgroup: cgroup.kill where the kernel has
+// it (5.14+), else each listed process until none is left.
+func (c *cgroup) kill() error {
+	if err := writeFile(filepath.Join(c.dir, "cgroup.kill"), "1"); err == nil {
+		return nil
+	}
+	for range 100 {
+		b, err := os.ReadFile(filepath.Join(c.dir, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		pids := strings.Fields(string(b))
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, p := range pids {
+			if pid, err := strconv.Atoi(p); err == nil {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return errors.New("cgroup: processes keep appearing")
+}
+
+// waitEmpty waits until no process is left in the cgroup.
+func (c *cgroup) waitEmpty(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		kv, _ := readKeyValues(filepath.Join(c.dir, "cgroup.events"))
+		if kv["populated"] == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// cgroupStats is what the cgroup counted for the whole program.
+type cgroupStats struct {
+	userUsec, systemUsec int64
+	memoryPeak           int64
+	oomKills             int64
+}
+
+func (c *cgroup) stats() cgroupStats {
+	var s cgroupStats
+	if kv, err := readKeyValues(filepath.Join(c.dir, "cpu.stat")); err == nil {
+		s.userUsec, s.systemUsec = kv["user_usec"], kv["system_usec"]
+	}
+	if b, err := os.ReadFile(filepath.Join(c.dir, "memory.peak")); err == nil {
+		s.memoryPeak, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	}
+	if kv, err := readKeyValues(filepath.Join(c.dir, "memory.events")); err == nil {
+		s.oomKills = kv["oom_kill"]
+	}
+	return s
+}
+
+// close releases the directory fd and removes the (empty) cgroup.
+func (c *cgroup) close() {
+	unix.Close(c.fd)
+	os.Remove(c.dir)
+}
+
+// readKeyValues parses "key value" lines (cpu.stat, memory.events, ...).
+func readKeyValues(p string) (map[string]int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	m := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			m[k] = n
+		}
+	}
+	return m, sc.Err()
+}
+
+// writeFile writes a control file in one write(2), as the kernel wants.
+func writeFile(p, s string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(s)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,216 @@
+package guestinit
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/pe-project/pe/guest"
+	"golang.org/x/sys/unix"
+)
+
+// Watchdog margins: the whole guest must be done this long after its phase
+// started, or the init gives up, reports and powers off. The host has its
+// own, later, hard kill.
+const (
+	bootWatchdog    = 60 * time.Second // until the request is read
+	programWatchdog = 15 * time.Second // beyond the request's Timeout
+	watchdogWrite   = 3 * time.Second  // for the watchdog's own report
+)
+
+// Main is the guest init's entry point: the stage-2 child when argv[1] is
+// [Stage2Arg], PID 1 of the VM otherwise. It never returns.
+func Main() {
+	if len(os.Args) > 1 && os.Args[1] == Stage2Arg {
+		Stage2()
+	}
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "pe-init: this is pe's guest init; it only runs as PID 1 of a pe micro-VM")
+		os.Exit(2)
+	}
+	in := &vmInit{}
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				in.fail(fmt.Errorf("guest init panic: %v", r))
+			}
+		}()
+		in.run()
+	}()
+	in.powerOff()
+}
+
+// vmInit is the state of PID 1.
+type vmInit struct {
+	log      *logger
+	iof      atomic.Pointer[guest.IOFile]
+	watchdog *time.Timer
+	timings  map[string]int64
+}
+
+func (in *vmInit) run() {
+	in.timings = map[string]int64{"boot_to_init": 0}
+	if err := bootMounts(); err != nil {
+		fmt.Fprintf(os.Stderr, "pe-init: %v\n", err)
+		return // no I/O disk yet: the host reports the console
+	}
+	in.timings["boot_to_init"] = uptimeMicros()
+	raw, _ := os.ReadFile("/proc/cmdline")
+	cmd := parseCmdline(string(raw))
+	in.log = newLogger(consoleWriter(), cmd.params[guest.CmdlineDebug] == "1")
+	in.log.Debugf("started %.3fs after boot", float64(in.timings["boot_to_init"])/1e6)
+	in.watchdog = time.AfterFunc(bootWatchdog, func() { in.watchdogFired(bootWatchdog) })
+
+	// Whatever the program does, the OOM killer must never pick the init.
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
+		in.log.Infof("warning: oom_score_adj: %v", err)
+	}
+	if err := loopbackUp(); err != nil {
+		in.log.Debugf("loopback: %v", err)
+	}
+
+	t := time.Now()
+	n, err := loadModules(guest.ModulesDir, guest.ModulesOrder, cmd.moduleParams, in.log)
+	in.timings["modules"] = time.Since(t).Microseconds()
+	if err != nil {
+		in.log.Infof("%v", err) // maybe built in after all: the disks will tell
+	}
+	in.log.Debugf("%d modules loaded in %v", n, time.Since(t).Round(time.Microsecond))
+
+	ioDev := cmd.ioDevice()
+	if err := waitForDevice(ioDev, 5*time.Second); err != nil {
+		in.log.Infof("no I/O disk: %v", err)
+		return
+	}
+	iof, err := guest.OpenIOFile(ioDev)
+	if err != nil {
+		in.log.Infof("%v", err)
+		return
+	}
+	in.iof.Store(iof)
+	req, err := iof.Request()
+	if err != nil {
+		in.fail(err)
+		return
+	}
+	if req.Timeout > 0 {
+		in.watchdog.Reset(req.Timeout + programWatchdog)
+	} else {
+		in.watchdog.Stop()
+	}
+	if err := setClock(req.Time); err != nil {
+		in.log.Infof("warning: %v", err)
+	}
+	if err := seedRNG(req.Seed); err != nil {
+		in.log.Infof("warning: %v", err)
+	}
+
+	t = time.Now()
+	imageDev := cmd.imageDevice()
+	if err := waitForDevice(imageDev, 5*time.Second); err != nil {
+		in.fail(fmt.Errorf("image disk: %w", err))
+		return
+	}
+	if err := mountAt(imageDev, vmLayout.lower, "erofs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+		in.fail(fmt.Errorf("image: %w", err))
+		return
+	}
+	total, err := memTotal()
+	if err != nil {
+		in.fail(err)
+		return
+	}
+	mem := programMemory(req.MemoryLimit, total)
+	req.MemoryLimit = mem
+	uid, gid := outerID(req.UID), outerID(req.GID)
+	mounts := time.Since(t)
+
+	sb := &Sandbox{
+		Root:         vmLayout.root,
+		DevDir:       "/dev",
+		CgroupParent: CgroupRoot,
+		Self:         "/init",
+		ShmSize:      mem / 4,
+		Log:          in.log,
+		Prepare: func(usernsFD int) error {
+			t := time.Now()
+			defer func() { mounts += time.Since(t) }()
+			idmapped, err := mountRoot(vmLayout, rootOptions{tmpfsSize: mem / 2, uid: uid, gid: gid}, usernsFD, in.log)
+			if err != nil {
+				return fmt.Errorf("container root: %w", err)
+			}
+			in.log.Debugf("container root ready (idmapped: %v)", idmapped)
+			input, err := mkdirInRoot(vmLayout.root, guest.InputDir, 0o755, uid, gid)
+			if err != nil {
+				return err
+			}
+			if err := iof.ExtractInputs(input); err != nil {
+				return err
+			}
+			return chownTree(input, uid, gid)
+		},
+	}
+	var stdin = iof.Stdin()
+	if !req.HasStdin {
+		stdin = nil
+	}
+	res := sb.Run(req, stdin, iof.Stdout(), iof.Stderr())
+	in.timings["mounts"] = mounts.Microseconds()
+	in.finish(res)
+}
+
+// finish writes res with the timings and the output directory.
+func (in *vmInit) finish(res *guest.Result) {
+	iof := in.iof.Load()
+	if iof == nil {
+		return
+	}
+	if res.Timings == nil {
+		res.Timings = map[string]int64{}
+	}
+	for k, v := range in.timings {
+		res.Timings[k] = v
+	}
+	t := time.Now()
+	// WriteResult adds the time it spends archiving the outputs.
+	if err := iof.WriteResult(res, vmLayout.output); err != nil {
+		in.log.Infof("write the result: %v", err)
+		return
+	}
+	in.log.Debugf("result written in %v: exit %d %s %s", time.Since(t).Round(time.Microsecond), res.ExitCode, res.Signal, res.Error)
+}
+
+// fail reports an error of pe's guest side as the run's result.
+func (in *vmInit) fail(err error) {
+	in.log.Infof("%v", err)
+	in.finish(&guest.Result{ExitCode: ExitSetupFailed, Error: err.Error()})
+}
+
+// watchdogFired ends a guest that overran: report if possible, then power
+// off whatever state the rest is in.
+func (in *vmInit) watchdogFired(after time.Duration) {
+	in.log.Infof("watchdog: no result %v after the phase started; powering off", after)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if iof := in.iof.Load(); iof != nil {
+			iof.WriteResult(&guest.Result{ExitCode: ExitSetupFailed, Error: fmt.Sprintf("guest watchdog: the guest did not finish within %v", after)}, "")
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(watchdogWrite):
+	}
+	in.powerOff()
+}
+
+// powerOff flushes the disks and turns the VM off. If the platform cannot
+// power off, a reboot ends it too: pe's VMMs run guests with no-reboot.
+func (in *vmInit) powerOff() {
+	unix.Sync()
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	in.log.Infof("power off: %v; rebooting instead", err)
+	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	select {}
+}

@@ -1,0 +1,368 @@
+package guestinit
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/pe-project/pe/guest"
+	"golang.org/x/sys/unix"
+)
+
+// The program's user namespace maps container IDs 0..IDCount-1 to guest IDs
+// IDBase.. : the container's root is an ordinary, unprivileged user of the
+// guest, so the init's files, devices and /proc/sys stay out of its reach.
+const (
+	IDBase  = 100000
+	IDCount = 1 << 31
+)
+
+// Exit codes the sandbox reports when the program could not be started,
+// after the shell's conventions (and docker's).
+const (
+	// ExitSetupFailed means pe's guest side failed before the program ran.
+	ExitSetupFailed = 125
+	// ExitCannotExec means the command was found but could not be executed.
+	ExitCannotExec = 126
+	// ExitNotFound means the command was not found.
+	ExitNotFound = 127
+)
+
+// drainGrace bounds the wait for the program's output pipes after it
+// exited: with its PID namespace gone nothing should hold them open.
+const drainGrace = 2 * time.Second
+
+// Sandbox runs one program isolated (see the package doc).
+type Sandbox struct {
+	// Root is the container root: a mount point holding the program's file
+	// system, prepared by the caller. /proc and /dev are mounted over the
+	// directories of that name in it; they are created when missing.
+	Root string
+	// DevDir holds the device nodes bound into the program's /dev (the
+	// init's devtmpfs, "/dev").
+	DevDir string
+	// CgroupParent is the cgroup v2 directory the program's cgroup is made
+	// in ("" = no cgroup: memory and pids are not limited, and the time
+	// limit kills the program's PID namespace instead).
+	CgroupParent string
+	// Self is the executable re-run as the stage-2 child: the init binary.
+	Self string
+	// ShmSize is the size of the program's /dev/shm, in bytes.
+	ShmSize int64
+	// Log receives progress; nil discards it.
+	Log *logger
+	// Prepare, if set, runs after the stage-2 child exists and before it
+	// goes on, with its user namespace: the init uses it to make the
+	// idmapped root for exactly that namespace's mapping.
+	Prepare func(usernsFD int) error
+}
+
+// stage2Config is what the init sends the stage-2 child on fd 3.
+type stage2Config struct {
+	Root     string   `json:"root"`
+	Proc     string   `json:"proc"` // mount points, resolved inside Root
+	Dev      string   `json:"dev"`
+	DevDir   string   `json:"dev_dir"`
+	ShmSize  int64    `json:"shm_size"`
+	Argv     []string `json:"argv"`
+	Env      []string `json:"env"`
+	Cwd      string   `json:"cwd"`
+	UID      uint32   `json:"uid"`
+	GID      uint32   `json:"gid"`
+	Groups   []uint32 `json:"groups"`
+	Hostname string   `json:"hostname"`
+}
+
+// stage2Failure is what the stage-2 child reports on fd 4 when it cannot
+// execute the program; fd 4 is close-on-exec, so EOF means the exec worked.
+type stage2Failure struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+// Run runs req's program with stdin (nil = /dev/null) and its output
+// streams copied to stdout and stderr as they come. It always returns a
+// result: what went wrong around the program is in Result.Error with a
+// non-zero exit code.
+func (s *Sandbox) Run(req *guest.Request, stdin io.Reader, stdout, stderr io.Writer) *guest.Result {
+	res, err := s.run(req, stdin, stdout, stderr)
+	if err != nil {
+		res.Error = err.Error()
+		if res.ExitCode == 0 {
+			res.ExitCode = ExitSetupFailed
+		}
+	}
+	return res
+}
+
+func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Writer) (*guest.Result, error) {
+	res := &guest.Result{}
+	var cg *cgroup
+	if s.CgroupParent != "" {
+		pids := req.PidsLimit
+		if pids == 0 {
+			pids = guest.DefaultPidsLimit
+		}
+		var err error
+		if cg, err = newCgroup(s.CgroupParent, "pe-program", req.MemoryLimit, pids); err != nil {
+			return res, err
+		}
+		defer cg.close()
+	}
+
+	var closers []io.Closer
+	defer func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}()
+	pipe := func() (*os.File, *os.File, error) {
+		r, w, err := os.Pipe()
+		if err == nil {
+			closers = append(closers, r, w)
+		}
+		return r, w, err
+	}
+	cfgR, cfgW, err := pipe()
+	if err != nil {
+		return res, err
+	}
+	failR, failW, err := pipe()
+	if err != nil {
+		return res, err
+	}
+	outR, outW, err := pipe()
+	if err != nil {
+		return res, err
+	}
+	errR, errW, err := pipe()
+	if err != nil {
+		return res, err
+	}
+	var inFile *os.File
+	if stdin != nil {
+		inR, inW, err := pipe()
+		if err != nil {
+			return res, err
+		}
+		inFile = inR
+		go func() {
+			io.Copy(inW, stdin) // EPIPE when the program stops reading: fine
+			inW.Close()
+		}()
+	} else {
+		if inFile, err = os.Open(filepath.Join(s.DevDir, "null")); err != nil {
+			return res, err
+		}
+		closers = append(closers, inFile)
+	}
+
+	attr := &syscall.SysProcAttr{
+		// No CLONE_NEWNS: the child unshares its mount namespace itself once
+		// the init has mounted everything, so it gets all of it, locked.
+		Cloneflags:                 unix.CLONE_NEWUSER | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: IDBase, Size: IDCount}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: IDBase, Size: IDCount}},
+		GidMappingsEnableSetgroups: true,
+		// The init is guest root, which the namespace does not map: become
+		// the container's root (guest IDBase) before the exec, or the child
+		// would run as nobody without capabilities in its own namespace.
+		Credential: &syscall.Credential{Uid: 0, Gid: 0},
+		Setsid:     true,
+		Pdeathsig:  unix.SIGKILL,
+	}
+	if cg != nil {
+		attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
+	}
+	cmd := &exec.Cmd{
+		Path:        s.Self,
+		Args:        []string{s.Self, Stage2Arg},
+		Env:         []string{},
+		Stdin:       inFile,
+		Stdout:      outW,
+		Stderr:      errW,
+		ExtraFiles:  []*os.File{cfgR, failW},
+		SysProcAttr: attr,
+	}
+	if err := cmd.Start(); err != nil {
+		return res, fmt.Errorf("start the sandbox: %w", err)
+	}
+	// Only the child keeps these ends, so EOF arrives when it is gone.
+	for _, f := range []*os.File{cfgR, failW, outW, errW} {
+		f.Close()
+	}
+	if stdin != nil {
+		inFile.Close()
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	abort := func(err error) (*guest.Result, error) {
+		cmd.Process.Kill()
+		<-exited
+		return res, err
+	}
+
+	drained := make(chan struct{}, 2)
+	drain := func(r *os.File, w io.Writer) {
+		io.Copy(w, r)
+		drained <- struct{}{}
+	}
+	go drain(outR, stdout)
+	go drain(errR, stderr)
+
+	if s.Prepare != nil {
+		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid))
+		if err != nil {
+			return abort(fmt.Errorf("sandbox user namespace: %w", err))
+		}
+		err = s.Prepare(int(ns.Fd()))
+		ns.Close()
+		if err != nil {
+			return abort(err)
+		}
+	}
+	cfg, err := s.stage2Config(req)
+	if err != nil {
+		return abort(err)
+	}
+	if err := json.NewEncoder(cfgW).Encode(cfg); err != nil {
+		return abort(fmt.Errorf("send the sandbox its configuration: %w", err))
+	}
+	cfgW.Close()
+	start := time.Now()
+	s.Log.Debugf("program started: %q", req.Argv)
+
+	var timeout <-chan time.Time
+	if req.Timeout > 0 {
+		t := time.NewTimer(req.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var waitErr error
+	select {
+	case waitErr = <-exited:
+	case <-timeout:
+		res.TimedOut = true
+		s.Log.Debugf("time limit %v reached: killing the program", req.Timeout)
+		if cg != nil {
+			cg.kill()
+		}
+		// The child is the init of the program's PID namespace: killing it
+		// kills everything in there.
+		cmd.Process.Kill()
+		waitErr = <-exited
+	}
+	elapsed := time.Since(start)
+	res.Timings = map[string]int64{"program": elapsed.Microseconds()}
+	defer func() { res.Timings["collect"] = (time.Since(start) - elapsed).Microseconds() }()
+	if cg != nil {
+		cg.kill() // whatever the program left behind
+		cg.waitEmpty(drainGrace)
+	}
+	deadline := time.After(drainGrace)
+	for range 2 {
+		select {
+		case <-drained:
+		case <-deadline:
+			s.Log.Infof("output pipes still open %v after the program ended: closing them", drainGrace)
+			outR.Close()
+			errR.Close()
+			<-drained
+		}
+	}
+
+	st := cmd.ProcessState
+	if st == nil {
+		return res, fmt.Errorf("wait for the program: %w", waitErr)
+	}
+	ws := st.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Signaled():
+		res.Signal = unix.SignalName(ws.Signal())
+		res.ExitCode = 128 + int(ws.Signal())
+	default:
+		res.ExitCode = ws.ExitStatus()
+	}
+	if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+		res.Rusage = guest.Rusage{
+			UserMs:           ru.Utime.Sec*1000 + ru.Utime.Usec/1000,
+			SysMs:            ru.Stime.Sec*1000 + ru.Stime.Usec/1000,
+			MaxRSSKB:         ru.Maxrss,
+			MinorFaults:      ru.Minflt,
+			MajorFaults:      ru.Majflt,
+			VoluntaryCtxSw:   ru.Nvcsw,
+			InvoluntaryCtxSw: ru.Nivcsw,
+		}
+	}
+	if cg != nil {
+		cs := cg.stats()
+		// The cgroup also counts processes nobody waited for.
+		res.Rusage.UserMs = max(res.Rusage.UserMs, cs.userUsec/1000)
+		res.Rusage.SysMs = max(res.Rusage.SysMs, cs.systemUsec/1000)
+		res.Rusage.MemoryPeakKB = cs.memoryPeak / 1024
+		res.Rusage.OOMKills = cs.oomKills
+	}
+	var fail stage2Failure
+	if b, _ := io.ReadAll(io.LimitReader(failR, 64<<10)); len(b) > 0 {
+		if err := json.Unmarshal(b, &fail); err != nil {
+			return res, fmt.Errorf("sandbox: unreadable failure report %.200q", b)
+		}
+		res.ExitCode = fail.Code
+		res.Signal = ""
+		return res, errors.New(fail.Message)
+	}
+	s.Log.Debugf("program ended after %v: exit %d %s", elapsed.Round(time.Millisecond), res.ExitCode, res.Signal)
+	return res, nil
+}
+
+// stage2Config resolves the mount points inside the root, creating them
+// when missing, and builds the child's configuration.
+func (s *Sandbox) stage2Config(req *guest.Request) (*stage2Config, error) {
+	proc, err := mkdirInRoot(s.Root, "proc", 0o555, IDBase, IDBase)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := mkdirInRoot(s.Root, "dev", 0o755, IDBase, IDBase)
+	if err != nil {
+		return nil, err
+	}
+	hostname := req.Hostname
+	if hostname == "" {
+		hostname = guest.DefaultHostname
+	}
+	cwd := req.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	// Like runc, a missing working directory is created (owned by the
+	// container's root).
+	if _, err := mkdirInRoot(s.Root, cwd, 0o755, IDBase, IDBase); err != nil {
+		return nil, fmt.Errorf("working directory: %w", err)
+	}
+	return &stage2Config{
+		Root:     s.Root,
+		Proc:     proc,
+		Dev:      dev,
+		DevDir:   s.DevDir,
+		ShmSize:  s.ShmSize,
+		Argv:     req.Argv,
+		Env:      req.Env,
+		Cwd:      cwd,
+		UID:      req.UID,
+		GID:      req.GID,
+		Groups:   req.Groups,
+		Hostname: hostname,
+	}, nil
+}
+
+// outerID is the guest ID of container ID id.
+func outerID(id uint32) int { return IDBase + int(id) }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

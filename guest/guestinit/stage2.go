@@ -1,0 +1,268 @@
+package guestinit
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stage2Arg is the argv[1] that makes the init binary run as the sandbox's
+// stage-2 child. It carries no secret: the configuration comes on fd 3 from
+// the init, and the child can do nothing the namespaces it was born in do
+// not allow.
+const Stage2Arg = "__pe_stage2"
+
+// defaultPath is the PATH searched when the program's environment has none
+// (the host normally adds it, as docker does).
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// devices are the nodes of the program's /dev, bound from the init's.
+var devices = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+// stage2Error carries the exit code the failure maps to.
+type stage2Error struct {
+	code int
+	msg  string
+}
+
+func (e *stage2Error) Error() string { return e.msg }
+
+func setupErr(format string, args ...any) error {
+	return &stage2Error{ExitSetupFailed, fmt.Sprintf(format, args...)}
+}
+
+// Stage2 is the stage-2 child: it sets up the program's mount namespace and
+// credentials and executes the program. It never returns.
+func Stage2() {
+	// Mount namespace, root and working directory become per-thread below:
+	// everything up to the exec must run on this thread.
+	runtime.LockOSThread()
+	unix.CloseOnExec(3)
+	unix.CloseOnExec(4)
+	err := stage2()
+	code := ExitSetupFailed
+	var se *stage2Error
+	if errors.As(err, &se) {
+		code = se.code
+	}
+	msg := err.Error()
+	fmt.Fprintf(os.Stderr, "pe: %s\n", msg)
+	if b, jerr := json.Marshal(stage2Failure{Code: code, Message: msg}); jerr == nil {
+		unix.Write(4, b)
+	}
+	os.Exit(code)
+}
+
+func stage2() error {
+	var cfg stage2Config
+	cfgFile := os.NewFile(3, "config")
+	if err := json.NewDecoder(cfgFile).Decode(&cfg); err != nil {
+		return setupErr("sandbox: read configuration: %v", err)
+	}
+	cfgFile.Close()
+	// The init runs with oom_score_adj -1000, which the program must not
+	// inherit: the OOM killer would have nothing to kill in its cgroup.
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("0"), 0); err != nil {
+		return setupErr("sandbox: oom_score_adj: %v", err)
+	}
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return setupErr("sandbox: new mount namespace: %v", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return setupErr("sandbox: make mounts private: %v", err)
+	}
+	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+		return setupErr("sandbox: hostname: %v", err)
+	}
+	if err := mountProcDev(&cfg); err != nil {
+		return err
+	}
+	// The root came from the init's namespace, so it is locked here and
+	// pivot_root refuses it; a recursive bind onto itself is our own mount.
+	if err := unix.Mount(cfg.Root, cfg.Root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return setupErr("sandbox: bind the root: %v", err)
+	}
+	// pivot_root(".", ".") stacks the old root on the new one; detaching it
+	// leaves nothing of the init's tree reachable.
+	if err := unix.Chdir(cfg.Root); err != nil {
+		return setupErr("sandbox: %v", err)
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return setupErr("sandbox: pivot_root: %v", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return setupErr("sandbox: detach the old root: %v", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return setupErr("sandbox: %v", err)
+	}
+
+	env := cfg.Env
+	if lookupEnv(env, "HOME") == "" {
+		env = append(env, "HOME="+homeDir(cfg.UID))
+	}
+	groups := make([]int, len(cfg.Groups))
+	for i, g := range cfg.Groups {
+		groups[i] = int(g)
+	}
+	// The syscall package applies these to every thread.
+	if err := syscall.Setgroups(groups); err != nil {
+		return setupErr("set groups %v: %v", cfg.Groups, err)
+	}
+	if err := syscall.Setgid(int(cfg.GID)); err != nil {
+		return setupErr("set gid %d: %v", cfg.GID, err)
+	}
+	if err := syscall.Setuid(int(cfg.UID)); err != nil {
+		return setupErr("set uid %d: %v", cfg.UID, err)
+	}
+	if err := unix.Chdir(cfg.Cwd); err != nil {
+		return setupErr("working directory %s: %v", cfg.Cwd, err)
+	}
+	return execProgram(cfg.Argv, env)
+}
+
+// mountProcDev mounts the program's /proc (of its PID namespace) and a
+// fresh /dev holding only harmless devices. Both happen before pivot_root,
+// while the init's /proc is still visible: the kernel only lets a user
+// namespace mount proc where a full proc is already mounted.
+func mountProcDev(cfg *stage2Config) error {
+	if err := unix.Mount("proc", cfg.Proc, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return setupErr("sandbox: mount /proc: %v", err)
+	}
+	dev := cfg.Dev
+	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755,size=64k"); err != nil {
+		return setupErr("sandbox: mount /dev: %v", err)
+	}
+	for _, d := range devices {
+		p := filepath.Join(dev, d)
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o666)
+		if err != nil {
+			return setupErr("sandbox: /dev/%s: %v", d, err)
+		}
+		f.Close()
+		// A bind mount of the init's node: a user namespace cannot mknod,
+		// and its own tmpfs would not honour device nodes anyway.
+		if err := unix.Mount(filepath.Join(cfg.DevDir, d), p, "", unix.MS_BIND, ""); err != nil {
+			return setupErr("sandbox: bind /dev/%s: %v", d, err)
+		}
+	}
+	for _, d := range []string{"pts", "shm"} {
+		if err := os.Mkdir(filepath.Join(dev, d), 0o755); err != nil {
+			return setupErr("sandbox: /dev/%s: %v", d, err)
+		}
+	}
+	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
+		return setupErr("sandbox: mount /dev/pts: %v", err)
+	}
+	shm := "mode=1777"
+	if cfg.ShmSize > 0 {
+		shm += ",size=" + itoa(cfg.ShmSize)
+	}
+	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, shm); err != nil {
+		return setupErr("sandbox: mount /dev/shm: %v", err)
+	}
+	for name, target := range map[string]string{
+		"ptmx":   "pts/ptmx",
+		"fd":     "/proc/self/fd",
+		"stdin":  "/proc/self/fd/0",
+		"stdout": "/proc/self/fd/1",
+		"stderr": "/proc/self/fd/2",
+	} {
+		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
+			return setupErr("sandbox: /dev/%s: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// lookupEnv returns the last value of key in env, as a shell would see it.
+func lookupEnv(env []string, key string) string {
+	v := ""
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
+			v = val
+		}
+	}
+	return v
+}
+
+// homeDir returns uid's home from the container's /etc/passwd, or "/".
+func homeDir(uid uint32) string {
+	f, err := os.Open("/etc/passwd")
+	if err != nil {
+		return "/"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) >= 6 && fields[2] == fmt.Sprint(uid) && fields[5] != "" {
+			return fields[5]
+		}
+	}
+	return "/"
+}
+
+// execProgram executes argv like execvp(3) with PATH taken from env:
+// a name without a slash is tried in each PATH directory in turn; a
+// directory where it exists but cannot be executed is remembered and the
+// search goes on. It returns only on failure.
+func execProgram(argv, env []string) error {
+	name := argv[0]
+	if strings.Contains(name, "/") {
+		err := unix.Exec(name, argv, env)
+		return execError(name, err)
+	}
+	path := lookupEnv(env, "PATH")
+	if path == "" && !hasEnv(env, "PATH") {
+		path = defaultPath
+	}
+	var denied error
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, name)
+		err := unix.Exec(p, argv, env)
+		switch {
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
+			continue
+		case errors.Is(err, unix.EACCES):
+			if denied == nil {
+				denied = execError(p, err)
+			}
+			continue
+		}
+		return execError(p, err)
+	}
+	if denied != nil {
+		return denied
+	}
+	return &stage2Error{ExitNotFound, fmt.Sprintf("exec: %q: executable file not found in $PATH", name)}
+}
+
+func hasEnv(env []string, key string) bool {
+	for _, kv := range env {
+		if k, _, _ := strings.Cut(kv, "="); k == key {
+			return true
+		}
+	}
+	return false
+}
+
+// execError maps an execve error to the shell's exit codes.
+func execError(p string, err error) error {
+	code := ExitCannotExec
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		code = ExitNotFound
+	}
+	return &stage2Error{code, fmt.Sprintf("exec: %q: %v", p, err)}
+}

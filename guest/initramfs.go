@@ -1,0 +1,383 @@
+package guest
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/u-root/pkg/cpio"
+	"github.com/ulikunitz/xz"
+)
+
+// DefaultModules are the kernel modules the guest init needs, by module
+// name: the virtio transports (MMIO for QEMU microvm, PCI for
+// cloud-hypervisor), the virtio disk driver and the two file systems of the
+// container root. Their dependencies are added by [BuildInitramfs]; modules
+// the kernel has built in are skipped. The rest the init relies on (tmpfs,
+// devtmpfs, cgroup v2 with memory and pids, user and PID namespaces, the
+// 8250 serial console) is built into Debian's cloud kernel.
+var DefaultModules = []string{"virtio_mmio", "virtio_pci", "virtio_blk", "erofs", "overlay"}
+
+// Paths inside the initramfs the init relies on.
+const (
+	// ModulesDir holds <name>.ko for every module to load.
+	ModulesDir = "/lib/modules"
+	// ModulesOrder lists the module names, one a line, in load order.
+	ModulesOrder = "/lib/modules/order"
+)
+
+// initramfsFormat changes whenever BuildInitramfs's output changes for the
+// same inputs, so cached initramfs files from older builds are not reused.
+const initramfsFormat = "pe-initramfs-1"
+
+// ModuleError reports a module that cannot be resolved.
+type ModuleError struct {
+	Module   string // the module name
+	NeededBy string // the module that depends on it, "" for a requested one
+	Err      error
+}
+
+func (e *ModuleError) Error() string {
+	if e.NeededBy != "" {
+		return fmt.Sprintf("module %s (needed by %s): %v", e.Module, e.NeededBy, e.Err)
+	}
+	return fmt.Sprintf("module %s: %v", e.Module, e.Err)
+}
+
+func (e *ModuleError) Unwrap() error { return e.Err }
+
+// ErrModuleNotFound is wrapped by a [ModuleError] for a module that is
+// neither in the modules tree nor built into the kernel.
+var ErrModuleNotFound = errors.New("not found in the modules tree nor built in")
+
+// module is one kernel module to ship.
+type module struct {
+	name    string
+	path    string
+	depends []string
+	content []byte
+}
+
+// moduleName turns a file name or module name into the kernel's module name:
+// no directory, no .ko[.xz|.zst|.gz] suffix, '-' as '_'.
+func moduleName(s string) string {
+	s = filepath.Base(s)
+	for _, ext := range []string{".xz", ".zst", ".gz"} {
+		s = strings.TrimSuffix(s, ext)
+	}
+	s = strings.TrimSuffix(s, ".ko")
+	return strings.ReplaceAll(s, "-", "_")
+}
+
+func isModuleFile(name string) bool {
+	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
+		if strings.HasSuffix(name, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+// indexModules maps module names to files under dir.
+func indexModules(dir string) (map[string]string, error) {
+	idx := map[string]string{}
+	if dir == "" {
+		return idx, nil
+	}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && isModuleFile(d.Name()) {
+			idx[moduleName(d.Name())] = p
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("index kernel modules: %w", err)
+	}
+	return idx, nil
+}
+
+// builtinModules reads modules.builtin from dir or its parent (where
+// scripts/get-kernel.sh puts it beside modules/); absent means none known.
+func builtinModules(dir string) (map[string]bool, error) {
+	m := map[string]bool{}
+	if dir == "" {
+		return m, nil
+	}
+	for _, p := range []string{filepath.Join(dir, "modules.builtin"), filepath.Join(filepath.Dir(dir), "modules.builtin")} {
+		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				m[moduleName(line)] = true
+			}
+		}
+		break
+	}
+	return m, nil
+}
+
+// readModule reads a module file, decompressing .xz, .zst and .gz, because
+// the init loads modules with finit_module and the kernel may lack
+// in-kernel decompression.
+func readModule(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	switch {
+	case strings.HasSuffix(p, ".xz"):
+		if r, err = xz.NewReader(f); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+	case strings.HasSuffix(p, ".zst"):
+		d, err := zstd.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		defer d.Close()
+		r = d
+	case strings.HasSuffix(p, ".gz"):
+		if r, err = gzip.NewReader(f); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return b, nil
+}
+
+// modinfoDepends returns the depends= list of a module's .modinfo section.
+func modinfoDepends(content []byte) ([]string, error) {
+	ef, err := elf.NewFile(bytes.NewReader(content))
+	if err != nil {
+		return nil, fmt.Errorf("not an ELF module: %w", err)
+	}
+	defer ef.Close()
+	sec := ef.Section(".modinfo")
+	if sec == nil {
+		return nil, errors.New("no .modinfo section")
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return nil, fmt.Errorf(".modinfo: %w", err)
+	}
+	var deps []string
+	for _, kv := range bytes.Split(data, []byte{0}) {
+		v, ok := bytes.CutPrefix(kv, []byte("depends="))
+		if !ok {
+			continue
+		}
+		for _, d := range strings.Split(string(v), ",") {
+			if d = strings.TrimSpace(d); d != "" {
+				deps = append(deps, moduleName(d))
+			}
+		}
+	}
+	return deps, nil
+}
+
+// resolveModules returns the modules to load, dependencies first, in a
+// stable order: requested modules in the order given, each preceded by its
+// dependencies (depth first, in depends= order). Built-in modules are left
+// out; a missing one or a cycle is an error.
+func resolveModules(dir string, names []string) ([]*module, error) {
+	idx, err := indexModules(dir)
+	if err != nil {
+		return nil, err
+	}
+	builtin, err := builtinModules(dir)
+	if err != nil {
+		return nil, err
+	}
+	const (
+		visiting = 1
+		done     = 2
+	)
+	state := map[string]int{}
+	var order []*module
+	var stack []string
+	var visit func(name, neededBy string) error
+	visit = func(name, neededBy string) error {
+		switch state[name] {
+		case done:
+			return nil
+		case visiting:
+			i := len(stack) - 1
+			for stack[i] != name {
+				i--
+			}
+			cycle := append(append([]string{}, stack[i:]...), name)
+			return &ModuleError{Module: name, NeededBy: neededBy, Err: fmt.Errorf("dependency cycle %s", strings.Join(cycle, " -> "))}
+		}
+		p, ok := idx[name]
+		if !ok {
+			if builtin[name] {
+				state[name] = done
+				return nil
+			}
+			return &ModuleError{Module: name, NeededBy: neededBy, Err: ErrModuleNotFound}
+		}
+		state[name] = visiting
+		stack = append(stack, name)
+		content, err := readModule(p)
+		if err != nil {
+			return &ModuleError{Module: name, NeededBy: neededBy, Err: err}
+		}
+		deps, err := modinfoDepends(content)
+		if err != nil {
+			return &ModuleError{Module: name, NeededBy: neededBy, Err: fmt.Errorf("%s: %w", p, err)}
+		}
+		for _, d := range deps {
+			if err := visit(d, name); err != nil {
+				return err
+			}
+		}
+		stack = stack[:len(stack)-1]
+		state[name] = done
+		order = append(order, &module{name: name, path: p, depends: deps, content: content})
+		return nil
+	}
+	for _, n := range names {
+		if err := visit(moduleName(n), ""); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
+// BuildInitramfs writes an uncompressed newc cpio archive to out holding
+// the static guest init as /init, the requested kernel modules and their
+// dependencies as /lib/modules/<name>.ko (decompressed), /lib/modules/order
+// listing them in load order (dependencies first), /dev/console and
+// /dev/null so the init has a console before it mounts devtmpfs, and the
+// empty directories the init mounts on. modulesDir is a kernel's module tree
+// (lib/modules/<release>/kernel, searched recursively; "" when every module
+// is built in); modules nil means [DefaultModules]. Modules listed in
+// modules.builtin (in modulesDir or beside it) need no file. The archive
+// is reproducible: same inputs, same bytes. out appears only when complete.
+func BuildInitramfs(out string, initBinary string, modulesDir string, modules []string) (err error) {
+	if modules == nil {
+		modules = DefaultModules
+	}
+	mods, err := resolveModules(modulesDir, modules)
+	if err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	init, err := os.ReadFile(initBinary)
+	if err != nil {
+		return fmt.Errorf("build initramfs: guest init: %w", err)
+	}
+	if len(init) < 4 || string(init[:4]) != "\x7fELF" {
+		return fmt.Errorf("build initramfs: guest init %s is not an ELF executable", initBinary)
+	}
+
+	var recs []cpio.Record
+	for _, d := range []string{"dev", "proc", "sys", "run", "mnt", "tmp", "lib", "lib/modules"} {
+		recs = append(recs, cpio.Directory(d, 0o755))
+	}
+	recs = append(recs,
+		cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.CharDev("dev/null", 0o666, 1, 3),
+		cpio.StaticRecord(init, cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755}),
+	)
+	var order strings.Builder
+	for _, m := range mods {
+		recs = append(recs, cpio.StaticRecord(m.content, cpio.Info{Name: "lib/modules/" + m.name + ".ko", Mode: cpio.S_IFREG | 0o644}))
+		order.WriteString(m.name + "\n")
+	}
+	recs = append(recs, cpio.StaticFile("lib/modules/order", order.String(), 0o644))
+	for i := range recs {
+		recs[i].Ino = uint64(i + 1)
+		recs[i].NLink = 1
+	}
+
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".initramfs-*.tmp")
+	if err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	w := cpio.Newc.Writer(bw)
+	if err := cpio.WriteRecords(w, recs); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	return nil
+}
+
+// InitramfsPath returns an initramfs for the kernel identified by kernelID
+// (its release, e.g. the version file of the kernel directory) with the
+// guest init initBinary and modules (nil = [DefaultModules]) from
+// modulesDir, building it into cacheDir when it is not there yet. The cache
+// key covers the kernel, the module list and the init's contents, so a new
+// pe build or kernel gets a new file; concurrent callers may both build,
+// and the atomic rename makes either result the one kept.
+func InitramfsPath(cacheDir, kernelID, initBinary, modulesDir string, modules []string) (string, error) {
+	if modules == nil {
+		modules = DefaultModules
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", initramfsFormat, kernelID, strings.Join(modules, ","))
+	f, err := os.Open(initBinary)
+	if err != nil {
+		return "", fmt.Errorf("initramfs: guest init: %w", err)
+	}
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return "", fmt.Errorf("initramfs: guest init: %w", err)
+	}
+	p := filepath.Join(cacheDir, "initramfs-"+hex.EncodeToString(h.Sum(nil))[:32]+".cpio")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	if err := BuildInitramfs(p, initBinary, modulesDir, modules); err != nil {
+		return "", err
+	}
+	return p, nil
+}

@@ -1,0 +1,422 @@
+package guest
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// tarTrailer is the end-of-archive marker: two zero blocks.
+const tarTrailer = 2 * blockSize
+
+// treeOptions controls writeTree.
+type treeOptions struct {
+	// strict makes unsupported file types (devices, FIFOs, sockets) an error
+	// instead of being skipped.
+	strict bool
+	// maxFiles caps the entries written (0 = no cap); past it the archive
+	// is cut and reported truncated.
+	maxFiles int
+}
+
+// writeTree writes the contents of root (not root itself) as a tar archive
+// into aw: directories, regular files and symlinks, with permission bits and
+// modification times, never following symlinks. Each entry goes in whole or
+// not at all: when the next entry does not fit, the archive ends before it
+// and truncated is true. An empty or missing tree writes nothing.
+func writeTree(aw *areaWriter, root string, o treeOptions) (truncated bool, err error) {
+	if aw.limit < tarTrailer {
+		aw.limit = 0
+	} else {
+		aw.limit -= tarTrailer // keep room for the trailer whatever happens
+	}
+	count := 0
+	walkErr := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if o.strict || p == root && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			if d != nil && d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if p == root {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			if o.strict {
+				return err
+			}
+			return nil
+		}
+		hdr := &tar.Header{
+			Name:    filepath.ToSlash(rel),
+			Mode:    int64(info.Mode().Perm()),
+			ModTime: info.ModTime().Truncate(time.Second),
+		}
+		switch {
+		case info.Mode().IsDir():
+			hdr.Typeflag = tar.TypeDir
+			hdr.Name += "/"
+		case info.Mode().IsRegular():
+			hdr.Typeflag = tar.TypeReg
+			hdr.Size = info.Size()
+		case info.Mode()&fs.ModeSymlink != 0:
+			hdr.Typeflag = tar.TypeSymlink
+			if hdr.Linkname, err = os.Readlink(p); err != nil {
+				return err
+			}
+		default:
+			if o.strict {
+				return fmt.Errorf("%s: unsupported file type %v", p, info.Mode().Type())
+			}
+			return nil
+		}
+		count++
+		if o.maxFiles > 0 && count > o.maxFiles {
+			truncated = true
+			return fs.SkipAll
+		}
+		start := aw.pos
+		if err := writeEntry(aw, hdr, p); err != nil {
+			if errors.Is(err, errAreaFull) {
+				aw.pos = start
+				truncated = true
+				return fs.SkipAll
+			}
+			return err
+		}
+		return nil
+	})
+	aw.limit += tarTrailer
+	if walkErr != nil {
+		return truncated, walkErr
+	}
+	if aw.pos > 0 && aw.limit >= tarTrailer {
+		if _, err := aw.Write(make([]byte, tarTrailer)); err != nil {
+			return truncated, err
+		}
+	}
+	return truncated, nil
+}
+
+// writeEntry writes one header and, for a regular file, its contents.
+func writeEntry(w io.Writer, hdr *tar.Header, p string) error {
+	tw := tar.NewWriter(w)
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := io.CopyN(tw, f, hdr.Size); err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%s: file shrank while archiving it", p)
+			}
+			return err
+		}
+	}
+	return tw.Flush() // pads the entry; the trailer is written once at the end
+}
+
+// writeOutputs archives dir into the outputs area at off, at most limit
+// bytes and DefaultLimits().MaxFiles entries.
+func writeOutputs(w io.WriterAt, off, limit int64, dir string) (n int64, truncated bool, err error) {
+	aw := &areaWriter{w: w, off: off, limit: limit}
+	truncated, err = writeTree(aw, dir, treeOptions{maxFiles: DefaultLimits().MaxFiles})
+	return aw.pos, truncated, err
+}
+
+// ExtractOutputs unpacks the guest's output archive into dir, creating dir if
+// needed. The archive is hostile: entries with absolute or ".." paths, hard
+// links, devices and other types are refused; no entry is written through a
+// symlink, whether the archive made it or it was already in dir (symlinks
+// are created as they are, never followed); an entry replaces a file or
+// symlink of the same name but not a directory; the entry count and total
+// size are capped by the Limits given to [ReadResult]. Permission bits are
+// kept without setuid, setgid and sticky bits. On error, entries already
+// written stay.
+func (r *Response) ExtractOutputs(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("extract outputs: %w", err)
+	}
+	if len(r.outputs) == 0 {
+		return nil
+	}
+	lim := r.lim.withDefaults()
+	err := extractTar(strings.NewReader(string(r.outputs)), dir, extractOptions{maxFiles: lim.MaxFiles, maxBytes: lim.MaxOutput})
+	if err != nil {
+		return fmt.Errorf("extract outputs: %w", err)
+	}
+	return nil
+}
+
+// extractOptions bounds extractTar.
+type extractOptions struct {
+	maxFiles int
+	maxBytes int64
+}
+
+// ExtractError names the archive entry that could not be extracted.
+type ExtractError struct {
+	Name string // entry name as found in the archive
+	Err  error
+}
+
+func (e *ExtractError) Error() string { return fmt.Sprintf("entry %q: %v", e.Name, e.Err) }
+func (e *ExtractError) Unwrap() error { return e.Err }
+
+// extractTar unpacks r beneath dir. Every path is resolved with openat2
+// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS one directory at a time, so neither a
+// symlink in the archive nor one already in dir can redirect a write.
+func extractTar(r io.Reader, dir string, o extractOptions) error {
+	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer unix.Close(root)
+
+	type dirAttr struct {
+		rel   string
+		mode  uint32
+		mtime time.Time
+	}
+	var dirs []dirAttr
+	var total int64
+	tr := tar.NewReader(r)
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read archive: %w", err)
+		}
+		if n >= o.maxFiles {
+			return fmt.Errorf("more than %d entries", o.maxFiles)
+		}
+		rel, err := cleanEntryName(hdr.Name)
+		if err != nil {
+			return &ExtractError{hdr.Name, err}
+		}
+		if rel == "." {
+			if hdr.Typeflag == tar.TypeDir {
+				continue
+			}
+			return &ExtractError{hdr.Name, errors.New("names the extraction directory itself")}
+		}
+		mode := uint32(hdr.Mode) & 0o777
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := extractDir(root, rel); err != nil {
+				return &ExtractError{hdr.Name, err}
+			}
+			dirs = append(dirs, dirAttr{rel, mode, hdr.ModTime})
+		case tar.TypeReg, tar.TypeRegA:
+			if hdr.Size > o.maxBytes-total {
+				return &ExtractError{hdr.Name, fmt.Errorf("%d bytes would pass the %d-byte limit on extracted data", hdr.Size, o.maxBytes)}
+			}
+			total += hdr.Size
+			if err := extractFile(root, rel, tr, hdr.Size, mode, hdr.ModTime); err != nil {
+				return &ExtractError{hdr.Name, err}
+			}
+		case tar.TypeSymlink:
+			if hdr.Linkname == "" || len(hdr.Linkname) > 4095 || strings.IndexByte(hdr.Linkname, 0) >= 0 {
+				return &ExtractError{hdr.Name, fmt.Errorf("bad symlink target %.100q", hdr.Linkname)}
+			}
+			if err := extractSymlink(root, rel, hdr.Linkname); err != nil {
+				return &ExtractError{hdr.Name, err}
+			}
+		default:
+			return &ExtractError{hdr.Name, fmt.Errorf("unsupported entry type %q (only files, directories and symlinks)", hdr.Typeflag)}
+		}
+	}
+	// Directory modes and times last: files created inside would change the
+	// times, and a read-only mode would stop the extraction.
+	for i := len(dirs) - 1; i >= 0; i-- {
+		d := dirs[i]
+		fd, err := openBeneath(root, d.rel, unix.O_RDONLY|unix.O_DIRECTORY)
+		if err != nil {
+			return &ExtractError{d.rel, err}
+		}
+		err = unix.Fchmod(fd, d.mode)
+		if err == nil {
+			err = setTimes(fd, d.mtime)
+		}
+		unix.Close(fd)
+		if err != nil {
+			return &ExtractError{d.rel, err}
+		}
+	}
+	return nil
+}
+
+// cleanEntryName turns an archive name into a clean relative path, refusing
+// absolute paths, ".." components and oversized or NUL-bearing names.
+func cleanEntryName(name string) (string, error) {
+	switch {
+	case name == "":
+		return "", errors.New("empty name")
+	case len(name) > 4095:
+		return "", errors.New("name longer than 4095 bytes")
+	case strings.IndexByte(name, 0) >= 0:
+		return "", errors.New("name contains a NUL byte")
+	case strings.HasPrefix(name, "/"):
+		return "", errors.New("absolute path")
+	}
+	for _, c := range strings.Split(name, "/") {
+		if c == ".." {
+			return "", errors.New(`path contains ".."`)
+		}
+	}
+	return path.Clean(name), nil
+}
+
+// resolveFlags make every lookup stay beneath the root and refuse symlinks,
+// including /proc magic links.
+const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
+
+func openBeneath(root int, rel string, flags int) (int, error) {
+	fd, err := unix.Openat2(root, rel, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: resolveFlags})
+	if errors.Is(err, unix.ELOOP) {
+		return -1, errors.New("path goes through a symlink")
+	}
+	return fd, err
+}
+
+// parentDir opens the directory that will hold rel, creating missing
+// directories on the way (mode 0755), and returns it with rel's last element.
+func parentDir(root int, rel string) (int, string, error) {
+	dir, base := path.Split(rel)
+	dir = strings.TrimSuffix(dir, "/")
+	if dir == "" {
+		fd, err := unix.Dup(root)
+		return fd, base, err
+	}
+	cur, err := unix.Dup(root)
+	if err != nil {
+		return -1, "", err
+	}
+	for _, c := range strings.Split(dir, "/") {
+		if err := unix.Mkdirat(cur, c, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			unix.Close(cur)
+			return -1, "", err
+		}
+		next, err := openBeneath(cur, c, unix.O_PATH|unix.O_DIRECTORY)
+		unix.Close(cur)
+		if err != nil {
+			return -1, "", fmt.Errorf("%s: %w", c, err)
+		}
+		cur = next
+	}
+	return cur, base, nil
+}
+
+// clearName removes a non-directory at name so a new entry replaces it
+// rather than writing through it; a directory there is an error.
+func clearName(dirfd int, name string) error {
+	var st unix.Stat_t
+	err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return errors.New("a directory is in the way")
+	}
+	return unix.Unlinkat(dirfd, name, 0)
+}
+
+func extractDir(root int, rel string) error {
+	pfd, base, err := parentDir(root, rel)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	// 0700 while extracting so the archive's own modes cannot lock us out.
+	err = unix.Mkdirat(pfd, base, 0o700)
+	if errors.Is(err, unix.EEXIST) {
+		var st unix.Stat_t
+		if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return errors.New("exists and is not a directory")
+		}
+		return nil
+	}
+	return err
+}
+
+func extractFile(root int, rel string, r io.Reader, size int64, mode uint32, mtime time.Time) error {
+	pfd, base, err := parentDir(root, rel)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	if err := clearName(pfd, base); err != nil {
+		return err
+	}
+	// O_EXCL|O_NOFOLLOW: a name that reappeared since clearName is refused
+	// rather than followed.
+	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	if _, err := io.CopyN(f, r, size); err != nil {
+		return err
+	}
+	if err := unix.Fchmod(fd, mode); err != nil {
+		return err
+	}
+	return setTimes(fd, mtime)
+}
+
+func extractSymlink(root int, rel, target string) error {
+	pfd, base, err := parentDir(root, rel)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	if err := clearName(pfd, base); err != nil {
+		return err
+	}
+	return unix.Symlinkat(target, pfd, base)
+}
+
+func setTimes(fd int, mtime time.Time) error {
+	if mtime.IsZero() {
+		return nil
+	}
+	ts := [2]unix.Timespec{unix.NsecToTimespec(mtime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
+	// futimens(fd) is utimensat(fd, NULL, ...); x/sys only offers the
+	// path form, which would need /proc.
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}

@@ -1,0 +1,159 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pe-project/pe/erofs"
+)
+
+// ExportEROFS writes the EROFS image of ref to the file out, taking it
+// from the cache (converting it into the cache first when needed, as Get
+// does). The copy is a reflink where the file system can share blocks
+// (btrfs, XFS), else an in-kernel copy; out appears complete or not at
+// all.
+func (c *Cache) ExportEROFS(ctx context.Context, ref Reference, out string, opts PullOptions) (*CachedImage, error) {
+	if out == "" {
+		return nil, errors.New("no output file given")
+	}
+	img, err := c.Get(ctx, ref, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := copyFileAtomic(ctx, img.EROFSPath, out); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", out, err)
+	}
+	return img, nil
+}
+
+// BuildImageEROFS converts ref straight into the file out with build's
+// writer options (block size, modification times), without storing the
+// image in the cache; registry layers still go through blobs/. Use it when
+// the options differ from the cache's defaults; otherwise ExportEROFS is
+// as good and leaves the image cached.
+func (c *Cache) BuildImageEROFS(ctx context.Context, ref Reference, out string, opts PullOptions, build BuildOptions) error {
+	o, err := opts.config()
+	if err != nil {
+		return err
+	}
+	gc, err := c.lockGC(ctx, true, o)
+	if err != nil {
+		return err
+	}
+	defer gc.unlock()
+	res, err := c.resolveRef(ctx, ref, o)
+	if err != nil {
+		return err
+	}
+	if res.local {
+		return kindErrorf(ErrUnsupported, "%s is an imported image: it can only be exported as it was built (without --mtime or --block-size)", ref.Familiar())
+	}
+	src := res.src
+	if src == nil {
+		if src, err = c.cachedSource(ctx, ref, res.digest, o); err != nil {
+			return err
+		}
+	}
+	if o.MaxSize > 0 && src.size > o.MaxSize {
+		return kindErrorf(ErrTooLarge, "%s is too large: %d bytes of layers, over the limit of %d bytes (--max-image-size)",
+			ref.Familiar(), src.size, o.MaxSize)
+	}
+	if err := c.fetchBlobs(ctx, src, o); err != nil {
+		return err
+	}
+	if err := c.recordRef(ref, o.platform.String(), src); err != nil {
+		return err
+	}
+	return writeEROFSFile(ctx, out, build, func(w *erofs.Writer) error {
+		return flattenSource(ctx, w, src, o)
+	})
+}
+
+// writeEROFSFile writes the EROFS image fill makes to out through a
+// temporary file next to it, renamed over out once complete.
+func writeEROFSFile(ctx context.Context, out string, build BuildOptions, fill func(*erofs.Writer) error) (err error) {
+	if out == "" {
+		return errors.New("no output file given")
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".pe-build-*")
+	if err != nil {
+		return err
+	}
+	var w *erofs.Writer
+	defer func() {
+		if err != nil {
+			if w != nil {
+				w.Discard()
+			}
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if w, err = erofs.NewWriter(tmp, build.Writer); err != nil {
+		return err
+	}
+	if err := fill(w); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", out, err)
+	}
+	return finishFile(ctx, tmp, out, build.Durable)
+}
+
+// finishFile makes the complete temporary file tmp the file out.
+func finishFile(ctx context.Context, tmp *os.File, out string, durable bool) error {
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(out))
+	return nil
+}
+
+// copyFileAtomic copies src to dst through a temporary file.
+func copyFileAtomic(ctx context.Context, src, dst string) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".pe-build-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	// A reflink shares the blocks: instant, and no extra space.
+	if unix.IoctlFileClone(int(tmp.Fd()), int(in.Fd())) != nil {
+		// io.Copy between two files uses copy_file_range: the kernel
+		// copies, without a round trip through user space.
+		if _, err := io.Copy(tmp, in); err != nil {
+			return err
+		}
+	}
+	return finishFile(ctx, tmp, dst, false)
+}

@@ -1,0 +1,528 @@
+package image
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+)
+
+func TestPullByTagAndDigest(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "library/base:1", img)
+	c := testCache(t)
+	log, converted := countingLog(t)
+
+	got, err := c.Pull(t.Context(), ref, PullOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := digestOf(t, img); got.Digest != want {
+		t.Errorf("digest %s, want %s", got.Digest, want)
+	}
+	if diff := cmp.Diff(baseFiles, readImageFiles(t, got.EROFSPath)); diff != "" {
+		t.Errorf("image files (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"/bin/sh"}, got.Config.Config.Cmd); diff != "" {
+		t.Errorf("config cmd (-want +got):\n%s", diff)
+	}
+	if got.Platform != DefaultPlatform() {
+		t.Errorf("platform %q, want %q", got.Platform, DefaultPlatform())
+	}
+
+	// By digest: the same cached image, no new conversion.
+	byDigest := mustRef(t, fr.host+"/library/base@"+digestOf(t, img).String())
+	got2, err := c.Get(t.Context(), byDigest, PullOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got2.EROFSPath != got.EROFSPath || got2.Reference != byDigest.String() {
+		t.Errorf("by digest: got %s (%s), want %s", got2.EROFSPath, got2.Reference, got.EROFSPath)
+	}
+	if n := converted(); n != 1 {
+		t.Errorf("%d conversions, want 1", n)
+	}
+	// Once recorded, a digest reference never goes to the network.
+	fr.reset()
+	if _, err := c.Pull(t.Context(), byDigest, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := fr.count("", ""); n != 0 {
+		t.Errorf("pull by recorded digest made %d requests, want 0", n)
+	}
+}
+
+func TestGetUsesCache(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "x/y:latest", img)
+	c := testCache(t)
+	if _, err := c.Get(t.Context(), ref, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fr.reset()
+	got, err := c.Get(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := fr.count("", ""); n != 0 {
+		t.Errorf("second Get made %d requests, want 0", n)
+	}
+	if got.Digest != digestOf(t, img) {
+		t.Errorf("digest %s, want %s", got.Digest, digestOf(t, img))
+	}
+
+	// A stale record is checked with one HEAD; the tag has not moved.
+	c.now = func() time.Time { return time.Now().Add(2 * DefaultTagTTL) }
+	if _, err := c.Get(t.Context(), ref, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if all, heads := fr.count("", ""), fr.count("HEAD /v2/x/y/manifests/", ""); heads != 1 || all > 2 {
+		// ggcr may ping /v2/ first.
+		t.Errorf("stale Get made %d requests with %d manifest HEADs, want one HEAD", all, heads)
+	}
+
+	// The tag moves: pull notices and converts the new image.
+	img2 := fakeImage(t, DefaultPlatform(), fakeLayer(t, false, fakeEntry{name: "new.txt", body: "new\n"}))
+	fr.push(t, "x/y:latest", img2)
+	got, err = c.Pull(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest != digestOf(t, img2) {
+		t.Errorf("after the tag moved: digest %s, want %s", got.Digest, digestOf(t, img2))
+	}
+
+	// --pull never works offline, and fails for what is not cached.
+	fr.srv.Close()
+	if _, err := c.Get(t.Context(), ref, PullOptions{Policy: PullNever}); err != nil {
+		t.Errorf("pull never: %v", err)
+	}
+	_, err = c.Get(t.Context(), mustRef(t, fr.host+"/other:1"), PullOptions{Policy: PullNever})
+	if !errors.Is(err, ErrNotCached) {
+		t.Errorf("pull never of an absent image: %v, want ErrNotCached", err)
+	}
+	// Registry gone, record stale: the cached image is used.
+	if _, err := c.Get(t.Context(), ref, PullOptions{}); err != nil {
+		t.Errorf("stale record, registry down: %v", err)
+	}
+}
+
+func TestAuth(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "private/img:1", img)
+	fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+		if u, p, ok := r.BasicAuth(); ok && u == "alice" && p == "s3cret" {
+			return false
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
+		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+		return true
+	})
+
+	c := testCache(t) // DOCKER_CONFIG: an empty directory
+	_, err := c.Get(t.Context(), ref, PullOptions{})
+	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "docker login") {
+		t.Fatalf("without credentials: %v, want ErrUnauthorized saying to log in", err)
+	}
+
+	dir := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))
+	config := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, fr.host, auth)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+	got, err := c.Get(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatalf("with credentials: %v", err)
+	}
+	if diff := cmp.Diff(baseFiles, readImageFiles(t, got.EROFSPath)); diff != "" {
+		t.Errorf("image files (-want +got):\n%s", diff)
+	}
+}
+
+func TestPlatforms(t *testing.T) {
+	fr := newFakeRegistry(t)
+	amd := fakeImage(t, "linux/amd64", fakeLayer(t, false, fakeEntry{name: "arch", body: "amd64"}))
+	arm := fakeImage(t, "linux/arm64/v8", fakeLayer(t, false, fakeEntry{name: "arch", body: "arm64"}))
+	armv7 := fakeImage(t, "linux/arm/v7", fakeLayer(t, false, fakeEntry{name: "arch", body: "armv7"}))
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}},
+		mutate.IndexAddendum{Add: armv7, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}}},
+	)
+	ref := fr.pushIndex(t, "multi:1", idx)
+	c := testCache(t)
+	for _, tc := range []struct {
+		platform, want, wantPlatform string
+	}{
+		{"linux/amd64", "amd64", "linux/amd64"},
+		{"linux/arm64", "arm64", "linux/arm64/v8"},
+		{"linux/arm64/v8", "arm64", "linux/arm64/v8"},
+		{"linux/arm/v7", "armv7", "linux/arm/v7"},
+	} {
+		t.Run(tc.platform, func(t *testing.T) {
+			got, err := c.Get(t.Context(), ref, PullOptions{Platform: tc.platform})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if files := readImageFiles(t, got.EROFSPath); files["arch"] != tc.want {
+				t.Errorf("arch file %q, want %q", files["arch"], tc.want)
+			}
+			if got.Platform != tc.wantPlatform {
+				t.Errorf("platform %q, want %q", got.Platform, tc.wantPlatform)
+			}
+		})
+	}
+	_, err := c.Get(t.Context(), ref, PullOptions{Platform: "linux/s390x"})
+	if !errors.Is(err, ErrPlatformNotFound) || !strings.Contains(err.Error(), "linux/amd64, linux/arm64/v8, linux/arm/v7") {
+		t.Errorf("missing platform: %v, want ErrPlatformNotFound listing the platforms", err)
+	}
+	// A single-platform image for another platform is refused too.
+	single := fr.push(t, "single:1", arm)
+	_, err = c.Get(t.Context(), single, PullOptions{Platform: "linux/amd64"})
+	if !errors.Is(err, ErrPlatformNotFound) || !strings.Contains(err.Error(), "--platform linux/arm64/v8") {
+		t.Errorf("single image of another platform: %v, want ErrPlatformNotFound", err)
+	}
+	if _, err := c.Get(t.Context(), ref, PullOptions{Platform: "linux"}); err == nil {
+		t.Error("platform without architecture: no error")
+	}
+}
+
+// serveBadBlob makes the registry answer GETs of blob h with body (and a
+// Content-Length of declared, when not 0).
+func serveBadBlob(fr *fakeRegistry, h v1.Hash, body []byte, declared int) {
+	fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+h.String()) {
+			return false
+		}
+		if declared == 0 {
+			declared = len(body)
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(declared))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+		return true
+	})
+}
+
+func TestCorruptBlobs(t *testing.T) {
+	for _, tc := range []struct {
+		desc string
+		// corrupt returns the body served for a blob and the
+		// Content-Length declared (0: the body's).
+		corrupt func(b []byte) ([]byte, int)
+	}{
+		{"wrong digest", func(b []byte) ([]byte, int) {
+			b = append([]byte(nil), b...)
+			b[len(b)/2] ^= 0xff
+			return b, 0
+		}},
+		{"truncated, short Content-Length", func(b []byte) ([]byte, int) { return b[:len(b)/2], 0 }},
+		{"truncated, connection cut", func(b []byte) ([]byte, int) { return b[:len(b)/2], len(b) }},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			fr := newFakeRegistry(t)
+			img := baseImage(t)
+			ref := fr.push(t, "corrupt:1", img)
+			layers, err := img.Layers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _ := layers[1].Digest()
+			rc, _ := layers[1].Compressed()
+			good, _ := io.ReadAll(rc)
+			body, declared := tc.corrupt(good)
+			serveBadBlob(fr, h, body, declared)
+			c := testCache(t)
+			_, err = c.Get(t.Context(), ref, PullOptions{})
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), h.String()) {
+				t.Errorf("error %q does not name the layer %s", err, h)
+			}
+			if tc.desc == "wrong digest" && !errors.Is(err, ErrDigestMismatch) {
+				t.Errorf("error %v is not ErrDigestMismatch", err)
+			}
+			if files := cacheFiles(t, c); len(files) > 1 {
+				// The good layer may have been downloaded; the bad one,
+				// no image, and no temporary file may be left.
+				t.Errorf("cache holds %v, want at most the good blob", files)
+			}
+			for _, f := range cacheFiles(t, c) {
+				if !strings.HasSuffix(f, layerDigests(t, img)[0].Hex) {
+					t.Errorf("cache holds %s", f)
+				}
+			}
+		})
+	}
+}
+
+func TestRetryAndNotFound(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "flaky:1", img)
+	var mu sync.Mutex
+	failures := 0
+	fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.Contains(r.URL.Path, "/manifests/") && failures < 2 {
+			failures++
+			w.Header().Set("Retry-After", "0")
+			http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, http.StatusTooManyRequests)
+			return true
+		}
+		return false
+	})
+	c := testCache(t)
+	if _, err := c.Get(t.Context(), ref, PullOptions{}); err != nil {
+		t.Fatalf("after two 429s: %v", err)
+	}
+	if failures != 2 {
+		t.Errorf("%d 429 answers, want 2", failures)
+	}
+
+	_, err := c.Get(t.Context(), mustRef(t, fr.host+"/flaky:missing"), PullOptions{})
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "flaky:missing not found") {
+		t.Errorf("missing tag: %v, want ErrNotFound", err)
+	}
+	_, err = c.Get(t.Context(), mustRef(t, fr.host+"/nosuchrepo:1"), PullOptions{})
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing repository: %v, want ErrNotFound", err)
+	}
+
+	// A registry that never stops answering 429.
+	fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+		http.Error(w, "", http.StatusTooManyRequests)
+		return true
+	})
+	_, err = c.Pull(t.Context(), ref, PullOptions{})
+	if !errors.Is(err, ErrRateLimited) {
+		t.Errorf("always 429: %v, want ErrRateLimited", err)
+	}
+}
+
+func TestMaxSize(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "big:1", img)
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int64
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+	size-- // one byte too many
+	c := testCache(t)
+	fr.reset()
+	_, err = c.Get(t.Context(), ref, PullOptions{MaxSize: size})
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "--max-image-size") {
+		t.Errorf("over the limit: %v, want ErrTooLarge", err)
+	}
+	if n := fr.blobGets(t, img); n != 0 {
+		t.Errorf("%d layer downloads before refusing, want 0", n)
+	}
+	if _, err := c.Get(t.Context(), ref, PullOptions{MaxSize: 1 << 30}); err != nil {
+		t.Errorf("under the limit: %v", err)
+	}
+}
+
+func TestConcurrentGet(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "shared:1", img)
+	c := testCache(t)
+	log, converted := countingLog(t)
+	var wg sync.WaitGroup
+	results := make([]*CachedImage, 4)
+	errs := make([]error, 4)
+	for i := range results {
+		wg.Go(func() {
+			// Separate Cache values, as separate processes would have.
+			c2, err := OpenCache(c.Dir())
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			results[i], errs[i] = c2.Get(t.Context(), ref, PullOptions{Log: log})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Get %d: %v", i, err)
+		}
+		if results[i].Digest != digestOf(t, img) {
+			t.Errorf("Get %d: digest %s", i, results[i].Digest)
+		}
+	}
+	if n := converted(); n != 1 {
+		t.Errorf("%d conversions, want 1", n)
+	}
+	if n, want := fr.blobGets(t, img), len(layerDigests(t, img)); n != want {
+		t.Errorf("%d layer downloads, want %d", n, want)
+	}
+}
+
+// TestCacheHelperProcess is not a test: TestTwoProcesses runs the test
+// binary again to call Get from another process.
+func TestCacheHelperProcess(t *testing.T) {
+	if os.Getenv("PE_IMAGE_TEST_HELPER") != "get" {
+		t.Skip("helper process for TestTwoProcesses")
+	}
+	c, err := OpenCache(os.Getenv("PE_IMAGE_TEST_CACHE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := ParseReference(os.Getenv("PE_IMAGE_TEST_REF"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.Get(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("digest", img.Digest)
+}
+
+func TestTwoProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the test binary twice")
+	}
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "twoproc:1", img)
+	c := testCache(t)
+	var wg sync.WaitGroup
+	outs := make([][]byte, 2)
+	errs := make([]error, 2)
+	for i := range outs {
+		wg.Go(func() {
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestCacheHelperProcess$", "-test.v")
+			cmd.Env = append(os.Environ(), "PE_IMAGE_TEST_HELPER=get", "PE_IMAGE_TEST_CACHE="+c.Dir(), "PE_IMAGE_TEST_REF="+ref.String())
+			outs[i], errs[i] = cmd.CombinedOutput()
+		})
+	}
+	wg.Wait()
+	want := "digest " + digestOf(t, img).String()
+	for i := range outs {
+		if errs[i] != nil || !strings.Contains(string(outs[i]), want) {
+			t.Errorf("process %d: %v\n%s", i, errs[i], outs[i])
+		}
+	}
+	if n, want := fr.blobGets(t, img), len(layerDigests(t, img)); n != want {
+		t.Errorf("%d layer downloads by two processes, want %d (one conversion)", n, want)
+	}
+	entries, _ := os.ReadDir(c.path(imagesDir))
+	var dirs []string
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, e.Name())
+		}
+	}
+	if diff := cmp.Diff([]string{digestOf(t, img).Hex}, dirs); diff != "" {
+		t.Errorf("image directories (-want +got):\n%s", diff)
+	}
+}
+
+func TestCancelLeavesNothing(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "cancel:1", img)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, _ := layers[1].Digest()
+	rc, _ := layers[1].Compressed()
+	blob, _ := io.ReadAll(rc)
+	fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+bad.String()) {
+			return false
+		}
+		// Half a blob, then pe is interrupted mid-download.
+		w.Header().Set("Content-Length", fmt.Sprint(len(blob)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(blob[:len(blob)/2])
+		w.(http.Flusher).Flush()
+		cancel()
+		<-r.Context().Done()
+		return true
+	})
+	c := testCache(t)
+	_, err = c.Get(ctx, ref, PullOptions{})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted Get: %v, want context.Canceled", err)
+	}
+	for _, f := range cacheFiles(t, c) {
+		if !strings.HasSuffix(f, layerDigests(t, img)[0].Hex) {
+			t.Errorf("the cache holds %s after an interrupted pull", f)
+		}
+	}
+	// The next Get finishes the job.
+	fr.setWrap(nil)
+	if _, err := c.Get(t.Context(), ref, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestProgress(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "progress:1", img)
+	var mu sync.Mutex
+	last := map[Phase]Progress{}
+	opts := PullOptions{Progress: func(p Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		if prev, ok := last[p.Phase]; ok && (prev.Done || p.Complete < prev.Complete) {
+			t.Errorf("%s progress went from %+v to %+v", p.Phase, prev, p)
+		}
+		last[p.Phase] = p
+	}}
+	if _, err := testCache(t).Get(t.Context(), ref, opts); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, l := range mustManifest(t, img).Layers {
+		total += l.Size
+	}
+	for _, phase := range []Phase{PhaseDownload, PhaseConvert} {
+		want := Progress{Reference: ref.Familiar(), Phase: phase, Complete: total, Total: total, Done: true}
+		if diff := cmp.Diff(want, last[phase]); diff != "" {
+			t.Errorf("last %s report (-want +got):\n%s", phase, diff)
+		}
+	}
+}
+
+func mustManifest(t *testing.T, img v1.Image) *v1.Manifest {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

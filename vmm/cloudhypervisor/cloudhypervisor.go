@@ -1,0 +1,256 @@
+// Package cloudhypervisor is pe's cloud-hypervisor backend. cloud-hypervisor
+// needs working KVM; pe picks it with --vmm auto only when its binary is
+// installed and a KVM probe boot succeeded.
+//
+// A VM is started from the command line (the flags of cloud-hypervisor's
+// documented CLI: --kernel, --initramfs, --cmdline, --cpus, --memory,
+// --disk, --console, --serial, --api-socket); the REST API on the
+// --api-socket (Client) tells when the VMM is up and can stop the VM. The
+// guest console is the 8250 serial port written to a file in the work
+// directory. APISteps is the alternative start-up that creates and boots
+// the VM through the API instead of flags.
+//
+// cloud-hypervisor reboots a guest that reboots (there is no -no-reboot),
+// so a guest kernel that panics with panic=-1 boots again until pe's
+// deadline kills the VM; pe's guest powers off, which ends the VMM.
+package cloudhypervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pe-project/pe/vmm"
+)
+
+// Name is the backend's name.
+const Name = "cloud-hypervisor"
+
+// DefaultBinary is the cloud-hypervisor executable looked up in PATH.
+const DefaultBinary = "cloud-hypervisor"
+
+// InstallHint says how to install cloud-hypervisor (Debian 12 does not
+// package it).
+const InstallHint = "download the static binary from https://github.com/cloud-hypervisor/cloud-hypervisor/releases into PATH as cloud-hypervisor (it needs working KVM)"
+
+// Names of the steps of DefaultSteps and APISteps.
+const (
+	StepRequireKVMName = "cloudhypervisor.RequireKVM"
+	StepBinaryName     = "cloudhypervisor.Binary"
+	StepArgsName       = "cloudhypervisor.Args"
+	StepAPIArgsName    = "cloudhypervisor.APIArgs"
+	StepWaitAPIName    = "cloudhypervisor.WaitAPI"
+	StepCreateBootName = "cloudhypervisor.CreateBoot"
+)
+
+// Files the backend makes in the work directory.
+const (
+	ConsoleFileName = "console.log"
+	APISocketName   = "api.sock"
+)
+
+// ErrNeedsKVM is returned when a config asks cloud-hypervisor for TCG.
+var ErrNeedsKVM = errors.New("cloud-hypervisor runs guests with KVM only; use --vmm qemu for TCG")
+
+// apiWait bounds how long the start-up waits for the API socket.
+const apiWait = 5 * time.Second
+
+// Backend starts VMs with cloud-hypervisor. The zero value is ready to use.
+type Backend struct {
+	// Binary is the executable; "" looks DefaultBinary up in PATH.
+	Binary string
+	// Steps is the start-up chain; nil means DefaultSteps.
+	Steps vmm.Steps
+}
+
+// New returns a cloud-hypervisor backend using binary ("" for
+// DefaultBinary from PATH).
+func New(binary string) *Backend { return &Backend{Binary: binary} }
+
+// Name implements vmm.Backend.
+func (b *Backend) Name() string { return Name }
+
+// Start implements vmm.Backend.
+func (b *Backend) Start(ctx context.Context, cfg *vmm.Config) (vmm.Machine, error) {
+	steps := b.Steps
+	if steps == nil {
+		steps = b.DefaultSteps()
+	}
+	c := cfg.WithDefaults()
+	return steps.Run(ctx, &vmm.Launch{Config: c, VMM: Name, Log: c.Log})
+}
+
+// DefaultSteps is the start-up chain: check the config (KVM only), find
+// the binary, make the work directory, build the flags, start the VMM,
+// wait for its API socket to answer.
+func (b *Backend) DefaultSteps() vmm.Steps {
+	return vmm.Steps{
+		vmm.StepValidate,
+		stepRequireKVM,
+		b.stepBinary(),
+		vmm.StepWorkDir,
+		{Name: StepArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+			l.ConsoleFile = filepath.Join(l.WorkDir, ConsoleFileName)
+			l.Args = Args(l.Config, l.ConsoleFile, filepath.Join(l.WorkDir, APISocketName))
+			return nil
+		}},
+		vmm.StepStartProcess,
+		stepWaitAPI,
+	}
+}
+
+// APISteps is the start-up chain that gives cloud-hypervisor only
+// --api-socket and then creates and boots the VM with PUT vm.create and
+// PUT vm.boot.
+func (b *Backend) APISteps() vmm.Steps {
+	return vmm.Steps{
+		vmm.StepValidate,
+		stepRequireKVM,
+		b.stepBinary(),
+		vmm.StepWorkDir,
+		{Name: StepAPIArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+			l.ConsoleFile = filepath.Join(l.WorkDir, ConsoleFileName)
+			l.Args = []string{"--api-socket", "path=" + value(filepath.Join(l.WorkDir, APISocketName))}
+			return nil
+		}},
+		vmm.StepStartProcess,
+		stepWaitAPI,
+		{Name: StepCreateBootName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+			c := NewClient(filepath.Join(l.WorkDir, APISocketName))
+			if err := c.Create(ctx, NewVMConfig(l.Config, l.ConsoleFile)); err != nil {
+				return err
+			}
+			return c.Boot(ctx)
+		}},
+	}
+}
+
+var stepRequireKVM = vmm.Step{Name: StepRequireKVMName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+	if l.Config.Accel != vmm.AccelKVM {
+		return ErrNeedsKVM
+	}
+	return nil
+}}
+
+func (b *Backend) stepBinary() vmm.Step {
+	return vmm.Step{Name: StepBinaryName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+		path, err := Find(b.Binary)
+		if err != nil {
+			return err
+		}
+		l.Binary = path
+		return nil
+	}}
+}
+
+// stepWaitAPI waits until the API socket answers vmm.ping, or the VMM
+// exits (its error then says why).
+var stepWaitAPI = vmm.Step{Name: StepWaitAPIName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+	c := NewClient(filepath.Join(l.WorkDir, APISocketName))
+	ctx, cancel := context.WithTimeout(ctx, apiWait)
+	defer cancel()
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		_, err := c.Ping(pctx)
+		pcancel()
+		if err == nil {
+			return nil
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Millisecond)
+		werr := l.Machine.Wait(wctx)
+		wcancel()
+		if ctx.Err() != nil {
+			return fmt.Errorf("API socket not answering after %v: %w", apiWait, err)
+		}
+		if !errors.Is(werr, context.DeadlineExceeded) {
+			if werr == nil {
+				werr = errors.New("exited")
+			}
+			return fmt.Errorf("VMM stopped before its API answered: %w", werr)
+		}
+	}
+}}
+
+// Find returns the path of the cloud-hypervisor executable binary (""
+// for DefaultBinary), with an error saying how to install it.
+func Find(binary string) (string, error) {
+	if binary == "" {
+		binary = DefaultBinary
+	}
+	path, err := exec.LookPath(binary)
+	if err != nil {
+		return "", fmt.Errorf("%s not found (%s): %w", binary, InstallHint, err)
+	}
+	return path, nil
+}
+
+// Version returns cloud-hypervisor's version ("v43.0"), running binary
+// --version.
+func Version(ctx context.Context, binary string) (string, error) {
+	out, err := exec.CommandContext(ctx, binary, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", binary, err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		return "", fmt.Errorf("%s --version printed nothing", binary)
+	}
+	return f[len(f)-1], nil
+}
+
+// Cmdline returns the kernel command line for cfg: cfg.Cmdline with the
+// serial console added unless it names one.
+func Cmdline(cfg *vmm.Config) string {
+	for _, f := range strings.Fields(cfg.Cmdline) {
+		if strings.HasPrefix(f, "console=") {
+			return cfg.Cmdline
+		}
+	}
+	return strings.TrimSpace("console=ttyS0 " + cfg.Cmdline)
+}
+
+// Args returns cloud-hypervisor's arguments for cfg (defaults applied),
+// without argv[0]: the kernel, initramfs and command line, vCPUs, memory,
+// the disks after one --disk flag, the virtio console off and the serial
+// console into consoleFile, and the API on apiSocket.
+func Args(cfg *vmm.Config, consoleFile, apiSocket string) []string {
+	args := []string{"--kernel", cfg.Kernel}
+	if cfg.Initramfs != "" {
+		args = append(args, "--initramfs", cfg.Initramfs)
+	}
+	args = append(args,
+		"--cmdline", Cmdline(cfg),
+		"--cpus", "boot="+strconv.Itoa(cfg.CPUs),
+		"--memory", "size="+strconv.Itoa(cfg.MemoryMiB)+"M",
+	)
+	if len(cfg.Disks) > 0 {
+		args = append(args, "--disk")
+		for _, d := range cfg.Disks {
+			v := "path=" + value(d.Path)
+			if d.ReadOnly {
+				v += ",readonly=on"
+			}
+			args = append(args, v)
+		}
+	}
+	args = append(args,
+		"--console", "off",
+		"--serial", "file="+value(consoleFile),
+		"--api-socket", "path="+value(apiSocket),
+	)
+	return args
+}
+
+// value quotes an option value holding cloud-hypervisor's separators
+// (',' and '=') or quotes, the way its option parser reads quoted values.
+func value(s string) string {
+	if !strings.ContainsAny(s, `,="`) {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+}
