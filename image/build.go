@@ -2,11 +2,9 @@ package image
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"syscall"
 
 	"github.com/pe-project/pe/erofs"
@@ -46,10 +44,7 @@ func BuildEROFS(ctx context.Context, source, out string, opts BuildOptions) erro
 	return nil
 }
 
-func buildEROFS(ctx context.Context, source, out string, opts BuildOptions) (err error) {
-	if out == "" {
-		return errors.New("no output file given")
-	}
+func buildEROFS(ctx context.Context, source, out string, opts BuildOptions) error {
 	// Settle what the source is before creating anything.
 	var tarStream io.Reader
 	var srcDir string
@@ -75,25 +70,10 @@ func buildEROFS(ctx context.Context, source, out string, opts BuildOptions) (err
 		}
 	}
 
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".pe-build-*")
-	if err != nil {
-		return err
-	}
-	var w *erofs.Writer
-	defer func() {
-		if err != nil {
-			if w != nil {
-				w.Discard()
-			}
-			tmp.Close()
-			os.Remove(tmp.Name())
+	return writeEROFSFile(ctx, out, opts, func(w *erofs.Writer, tmp *os.File) error {
+		if srcDir == "" {
+			return AddTar(ctx, w, tarStream)
 		}
-	}()
-
-	if w, err = erofs.NewWriter(tmp, opts.Writer); err != nil {
-		return err
-	}
-	if srcDir != "" {
 		var skip map[fileID]bool
 		if fi, err := tmp.Stat(); err == nil {
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
@@ -101,37 +81,6 @@ func buildEROFS(ctx context.Context, source, out string, opts BuildOptions) (err
 				skip = map[fileID]bool{{dev: uint64(st.Dev), ino: st.Ino}: true}
 			}
 		}
-		err = addDir(ctx, w, srcDir, skip)
-	} else {
-		err = AddTar(ctx, w, tarStream)
-	}
-	if err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if opts.Durable {
-		if err := tmp.Sync(); err != nil {
-			return err
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return err
-	}
-	// Make the rename durable; the image is complete either way.
-	if d, err := os.Open(filepath.Dir(out)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+		return addDir(ctx, w, srcDir, skip)
+	})
 }

@@ -70,14 +70,16 @@ func (c *Cache) BuildImageEROFS(ctx context.Context, ref Reference, out string, 
 	if err := c.recordRef(ref, o.platform.String(), src); err != nil {
 		return err
 	}
-	return writeEROFSFile(ctx, out, build, func(w *erofs.Writer) error {
+	return writeEROFSFile(ctx, out, build, func(w *erofs.Writer, _ *os.File) error {
 		return flattenSource(ctx, w, src, o)
 	})
 }
 
 // writeEROFSFile writes the EROFS image fill makes to out through a
-// temporary file next to it, renamed over out once complete.
-func writeEROFSFile(ctx context.Context, out string, build BuildOptions, fill func(*erofs.Writer) error) (err error) {
+// temporary file next to it, renamed over out once complete; on any error the
+// temporary file is removed. fill also gets the temporary file, so a source
+// that could contain it can leave it out.
+func writeEROFSFile(ctx context.Context, out string, build BuildOptions, fill func(w *erofs.Writer, tmp *os.File) error) (err error) {
 	if out == "" {
 		return errors.New("no output file given")
 	}
@@ -98,7 +100,7 @@ func writeEROFSFile(ctx context.Context, out string, build BuildOptions, fill fu
 	if w, err = erofs.NewWriter(tmp, build.Writer); err != nil {
 		return err
 	}
-	if err := fill(w); err != nil {
+	if err := fill(w, tmp); err != nil {
 		return err
 	}
 	if err := w.Close(); err != nil {

@@ -420,7 +420,7 @@ func (c *Cache) BuildImportEROFS(ctx context.Context, out string, opts ImportOpt
 			return fmt.Errorf("tarball: %w", err)
 		}
 	}
-	return writeEROFSFile(ctx, out, build, func(w *erofs.Writer) error {
+	return writeEROFSFile(ctx, out, build, func(w *erofs.Writer, _ *os.File) error {
 		return flattenImport(ctx, w, plan, o, build.Stdin)
 	})
 }
