@@ -112,8 +112,9 @@ const (
 	lz4MFLimit      = 12
 )
 
-// zwriter compresses the files of one Writer. Its buffers are reused from
-// file to file; it holds at most one input window.
+// zwriter compresses files, one at a time: the Writer has one for files
+// larger than the window, each compression worker one for the others. Its
+// buffers are reused from file to file.
 type zwriter struct {
 	cfg  *compressConfig
 	bs   int
@@ -125,22 +126,24 @@ type zwriter struct {
 	lo, hi int
 	enc    []byte // compressor output for a whole window guess
 	blk    []byte // the pcluster being assembled
-	stage  []byte // pcluster bytes of a small file, until it is decided
 	zeros  []byte // a pcluster of zeros, for padding
 	// ratio is input bytes per output byte of the last compressed
 	// pcluster, to guess how much input the next one takes.
 	ratio float64
 }
 
-// zWindow is the most input one extent may take: a larger window lets very
-// compressible data fill a pcluster, but every byte of it is held in
-// memory, and an extent must stay under 2048 logical clusters (the 11 bits
-// of a compacted index's delta) and Z_EROFS_PCLUSTER_MAX_DSIZE.
+// zWindow is the most input one extent may take, and the largest file
+// compressed whole by a worker: a larger window lets very compressible data
+// fill a pcluster and more files use the other cores, but every byte of it
+// is held in memory, and an extent must stay under 2048 logical clusters
+// (the 11 bits of a compacted index's delta) and Z_EROFS_PCLUSTER_MAX_DSIZE.
 func zWindow(pcap, bs int) int {
-	return min(max(1<<20, 16*pcap), 2047*bs)
+	return min(max(4<<20, 16*pcap), 2047*bs)
 }
 
-func newZwriter(cfg *compressConfig, bs int) *zwriter {
+// newZwriter returns a zwriter; window says whether it streams files
+// through a window of its own (workers get each file whole).
+func newZwriter(cfg *compressConfig, bs int, window bool) *zwriter {
 	z := &zwriter{cfg: cfg, bs: bs, ratio: 3}
 	if cfg.alg == CompressionLZ4HC {
 		// lz4hc level L searches 2^(L-1) hash chain candidates, like
@@ -148,7 +151,9 @@ func newZwriter(cfg *compressConfig, bs int) *zwriter {
 		z.hc = &lazyHC{depth: 1 << (cfg.level - 1)}
 	}
 	n := zWindow(cfg.pcap, bs)
-	z.win = make([]byte, n)
+	if window {
+		z.win = make([]byte, n)
+	}
 	z.enc = make([]byte, lz4.CompressBlockBound(n))
 	z.blk = make([]byte, 0, cfg.pcap)
 	z.zeros = make([]byte, cfg.pcap)
@@ -490,7 +495,7 @@ func (z *zwriter) decideSmall(data []byte, xattrs []xattr, stage *[]byte) (zresu
 // inode becomes flat.
 func (w *Writer) writeCompressed(ino *inode, r io.Reader, size uint64) error {
 	z := w.z
-	if size <= uint64(len(z.win)) {
+	if size <= uint64(zWindow(w.zcfg.pcap, int(w.bs))) {
 		return w.zpipe.submit(w, ino, r, size, false)
 	}
 	if err := w.zpipe.drain(w); err != nil {

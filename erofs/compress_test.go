@@ -92,9 +92,9 @@ func zTree(large int) *treeSpec {
 				append(bytes.Repeat([]byte("abc"), (n-1)/3), z.random(n-(n-1)/3*3)...))
 		}
 	}
-	// Larger than the 1 MiB input window of small pclusters.
-	s.add(Entry{Path: "zeros-1.5M", Mode: 0o644, ModTime: t0}, make([]byte, 3<<19+5))
-	s.add(Entry{Path: "random-1.2M", Mode: 0o644, ModTime: t0}, z.random(1200005))
+	// Larger than the 4 MiB input window of small pclusters: streamed.
+	s.add(Entry{Path: "zeros-4.5M", Mode: 0o644, ModTime: t0}, make([]byte, 9<<19+5))
+	s.add(Entry{Path: "random-4.2M", Mode: 0o644, ModTime: t0}, z.random(4200005))
 	for i := range 200 {
 		s.add(Entry{Path: fmt.Sprintf("small/f%03d", i), Mode: 0o644, ModTime: t0}, z.text(10+i*37))
 	}
@@ -289,7 +289,7 @@ func TestCompressedChoices(t *testing.T) {
 	s.add(Entry{Path: "tiny", Mode: 0o644}, z.text(3000))
 	s.add(Entry{Path: "text", Mode: 0o644}, z.text(200000))
 	s.add(Entry{Path: "random-small", Mode: 0o644}, z.random(100000))
-	s.add(Entry{Path: "random-big", Mode: 0o644}, z.random(3<<20+100))
+	s.add(Entry{Path: "random-big", Mode: 0o644}, z.random(5<<20+100))
 	s.add(Entry{Path: "zeros", Mode: 0o644}, make([]byte, 5<<20))
 	layoutOf := func(img, name string) int {
 		fi, err := readerOpenFile(t, img).Stat(name)
@@ -400,7 +400,7 @@ func TestCompressFit(t *testing.T) {
 	for _, alg := range []string{CompressionLZ4, CompressionLZ4HC} {
 		for _, pc := range []int{4096, 16384, 65536} {
 			cfg := &compressConfig{alg: alg, level: 9, pcap: pc, compact: true}
-			zw := newZwriter(cfg, 4096)
+			zw := newZwriter(cfg, 4096, false)
 			for name, in := range inputs {
 				for off := 0; off < len(in); {
 					n, blk, err := zw.fit(in[off:], pc)

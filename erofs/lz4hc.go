@@ -48,8 +48,9 @@ func (c *lazyHC) compress(src, dst []byte) (int, error) {
 	di, anchor := 0, 0
 	mflimit := n - lz4MFLimit     // no match starts after this
 	c.limit = n - lz4LastLiterals // no match ends after this
-	// The look-ahead searches less: it only has to beat a match in hand.
-	probe := max(c.depth/4, 1)
+	// The look-ahead searches half as deep: it only has to beat the match
+	// in hand (a quarter costs 0.25% in image size at 4 KiB pclusters).
+	probe := max(c.depth/2, 1)
 	i := 0
 	for i < mflimit {
 		ml, off := c.find(i, c.depth)

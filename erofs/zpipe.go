@@ -24,6 +24,7 @@ type zpipe struct {
 	workers int
 	jobs    chan *zjob
 	pending []*zjob // queued, not committed, oldest first
+	queued  int     // bytes of file data in pending
 	wg      sync.WaitGroup
 	started bool
 }
@@ -40,9 +41,16 @@ type zjob struct {
 	done  chan struct{}
 }
 
+// Queue bounds: enough files in flight that a slow one at the head does
+// not idle the workers, within a few windows of memory.
+const (
+	zQueueJobs  = 64
+	zQueueBytes = 8 << 20
+)
+
 func newZpipe(cfg *compressConfig, bs int) *zpipe {
 	n := min(runtime.GOMAXPROCS(0), 4)
-	return &zpipe{cfg: cfg, bs: bs, workers: n, jobs: make(chan *zjob, 2*n)}
+	return &zpipe{cfg: cfg, bs: bs, workers: n, jobs: make(chan *zjob, zQueueJobs)}
 }
 
 func (p *zpipe) start() {
@@ -51,7 +59,7 @@ func (p *zpipe) start() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			z := newZwriter(p.cfg, p.bs)
+			z := newZwriter(p.cfg, p.bs, false)
 			for j := range p.jobs {
 				j.res, j.keep, j.err = z.decideSmall(j.data, j.ino.xattrs, &j.stage)
 				close(j.done)
@@ -64,7 +72,7 @@ func (p *zpipe) start() {
 // flat files are queued too when others are pending, to keep their blocks
 // in order.
 func (p *zpipe) submit(w *Writer, ino *inode, r io.Reader, size uint64, flat bool) error {
-	for len(p.pending) >= 2*p.workers {
+	for len(p.pending) > 0 && (len(p.pending) >= zQueueJobs || p.queued+int(size) > zQueueBytes) {
 		if err := p.commitOne(w); err != nil {
 			return err
 		}
@@ -80,9 +88,10 @@ func (p *zpipe) submit(w *Writer, ino *inode, r io.Reader, size uint64, flat boo
 		if !p.started {
 			p.start()
 		}
-		p.jobs <- j // never blocks: at most 2*workers are pending
+		p.jobs <- j // never blocks: at most zQueueJobs are pending
 	}
 	p.pending = append(p.pending, j)
+	p.queued += len(data)
 	// Commit what is already done, so memory stays low.
 	for len(p.pending) > 0 && isDone(p.pending[0]) {
 		if err := p.commitOne(w); err != nil {
@@ -107,6 +116,7 @@ func (p *zpipe) commitOne(w *Writer) error {
 	<-j.done
 	p.pending[0] = nil
 	p.pending = p.pending[1:]
+	p.queued -= len(j.data)
 	if w.err != nil {
 		return w.err
 	}
@@ -147,7 +157,7 @@ func (p *zpipe) stop() {
 		close(p.jobs)
 		p.wg.Wait()
 		p.started = false
-		p.jobs = make(chan *zjob, 2*p.workers)
+		p.jobs = make(chan *zjob, zQueueJobs)
 	}
-	p.pending = nil
+	p.pending, p.queued = nil, 0
 }
