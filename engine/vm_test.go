@@ -2,7 +2,9 @@ package engine
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +13,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm/qemu"
 )
 
@@ -352,5 +356,66 @@ func TestVMBrokenKernel(t *testing.T) {
 				t.Errorf("files left behind: %q", left)
 			}
 		})
+	}
+}
+
+// TestVMCompressedImage runs from an image whose files (busybox itself
+// included) are lz4hc-compressed: the guest kernel must decompress both
+// index layouts' worth of data pe's writer produced. The program checks a
+// large compressible file and a file that does not compress.
+func TestVMCompressedImage(t *testing.T) {
+	t.Parallel()
+	f := vmSetup(t)
+	text := []byte(strings.Repeat("the guest kernel reads pe's lz4hc clusters\n", 20000))
+	noise := make([]byte, 300000)
+	for i := range noise {
+		noise[i] = byte(i*7919 ^ i>>5 ^ i>>13)
+	}
+	img := filepath.Join(t.TempDir(), "busybox-lz4hc.erofs")
+	out, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := erofs.NewWriter(out, erofs.WriterOptions{Compression: erofs.CompressionLZ4HC, PclusterSize: 16384})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := image.AddDir(t.Context(), w, f.rootfs); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"data/text": text, "data/noise": noise} {
+		if err := w.Add(erofs.Entry{Path: name, Mode: 0o644, Size: int64(len(data))}, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	// The image must really be compressed, or this test proves nothing.
+	check, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer check.Close()
+	fsys, err := erofs.Open(check)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"data/text", "bin/busybox"} {
+		fi, err := fsys.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := fi.Sys().(*erofs.Stat).Layout; l != 1 && l != 3 {
+			t.Fatalf("%s has data layout %d, not a compressed one", p, l)
+		}
+	}
+
+	e := newTestEngine(t, f, StaticSource{"lz4hc": {Reference: "lz4hc", Digest: "sha256:lz4hc", EROFSPath: img, Config: busyboxConfig()}})
+	res := run(t, e, &RunRequest{Image: "lz4hc", Overrides: Overrides{Cmd: sh("sha256sum /data/text /data/noise; echo done")}})
+	want := fmt.Sprintf("%x  /data/text\n%x  /data/noise\ndone\n", sha256.Sum256(text), sha256.Sum256(noise))
+	if res.ExitStatus() != 0 || string(res.Stdout) != want {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 0, %q", res.ExitStatus(), res.Stdout, clip(res.Stderr), want)
 	}
 }

@@ -48,6 +48,23 @@ type Cache struct {
 	dir string
 	// now is the clock, replaced in tests.
 	now func() time.Time
+	// compression holds the EROFS writer's compression settings for new
+	// conversions.
+	compression erofs.WriterOptions
+}
+
+// SetCompression makes the images converted into the cache from now on
+// compressed as o's Compression, CompressionLevel, PclusterSize and
+// CompressIndex say (the rest of o is ignored). Images already in the cache
+// keep the form they were written in: an entry is keyed by the image's
+// digest, not by how it was converted.
+func (c *Cache) SetCompression(o erofs.WriterOptions) {
+	c.compression = erofs.WriterOptions{
+		Compression:      o.Compression,
+		CompressionLevel: o.CompressionLevel,
+		PclusterSize:     o.PclusterSize,
+		CompressIndex:    o.CompressIndex,
+	}
 }
 
 // The cache's subdirectories and lock files.
@@ -581,7 +598,9 @@ func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []by
 		return err
 	}
 	defer f.Close()
-	w, err := erofs.NewWriter(f, erofs.WriterOptions{TempDir: tmp})
+	opts := c.compression
+	opts.TempDir = tmp
+	w, err := erofs.NewWriter(f, opts)
 	if err != nil {
 		return err
 	}

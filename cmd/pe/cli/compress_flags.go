@@ -42,24 +42,9 @@ func (z *compressFlags) apply(cmd *cobra.Command, w *erofs.WriterOptions) error 
 		}
 		return nil
 	}
-	alg, level, hasLevel := strings.Cut(z.compress, ":")
-	switch alg {
-	case erofs.CompressionLZ4:
-		if hasLevel {
-			return usageErrorf(cmd, "--compress: lz4 takes no level; use lz4hc:LEVEL")
-		}
-	case erofs.CompressionLZ4HC:
-		if hasLevel {
-			n, err := strconv.Atoi(level)
-			if err != nil || n < 1 || n > 12 {
-				return usageErrorf(cmd, "--compress: lz4hc level %q is not a number from 1 to 12", level)
-			}
-			w.CompressionLevel = n
-		}
-	default:
-		return usageErrorf(cmd, "--compress: %q is not lz4 or lz4hc[:LEVEL]", z.compress)
+	if err := parseCompression(z.compress, w); err != nil {
+		return usageErrorf(cmd, "--compress: %v", err)
 	}
-	w.Compression = alg
 	if z.pcluster != "" {
 		n, err := parseByteSize(z.pcluster)
 		if err != nil {
@@ -73,6 +58,30 @@ func (z *compressFlags) apply(cmd *cobra.Command, w *erofs.WriterOptions) error 
 	default:
 		return usageErrorf(cmd, "--compress-index: %q is not compact or full", z.index)
 	}
+	return nil
+}
+
+// parseCompression sets w's Compression and CompressionLevel from "lz4",
+// "lz4hc" or "lz4hc:LEVEL".
+func parseCompression(s string, w *erofs.WriterOptions) error {
+	alg, level, hasLevel := strings.Cut(s, ":")
+	switch alg {
+	case erofs.CompressionLZ4:
+		if hasLevel {
+			return fmt.Errorf("lz4 takes no level; use lz4hc:LEVEL")
+		}
+	case erofs.CompressionLZ4HC:
+		if hasLevel {
+			n, err := strconv.Atoi(level)
+			if err != nil || n < 1 || n > 12 {
+				return fmt.Errorf("lz4hc level %q is not a number from 1 to 12", level)
+			}
+			w.CompressionLevel = n
+		}
+	default:
+		return fmt.Errorf("%q is not lz4 or lz4hc[:LEVEL]", s)
+	}
+	w.Compression = alg
 	return nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/image"
 )
 
@@ -304,5 +305,51 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q): no error", in)
 		}
+	}
+}
+
+// TestImageCompressedCache converts an image into the cache with
+// --image-compress and checks the cached EROFS stores the compressible file
+// compressed, and still reads back.
+func TestImageCompressedCache(t *testing.T) {
+	isolate(t)
+	host := testRegistry(t)
+	text := strings.Repeat("pe compresses the images it caches\n", 4000)
+	ref := host + "/tools/text:1"
+	pushFiles(t, ref, map[string]string{"text.txt": text})
+	cache := t.TempDir()
+	if _, stderr, err := run(t, "", "image", "pull", "--cache-dir", cache, "--insecure", "--image-compress", "lz4hc:12", ref); err != nil {
+		t.Fatalf("pull: %v (stderr %q)", err, stderr)
+	}
+	if _, _, err := run(t, "", "image", "pull", "--cache-dir", t.TempDir(), "--insecure", "--image-compress", "zip", ref); err == nil ||
+		!strings.Contains(err.Error(), "--image-compress") {
+		t.Errorf("--image-compress zip: got %v, want an error naming the flag", err)
+	}
+	c, err := image.OpenCache(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := c.List(t.Context())
+	if err != nil || len(imgs) != 1 {
+		t.Fatalf("List: %v, %v", imgs, err)
+	}
+	f, err := os.Open(imgs[0].EROFSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fsys, err := erofs.Open(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := fsys.Stat("text.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*erofs.Stat); st.Layout != 1 && st.Layout != 3 {
+		t.Errorf("text.txt has data layout %d, want a compressed one (1 or 3)", st.Layout)
+	}
+	if got, err := fsys.ReadFile("text.txt"); err != nil || string(got) != text {
+		t.Errorf("reading text.txt back: %d bytes, %v", len(got), err)
 	}
 }

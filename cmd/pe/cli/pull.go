@@ -11,20 +11,32 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/image"
 )
 
 // cacheFlags are the flags of every command that uses the image cache.
 type cacheFlags struct {
 	cacheDir string
+	compress string
 }
 
 func (f *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cacheDir, "cache-dir", "", "the image cache directory (default $XDG_CACHE_HOME/pe or ~/.cache/pe)")
+	fs.StringVar(&f.compress, "image-compress", "", "compress the EROFS images converted into the cache: lz4 or lz4hc[:LEVEL] (default: uncompressed; cached images keep their form)")
 }
 
 func (f *cacheFlags) open() (*image.Cache, error) {
-	return image.OpenCache(f.cacheDir)
+	c, err := image.OpenCache(f.cacheDir)
+	if err != nil || f.compress == "" {
+		return c, err
+	}
+	var o erofs.WriterOptions
+	if err := parseCompression(f.compress, &o); err != nil {
+		return nil, fmt.Errorf("--image-compress: %w", err)
+	}
+	c.SetCompression(o)
+	return c, nil
 }
 
 // pullFlags are the flags of the commands that fetch images.

@@ -41,9 +41,10 @@ as images, build EROFS images from directories, tar files and images, and look
 inside them.
 
 Settings come from flags, then PE_* environment variables (PE_CACHE_DIR,
-PE_PLATFORM, PE_INSECURE, PE_MAX_IMAGE_SIZE, PE_LOG_LEVEL, PE_VMM, PE_ACCEL,
-PE_KERNEL), then ~/.config/pe/config.toml (keys: cache-dir, platform, insecure,
-max-image-size, log-level, vmm, accel, kernel), then defaults.`,
+PE_PLATFORM, PE_INSECURE, PE_MAX_IMAGE_SIZE, PE_IMAGE_COMPRESS, PE_LOG_LEVEL,
+PE_VMM, PE_ACCEL, PE_KERNEL), then ~/.config/pe/config.toml (keys: cache-dir,
+platform, insecure, max-image-size, image-compress, log-level, vmm, accel,
+kernel), then defaults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
