@@ -296,7 +296,7 @@ func cleanEntryName(name string) (string, error) {
 const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
 func openBeneath(root int, rel string, flags int) (int, error) {
-	fd, err := unix.Openat2(root, rel, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: resolveFlags})
+	fd, err := Openat2(root, rel, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: resolveFlags})
 	if errors.Is(err, unix.ELOOP) {
 		return -1, errors.New("path goes through a symlink")
 	}
@@ -419,4 +419,17 @@ func setTimes(fd int, mtime time.Time) error {
 		return errno
 	}
 	return nil
+}
+
+// Openat2 is unix.Openat2 retried while it fails with EAGAIN. With
+// RESOLVE_IN_ROOT or RESOLVE_BENEATH the kernel gives up with EAGAIN when a
+// mount or rename anywhere on the system races the lookup (openat2(2):
+// "the caller may choose to retry"); on a busy host that happens for real.
+func Openat2(dirfd int, path string, how *unix.OpenHow) (int, error) {
+	for tries := 0; ; tries++ {
+		fd, err := unix.Openat2(dirfd, path, how)
+		if err != unix.EAGAIN || tries == 1000 {
+			return fd, err
+		}
+	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pe-project/pe/guest"
 )
 
 // inRoot resolves paths the way the container will see them: symlinks in
@@ -36,12 +38,12 @@ func mkdirInRoot(root, rel string, mode uint32, uid, gid int) (string, error) {
 	comps := strings.Split(rel, "/")
 	for i := range comps {
 		prefix := strings.Join(comps[:i+1], "/")
-		fd, err := unix.Openat2(rootfd, prefix, how)
+		fd, err := guest.Openat2(rootfd, prefix, how)
 		if errors.Is(err, unix.ENOENT) {
 			if err := mkdirAt(rootfd, strings.Join(comps[:i], "/"), comps[i], mode, uid, gid); err != nil {
 				return "", fmt.Errorf("create /%s in the container: %w", prefix, err)
 			}
-			fd, err = unix.Openat2(rootfd, prefix, how)
+			fd, err = guest.Openat2(rootfd, prefix, how)
 		}
 		if err != nil {
 			return "", fmt.Errorf("/%s in the container: %w", prefix, err)
@@ -60,7 +62,7 @@ func mkdirAt(rootfd int, parent, name string, mode uint32, uid, gid int) error {
 	if parent == "" {
 		parent = "."
 	}
-	pfd, err := unix.Openat2(rootfd, parent, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: inRoot})
+	pfd, err := guest.Openat2(rootfd, parent, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: inRoot})
 	if err != nil {
 		return err
 	}
