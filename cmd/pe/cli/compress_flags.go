@@ -46,11 +46,11 @@ func (z *compressFlags) apply(cmd *cobra.Command, w *erofs.WriterOptions) error 
 		return usageErrorf(cmd, "--compress: %v", err)
 	}
 	if z.pcluster != "" {
-		n, err := parseByteSize(z.pcluster)
-		if err != nil {
-			return usageErrorf(cmd, "--pcluster-size: %v", err)
+		n, err := parseSize(z.pcluster)
+		if err != nil || n <= 0 || n > 1<<30 {
+			return usageErrorf(cmd, "--pcluster-size: %q is not a size such as 65536, 16K or 1MiB", z.pcluster)
 		}
-		w.PclusterSize = n
+		w.PclusterSize = int(n)
 	}
 	switch z.index {
 	case "", erofs.IndexCompact, erofs.IndexFull:
@@ -83,23 +83,4 @@ func parseCompression(s string, w *erofs.WriterOptions) error {
 	}
 	w.Compression = alg
 	return nil
-}
-
-// parseByteSize parses "65536", "64K", "64KiB", "1M" or "1MiB".
-func parseByteSize(s string) (int, error) {
-	num, mult := s, 1
-	for _, u := range []struct {
-		suffix string
-		mult   int
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"K", 1 << 10}, {"M", 1 << 20}, {"k", 1 << 10}} {
-		if strings.HasSuffix(s, u.suffix) {
-			num, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.Atoi(num)
-	if err != nil || n <= 0 || n > (1<<30)/mult {
-		return 0, fmt.Errorf("%q is not a size in bytes (65536, 64K, 1M)", s)
-	}
-	return n * mult, nil
 }

@@ -69,16 +69,3 @@ func TestBuildCompressedUsage(t *testing.T) {
 		t.Errorf("a failed build left %s behind", img)
 	}
 }
-
-func TestParseByteSize(t *testing.T) {
-	for in, want := range map[string]int{"4096": 4096, "16K": 16384, "64KiB": 65536, "1M": 1 << 20, "1MiB": 1 << 20, "8k": 8192} {
-		if got, err := parseByteSize(in); err != nil || got != want {
-			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "K", "-4096", "1.5M", "12X", "99999999999M"} {
-		if _, err := parseByteSize(in); err == nil {
-			t.Errorf("parseByteSize(%q) succeeded", in)
-		}
-	}
-}
