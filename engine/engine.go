@@ -21,6 +21,7 @@ import (
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
 	"github.com/pe-project/pe/vmm"
+	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // Defaults of a run.
@@ -271,7 +272,11 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	defer func() { <-e.sem }()
 	t.lap("queue")
 
-	initramfs, err := guest.InitramfsPath(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, nil)
+	var modules []string // nil: guest.DefaultModules
+	if choice.VMM == qemu.Name {
+		modules = guest.MMIOModules
+	}
+	initramfs, err := guest.InitramfsPath(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, modules)
 	if err != nil {
 		return nil, err
 	}
