@@ -2,7 +2,6 @@ package erofs
 
 import (
 	"io/fs"
-	"os"
 	"testing"
 	"testing/fstest"
 
@@ -67,15 +66,7 @@ func TestRoundTripReaders(t *testing.T) {
 	img := spec.write(t, WriterOptions{})
 	want := spec.expected(t, WriterOptions{})
 
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fsys, err := Open(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fsys := readerOpenFile(t, img)
 	if diff := cmp.Diff(want, readerSnapshot(t, fsys)); diff != "" {
 		t.Errorf("pe's reader differs from the source (-want +got):\n%s", diff)
 	}
@@ -91,15 +82,7 @@ func TestRoundTripReaders(t *testing.T) {
 // checkImageWithReader opens img with pe's reader and compares it to want.
 func checkImageWithReader(t *testing.T, img string, want snapshot) {
 	t.Helper()
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fsys, err := Open(f)
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
+	fsys := readerOpenFile(t, img)
 	if diff := cmp.Diff(want, readerSnapshot(t, fsys)); diff != "" {
 		t.Errorf("pe's reader differs from the source (-want +got):\n%s", diff)
 	}
@@ -119,15 +102,7 @@ func TestReaderFSTestOnWriterImage(t *testing.T) {
 		}
 	}
 	img := spec.write(t, WriterOptions{})
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fsys, err := Open(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fsys := readerOpenFile(t, img)
 	// TestFS runs its fs.Sub check on the directory of the first name with
 	// a slash, and fs.Sub refuses non-UTF-8 names (big/ has some): make it
 	// a directory without them, whatever the map order.

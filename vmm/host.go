@@ -3,7 +3,9 @@ package vmm
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,4 +58,17 @@ func cpuinfoKHz(b []byte) int64 {
 		return int64(mhz*1000 + 0.5)
 	}
 	return 0
+}
+
+// FindBinary returns the path of the VMM executable binary, or of def when
+// binary is "", with an error that names it and says how to get it (hint).
+func FindBinary(binary, def, hint string) (string, error) {
+	if binary == "" {
+		binary = def
+	}
+	path, err := exec.LookPath(binary)
+	if err != nil {
+		return "", fmt.Errorf("%s not found (%s): %w", binary, hint, err)
+	}
+	return path, nil
 }

@@ -179,14 +179,7 @@ var stepWaitAPI = vmm.Step{Name: StepWaitAPIName, Fn: func(ctx context.Context, 
 // Find returns the path of the cloud-hypervisor executable binary (""
 // for DefaultBinary), with an error saying how to install it.
 func Find(binary string) (string, error) {
-	if binary == "" {
-		binary = DefaultBinary
-	}
-	path, err := exec.LookPath(binary)
-	if err != nil {
-		return "", fmt.Errorf("%s not found (%s): %w", binary, InstallHint, err)
-	}
-	return path, nil
+	return vmm.FindBinary(binary, DefaultBinary, InstallHint)
 }
 
 // Version returns cloud-hypervisor's version ("v43.0"), running binary

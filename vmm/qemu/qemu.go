@@ -87,14 +87,7 @@ func (b *Backend) Start(ctx context.Context, cfg *vmm.Config) (vmm.Machine, erro
 // Find returns the path of the QEMU executable binary ("" for
 // DefaultBinary), with an error saying how to install it.
 func Find(binary string) (string, error) {
-	if binary == "" {
-		binary = DefaultBinary
-	}
-	path, err := exec.LookPath(binary)
-	if err != nil {
-		return "", fmt.Errorf("%s not found (install it: %s): %w", binary, InstallHint, err)
-	}
-	return path, nil
+	return vmm.FindBinary(binary, DefaultBinary, "install it: "+InstallHint)
 }
 
 // Version returns QEMU's version ("7.2.22"), running binary --version.
