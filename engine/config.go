@@ -40,6 +40,14 @@ type Overrides struct {
 	// Env entries ("K=V") are added to the image's, replacing those with
 	// the same name.
 	Env []string
+	// ReplaceEnv makes Env the whole environment instead: the image's is
+	// dropped (the Program Explorer API's rule for a non-null env). PATH
+	// and HOME defaults are still added when missing.
+	ReplaceEnv bool
+	// KeepImageCmd keeps the image's cmd when Entrypoint replaces the
+	// entrypoint and Cmd is empty (the Program Explorer API's rule: each
+	// field replaces only its own part of the image's config).
+	KeepImageCmd bool
 	// Workdir, when set, replaces the image's working directory. It must
 	// be absolute.
 	Workdir string
@@ -84,7 +92,10 @@ func MergeConfig(cfg *v1.Config, o Overrides, rootfs fs.FS) (*Process, error) {
 
 	entrypoint, cmd := img.Entrypoint, img.Cmd
 	if o.Entrypoint != nil {
-		entrypoint, cmd = o.Entrypoint, nil
+		entrypoint = o.Entrypoint
+		if !o.KeepImageCmd {
+			cmd = nil
+		}
 	}
 	if len(o.Cmd) > 0 {
 		cmd = o.Cmd
@@ -105,7 +116,11 @@ func MergeConfig(cfg *v1.Config, o Overrides, rootfs fs.FS) (*Process, error) {
 		p.Cwd = path.Clean(o.Workdir)
 	}
 
-	env, err := mergeEnv(img.Env, o.Env)
+	baseEnv := img.Env
+	if o.ReplaceEnv {
+		baseEnv = nil
+	}
+	env, err := mergeEnv(baseEnv, o.Env)
 	if err != nil {
 		return nil, err
 	}

@@ -46,6 +46,9 @@ func TestMergeConfigCommand(t *testing.T) {
 		{"--entrypoint '' with args", img([]string{"python3"}, []string{"app.py"}), Overrides{Entrypoint: []string{}, Cmd: []string{"ls"}}, []string{"ls"}},
 		{"entrypoint only", img([]string{"/bin/app", "--serve"}, nil), Overrides{}, []string{"/bin/app", "--serve"}},
 		{"no config", nil, Overrides{Cmd: []string{"true"}}, []string{"true"}},
+		{"API entrypoint keeps the image cmd", img([]string{"python3"}, []string{"app.py"}), Overrides{Entrypoint: []string{"pypy"}, KeepImageCmd: true}, []string{"pypy", "app.py"}},
+		{"API empty entrypoint keeps the image cmd", img([]string{"python3"}, []string{"app.py"}), Overrides{Entrypoint: []string{}, KeepImageCmd: true}, []string{"app.py"}},
+		{"API entrypoint and cmd", img([]string{"python3"}, []string{"app.py"}), Overrides{Entrypoint: []string{}, Cmd: []string{"ls"}, KeepImageCmd: true}, []string{"ls"}},
 	} {
 		t.Run(c.desc, func(t *testing.T) {
 			p, err := MergeConfig(c.img, c.o, rootfs)
@@ -92,6 +95,16 @@ func TestMergeConfigEnvAndWorkdir(t *testing.T) {
 			"overrides replace in place and append", v1.Config{Cmd: []string{"sh"}, Env: []string{"A=1", "B=2"}, WorkingDir: "/app"},
 			Overrides{Env: []string{"B=3", "C=4", "A="}, Workdir: "/tmp/../srv"},
 			[]string{"PATH=" + DefaultPath, "A=", "B=3", "C=4", "HOME=/root"}, "/srv",
+		},
+		{
+			"ReplaceEnv drops the image's env", v1.Config{Cmd: []string{"sh"}, Env: []string{"PATH=/opt/bin", "A=1"}},
+			Overrides{Env: []string{"B=2"}, ReplaceEnv: true},
+			[]string{"PATH=" + DefaultPath, "B=2", "HOME=/root"}, "/",
+		},
+		{
+			"ReplaceEnv with no entries keeps only the defaults", v1.Config{Cmd: []string{"sh"}, Env: []string{"A=1"}},
+			Overrides{Env: []string{}, ReplaceEnv: true},
+			[]string{"PATH=" + DefaultPath, "HOME=/root"}, "/",
 		},
 		{
 			"HOME from the request wins", v1.Config{Cmd: []string{"sh"}}, Overrides{Env: []string{"HOME=/x"}, User: "alice"},

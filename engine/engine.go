@@ -357,7 +357,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 		Result:  resp.Result,
 		Stdout:  resp.Stdout,
 		Stderr:  resp.Stderr,
-		Image:   ImageInfo{Reference: img.Reference, Digest: img.Digest},
+		Image:   ImageInfo{Reference: img.Reference, Digest: img.Digest, Converted: img.Converted},
 		VMM:     choice.VMM,
 		Accel:   choice.Accel,
 		Console: m.ConsoleLog(),

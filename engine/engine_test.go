@@ -204,7 +204,7 @@ func TestRunFake(t *testing.T) {
 	if string(res.Stdout) != "hi there\n" || string(res.Stderr) != "uid=1000 gid=1000 cwd=/w stdin=\"in\"\n" {
 		t.Errorf("stdout %q, stderr %q", res.Stdout, res.Stderr)
 	}
-	if res.Image != (ImageInfo{"img", "sha256:abc"}) || res.VMM != "fake" || res.Accel != "kvm" {
+	if res.Image != (ImageInfo{Reference: "img", Digest: "sha256:abc"}) || res.VMM != "fake" || res.Accel != "kvm" {
 		t.Errorf("result %+v", res)
 	}
 	for _, k := range []string{"image", "initramfs", "io_file", "vm_start", "vm", "total", "guest_program"} {
@@ -328,7 +328,7 @@ func TestExitStatusAndJSON(t *testing.T) {
 		Result:    guest.Result{ExitCode: 137, Signal: "SIGKILL", TimedOut: true, StdoutTruncated: true, Rusage: guest.Rusage{UserMs: 5}},
 		Stdout:    []byte("text ü\n"),
 		Stderr:    []byte{0xff, 0x00},
-		Image:     ImageInfo{"docker.io/library/busybox:latest", "sha256:abc"},
+		Image:     ImageInfo{Reference: "docker.io/library/busybox:latest", Digest: "sha256:abc"},
 		VMM:       "qemu",
 		Accel:     "tcg",
 		Durations: map[string]time.Duration{"total": 1234567 * time.Microsecond, "guest_program": 1500 * time.Microsecond},

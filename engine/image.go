@@ -25,6 +25,9 @@ type ResolvedImage struct {
 	// Config is the image config (entrypoint, cmd, env, working dir,
 	// user); nil when there is none.
 	Config *v1.ConfigFile
+	// Converted is set when resolving it pulled and converted the image
+	// (a cache miss).
+	Converted bool
 }
 
 // ImageSource resolves the IMAGE argument of a run.
@@ -54,6 +57,7 @@ func (s *CacheSource) Resolve(ctx context.Context, ref string) (*ResolvedImage, 
 		Digest:    img.Digest.String(),
 		EROFSPath: img.EROFSPath,
 		Config:    img.Config,
+		Converted: img.Converted,
 	}, nil
 }
 

@@ -20,6 +20,9 @@ const ExitTimedOut = 124
 type ImageInfo struct {
 	Reference string `json:"reference"`
 	Digest    string `json:"digest"`
+	// Converted is set when this run pulled and converted the image
+	// rather than finding it in the cache.
+	Converted bool `json:"converted,omitempty"`
 }
 
 // RunResult is the outcome of a run: the guest's report, the program's

@@ -136,6 +136,9 @@ type CachedImage struct {
 	Created, LastUsed time.Time
 	// Local marks an image made by Import, which is never pulled.
 	Local bool
+	// Converted is set when this call pulled and converted the image; it
+	// is false when the cache already held it (a cache hit).
+	Converted bool
 }
 
 // imageMeta is an image directory's meta.json.
@@ -462,7 +465,12 @@ func (c *Cache) ensure(ctx context.Context, src *source, o *pullConfig) (*Cached
 	}
 	o.Log.Info("converted image", "reference", src.ref.Familiar(), "digest", src.digest, "bytes", meta.Size,
 		"duration", time.Since(start).Round(time.Millisecond))
-	return c.useLocked(ref, src.digest)
+	img, err := c.useLocked(ref, src.digest)
+	if err != nil {
+		return nil, err
+	}
+	img.Converted = true
+	return img, nil
 }
 
 // flattenSource flattens the layers of src into w, verifying each layer's

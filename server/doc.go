@@ -1,0 +1,27 @@
+// Package server is pe serve: the HTTP API and the embedded web page.
+//
+// The API is compatible with Program Explorer's (programexplorer.org), so
+// its web client works against pe unchanged:
+//
+//   - POST /api/v2/runi/{arch}/{os}/{reference...} runs a command in an
+//     image. The body is the JSON request (Content-Type application/json)
+//     or "u32 LE length ‖ JSON ‖ pearchive v1 of the input files"
+//     (application/x.pe.archivev1); the response has the same framing, the
+//     Ok/Overtime/Panic kinds, siginfo, rusage and manifest_digest, and the
+//     output archive holds stdout, stderr and dir/ (the program's
+//     /run/pe/output).
+//   - GET /api/gh/gist/{id}[/{revision}] proxies GitHub gists through the
+//     gist package's cache.
+//
+// pe adds GET /api/v2/images (the preset images, with digests),
+// GET /api/v2/config, GET /api/v2/status (queue depth, for the page's
+// status line), GET /healthz and GET /metrics (Prometheus), and the page at
+// "/".
+//
+// Every run passes, in order: the per-client rate limit (keyed on the real
+// client address; X-Forwarded-For is believed only from trusted proxies), a
+// check that the queue has room, the request body read under a size cap
+// and a deadline, and a FIFO queue in front of the engine's VM slots with a
+// maximum wait. Errors are JSON {"error": "...", "detail": "..."} with the
+// status that fits (400, 403, 404, 408, 413, 429, 503 with Retry-After).
+package server

@@ -1,0 +1,144 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pe-project/pe/engine"
+)
+
+// fakeRunner stands in for the engine where the tests need edge cases a
+// VM cannot produce on demand (a run that blocks until released, a signal,
+// a guest failure). Its "programs" are argv[0]:
+//
+//	echo ARGS...       stdout = ARGS joined by spaces and a newline
+//	cat                stdout = stdin
+//	ls                 stdout = the input files, one per line
+//	write NAME TEXT    writes TEXT to the output directory as NAME
+//	env                stdout = the environment the request asked for
+//	block              waits until the test sends on release
+//	kill N             killed by signal N
+//	overtime           timed out
+//	panic MSG          guest failure MSG
+//	big N              N bytes of stdout
+//
+// Every request it gets is recorded in order.
+type fakeRunner struct {
+	release chan struct{}
+	started chan string // the first argument of each run, as it starts
+
+	mu       sync.Mutex
+	requests []engine.RunRequest
+	running  int
+	peak     int
+}
+
+func newFakeRunner() *fakeRunner {
+	return &fakeRunner{release: make(chan struct{}), started: make(chan string, 100)}
+}
+
+func (f *fakeRunner) Run(ctx context.Context, r *engine.RunRequest) (*engine.RunResult, error) {
+	f.mu.Lock()
+	f.requests = append(f.requests, *r)
+	f.running++
+	f.peak = max(f.peak, f.running)
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.running--
+		f.mu.Unlock()
+	}()
+	argv := append(append([]string{}, r.Entrypoint...), r.Cmd...)
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("image %s: %w", r.Image, engine.ErrNoCommand)
+	}
+	res := &engine.RunResult{
+		Image:     engine.ImageInfo{Reference: r.Image, Digest: "sha256:" + fmt.Sprintf("%064x", 1)},
+		Durations: map[string]time.Duration{"total": 1500 * time.Microsecond},
+	}
+	res.Rusage.UserMs = 1234
+	// arg is argv[i], or "" for a missing one: the fuzzer sends any argv.
+	arg := func(i int) string {
+		if i < len(argv) {
+			return argv[i]
+		}
+		return ""
+	}
+	select {
+	case f.started <- argv[len(argv)-1]:
+	default:
+	}
+	switch argv[0] {
+	case "echo":
+		res.Stdout = []byte(strings.Join(argv[1:], " ") + "\n")
+	case "cat":
+		if r.Stdin != nil {
+			b, err := io.ReadAll(r.Stdin)
+			if err != nil {
+				return nil, err
+			}
+			res.Stdout = b
+		}
+	case "ls":
+		filepath.WalkDir(r.InputDir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && p != r.InputDir {
+				rel, _ := filepath.Rel(r.InputDir, p)
+				res.Stdout = append(res.Stdout, rel+"\n"...)
+			}
+			return nil
+		})
+	case "write":
+		// Through os.Root: the fuzzer names files such as ../../x.
+		root, err := os.OpenRoot(r.OutputDir)
+		if err != nil {
+			return nil, err
+		}
+		defer root.Close()
+		if err := root.MkdirAll(filepath.Dir(arg(1)), 0o755); err != nil {
+			res.ExitCode, res.Error = 1, err.Error()
+			break
+		}
+		if err := root.WriteFile(arg(1), []byte(arg(2)), 0o644); err != nil {
+			res.ExitCode, res.Error = 1, err.Error()
+		}
+	case "env":
+		res.Stdout = []byte(fmt.Sprintf("%q replace=%v workdir=%s", r.Env, r.ReplaceEnv, r.Workdir))
+	case "block":
+		select {
+		case <-f.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	case "kill":
+		n, _ := strconv.Atoi(arg(1))
+		res.Signal, res.ExitCode = "SIGKILL", 128+n
+	case "overtime":
+		res.TimedOut, res.Signal, res.ExitCode = true, "SIGKILL", 137
+		res.Stdout = []byte("partial\n")
+	case "panic":
+		res.ExitCode, res.Error = guestSetupFailed, arg(1)
+	case "big":
+		n, _ := strconv.Atoi(arg(1))
+		res.Stdout = make([]byte, min(max(n, 0), 64<<20))
+	default:
+		res.ExitCode, res.Error = 127, argv[0]+": command not found"
+	}
+	return res, nil
+}
+
+// guestSetupFailed is the exit code the guest gives when pe's own part
+// failed.
+const guestSetupFailed = 125
+
+func (f *fakeRunner) recorded() []engine.RunRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]engine.RunRequest{}, f.requests...)
+}

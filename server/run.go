@@ -1,0 +1,349 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/image"
+	"github.com/pe-project/pe/pearchive"
+)
+
+// maxReferenceLen is the longest image reference a run may name, as the
+// original.
+const maxReferenceLen = 255
+
+// apiError is a failure with the status and name the client gets.
+type apiError struct {
+	status int
+	name   string
+	detail string
+}
+
+func (e *apiError) Error() string { return e.name + ": " + e.detail }
+
+func badRequest(name, format string, args ...any) *apiError {
+	return &apiError{http.StatusBadRequest, name, fmt.Sprintf(format, args...)}
+}
+
+// handleRun is POST /api/v2/runi/{arch}/{os}/{reference...}.
+func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
+	s.inFlight.Add(1)
+	defer s.inFlight.Done()
+	if err := s.run(w, r); err != nil {
+		var ae *apiError
+		if !errors.As(err, &ae) {
+			ae = &apiError{http.StatusInternalServerError, "Internal", err.Error()}
+		}
+		switch ae.status {
+		case http.StatusServiceUnavailable:
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(s.cfg.MaxWait/time.Second/2))))
+		case http.StatusRequestTimeout:
+			w.Header().Set("Connection", "close")
+		}
+		s.cfg.Log.Info("run refused", "request_id", r.Context().Value(requestIDKey), "status", ae.status, "error", ae.name, "detail", ae.detail)
+		writeError(w, ae.status, ae.name, ae.detail)
+	}
+}
+
+// run does one run request; an error is answered by handleRun.
+func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
+	if a, o := r.PathValue("arch"), r.PathValue("os"); a != s.cfg.Arch {
+		return badRequest("ArchMismatch", "this server runs %s/%s images, not arch %q", s.cfg.Arch, s.cfg.OS, a)
+	} else if o != s.cfg.OS {
+		return badRequest("OsMismatch", "this server runs %s/%s images, not os %q", s.cfg.Arch, s.cfg.OS, o)
+	}
+	source, err := s.imageSource(r.PathValue("reference"))
+	if err != nil {
+		return err
+	}
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	archiveMode := mt == pearchive.ContentType
+	if err != nil || (mt != "application/json" && !archiveMode) {
+		return &apiError{http.StatusUnsupportedMediaType, "BadContentType",
+			fmt.Sprintf("Content-Type %q: want application/json or %s", r.Header.Get("Content-Type"), pearchive.ContentType)}
+	}
+	// Refuse before reading a body the queue has no room for.
+	if err := s.queue.admit(); err != nil {
+		return queueError(err)
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return err
+	}
+
+	var req RunRequest
+	var archive []byte
+	if archiveMode {
+		js, rest, err := pearchive.SplitFramed(body)
+		if err != nil {
+			return badRequest("BadRequest", "%v", err)
+		}
+		body, archive = js, rest
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return badRequest("BadRequest", "request JSON: %v", err)
+	}
+	if req.Stdin != nil && !archiveMode {
+		return badRequest("BadRequest", "stdin names a file of the input archive, and an application/json request has none")
+	}
+	if req.Workdir != "" && !path.IsAbs(req.Workdir) {
+		return badRequest("BadRequest", "workdir %q: want an absolute path", req.Workdir)
+	}
+	if req.TimeoutMs < 0 {
+		return badRequest("BadRequest", "timeout_ms %d: want a positive number", req.TimeoutMs)
+	}
+
+	work, err := os.MkdirTemp(s.cfg.TempDir, "pe-serve-")
+	if err != nil {
+		return fmt.Errorf("run directory: %w", err)
+	}
+	defer os.RemoveAll(work)
+	inputDir, outputDir := work+"/input", work+"/output"
+	for _, d := range []string{inputDir, outputDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return fmt.Errorf("run directory: %w", err)
+		}
+	}
+	run := &engine.RunRequest{
+		Image:     source,
+		OutputDir: outputDir,
+		Timeout:   s.cfg.RunTimeout,
+		MemoryMiB: s.cfg.MemoryMiB,
+		MaxOutput: s.cfg.MaxOutput,
+		Overrides: engine.Overrides{
+			Entrypoint:   req.Entrypoint,
+			Cmd:          req.Cmd,
+			Env:          req.Env,
+			ReplaceEnv:   req.Env != nil,
+			KeepImageCmd: true,
+			Workdir:      req.Workdir,
+		},
+	}
+	if req.TimeoutMs > 0 {
+		run.Timeout = min(run.Timeout, time.Duration(req.TimeoutMs)*time.Millisecond)
+	}
+	if archiveMode {
+		lim := pearchive.Limits{MaxBytes: s.cfg.MaxBody}
+		if err := pearchive.UnpackDir(bytes.NewReader(archive), inputDir, lim); err != nil {
+			return badRequest("BadRequest", "input archive: %v", err)
+		}
+		run.InputDir = inputDir
+		if run.Workdir == "" {
+			run.Workdir = guest.InputDir
+		}
+		if req.Stdin != nil {
+			f, err := openInput(inputDir, *req.Stdin)
+			if err != nil {
+				return badRequest("BadRequest", "stdin: %v", err)
+			}
+			defer f.Close()
+			run.Stdin = f
+		}
+	}
+
+	waitStart := time.Now()
+	release, err := s.queue.acquire(r.Context(), s.cfg.MaxWait)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return &apiError{499, "ClientGone", "the client went away while queued"}
+		}
+		return queueError(err)
+	}
+	s.metrics.queueWait.Observe(time.Since(waitStart).Seconds())
+	runStart := time.Now()
+	res, err := s.cfg.Runner.Run(r.Context(), run)
+	release()
+	if err != nil {
+		s.metrics.runDuration.WithLabelValues("error").Observe(time.Since(runStart).Seconds())
+		return runError(r.Context(), err)
+	}
+	if res.Image.Converted {
+		s.metrics.imageCache.WithLabelValues("miss").Inc()
+	} else {
+		s.metrics.imageCache.WithLabelValues("hit").Inc()
+	}
+	resp := responseFor(res, !archiveMode)
+	s.metrics.runDuration.WithLabelValues(resp.Kind).Observe(time.Since(runStart).Seconds())
+	js, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+
+	// A client that stops reading must not hold the handler for ever.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if !archiveMode {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(append(js, '\n'))
+		return nil
+	}
+	var out bytes.Buffer
+	if err := packOutputs(&out, res, outputDir); err != nil {
+		return fmt.Errorf("packing the output files: %w", err)
+	}
+	var framed bytes.Buffer
+	if err := pearchive.WriteFramed(&framed, js, &out); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", pearchive.ContentType)
+	w.Header().Set("Content-Length", strconv.Itoa(framed.Len()))
+	if _, err := framed.WriteTo(w); err != nil {
+		s.cfg.Log.Info("client stopped reading the response", "request_id", r.Context().Value(requestIDKey), "error", err)
+	}
+	return nil
+}
+
+// imageSource maps the reference a client sent to what pe resolves: a
+// preset's source, or a registry reference under an allowed prefix.
+// Anything else (local paths above all) is refused.
+func (s *Server) imageSource(ref string) (string, error) {
+	if ref == "" {
+		return "", badRequest("BadPath", "no image reference in the path: want /api/v2/runi/ARCH/OS/REFERENCE")
+	}
+	if len(ref) > maxReferenceLen {
+		return "", badRequest("BadReference", "the image reference is %d bytes long, over %d", len(ref), maxReferenceLen)
+	}
+	for _, p := range s.cfg.Presets {
+		if ref == p.Name || (p.Source != "" && ref == p.Source) {
+			if p.Source != "" {
+				return p.Source, nil
+			}
+			return p.Name, nil
+		}
+	}
+	parsed, err := image.ParseReference(ref)
+	// The engine takes "erofs:" and "*.erofs" for local files: never from
+	// a client.
+	local := strings.HasPrefix(ref, "erofs:") || strings.HasSuffix(ref, ".erofs") ||
+		err == nil && (strings.HasPrefix(parsed.String(), "erofs:") || strings.HasSuffix(parsed.String(), ".erofs"))
+	if err != nil || local || parsed.Transport() != image.TransportRegistry || strings.Contains(ref, "://") {
+		return "", badRequest("BadReference", "%q is not an image reference this server accepts (a registry reference such as docker.io/library/busybox:latest, or a preset)", ref)
+	}
+	canon := parsed.String()
+	for _, p := range s.allowed {
+		if strings.HasPrefix(canon, p) {
+			return canon, nil
+		}
+	}
+	return "", &apiError{http.StatusForbidden, "ImageNotAllowed",
+		fmt.Sprintf("%s is not in the images this server runs (presets, or references under %s)", image.FamiliarName(canon), strings.Join(s.cfg.AllowedImages, ", "))}
+}
+
+// canonicalPrefixes writes docker.io prefixes the way canonical references
+// spell them, so "docker.io/library/" matches
+// "index.docker.io/library/busybox:latest".
+func canonicalPrefixes(prefixes []string) []string {
+	var out []string
+	for _, p := range prefixes {
+		if rest, ok := strings.CutPrefix(p, "docker.io/"); ok {
+			p = "index.docker.io/" + rest
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// readBody reads the whole body under the size cap and the body deadline.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if r.ContentLength > s.cfg.MaxBody {
+		return nil, &apiError{http.StatusRequestEntityTooLarge, "TooLarge",
+			fmt.Sprintf("the request body is %d bytes, over the limit of %d", r.ContentLength, s.cfg.MaxBody)}
+	}
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
+	defer rc.SetReadDeadline(time.Time{})
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	if err == nil {
+		return body, nil
+	}
+	var tooBig *http.MaxBytesError
+	var netErr interface{ Timeout() bool }
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, &apiError{http.StatusRequestEntityTooLarge, "TooLarge",
+			fmt.Sprintf("the request body is over the limit of %d bytes", s.cfg.MaxBody)}
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
+		return nil, &apiError{http.StatusRequestTimeout, "ReadTimeout",
+			fmt.Sprintf("the request body did not arrive within %v", s.cfg.BodyTimeout)}
+	}
+	return nil, badRequest("Read", "reading the request body: %v", err)
+}
+
+// openInput opens name, a path inside the input directory; it cannot
+// leave it.
+func openInput(dir, name string) (*os.File, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.Open(strings.TrimPrefix(name, "/run/pe/input/"))
+	if err != nil {
+		return nil, fmt.Errorf("no file %q in the input archive", name)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%q in the input archive is not a regular file", name)
+	}
+	return f, nil
+}
+
+// packOutputs writes the response archive: stdout, stderr, and the output
+// directory as dir/.
+func packOutputs(w io.Writer, res *engine.RunResult, outputDir string) error {
+	aw := pearchive.NewWriter(w)
+	aw.File("stdout", int64(len(res.Stdout)), bytes.NewReader(res.Stdout))
+	aw.File("stderr", int64(len(res.Stderr)), bytes.NewReader(res.Stderr))
+	if err := aw.Close(); err != nil {
+		return err
+	}
+	// PackDir writes a directory's entries at the top level; framing them
+	// with a Dir "dir" message and a Pop nests them, as the format is a
+	// flat stream of messages.
+	if _, err := w.Write(append([]byte{0x02}, "dir\x00"...)); err != nil {
+		return err
+	}
+	if err := pearchive.PackDir(w, outputDir, pearchive.PackOptions{}); err != nil {
+		return err
+	}
+	_, err := w.Write([]byte{0x03})
+	return err
+}
+
+// queueError maps a queue refusal to 503.
+func queueError(err error) error {
+	return &apiError{http.StatusServiceUnavailable, "QueueFull", err.Error()}
+}
+
+// runError maps an engine failure to the status that fits.
+func runError(ctx context.Context, err error) error {
+	var vmErr *engine.VMError
+	switch {
+	case ctx.Err() != nil:
+		return &apiError{499, "ClientGone", "the client went away during the run"}
+	case errors.Is(err, image.ErrNotFound), errors.Is(err, image.ErrPlatformNotFound):
+		return &apiError{http.StatusNotFound, "ImageNotFound", err.Error()}
+	case errors.Is(err, image.ErrTooLarge):
+		return badRequest("ImageTooLarge", "%v", err)
+	case errors.Is(err, engine.ErrNoCommand), errors.Is(err, engine.ErrUnknownUser):
+		return badRequest("OciSpec", "%v", err)
+	case errors.Is(err, image.ErrUnauthorized), errors.Is(err, image.ErrRateLimited):
+		return &apiError{http.StatusBadGateway, "ImageService", err.Error()}
+	case errors.As(err, &vmErr):
+		return &apiError{http.StatusInternalServerError, "Worker", err.Error()}
+	}
+	return &apiError{http.StatusInternalServerError, "Internal", err.Error()}
+}

@@ -1,0 +1,385 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/gist"
+)
+
+// Runner runs one program: *engine.Engine, or a fake in tests.
+type Runner interface {
+	Run(ctx context.Context, r *engine.RunRequest) (*engine.RunResult, error)
+}
+
+// Preset is an image the server offers by name: the page lists presets,
+// and a run may name one even when its source is not an allowed registry
+// (a local OCI layout, an imported image).
+type Preset struct {
+	// Name is what clients send as the reference.
+	Name string `json:"reference"`
+	// Source is the image reference pe resolves ("" means Name).
+	Source string `json:"-"`
+	// Description is shown next to the name on the page.
+	Description string `json:"description,omitempty"`
+}
+
+// DefaultAllowedImages are the registries runs may name when Config gives
+// none, as the original allowed.
+var DefaultAllowedImages = []string{"docker.io/", "ghcr.io/"}
+
+// Config is what New needs; zero fields take the defaults their comments
+// give.
+type Config struct {
+	// Runner runs the programs. Required.
+	Runner Runner
+	// Images resolves preset images for GET /api/v2/images (their digests);
+	// nil lists them without digests.
+	Images engine.ImageSource
+	// Presets are the images the page offers; the first is the default.
+	Presets []Preset
+	// AllowedImages are the reference prefixes a run may name besides the
+	// presets (canonical or docker-style: "docker.io/library/", "ghcr.io/").
+	// nil: DefaultAllowedImages. Only registry references are ever
+	// allowed this way, never local paths.
+	AllowedImages []string
+	// Gists serves GET /api/gh/gist/...; nil answers 404 there.
+	Gists *gist.Client
+	// GitHubAPI is the GitHub API base the page uses to save gists
+	// (default https://api.github.com).
+	GitHubAPI string
+
+	// Slots is how many runs go at once (default the number of CPUs);
+	// it should match the engine's MaxConcurrent.
+	Slots int
+	// MaxQueue is how many requests may wait for a slot (default
+	// 4×Slots); more get 503.
+	MaxQueue int
+	// MaxWait is how long a request waits for a slot before 503
+	// (default 30s).
+	MaxWait time.Duration
+	// MaxBody caps a request body (default 1 MiB); larger ones get 413.
+	MaxBody int64
+	// BodyTimeout is how long a client may take to send its body
+	// (default 10s); slower ones get 408.
+	BodyTimeout time.Duration
+	// WriteTimeout is how long a client may take to read a response
+	// (default 30s); the connection is closed after it.
+	WriteTimeout time.Duration
+	// RunTimeout is the longest a program may run (default 10s); a
+	// request may ask for less.
+	RunTimeout time.Duration
+	// MemoryMiB is each VM's memory (default engine.DefaultMemoryMiB).
+	MemoryMiB int
+	// MaxOutput caps stdout, stderr and the output directory of a run
+	// each (default 1 MiB).
+	MaxOutput int64
+	// RatePerSecond and RateBurst limit runs and gist fetches per client
+	// (defaults 2 and 4; a negative rate turns the limit off).
+	RatePerSecond float64
+	RateBurst     int
+	// TrustedProxies are the peers whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// Arch and OS are what this server runs (default amd64 and linux);
+	// requests for others get 400.
+	Arch, OS string
+	// TempDir holds each run's input and output files (default os.TempDir).
+	TempDir string
+	// Log receives one JSON line per request; nil discards.
+	Log *slog.Logger
+	// Registry receives the metrics (default a new registry, served at
+	// /metrics).
+	Registry *prometheus.Registry
+}
+
+// Server is pe serve's HTTP handler.
+type Server struct {
+	cfg      Config
+	handler  http.Handler
+	queue    *queue
+	limiter  *rateLimiter
+	keys     clientKeys
+	metrics  *metrics
+	allowed  []string
+	inFlight sync.WaitGroup
+
+	imagesMu      sync.Mutex
+	imagesCache   []byte
+	imagesExpires time.Time
+}
+
+// New returns a server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Runner == nil {
+		return nil, errors.New("server: no Runner")
+	}
+	if cfg.Slots <= 0 {
+		cfg.Slots = runtime.NumCPU()
+	}
+	if cfg.MaxQueue == 0 {
+		cfg.MaxQueue = 4 * cfg.Slots
+	}
+	cfg.MaxWait = pickDuration(cfg.MaxWait, 30*time.Second)
+	cfg.BodyTimeout = pickDuration(cfg.BodyTimeout, 10*time.Second)
+	cfg.WriteTimeout = pickDuration(cfg.WriteTimeout, 30*time.Second)
+	cfg.RunTimeout = pickDuration(cfg.RunTimeout, engine.DefaultTimeout)
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 1 << 20
+	}
+	if cfg.MemoryMiB <= 0 {
+		cfg.MemoryMiB = engine.DefaultMemoryMiB
+	}
+	if cfg.MaxOutput <= 0 {
+		cfg.MaxOutput = 1 << 20
+	}
+	if cfg.RatePerSecond == 0 {
+		cfg.RatePerSecond = 2
+	}
+	if cfg.RateBurst <= 0 {
+		cfg.RateBurst = 4
+	}
+	if cfg.Arch == "" {
+		cfg.Arch = "amd64"
+	}
+	if cfg.OS == "" {
+		cfg.OS = "linux"
+	}
+	if cfg.GitHubAPI == "" {
+		cfg.GitHubAPI = "https://api.github.com"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.AllowedImages == nil {
+		cfg.AllowedImages = DefaultAllowedImages
+	}
+	for i, p := range cfg.Presets {
+		if p.Name == "" {
+			return nil, fmt.Errorf("server: preset %d has no name", i)
+		}
+	}
+	s := &Server{
+		cfg:     cfg,
+		queue:   newQueue(cfg.Slots, cfg.MaxQueue),
+		limiter: newRateLimiter(cfg.RatePerSecond, cfg.RateBurst),
+		keys:    clientKeys{trusted: cfg.TrustedProxies},
+		allowed: canonicalPrefixes(cfg.AllowedImages),
+	}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	s.queue.onChange = func(queued, running int) {
+		m.queueDepth.Set(float64(queued))
+		m.vmsRunning.Set(float64(running))
+	}
+	s.handler = s.routes()
+	return s, nil
+}
+
+func pickDuration(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+func (s *Server) routes() http.Handler {
+	api := http.NewServeMux()
+	api.Handle("POST /api/v2/runi/{arch}/{os}/{reference...}", s.limited(http.HandlerFunc(s.handleRun)))
+	api.Handle("GET /api/gh/gist/{id}", s.limited(http.HandlerFunc(s.handleGist)))
+	api.Handle("GET /api/gh/gist/{id}/{revision}", s.limited(http.HandlerFunc(s.handleGist)))
+	api.HandleFunc("GET /api/v2/images", s.handleImages)
+	api.HandleFunc("GET /api/v2/config", s.handleConfig)
+	api.HandleFunc("GET /api/v2/status", s.handleStatus)
+	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "NotFound", r.Method+" "+r.URL.Path+" is not part of the API")
+	})
+	api.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	api.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
+	// "/" takes every method: "GET /" would conflict with "/api/".
+	api.Handle("/", s.staticHandler())
+
+	// Browsers send Sec-Fetch-Site/Origin: a page of another site cannot
+	// make a visitor's browser spend this server's VMs.
+	cop := http.NewCrossOriginProtection()
+	return s.logged(cop.Handler(api))
+}
+
+// limited applies the per-client rate limit.
+func (s *Server) limited(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := rateKey(s.keys.clientAddr(r))
+		if ok, wait := s.limiter.allow(key, time.Now()); !ok {
+			s.metrics.rateLimited.Inc()
+			secs := int(wait/time.Second) + 1
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			writeError(w, http.StatusTooManyRequests, "RateLimited",
+				fmt.Sprintf("too many requests from %s: try again in %d s", key, secs))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = 0
+
+// logged gives each request an id (X-Request-Id), logs it as one line
+// when done and counts it.
+func (s *Server) logged(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := r.Header.Get("X-Request-Id")
+		if !validRequestID(id) {
+			var b [8]byte
+			rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		w.Header().Set("X-Request-Id", id)
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
+		next.ServeHTTP(rec, r)
+		route := routeLabel(r)
+		s.metrics.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
+		s.cfg.Log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+			slog.String("request_id", id),
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", rec.status),
+			slog.Int64("bytes", rec.bytes),
+			slog.String("client", s.keys.clientAddr(r).String()),
+			slog.Duration("duration", time.Since(start)),
+		)
+	})
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// routeLabel keeps the metrics' label set small: the route, not the path.
+func routeLabel(r *http.Request) string {
+	p := r.URL.Path
+	switch {
+	case strings.HasPrefix(p, "/api/v2/runi/"):
+		return "runi"
+	case strings.HasPrefix(p, "/api/gh/gist/"):
+		return "gist"
+	case p == "/api/v2/images", p == "/api/v2/config", p == "/api/v2/status", p == "/healthz", p == "/metrics":
+		return strings.TrimPrefix(p, "/api/v2/")
+	case strings.HasPrefix(p, "/api/"):
+		return "api_other"
+	}
+	return "static"
+}
+
+// statusRecorder remembers the status and size of a response.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+	wrote  bool
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.status, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection's deadlines.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// writeError answers with the API's error JSON.
+func writeError(w http.ResponseWriter, status int, name, detail string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(ErrorBody{Error: name, Detail: detail})
+}
+
+// writeJSON answers 200 with v as JSON.
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	json.NewEncoder(w).Encode(v)
+}
+
+// Serve serves on ln until ctx is done, then shuts down gracefully: it
+// stops accepting connections and new runs, lets the accepted ones finish
+// (up to drainTimeout), and returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, drainTimeout time.Duration) error {
+	hs := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.queue.drain()
+	sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Runs still going past the drain time: cut them off.
+		hs.Close()
+	}
+	s.inFlight.Wait()
+	if err2 := <-errc; err2 != nil && !errors.Is(err2, http.ErrServerClosed) {
+		return err2
+	}
+	return err
+}
