@@ -17,7 +17,8 @@ const module = "github.com/pe-project/pe"
 // layers orders pe's top-level folders. A package may import packages of
 // its own folder and of folders in lower layers, nothing else of pe's
 // (DESIGN.md §1: cmd/pe, server → engine → image, guest, vmm → erofs,
-// pearchive). Layer 0 imports nothing of ours. A new top-level folder with
+// pearchive). Layer 0 imports nothing of ours. cmd sits above server
+// because pe serve, a thin command like the others, starts it. A new top-level folder with
 // Go code must be placed here.
 var layers = map[string]int{
 	"erofs":     0,
@@ -29,8 +30,8 @@ var layers = map[string]int{
 	"vmm":       1,
 	"engine":    2,
 	"server":    3,
-	"cmd":       3,
-	"scripts":   3, // benchmark helpers (scripts/mkimage), like commands
+	"cmd":       4,
+	"scripts":   4, // benchmark helpers (scripts/mkimage), like commands
 }
 
 // moduleRoot finds the directory holding go.mod.

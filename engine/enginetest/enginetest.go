@@ -1,0 +1,193 @@
+// Package enginetest gives tests of pe's packages a real engine: QEMU under
+// TCG, the guest kernel make kernel installs, pe's guest init built for
+// the test, and a small busybox image. Tests that use it boot VMs, which
+// take seconds each under emulation; Setup skips them with the reason when
+// -short is given or something they need is missing.
+package enginetest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/image"
+	"github.com/pe-project/pe/vmm"
+	"github.com/pe-project/pe/vmm/qemu"
+)
+
+// Fixture is what VM tests share: the guest init, the kernel, a busybox
+// image and its source tree.
+type Fixture struct {
+	// Dir holds the fixture's files; Cleanup removes it.
+	Dir string
+	// Init is the guest init binary.
+	Init string
+	// Kernel is the guest kernel.
+	Kernel *vmm.Kernel
+	// Rootfs is the busybox image's source tree; EROFS the image.
+	Rootfs, EROFS string
+}
+
+var (
+	once    sync.Once
+	shared  Fixture
+	initErr error
+)
+
+// Setup skips t unless VMs can run here, and builds the shared fixture
+// the first time. Call Cleanup from TestMain to remove it.
+func Setup(t testing.TB) *Fixture {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots VMs; skipped with -short")
+	}
+	if _, err := qemu.Find(""); err != nil {
+		t.Skipf("QEMU is not installed (make deps, or %s): %v", qemu.InstallHint, err)
+	}
+	k, err := vmm.FindKernel("")
+	if err != nil {
+		t.Skipf("no guest kernel (make kernel): %v", err)
+	}
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox is not installed (apt-get install busybox-static)")
+	}
+	if out, err := exec.Command("ldd", bb).CombinedOutput(); err == nil && !bytes.Contains(out, []byte("not a dynamic")) {
+		t.Skipf("%s is not static (install busybox-static)", bb)
+	}
+	once.Do(func() {
+		shared.Kernel = k
+		initErr = build(&shared, bb)
+	})
+	if initErr != nil {
+		t.Fatal(initErr)
+	}
+	return &shared
+}
+
+// Cleanup removes the shared fixture, if one was built.
+func Cleanup() {
+	if shared.Dir != "" {
+		os.RemoveAll(shared.Dir)
+	}
+}
+
+func build(f *Fixture, busybox string) error {
+	dir, err := os.MkdirTemp("", "pe-enginetest-")
+	if err != nil {
+		return err
+	}
+	f.Dir = dir
+	f.Init = filepath.Join(dir, "pe-init")
+	cmd := exec.Command("go", "build", "-ldflags=-s -w", "-o", f.Init, "github.com/pe-project/pe/guest/cmd/pe-init")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("building pe-init: %v\n%s", err, out)
+	}
+	f.Rootfs = filepath.Join(dir, "rootfs")
+	if err := MakeBusyboxTree(f.Rootfs, busybox); err != nil {
+		return err
+	}
+	f.EROFS = filepath.Join(dir, "busybox.erofs")
+	return image.BuildEROFS(context.Background(), f.Rootfs, f.EROFS, image.BuildOptions{})
+}
+
+// MakeBusyboxTree makes a small root file system at root: busybox and its
+// applet links in /bin, /etc/passwd and /etc/group with a user alice
+// (1000) in the groups alice and staff (50), her home, and /srv/app (the
+// image's working directory) holding VERSION.
+func MakeBusyboxTree(root, busybox string) error {
+	for _, d := range []string{"bin", "etc", "home/alice", "srv/app", "tmp", "root"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	b, err := os.ReadFile(busybox)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755); err != nil {
+		return err
+	}
+	list, err := exec.Command(busybox, "--list").Output()
+	if err != nil {
+		return err
+	}
+	for _, applet := range strings.Fields(string(list)) {
+		if applet != "busybox" {
+			if err := os.Symlink("busybox", filepath.Join(root, "bin", applet)); err != nil {
+				return err
+			}
+		}
+	}
+	files := map[string]string{
+		"etc/passwd":      "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n",
+		"etc/group":       "root:x:0:\nstaff:x:50:alice\nalice:x:1000:\n",
+		"srv/app/VERSION": "1.2.3\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return os.Chown(filepath.Join(root, "home/alice"), 1000, 1000)
+}
+
+// BusyboxConfig is the config of the busybox image: no entrypoint, a cmd,
+// an environment without PATH, a working directory.
+func BusyboxConfig() *v1.ConfigFile {
+	return &v1.ConfigFile{
+		Architecture: "amd64", OS: "linux",
+		Config: v1.Config{
+			Cmd:        []string{"sh", "-c", "echo default cmd"},
+			Env:        []string{"GREETING=hello from the image", "LANG=C"},
+			WorkingDir: "/srv/app",
+		},
+	}
+}
+
+// NewEngine returns an engine over images plus the fixture's image as
+// "busybox" (digest sha256:test), under QEMU with TCG: KVM does not work
+// on every machine the tests run on; TCG does. maxConcurrent 0 is one VM
+// per CPU.
+func NewEngine(t testing.TB, f *Fixture, images engine.StaticSource, maxConcurrent int) *engine.Engine {
+	t.Helper()
+	if images == nil {
+		images = engine.StaticSource{}
+	}
+	if _, ok := images["busybox"]; !ok {
+		images["busybox"] = &engine.ResolvedImage{Reference: "busybox", Digest: "sha256:test", EROFSPath: f.EROFS, Config: BusyboxConfig()}
+	}
+	e, err := engine.New(engine.Options{
+		Images:        images,
+		Backend:       qemu.New(""),
+		Accel:         vmm.AccelTCG,
+		KernelInfo:    f.Kernel,
+		InitBinary:    f.Init,
+		CacheDir:      filepath.Join(f.Dir, "cache"),
+		TempDir:       t.TempDir(),
+		MaxConcurrent: maxConcurrent,
+		Log:           slog.New(slog.NewTextHandler(testOutput(t), &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func testOutput(t testing.TB) interface{ Write([]byte) (int, error) } {
+	if tt, ok := t.(*testing.T); ok {
+		return tt.Output()
+	}
+	return os.Stderr
+}

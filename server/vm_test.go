@@ -1,0 +1,244 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pe-project/pe/engine/enginetest"
+	"github.com/pe-project/pe/gist"
+	"github.com/pe-project/pe/pearchive"
+)
+
+// The tests here run the server over a real engine: VMs under QEMU TCG,
+// seconds each, so only a few, in parallel.
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	enginetest.Cleanup()
+	os.Exit(code)
+}
+
+// vmServer starts a server over a real engine with the fixture's busybox
+// image as the preset "busybox".
+func vmServer(t *testing.T, cfg Config) string {
+	t.Helper()
+	f := enginetest.Setup(t)
+	cfg.Runner = enginetest.NewEngine(t, f, nil, 2)
+	cfg.Slots = 2
+	cfg.Presets = []Preset{{Name: "busybox", Description: "the test image"}}
+	if cfg.RunTimeout == 0 {
+		cfg.RunTimeout = 30 * time.Second
+	}
+	cfg.RatePerSecond = -1
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s)
+	t.Cleanup(ts.Close)
+	return ts.URL
+}
+
+// TestVMRuns sends the three kinds of request a client makes, at once, to
+// a server over real VMs: the page's (input files, stdin, output files),
+// the original client's JSON, and one that runs past its time limit.
+func TestVMRuns(t *testing.T) {
+	url := vmServer(t, Config{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		files := []pearchive.MemFile{
+			{Path: "test.sh", Data: []byte("echo hello from $(pwd); cat; echo oops >&2; mkdir -p /run/pe/output/sub; echo result > /run/pe/output/sub/r.txt; exit 3\n")},
+			{Path: "folder/data.txt", Data: []byte("input data\n")},
+		}
+		body := archiveBody(t, map[string]any{"cmd": []string{"sh", "test.sh"}, "stdin": "folder/data.txt"}, files)
+		resp, b := post(t, url+"/api/v2/runi/amd64/linux/busybox", pearchive.ContentType, body)
+		if resp.StatusCode != 200 {
+			t.Errorf("archive run: status %d: %s", resp.StatusCode, b)
+			return
+		}
+		got, out := decodeArchiveResponse(t, b)
+		want := map[string]string{
+			"stdout": "hello from /run/pe/input\ninput data\n", "stderr": "oops\n",
+			"dir/": "", "dir/sub/": "", "dir/sub/r.txt": "result\n",
+		}
+		if fmt.Sprint(out) != fmt.Sprint(want) || got.Kind != KindOk || got.Siginfo.Exited == nil || *got.Siginfo.Exited != 3 {
+			t.Errorf("archive run: %s %+v, files %q; want Ok Exited 3, files %q", got.Kind, got.Siginfo, out, want)
+		}
+	})
+	wg.Go(func() {
+		// The original client: entrypoint [] (the image's cmd would stay
+		// were cmd null), env replacing the image's.
+		body := `{"entrypoint":[],"cmd":["sh","-c","echo \"$A|$GREETING|$PATH\""],"env":["A=1"],"stdin":null}`
+		resp, b := post(t, url+"/api/v2/runi/amd64/linux/busybox", "application/json", []byte(body))
+		var got RunResponse
+		if err := json.Unmarshal(b, &got); err != nil || resp.StatusCode != 200 {
+			t.Errorf("JSON run: status %d: %s", resp.StatusCode, b)
+			return
+		}
+		if want := "1||/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"; got.Stdout == nil || *got.Stdout != want || got.ManifestDigest != "sha256:test" {
+			t.Errorf("JSON run: stdout %v digest %q, want %q", got.Stdout, got.ManifestDigest, want)
+		}
+	})
+	wg.Go(func() {
+		body := `{"cmd":["sh","-c","echo started; sleep 60"],"timeout_ms":2000}`
+		resp, b := post(t, url+"/api/v2/runi/amd64/linux/busybox", "application/json", []byte(body))
+		var got RunResponse
+		json.Unmarshal(b, &got)
+		if resp.StatusCode != 200 || got.Kind != KindOvertime || got.Siginfo.Killed == nil || got.Stdout == nil || *got.Stdout != "started\n" {
+			t.Errorf("overtime run: status %d: %s", resp.StatusCode, b)
+		}
+	})
+	wg.Wait()
+}
+
+// fakeGitHub serves one gist the way api.github.com does, and lets the
+// page create gists (with CORS, as GitHub's API allows browsers).
+type fakeGitHub struct {
+	mu      sync.Mutex
+	gists   map[string][]byte
+	created int
+}
+
+func (g *fakeGitHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept, X-GitHub-Api-Version")
+	w.Header().Set("Access-Control-Allow-Methods", "GET, POST")
+	if r.Method == http.MethodOptions {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if r.Method == http.MethodPost && r.URL.Path == "/gists" {
+		if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"message":"Requires authentication","documentation_url":"https://docs.github.com/rest"}`)
+			return
+		}
+		var req struct {
+			Description string
+			Files       map[string]struct{ Content string }
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			return
+		}
+		g.created++
+		id := fmt.Sprintf("c0ffee%014d", g.created)
+		files := map[string]string{}
+		for name, f := range req.Files {
+			files[name] = f.Content
+		}
+		g.gists[id] = gistJSON(id, "1111111111111111111111111111111111111111", files)
+		w.WriteHeader(http.StatusCreated)
+		w.Write(g.gists[id])
+		return
+	}
+	id, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/gists/"), "/")
+	b, ok := g.gists[id]
+	if r.Method != http.MethodGet || !ok {
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprint(w, `{"message":"Not Found","documentation_url":"https://docs.github.com/rest/gists/gists#get-a-gist"}`)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Write(b)
+}
+
+// gistJSON is a gist as GET /gists/{id} returns it (the fields pe reads
+// and their neighbours).
+func gistJSON(id, rev string, files map[string]string) []byte {
+	type file struct {
+		Filename  string `json:"filename"`
+		Type      string `json:"type"`
+		RawURL    string `json:"raw_url"`
+		Size      int    `json:"size"`
+		Truncated bool   `json:"truncated"`
+		Content   string `json:"content"`
+	}
+	g := map[string]any{
+		"id": id, "html_url": "https://gist.github.com/octocat/" + id, "description": "a pe example",
+		"public": false, "truncated": false,
+		"history": []map[string]any{{"version": rev, "committed_at": "2026-11-27T10:00:00Z", "change_status": map[string]int{"total": 1}}},
+	}
+	fm := map[string]file{}
+	for name, content := range files {
+		fm[name] = file{name, "text/plain", "https://gist.githubusercontent.com/octocat/" + id + "/raw/" + rev + "/" + name, len(content), false, content}
+	}
+	g["files"] = fm
+	b, _ := json.Marshal(g)
+	return b
+}
+
+// TestBrowser drives the page in Debian's chromium with playwright-core
+// (web/test/e2e.mjs) against a server over real VMs and a fake GitHub API:
+// edit and run, share and reload, load a #gist= link and run it, keyboard
+// only, save as gist, phone width. PE_SCREENSHOTS=1 writes the screenshots
+// to docs/screenshots.
+func TestBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs and a browser; skipped with -short")
+	}
+	chromium := os.Getenv("PE_CHROMIUM")
+	if chromium == "" {
+		chromium = "/usr/bin/chromium"
+	}
+	if _, err := os.Stat(chromium); err != nil {
+		t.Skipf("no chromium at %s (apt-get install chromium; make test installs it)", chromium)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed (make test needs Node.js and npm)")
+	}
+	webDir, _ := filepath.Abs("../web")
+	if _, err := os.Stat(filepath.Join(webDir, "node_modules", "playwright-core")); err != nil {
+		t.Skip("web/node_modules lacks playwright-core (make web-deps runs npm ci)")
+	}
+	gh := &fakeGitHub{gists: map[string][]byte{
+		"aa5a315d61ae9438b18d": gistJSON("aa5a315d61ae9438b18d", "57a7f021a713b1c5a6a199b54cc514735d2d462f", map[string]string{
+			"pe.toml":   "image = \"busybox\"\ncmd = \"sh main.sh\"\nenv = \"WHO=gist\"\n",
+			"main.sh":   "echo \"hello from the $WHO\"\ncat notes.txt\n",
+			"notes.txt": "notes\n",
+		}),
+	}}
+	api := httptest.NewServer(gh)
+	t.Cleanup(api.Close)
+	url := vmServer(t, Config{
+		Gists:     &gist.Client{BaseURL: api.URL, CacheDir: t.TempDir()},
+		GitHubAPI: api.URL,
+	})
+
+	cmd := exec.CommandContext(t.Context(), node, "test/e2e.mjs")
+	cmd.Dir = webDir
+	cmd.Env = append(os.Environ(),
+		"PE_URL="+url,
+		"PE_CHROMIUM="+chromium,
+		"PE_GIST_ID=aa5a315d61ae9438b18d",
+		"PE_GIST_EXPECT=hello from the gist",
+		"PE_GIST_TOKEN=test-token",
+		"PE_RUN_TIMEOUT_MS=180000",
+	)
+	if os.Getenv("PE_SCREENSHOTS") != "" {
+		shots, _ := filepath.Abs("../docs/screenshots")
+		cmd.Env = append(cmd.Env, "PE_SCREENSHOT_DIR="+shots)
+	}
+	out, err := cmd.CombinedOutput()
+	t.Logf("e2e.mjs:\n%s", out)
+	if err != nil {
+		t.Fatalf("browser test failed: %v", err)
+	}
+	gh.mu.Lock()
+	defer gh.mu.Unlock()
+	if gh.created == 0 {
+		t.Error("the page saved no gist to the GitHub API")
+	}
+}
