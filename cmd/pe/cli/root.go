@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"github.com/pe-project/pe/engine"
 )
 
 // Version is pe's version, sent to registries as the user agent
@@ -21,12 +24,29 @@ type app struct {
 	log *slog.Logger
 	// lookupEnv reads the environment (SOURCE_DATE_EPOCH).
 	lookupEnv func(string) (string, bool)
+	// runEngine makes an engine with opts and runs req (pe run); tests
+	// replace it to see the request without booting a VM.
+	runEngine func(ctx context.Context, opts engine.Options, req *engine.RunRequest) (*engine.RunResult, error)
+}
+
+// runEngine is app.runEngine's default: a new engine, one run.
+func runEngine(ctx context.Context, opts engine.Options, req *engine.RunRequest) (*engine.RunResult, error) {
+	e, err := engine.New(opts)
+	if err != nil {
+		return nil, err
+	}
+	return e.Run(ctx, req)
 }
 
 // New returns pe's root command with all its subcommands. It prints nothing
 // on errors: ExecuteContext returns them for the caller to report.
 func New() *cobra.Command {
-	a := &app{log: slog.New(slog.DiscardHandler), lookupEnv: os.LookupEnv}
+	return newRoot(&app{lookupEnv: os.LookupEnv, runEngine: runEngine})
+}
+
+// newRoot returns the root command sharing a.
+func newRoot(a *app) *cobra.Command {
+	a.log = slog.New(slog.DiscardHandler)
 	var logLevel string
 	root := &cobra.Command{
 		Use:   "pe",
@@ -38,13 +58,14 @@ and TCG elsewhere, or cloud-hypervisor); pe doctor says what it needs. The image
 tools pull OCI images into a local cache as the read-only EROFS root file
 systems pe boots, import tarballs (such as Compiler Explorer's compiler builds)
 as images, build EROFS images from directories, tar files and images, and look
-inside them.
+inside them. pe gist fetches and creates gists holding a pe.toml, pe's
+shareable examples, which pe run --gist runs.
 
 Settings come from flags, then PE_* environment variables (PE_CACHE_DIR,
 PE_PLATFORM, PE_INSECURE, PE_MAX_IMAGE_SIZE, PE_IMAGE_COMPRESS, PE_LOG_LEVEL,
-PE_VMM, PE_ACCEL, PE_KERNEL), then ~/.config/pe/config.toml (keys: cache-dir,
-platform, insecure, max-image-size, image-compress, log-level, vmm, accel,
-kernel), then defaults.`,
+PE_VMM, PE_ACCEL, PE_KERNEL, PE_GITHUB_API), then ~/.config/pe/config.toml
+(keys: cache-dir, platform, insecure, max-image-size, image-compress,
+log-level, vmm, accel, kernel, github-api), then defaults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -63,7 +84,7 @@ kernel), then defaults.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: err}
 	})
-	root.AddCommand(newRunCmd(a), newDoctorCmd(a), newImageCmd(a))
+	root.AddCommand(newRunCmd(a), newDoctorCmd(a), newImageCmd(a), newGistCmd(a), newServeCmd(a))
 	return root
 }
 

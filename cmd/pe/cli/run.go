@@ -53,13 +53,17 @@ type runFlags struct {
 	memory, maxOutput string
 	cpus              int
 	asJSON, debug     bool
+	// gist and files run an example (a gist, a directory) with its
+	// pe.toml; image overrides pe.toml's image.
+	gist, files, image string
+	githubAPI          string
 }
 
 // newRunCmd returns "pe run".
 func newRunCmd(a *app) *cobra.Command {
 	f := &runFlags{}
 	cmd := &cobra.Command{
-		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]\n  pe run [flags] --gist ID[/REVISION] | --files DIR [COMMAND [ARG...]]",
 		Short: "Run a program from an image in a micro-VM",
 		Long: `Run COMMAND (or the image's entrypoint and cmd) from IMAGE in a throw-away
 micro-VM, as docker run would in a container: the image's config gives the
@@ -75,13 +79,30 @@ program's status, 128+N when signal N killed it, 124 when --timeout killed it,
 and 125 when pe itself failed (one line on standard error says why).
 --json prints one JSON object instead: exit_code, signal, timed_out, stdout,
 stderr (stdout_b64, stderr_b64 when not UTF-8), the truncation flags, image
-{reference, digest}, vmm, accel, duration_ms (each phase) and rusage.`,
+{reference, digest}, vmm, accel, duration_ms (each phase) and rusage.
+
+--gist ID[/REVISION] runs a gist, --files DIR a directory, as their pe.toml
+says (docs/pe-toml.md): its image (--image overrides it), cmd (the arguments
+override it), entrypoint, env (-e and --env-file add to it), stdin (-i and
+--stdin override it), timeout, memory and platform (the flags override them).
+The files (pe.toml too) are copied to /run/pe/input, the working directory
+unless -w says otherwise. Gists are fetched from GitHub (--github-api for
+another server) and cached; GITHUB_TOKEN, GH_TOKEN or the GitHub CLI's token
+raises GitHub's rate limit.`,
 		Example: `  pe run busybox echo hello
   pe run -e NAME=world busybox sh -c 'echo hello $NAME'
   echo data | pe run -i busybox wc -c
   pe run --input ./src --output ./out gcc:14 sh -c 'gcc -o /run/pe/output/a /run/pe/input/a.c'
-  pe run --json --timeout 2s busybox sleep 5`,
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+  pe run --json --timeout 2s busybox sleep 5
+  pe run --gist aa5a315d61ae9438b18d
+  pe run --gist https://gist.github.com/octocat/aa5a315d61ae9438b18d --image alpine sh -x main.sh
+  pe run --files ./example`,
+		Args: usageArgs(func(cmd *cobra.Command, args []string) error {
+			if f.gist != "" || f.files != "" {
+				return nil // the arguments are the command
+			}
+			return cobra.MinimumNArgs(1)(cmd, args)
+		}),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRun(cmd, a, f, args)
 		},
@@ -103,6 +124,10 @@ stderr (stdout_b64, stderr_b64 when not UTF-8), the truncation flags, image
 	fs.StringVar(&f.maxOutput, "max-output", "1MiB", "keep at most this much of stdout and of stderr each (and of the output directory)")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the program's output")
 	fs.BoolVar(&f.debug, "debug", false, "show the guest console and the guest init's log on standard error")
+	fs.StringVar(&f.gist, "gist", "", "run the gist ID[/REVISION] (or its URL) as its pe.toml says; the arguments are the command")
+	fs.StringVar(&f.files, "files", "", "run the directory DIR as its pe.toml says; the arguments are the command")
+	fs.StringVar(&f.image, "image", "", "with --gist or --files: the image, instead of pe.toml's")
+	registerGitHubAPI(fs, &f.githubAPI)
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
@@ -110,6 +135,30 @@ stderr (stdout_b64, stderr_b64 when not UTF-8), the truncation flags, image
 
 // runRun is pe run.
 func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
+	var ex *example
+	switch {
+	case f.gist != "" && f.files != "":
+		return usageErrorf(cmd, "--gist and --files both give the files to run: choose one")
+	case (f.gist != "" || f.files != "") && f.inputDir != "":
+		return usageErrorf(cmd, "--gist and --files put their files at /run/pe/input: drop --input")
+	case f.image != "" && f.gist == "" && f.files == "":
+		return usageErrorf(cmd, "--image goes with --gist or --files; otherwise IMAGE is the first argument")
+	case f.gist != "" || f.files != "":
+		var err error
+		if ex, err = loadExample(cmd, a, f); err != nil {
+			return err
+		}
+		defer ex.cleanup()
+		ex.applyDefaults(cmd, f)
+		// The arguments are the command: put the image in front, as
+		// without --gist.
+		img := ex.config.Image
+		if f.image != "" {
+			img = f.image
+		}
+		args = append([]string{img}, args...)
+		f.inputDir = ex.dir
+	}
 	req := &engine.RunRequest{
 		Image:     args[0],
 		InputDir:  f.inputDir,
@@ -120,6 +169,11 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	}
 	if len(args) > 1 {
 		req.Cmd = args[1:]
+	} else if ex != nil {
+		req.Cmd = ex.config.Cmd
+	}
+	if ex != nil && ex.config.Entrypoint != nil && !cmd.Flags().Changed("entrypoint") {
+		req.Entrypoint = ex.config.Entrypoint
 	}
 	if cmd.Flags().Changed("entrypoint") {
 		req.Entrypoint = []string{}
@@ -128,9 +182,16 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		}
 	}
 	req.Workdir, req.User = f.workdir, f.user
+	if ex != nil && req.Workdir == "" {
+		req.Workdir = guest.InputDir
+	}
 	env, err := runEnv(f.envFiles, f.env, a.lookupEnv)
 	if err != nil {
 		return usageErrorf(cmd, "%v", err)
+	}
+	if ex != nil && len(ex.config.Env) > 0 {
+		// pe.toml's environment first: the flags' entries replace its.
+		env = append(append([]string{}, ex.config.Env...), env...)
 	}
 	req.Env = env
 	if f.timeout <= 0 {
@@ -164,6 +225,13 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		}
 		defer in.Close()
 		req.Stdin = in
+	case ex != nil && ex.config.Stdin != "":
+		in, err := ex.stdin()
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		req.Stdin = in
 	}
 	for _, d := range []struct{ flag, dir string }{{"--input", f.inputDir}} {
 		if d.dir == "" {
@@ -189,7 +257,7 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	}
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
-	e, err := engine.New(engine.Options{
+	res, err := a.runEngine(cmd.Context(), engine.Options{
 		Images:     &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}},
 		VMM:        f.vmm,
 		Accel:      f.accel,
@@ -198,11 +266,7 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		CacheDir:   engineCacheDir(f.cacheDir),
 		Limits:     lim,
 		Log:        a.log,
-	})
-	if err != nil {
-		return err
-	}
-	res, err := e.Run(cmd.Context(), req)
+	}, req)
 	if err != nil {
 		return err
 	}

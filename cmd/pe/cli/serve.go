@@ -1,0 +1,255 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/image"
+	"github.com/pe-project/pe/server"
+)
+
+// serveFlags are pe serve's flags.
+type serveFlags struct {
+	pullFlags
+	vmFlags
+	listen                   string
+	presets, allow, trusted  []string
+	slots, queue, burst      int
+	maxWait                  time.Duration
+	bodyTimeout, writeTimout time.Duration
+	runTimeout               time.Duration
+	maxBody, memory, maxOut  string
+	rate                     float64
+	githubAPI                string
+	drain                    time.Duration
+}
+
+// newServeCmd returns "pe serve".
+func newServeCmd(a *app) *cobra.Command {
+	f := &serveFlags{}
+	cmd := &cobra.Command{
+		Use:   "serve [flags]",
+		Short: "Serve the web page and HTTP API (Program Explorer compatible)",
+		Long: `Serve pe's web page and HTTP API: edit files in the browser, pick an image and
+a command, run them in a micro-VM, see the output, share the state as a link.
+
+The API is Program Explorer's (POST /api/v2/runi/ARCH/OS/REFERENCE with
+application/json or application/x.pe.archivev1, GET /api/gh/gist/ID[/REV]),
+plus GET /api/v2/images, /api/v2/status, /healthz and /metrics (Prometheus).
+
+Runs may name the --preset images (by name) and registry references under the
+--allow-image prefixes; never local paths. With no --preset, the images in the
+local image cache are the presets (make demo puts a busybox image there).
+
+Each run takes one of --slots VM slots; up to --queue more wait, each at most
+--max-wait, in order of arrival; past that the answer is 503 with Retry-After.
+Each client (its address; X-Forwarded-For only from --trusted-proxy peers) may
+start --rate runs a second, in bursts of --burst. On SIGINT or SIGTERM pe serve
+stops accepting requests and lets the runs in progress finish.
+
+Logs are JSON lines on standard error, one per request with its request id.`,
+		Example: `  pe serve
+  pe serve --listen :8080 --preset busybox=docker.io/library/busybox:1.36 --preset gcc:14
+  pe serve --trusted-proxy 127.0.0.1/32 --rate 1 --burst 3 --slots 4`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd, a, f)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "the address to listen on")
+	fs.StringArrayVar(&f.presets, "preset", nil, "offer an image as a preset: REFERENCE, or NAME=SOURCE where SOURCE is any image pe run takes (repeatable; the first is the default)")
+	fs.StringArrayVar(&f.allow, "allow-image", nil, "let runs name registry references starting with this prefix (repeatable; default docker.io/ and ghcr.io/; '' for none but the presets)")
+	fs.StringArrayVar(&f.trusted, "trusted-proxy", nil, "believe X-Forwarded-For from peers in this CIDR, such as 127.0.0.1/32 (repeatable)")
+	fs.IntVar(&f.slots, "slots", runtime.NumCPU(), "runs at once (VMs)")
+	fs.IntVar(&f.queue, "queue", 0, "requests that may wait for a slot (default 4 × --slots)")
+	fs.DurationVar(&f.maxWait, "max-wait", 30*time.Second, "the longest a request waits for a slot")
+	fs.StringVar(&f.maxBody, "max-body", "1MiB", "the largest request body (JSON and input files)")
+	fs.DurationVar(&f.bodyTimeout, "body-timeout", 10*time.Second, "the time a client has to send its request body")
+	fs.DurationVar(&f.writeTimout, "write-timeout", 30*time.Second, "the time a client has to read a response")
+	fs.DurationVar(&f.runTimeout, "run-timeout", engine.DefaultTimeout, "each program's time limit (a request may ask for less)")
+	fs.StringVar(&f.memory, "memory", "512M", "each VM's memory")
+	fs.StringVar(&f.maxOut, "max-output", "1MiB", "keep at most this much of stdout, of stderr and of the output directory of a run")
+	fs.Float64Var(&f.rate, "rate", 2, "runs and gist fetches a client may start per second (0: no limit)")
+	fs.IntVar(&f.burst, "burst", 4, "how many of them may come at once")
+	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress may take to finish")
+	registerGitHubAPI(fs, &f.githubAPI)
+	f.pullFlags.register(fs, true)
+	f.vmFlags.register(cmd)
+	return cmd
+}
+
+func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
+	maxBody, err := parseSize(f.maxBody)
+	if err != nil || maxBody < 1 {
+		return usageErrorf(cmd, "--max-body %q: want a size such as 1MiB", f.maxBody)
+	}
+	mem, err := parseSize(f.memory)
+	if err != nil || mem < 64<<20 {
+		return usageErrorf(cmd, "--memory %q: want a size of at least 64MiB", f.memory)
+	}
+	maxOut, err := parseSize(f.maxOut)
+	if err != nil || maxOut < 1 {
+		return usageErrorf(cmd, "--max-output %q: want a size such as 1MiB", f.maxOut)
+	}
+	if f.slots < 1 {
+		return usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
+	}
+	var trusted []netip.Prefix
+	for _, s := range f.trusted {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return usageErrorf(cmd, "--trusted-proxy %q: want a CIDR such as 127.0.0.1/32", s)
+		}
+		trusted = append(trusted, p)
+	}
+	rate := f.rate
+	if rate == 0 {
+		rate = -1 // the server's "no limit"
+	}
+
+	level := slog.LevelInfo
+	if a.log.Enabled(cmd.Context(), slog.LevelDebug) {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+
+	popts, err := f.pullFlags.options(cmd, a)
+	if err != nil {
+		return err
+	}
+	popts.Progress = nil // no progress bars in a server's log
+	popts.Log = log
+	cache, err := f.open()
+	if err != nil {
+		return err
+	}
+	presets, err := servePresets(cmd.Context(), f.presets, cache)
+	if err != nil {
+		return usageErrorf(cmd, "%v", err)
+	}
+	if len(presets) == 0 {
+		log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
+	}
+	source := &engine.CacheSource{Cache: cache, Options: popts}
+	lim := guest.DefaultLimits()
+	lim.MaxOutput = max(lim.MaxOutput, maxOut)
+	eng, err := engine.New(engine.Options{
+		Images:        source,
+		VMM:           f.vmm,
+		Accel:         f.accel,
+		Kernel:        f.kernel,
+		InitBinary:    f.init,
+		CacheDir:      engineCacheDir(f.cacheDir),
+		MaxConcurrent: f.slots,
+		Limits:        lim,
+		Log:           log,
+	})
+	if err != nil {
+		return err
+	}
+	allow := f.allow
+	if !cmd.Flags().Changed("allow-image") {
+		allow = nil // the server's default
+	} else {
+		allow = slices.DeleteFunc(slices.Clone(allow), func(s string) bool { return s == "" })
+		if allow == nil {
+			allow = []string{}
+		}
+	}
+	srv, err := server.New(server.Config{
+		Runner:         eng,
+		Images:         source,
+		Presets:        presets,
+		AllowedImages:  allow,
+		Gists:          newGistClient(f.githubAPI, f.cacheDir),
+		GitHubAPI:      f.githubAPI,
+		Slots:          f.slots,
+		MaxQueue:       f.queue,
+		MaxWait:        f.maxWait,
+		MaxBody:        maxBody,
+		BodyTimeout:    f.bodyTimeout,
+		WriteTimeout:   f.writeTimout,
+		RunTimeout:     f.runTimeout,
+		MemoryMiB:      int((mem + 1<<20 - 1) >> 20),
+		MaxOutput:      maxOut,
+		RatePerSecond:  rate,
+		RateBurst:      f.burst,
+		TrustedProxies: trusted,
+		Log:            log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "pe serve: http://%s/ (%d presets, %d VM slots; Ctrl+C stops)\n", ln.Addr(), len(presets), f.slots)
+	err = srv.Serve(cmd.Context(), ln, f.drain)
+	if cmd.Context().Err() != nil && err == nil {
+		log.Info("stopped")
+	}
+	return err
+}
+
+// servePresets turns --preset values into presets; with none, the images
+// in the cache are the presets, the most recently used first (busybox
+// images ahead, as the page's default command suits them).
+func servePresets(ctx context.Context, flags []string, cache *image.Cache) ([]server.Preset, error) {
+	var presets []server.Preset
+	for _, p := range flags {
+		name, source, ok := strings.Cut(p, "=")
+		if !ok {
+			name, source = p, ""
+		}
+		if name == "" || ok && source == "" {
+			return nil, fmt.Errorf("--preset %q: want REFERENCE or NAME=SOURCE", p)
+		}
+		if source != "" {
+			if _, err := image.ParseReference(source); err != nil && !strings.HasSuffix(source, ".erofs") {
+				return nil, fmt.Errorf("--preset %q: %w", p, err)
+			}
+		}
+		presets = append(presets, server.Preset{Name: name, Source: source})
+	}
+	if len(flags) > 0 {
+		return presets, nil
+	}
+	images, err := cache.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(images, func(x, y image.CachedImage) int {
+		bx, by := strings.Contains(x.Reference, "busybox") || strings.Contains(x.Reference, "demo"), strings.Contains(y.Reference, "busybox") || strings.Contains(y.Reference, "demo")
+		if bx != by {
+			if bx {
+				return -1
+			}
+			return 1
+		}
+		return y.LastUsed.Compare(x.LastUsed)
+	})
+	for _, img := range images {
+		if img.Reference == "" {
+			continue
+		}
+		presets = append(presets, server.Preset{
+			Name:        image.FamiliarName(img.Reference),
+			Source:      img.Reference,
+			Description: fmt.Sprintf("%s, %s", img.Platform, humanBytes(img.Size)),
+		})
+	}
+	return presets, nil
+}
