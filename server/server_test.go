@@ -19,6 +19,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/pe-project/pe/gist"
+	"github.com/pe-project/pe/gist/gisttest"
 	"github.com/pe-project/pe/pearchive"
 )
 
@@ -598,5 +600,54 @@ func TestCrossOriginRefused(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("a cross-site POST got %d, want 403", resp.StatusCode)
+	}
+}
+
+func TestGistProxy(t *testing.T) {
+	gh := gisttest.New(t, "../gist/testdata")
+	const id, rev = "bbbbbbbbbbbbbbbbbbbb", "2222222222222222222222222222222222222222"
+	gh.AddGist(t, id, rev, map[string]string{"pe.toml": "image = \"busybox\"\n", "main.sh": "echo hi\n"})
+	_, url := testServer(t, Config{Gists: &gist.Client{BaseURL: gh.URL}})
+	for _, c := range []struct {
+		desc, path string
+		wantStatus int
+		wantCache  string
+		wantFiles  map[string]string
+	}{
+		{"latest", "/api/gh/gist/" + id, 200, "public, max-age=60", map[string]string{"pe.toml": "image = \"busybox\"\n", "main.sh": "echo hi\n"}},
+		{"revision", "/api/gh/gist/" + id + "/" + rev, 200, "public, max-age=31536000, immutable", map[string]string{"pe.toml": "image = \"busybox\"\n", "main.sh": "echo hi\n"}},
+		{"not found", "/api/gh/gist/cccccccccccccccccccc", 404, "", nil},
+		{"bad id", "/api/gh/gist/..%2Fetc", 400, "", nil},
+		{"short revision", "/api/gh/gist/" + id + "/abc", 400, "", nil},
+	} {
+		t.Run(c.desc, func(t *testing.T) {
+			resp, err := http.Get(url + c.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var got GistResponse
+			json.NewDecoder(resp.Body).Decode(&got)
+			if resp.StatusCode != c.wantStatus || resp.Header.Get("Cache-Control") != c.wantCache {
+				t.Fatalf("status %d Cache-Control %q, want %d %q", resp.StatusCode, resp.Header.Get("Cache-Control"), c.wantStatus, c.wantCache)
+			}
+			if c.wantFiles != nil {
+				if diff := cmp.Diff(c.wantFiles, got.Files); diff != "" {
+					t.Errorf("files (-want +got):\n%s", diff)
+				}
+				if got.Version != rev || len(got.Versions) == 0 || got.Versions[0] != rev {
+					t.Errorf("version %q versions %q, want %s first", got.Version, got.Versions, rev)
+				}
+			}
+		})
+	}
+	gh.SetRateLimited(time.Now().Add(time.Minute))
+	resp, err := http.Get(url + "/api/gh/gist/dddddddddddddddddddd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("GitHub rate limit: status %d Retry-After %q, want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }

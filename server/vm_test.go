@@ -3,18 +3,17 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/pe-project/pe/engine/enginetest"
 	"github.com/pe-project/pe/gist"
+	"github.com/pe-project/pe/gist/gisttest"
 	"github.com/pe-project/pe/pearchive"
 )
 
@@ -100,85 +99,6 @@ func TestVMRuns(t *testing.T) {
 	wg.Wait()
 }
 
-// fakeGitHub serves one gist the way api.github.com does, and lets the
-// page create gists (with CORS, as GitHub's API allows browsers).
-type fakeGitHub struct {
-	mu      sync.Mutex
-	gists   map[string][]byte
-	created int
-}
-
-func (g *fakeGitHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Access-Control-Allow-Origin", "*")
-	w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept, X-GitHub-Api-Version")
-	w.Header().Set("Access-Control-Allow-Methods", "GET, POST")
-	if r.Method == http.MethodOptions {
-		w.WriteHeader(http.StatusNoContent)
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if r.Method == http.MethodPost && r.URL.Path == "/gists" {
-		if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
-			w.WriteHeader(http.StatusUnauthorized)
-			fmt.Fprint(w, `{"message":"Requires authentication","documentation_url":"https://docs.github.com/rest"}`)
-			return
-		}
-		var req struct {
-			Description string
-			Files       map[string]struct{ Content string }
-		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			w.WriteHeader(http.StatusUnprocessableEntity)
-			return
-		}
-		g.created++
-		id := fmt.Sprintf("c0ffee%014d", g.created)
-		files := map[string]string{}
-		for name, f := range req.Files {
-			files[name] = f.Content
-		}
-		g.gists[id] = gistJSON(id, "1111111111111111111111111111111111111111", files)
-		w.WriteHeader(http.StatusCreated)
-		w.Write(g.gists[id])
-		return
-	}
-	id, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/gists/"), "/")
-	b, ok := g.gists[id]
-	if r.Method != http.MethodGet || !ok {
-		w.WriteHeader(http.StatusNotFound)
-		fmt.Fprint(w, `{"message":"Not Found","documentation_url":"https://docs.github.com/rest/gists/gists#get-a-gist"}`)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Write(b)
-}
-
-// gistJSON is a gist as GET /gists/{id} returns it (the fields pe reads
-// and their neighbours).
-func gistJSON(id, rev string, files map[string]string) []byte {
-	type file struct {
-		Filename  string `json:"filename"`
-		Type      string `json:"type"`
-		RawURL    string `json:"raw_url"`
-		Size      int    `json:"size"`
-		Truncated bool   `json:"truncated"`
-		Content   string `json:"content"`
-	}
-	g := map[string]any{
-		"id": id, "html_url": "https://gist.github.com/octocat/" + id, "description": "a pe example",
-		"public": false, "truncated": false,
-		"history": []map[string]any{{"version": rev, "committed_at": "2026-11-27T10:00:00Z", "change_status": map[string]int{"total": 1}}},
-	}
-	fm := map[string]file{}
-	for name, content := range files {
-		fm[name] = file{name, "text/plain", "https://gist.githubusercontent.com/octocat/" + id + "/raw/" + rev + "/" + name, len(content), false, content}
-	}
-	g["files"] = fm
-	b, _ := json.Marshal(g)
-	return b
-}
-
 // TestBrowser drives the page in Debian's chromium with playwright-core
 // (web/test/e2e.mjs) against a server over real VMs and a fake GitHub API:
 // edit and run, share and reload, load a #gist= link and run it, keyboard
@@ -203,15 +123,14 @@ func TestBrowser(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(webDir, "node_modules", "playwright-core")); err != nil {
 		t.Skip("web/node_modules lacks playwright-core (make web-deps runs npm ci)")
 	}
-	gh := &fakeGitHub{gists: map[string][]byte{
-		"aa5a315d61ae9438b18d": gistJSON("aa5a315d61ae9438b18d", "57a7f021a713b1c5a6a199b54cc514735d2d462f", map[string]string{
-			"pe.toml":   "image = \"busybox\"\ncmd = \"sh main.sh\"\nenv = \"WHO=gist\"\n",
-			"main.sh":   "echo \"hello from the $WHO\"\ncat notes.txt\n",
-			"notes.txt": "notes\n",
-		}),
-	}}
-	api := httptest.NewServer(gh)
-	t.Cleanup(api.Close)
+	gh := gisttest.New(t, "../gist/testdata")
+	gh.Token = "test-token"
+	gh.AddGist(t, "aa5a315d61ae9438b18d", "57a7f021a713b1c5a6a199b54cc514735d2d462f", map[string]string{
+		"pe.toml":   "image = \"busybox\"\ncmd = \"sh main.sh\"\nenv = \"WHO=gist\"\n",
+		"main.sh":   "echo \"hello from the $WHO\"\ncat notes.txt\n",
+		"notes.txt": "notes\n",
+	})
+	api := gh.Server
 	url := vmServer(t, Config{
 		Gists:     &gist.Client{BaseURL: api.URL, CacheDir: t.TempDir()},
 		GitHubAPI: api.URL,
@@ -224,7 +143,7 @@ func TestBrowser(t *testing.T) {
 		"PE_CHROMIUM="+chromium,
 		"PE_GIST_ID=aa5a315d61ae9438b18d",
 		"PE_GIST_EXPECT=hello from the gist",
-		"PE_GIST_TOKEN=test-token",
+		"PE_GIST_TOKEN="+gh.Token,
 		"PE_RUN_TIMEOUT_MS=180000",
 	)
 	if os.Getenv("PE_SCREENSHOTS") != "" {
@@ -236,9 +155,7 @@ func TestBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("browser test failed: %v", err)
 	}
-	gh.mu.Lock()
-	defer gh.mu.Unlock()
-	if gh.created == 0 {
+	if gh.Created() == nil {
 		t.Error("the page saved no gist to the GitHub API")
 	}
 }

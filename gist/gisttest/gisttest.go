@@ -176,6 +176,17 @@ func (s *Server) Created() []byte {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	// GitHub's API allows browsers from any origin (pe serve's page saves
+	// gists straight to it); preflights are answered, not recorded.
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept, X-GitHub-Api-Version")
+	h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, PUT, DELETE")
+	h.Set("Access-Control-Expose-Headers", "ETag, Link, Location, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset")
+	if r.Method == http.MethodOptions {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	status := s.answer(w, r)
 	s.mu.Lock()
 	s.requests = append(s.requests, Request{Method: r.Method, Path: r.URL.Path, Authorization: r.Header.Get("Authorization"), IfNoneMatch: r.Header.Get("If-None-Match"), Status: status})
