@@ -10,7 +10,7 @@ DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps deps-vm kernel test demo demo-erofs bench bench-image bench-run fuzz clean
+.PHONY: all build deps deps-vm deps-web kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve fuzz clean
 
 all: build
 
@@ -19,8 +19,8 @@ build:
 	$(GO) build -o bin/pe ./cmd/pe
 	CGO_ENABLED=0 $(GO) build -ldflags='-s -w' -o bin/pe-init ./guest/cmd/pe-init
 
-## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the guest kernel), download Go modules
-deps: deps-vm kernel
+## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the guest kernel, chromium, the page's npm packages), download Go modules
+deps: deps-vm deps-web kernel
 	command -v mkfs.erofs >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y erofs-utils)
 	dpkg -s busybox-static >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) apt-get install -y busybox-static)
 	$(GO) mod download
@@ -29,18 +29,36 @@ deps: deps-vm kernel
 deps-vm:
 	command -v qemu-system-x86_64 >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y qemu-system-x86)
 
+## deps-web: install Debian's chromium (browser tests) and the page's npm packages (never a downloaded browser)
+deps-web:
+	test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+	command -v npm >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm)
+	cd web && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+
+## web: rebuild the page (web/ → server/static, committed so building pe needs no Node.js)
+web:
+	cd web && npm run build
+
 ## kernel: install the guest kernel (Debian's cloud kernel) into pe's data dir
 kernel:
 	scripts/get-kernel.sh
 
-## test: vet and run every test
-test: deps
+## test: vet and run every test (the browser test runs inside go test ./server)
+test: deps test-web
 	$(GO) vet ./...
 	$(GO) test -timeout 25m ./...
+
+## test-web: the page's checks: committed bundle up to date, types, unit tests
+test-web:
+	cd web && npm run check && npm run typecheck && npm run test:unit
 
 ## demo: install QEMU and the guest kernel, build a busybox image (an OCI layout) and run programs from it in VMs
 demo: deps-vm kernel build
 	GO=$(GO) scripts/demo.sh $(DEMO_OCI)
+
+## serve: make demo's image, then pe serve on 127.0.0.1:8080 with it as the preset
+serve: demo
+	bin/pe serve
 
 ## demo-erofs: build an EROFS image from a small tree and look inside it with pe's own reader
 demo-erofs: build
@@ -68,6 +86,11 @@ bench-image:
 ## bench-run: pe run IMAGE true against a bare QEMU boot of the same kernel (the floor)
 bench-run: deps build
 	scripts/bench-run.sh
+
+## bench-serve: trivial runs through pe serve's HTTP API against the engine called directly, at concurrency 1, 2 and 8
+bench-serve: deps build
+	$(GO) run ./scripts/mkdemo -busybox $$(command -v busybox) -o $(DEMO_OCI) >/dev/null
+	$(GO) run ./scripts/benchserve -image oci:$(DEMO_OCI):demo -n $${N:-8} -c $${C:-1,2,8}
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 fuzz:

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"strings"
 )
 
 // static is the page, built from web/ by `make web` (esbuild) and
@@ -25,10 +26,12 @@ func (s *Server) staticHandler() http.Handler {
 	if u, err := url.Parse(s.cfg.GitHubAPI); err == nil && u.Scheme != "" && u.Host != "" {
 		connect += " " + u.Scheme + "://" + u.Host
 	}
-	// CodeMirror adds <style> elements, hence 'unsafe-inline' for styles
-	// only; scripts come from this server alone.
-	csp := "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src " +
-		connect + "; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+	// The page keeps CodeMirror in a shadow root, where it uses
+	// constructed style sheets instead of <style> elements, so neither
+	// scripts nor styles need 'unsafe-inline'. connect-src names the GitHub
+	// API for "Save as gist".
+	csp := "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src " +
+		connect + "; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -39,8 +42,12 @@ func (s *Server) staticHandler() http.Handler {
 		h.Set("Content-Security-Policy", csp)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "no-referrer")
-		if r.URL.Path == "/" || r.URL.Path == "/index.html" {
+		switch {
+		case r.URL.Path == "/" || r.URL.Path == "/index.html":
 			h.Set("Cache-Control", "no-cache")
+		case strings.HasPrefix(r.URL.Path, "/chunk-"):
+			// esbuild names chunks by content hash.
+			h.Set("Cache-Control", "public, max-age=31536000, immutable")
 		}
 		files.ServeHTTP(w, r)
 	})

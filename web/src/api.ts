@@ -1,0 +1,217 @@
+// The `pe serve` HTTP API as the page uses it.
+
+import { frame, unframe, unpack, pack, ArchiveFile } from "./pearchive";
+import { decodeUtf8 } from "./bytes";
+
+export interface ImagePreset {
+  reference: string;
+  digest?: string;
+  description?: string;
+}
+export interface Images {
+  default: string;
+  images: ImagePreset[];
+}
+export interface Config {
+  github_api: string;
+  max_body: number;
+  timeout_ms: number;
+}
+export interface ServerStatus {
+  queued: number;
+  running: number;
+  slots: number;
+}
+
+export interface RunRequest {
+  cmd: string[] | null;
+  entrypoint: string[] | null;
+  env: string[] | null;
+  stdin: string | null;
+}
+
+export interface RunResponse {
+  kind: "Ok" | "Overtime" | "Panic" | string;
+  siginfo?: Record<string, unknown>;
+  rusage?: Record<string, unknown>;
+  manifest_digest?: string;
+  message?: string;
+  exit_code?: number;
+  timed_out?: boolean;
+  stdout_truncated?: boolean;
+  stderr_truncated?: boolean;
+  output_truncated?: boolean;
+  duration_ms?: number | Record<string, number>;
+  stdout?: string;
+  stderr?: string;
+}
+
+export interface OutputFile {
+  name: string;
+  data: Uint8Array;
+}
+
+export interface RunResult {
+  response: RunResponse;
+  stdout: Uint8Array;
+  stderr: Uint8Array;
+  files: OutputFile[];
+  /** Client-measured milliseconds. */
+  elapsed: number;
+}
+
+/** A non-200 answer: the server's {"error", "detail"} plus the status and Retry-After. */
+export class ApiError extends Error {
+  status: number;
+  error: string;
+  detail: string;
+  retryAfter: string | null;
+  constructor(status: number, error: string, detail: string, retryAfter: string | null) {
+    let msg = `HTTP ${status}: ${error}`;
+    if (detail) msg += ` — ${detail}`;
+    if (retryAfter) msg += ` (retry after ${retryAfter} s)`;
+    super(msg);
+    this.name = "ApiError";
+    this.status = status;
+    this.error = error;
+    this.detail = detail;
+    this.retryAfter = retryAfter;
+  }
+}
+
+async function apiError(r: Response): Promise<ApiError> {
+  let error = r.statusText || "error";
+  let detail = "";
+  const text = await r.text().catch(() => "");
+  try {
+    const j = JSON.parse(text) as { error?: unknown; detail?: unknown; message?: unknown };
+    if (typeof j.error === "string") error = j.error;
+    if (typeof j.detail === "string") detail = j.detail;
+    else if (typeof j.message === "string") detail = j.message;
+  } catch {
+    if (text.trim()) detail = text.trim().slice(0, 300);
+  }
+  return new ApiError(r.status, error, detail, r.headers.get("Retry-After"));
+}
+
+async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> {
+  const r = await fetch(url, { headers: { Accept: "application/json" }, signal });
+  if (!r.ok) throw await apiError(r);
+  return (await r.json()) as T;
+}
+
+export const getImages = () => getJson<Images>("api/v2/images");
+export const getConfig = () => getJson<Config>("api/v2/config");
+export const getStatus = (signal?: AbortSignal) => getJson<ServerStatus>("api/v2/status", signal);
+
+/** Encodes an image reference for the path, keeping / : @ readable. */
+export function refPath(ref: string): string {
+  return encodeURIComponent(ref).replace(/%2F/gi, "/").replace(/%3A/gi, ":").replace(/%40/g, "@");
+}
+
+export function runBody(req: RunRequest, files: ArchiveFile[]): Uint8Array {
+  return frame(req, pack(files));
+}
+
+export async function run(image: string, body: Uint8Array, signal?: AbortSignal): Promise<RunResult> {
+  const t0 = performance.now();
+  const r = await fetch(`api/v2/runi/amd64/linux/${refPath(image)}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/x.pe.archivev1" },
+    body: body as BodyInit,
+    signal,
+  });
+  if (!r.ok) throw await apiError(r);
+  const buf = new Uint8Array(await r.arrayBuffer());
+  const elapsed = performance.now() - t0;
+  const ct = (r.headers.get("Content-Type") || "").split(";")[0].trim();
+  const enc = new TextEncoder();
+  if (ct === "application/json") {
+    const response = JSON.parse(decodeUtf8(buf) ?? "{}") as RunResponse;
+    return {
+      response,
+      stdout: enc.encode(response.stdout ?? ""),
+      stderr: enc.encode(response.stderr ?? ""),
+      files: [],
+      elapsed,
+    };
+  }
+  const { json, archive } = unframe(buf);
+  const response = json as RunResponse;
+  let stdout: Uint8Array = new Uint8Array(0);
+  let stderr: Uint8Array = new Uint8Array(0);
+  const files: OutputFile[] = [];
+  for (const e of unpack(archive)) {
+    if (e.data === null) continue;
+    if (e.path === "stdout") stdout = e.data;
+    else if (e.path === "stderr") stderr = e.data;
+    else if (e.path.startsWith("dir/")) files.push({ name: e.path.slice(4), data: e.data });
+    else files.push({ name: e.path, data: e.data });
+  }
+  return { response, stdout, stderr, files, elapsed };
+}
+
+export interface Gist {
+  files: Record<string, string>;
+  version: string;
+  versions?: string[];
+}
+
+export function getGist(id: string, rev?: string): Promise<Gist> {
+  return getJson<Gist>(`api/gh/gist/${encodeURIComponent(id)}${rev ? "/" + encodeURIComponent(rev) : ""}`);
+}
+
+export interface CreatedGist {
+  id: string;
+  html_url?: string;
+  history?: Array<{ version: string }>;
+}
+
+export async function createGist(
+  githubApi: string,
+  token: string,
+  description: string,
+  files: Record<string, string>,
+): Promise<CreatedGist> {
+  const body = { description, public: false, files: Object.fromEntries(Object.entries(files).map(([k, v]) => [k, { content: v }])) };
+  const r = await fetch(githubApi.replace(/\/+$/, "") + "/gists", {
+    method: "POST",
+    headers: {
+      Authorization: `Bearer ${token}`,
+      Accept: "application/vnd.github+json",
+      "Content-Type": "application/json",
+    },
+    body: JSON.stringify(body),
+  });
+  if (!r.ok) {
+    const e = await apiError(r);
+    // GitHub answers {"message": "..."}: apiError put it in detail.
+    throw e;
+  }
+  return (await r.json()) as CreatedGist;
+}
+
+/** One human line for a finished run. */
+export function describeResult(res: RunResult): string {
+  const r = res.response;
+  const ms = typeof r.duration_ms === "number" ? r.duration_ms : Math.round(res.elapsed);
+  const parts: string[] = [];
+  if (r.kind === "Panic") {
+    parts.push(`failed: ${r.message ?? "panic"}`);
+  } else if (r.timed_out || r.kind === "Overtime") {
+    parts.push(`timed out after ${ms} ms`);
+  } else {
+    const si = r.siginfo ?? {};
+    let sig: number | undefined;
+    for (const k of ["Killed", "Dumped"]) if (typeof si[k] === "number") sig = si[k] as number;
+    if (sig !== undefined) parts.push(`killed by signal ${sig} after ${ms} ms`);
+    else {
+      const code = typeof r.exit_code === "number" ? r.exit_code : typeof si.Exited === "number" ? (si.Exited as number) : undefined;
+      parts.push(`done: exit ${code ?? "?"} in ${ms} ms`);
+    }
+  }
+  if (r.stdout_truncated) parts.push("stdout truncated");
+  if (r.stderr_truncated) parts.push("stderr truncated");
+  if (r.output_truncated) parts.push("output files truncated");
+  return parts.join(", ");
+}

@@ -1,0 +1,31 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { describeResult, refPath, runBody, RunResult, RunResponse } from "../../src/api";
+import { unframe, unpack } from "../../src/pearchive";
+
+const result = (r: RunResponse): RunResult => ({ response: r, stdout: new Uint8Array(), stderr: new Uint8Array(), files: [], elapsed: 1234.4 });
+
+test("status line texts", () => {
+  assert.equal(describeResult(result({ kind: "Ok", siginfo: { Exited: 0 }, exit_code: 0, duration_ms: 812 })), "done: exit 0 in 812 ms");
+  assert.equal(describeResult(result({ kind: "Ok", siginfo: { Exited: 3 } })), "done: exit 3 in 1234 ms");
+  assert.equal(describeResult(result({ kind: "Ok", siginfo: { Killed: 9 }, duration_ms: 5 })), "killed by signal 9 after 5 ms");
+  assert.equal(describeResult(result({ kind: "Overtime", siginfo: { Killed: 9 }, timed_out: true, duration_ms: 10000 })), "timed out after 10000 ms");
+  assert.equal(describeResult(result({ kind: "Panic", message: "crun failed" })), "failed: crun failed");
+  assert.equal(
+    describeResult(result({ kind: "Ok", exit_code: 0, duration_ms: 1, stdout_truncated: true, stderr_truncated: true, output_truncated: true })),
+    "done: exit 0 in 1 ms, stdout truncated, stderr truncated, output files truncated",
+  );
+});
+
+test("image references keep / : @ in the path and escape the rest", () => {
+  assert.equal(refPath("docker.io/library/busybox@sha256:0864"), "docker.io/library/busybox@sha256:0864");
+  assert.equal(refPath("gcc:14"), "gcc:14");
+  assert.equal(refPath("a b#c?d"), "a%20b%23c%3Fd");
+});
+
+test("request body: framing of the JSON request and the input archive", () => {
+  const body = runBody({ cmd: ["sh", "test.sh"], entrypoint: null, env: null, stdin: null }, [{ path: "test.sh", data: "echo hi\n" }]);
+  const { json, archive } = unframe(body);
+  assert.deepEqual(json, { cmd: ["sh", "test.sh"], entrypoint: null, env: null, stdin: null });
+  assert.deepEqual(unpack(archive), [{ path: "test.sh", data: new TextEncoder().encode("echo hi\n") }]);
+});
