@@ -28,6 +28,21 @@ export interface RunRequest {
   entrypoint: string[] | null;
   env: string[] | null;
   stdin: string | null;
+  /** pe: a time limit below the server's (from pe.toml's timeout). */
+  timeout_ms?: number;
+}
+
+/**
+ * durationMs reads a pe.toml timeout: whole seconds, or a Go duration such
+ * as "500ms", "5s", "1m30s". It returns undefined for anything else.
+ */
+export function durationMs(v: string | number | undefined): number | undefined {
+  if (typeof v === "number") return v > 0 ? v * 1000 : undefined;
+  if (typeof v !== "string" || !/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(v.trim())) return undefined;
+  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60000, h: 3600000 };
+  let ms = 0;
+  for (const m of v.trim().matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) ms += Number(m[1]) * unit[m[2]];
+  return ms > 0 ? Math.round(ms) : undefined;
 }
 
 export interface RunResponse {

@@ -441,7 +441,10 @@ async function doRun() {
   }
   let body: Uint8Array;
   try {
-    body = api.runBody({ cmd, entrypoint, env: envList(st.env), stdin: st.stdin }, st.files);
+    const req: api.RunRequest = { cmd, entrypoint, env: envList(st.env), stdin: st.stdin };
+    const timeoutMs = api.durationMs(st.timeout);
+    if (timeoutMs !== undefined) req.timeout_ms = timeoutMs;
+    body = api.runBody(req, st.files);
   } catch (e) {
     setStatus("error", `Input files: ${(e as Error).message}`);
     return;

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { describeResult, refPath, runBody, RunResult, RunResponse } from "../../src/api";
+import { describeResult, durationMs, refPath, runBody, RunResult, RunResponse } from "../../src/api";
 import { unframe, unpack } from "../../src/pearchive";
 
 const result = (r: RunResponse): RunResult => ({ response: r, stdout: new Uint8Array(), stderr: new Uint8Array(), files: [], elapsed: 1234.4 });
@@ -28,4 +28,14 @@ test("request body: framing of the JSON request and the input archive", () => {
   const { json, archive } = unframe(body);
   assert.deepEqual(json, { cmd: ["sh", "test.sh"], entrypoint: null, env: null, stdin: null });
   assert.deepEqual(unpack(archive), [{ path: "test.sh", data: new TextEncoder().encode("echo hi\n") }]);
+});
+
+test("pe.toml timeouts become timeout_ms", () => {
+  assert.equal(durationMs(5), 5000);
+  assert.equal(durationMs("500ms"), 500);
+  assert.equal(durationMs("1m30s"), 90000);
+  assert.equal(durationMs("2.5s"), 2500);
+  assert.equal(durationMs("soon"), undefined);
+  assert.equal(durationMs("-3s"), undefined);
+  assert.equal(durationMs(undefined), undefined);
 });
