@@ -101,6 +101,12 @@ func (s *Server) AddFile(t testing.TB, name string, rev int, latest bool) {
 // AddJSON serves a gist object, as AddFile does.
 func (s *Server) AddJSON(t testing.TB, body []byte, rev int, latest bool) {
 	t.Helper()
+	if err := s.addJSON(body, rev, latest); err != nil {
+		t.Fatalf("fixture: %v", err)
+	}
+}
+
+func (s *Server) addJSON(body []byte, rev int, latest bool) error {
 	var g struct {
 		ID      string `json:"id"`
 		History []struct {
@@ -108,7 +114,7 @@ func (s *Server) AddJSON(t testing.TB, body []byte, rev int, latest bool) {
 		} `json:"history"`
 	}
 	if err := json.Unmarshal(body, &g); err != nil {
-		t.Fatalf("fixture: %v", err)
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -118,6 +124,7 @@ func (s *Server) AddJSON(t testing.TB, body []byte, rev int, latest bool) {
 	if latest {
 		s.latest[g.ID] = body
 	}
+	return nil
 }
 
 // AddGist serves a new revision of gist id holding files, shaped like
@@ -125,9 +132,21 @@ func (s *Server) AddJSON(t testing.TB, body []byte, rev int, latest bool) {
 // returns the gist object.
 func (s *Server) AddGist(t testing.TB, id, rev string, files map[string]string) []byte {
 	t.Helper()
-	var g map[string]any
-	if err := json.Unmarshal(s.Fixture(t, "gist.json"), &g); err != nil {
+	b, err := s.gistObject(id, rev, files)
+	if err == nil {
+		err = s.addJSON(b, 0, true)
+	}
+	if err != nil {
 		t.Fatal(err)
+	}
+	return b
+}
+
+// gistObject is gist.json made into gist id at revision rev with files.
+func (s *Server) gistObject(id, rev string, files map[string]string) ([]byte, error) {
+	var g map[string]any
+	if err := json.Unmarshal(s.fixture("gist.json"), &g); err != nil {
+		return nil, err
 	}
 	old := g["id"].(string)
 	fs := map[string]any{}
@@ -146,11 +165,9 @@ func (s *Server) AddGist(t testing.TB, id, rev string, files map[string]string) 
 	g["history"] = []any{h}
 	b, err := json.MarshalIndent(g, "", "  ")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	b = []byte(strings.ReplaceAll(string(b), old, id))
-	s.AddJSON(t, b, 0, true)
-	return b
+	return []byte(strings.ReplaceAll(string(b), old, id)), nil
 }
 
 // SetRateLimited makes the server answer every request with GitHub's
@@ -232,6 +249,26 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request) int {
 		s.created = body
 		s.mu.Unlock()
 		b := s.fixture("gist-created.json")
+		// As on GitHub, the new gist can be fetched at once: the id and
+		// revision of the recorded answer, holding the files sent.
+		var req struct {
+			Files map[string]struct{ Content string } `json:"files"`
+		}
+		var made struct {
+			ID      string `json:"id"`
+			History []struct {
+				Version string `json:"version"`
+			} `json:"history"`
+		}
+		if json.Unmarshal(body, &req) == nil && json.Unmarshal(b, &made) == nil && len(made.History) > 0 {
+			files := map[string]string{}
+			for name, f := range req.Files {
+				files[name] = f.Content
+			}
+			if obj, err := s.gistObject(made.ID, made.History[0].Version, files); err == nil {
+				s.addJSON(obj, 0, true)
+			}
+		}
 		h.Set("Location", "https://api.github.com/gists/8f1a2b3c4d5e6f708192a3b4c5d6e7f8")
 		return s.write(w, http.StatusCreated, b)
 	case r.Method != http.MethodGet || len(segs) < 2 || len(segs) > 3:
