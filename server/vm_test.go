@@ -20,9 +20,14 @@ import (
 // The tests here run the server over a real engine: VMs under QEMU TCG,
 // seconds each, so only a few, in parallel.
 
+// TestMain fails the tests when a VMM process outlived them.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	enginetest.Cleanup()
+	if kids := enginetest.ChildProcesses(); len(kids) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: processes left behind by the tests: %q\n", kids)
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -96,6 +101,26 @@ func TestVMRuns(t *testing.T) {
 			t.Errorf("overtime run: status %d: %s", resp.StatusCode, b)
 		}
 	})
+	wg.Wait()
+}
+
+// TestVMQueue sends 20 runs at once to a server with 2 VM slots: every
+// one is answered with its own output (the fake-engine TestQueueOrder
+// checks their order), and no VM is left (TestMain).
+func TestVMQueue(t *testing.T) {
+	url := vmServer(t, Config{MaxQueue: 20, MaxWait: 10 * time.Minute})
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			body := fmt.Sprintf(`{"cmd":["echo","run %d"]}`, i)
+			resp, b := post(t, url+"/api/v2/runi/amd64/linux/busybox", "application/json", []byte(body))
+			var got RunResponse
+			json.Unmarshal(b, &got)
+			if want := fmt.Sprintf("run %d\n", i); resp.StatusCode != 200 || got.Stdout == nil || *got.Stdout != want {
+				t.Errorf("run %d: status %d: %s", i, resp.StatusCode, b)
+			}
+		})
+	}
 	wg.Wait()
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -190,4 +191,29 @@ func testOutput(t testing.TB) interface{ Write([]byte) (int, error) } {
 		return tt.Output()
 	}
 	return os.Stderr
+}
+
+// ChildProcesses lists the processes whose parent is this one ("PID
+// name"): what a test leaves running, such as a VMM it did not stop.
+func ChildProcesses() []string {
+	me := strconv.Itoa(os.Getpid())
+	var kids []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[1] == me {
+			kids = append(kids, e.Name()+" "+s[strings.IndexByte(s, '(')+1:i])
+		}
+	}
+	return kids
 }
