@@ -110,6 +110,7 @@ func (in *vmInit) run() {
 			return
 		}
 		in.watchdog.Reset(bootWatchdog)
+		in.log.Debugf("woken from a snapshot")
 		// Boot phases belong to the snapshot, not to this run.
 		in.timings = map[string]int64{}
 		mounts = 0
