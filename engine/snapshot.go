@@ -406,8 +406,8 @@ func (e *Engine) OpenSnapshot(ctx context.Context, dir string) (*Snapshot, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrBadSnapshot, dir, err)
 	}
-	if mem.Size != m.Mem.Size || mem.Size != int64(m.MemoryMiB)<<20 {
-		return nil, fmt.Errorf("%w: %s: the RAM file has %d bytes, want %d", ErrBadSnapshot, dir, mem.Size, int64(m.MemoryMiB)<<20)
+	if mem.Size != m.Mem.Size {
+		return nil, fmt.Errorf("%w: %s: the RAM file has %d bytes, want %d", ErrBadSnapshot, dir, mem.Size, m.Mem.Size)
 	}
 	state, err := hashFile(filepath.Join(dir, vmm.SnapshotStateFile))
 	if err != nil {
