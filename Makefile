@@ -10,7 +10,7 @@ DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps deps-vm kernel test demo demo-erofs bench bench-image bench-run fuzz clean
+.PHONY: all build deps deps-vm kernel test demo demo-erofs bench bench-image bench-run bench-snapshot fuzz clean
 
 all: build
 
@@ -68,6 +68,10 @@ bench-image:
 ## bench-run: pe run IMAGE true against a bare QEMU boot of the same kernel (the floor)
 bench-run: deps build
 	scripts/bench-run.sh
+
+## bench-snapshot: pe run --snapshot DIR true against a cold pe run IMAGE true, and memory per VM
+bench-snapshot: deps build
+	scripts/bench-snapshot.sh
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 fuzz:
