@@ -458,3 +458,41 @@ func makeSparse(path string, size int64) error {
 	}
 	return err
 }
+
+// EnsureSnapshot returns the snapshot of r.Image in r.Dir, making it first
+// when there is none, or when the one there cannot be used: made for
+// another image digest or file (the reference now resolves to another
+// image), another pe build, kernel, guest init, VMM or acceleration
+// (ErrSnapshotMismatch), or damaged (ErrBadSnapshot). r.Force is implied.
+// A server keeps one snapshot per preset image with it, at start-up and
+// whenever a run reports ErrSnapshotMismatch.
+func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapshot, error) {
+	img, err := e.opts.Images.Resolve(ctx, r.Image)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := e.OpenSnapshot(ctx, r.Dir)
+	if err == nil {
+		m := &snap.Manifest
+		mem, cpus := r.MemoryMiB, r.CPUs
+		if mem <= 0 {
+			mem = DefaultMemoryMiB
+		}
+		if cpus <= 0 {
+			cpus = DefaultCPUs
+		}
+		if m.Image.Digest == img.Digest && m.ImageFile.Path == img.EROFSPath && m.MemoryMiB == mem && m.CPUs == cpus {
+			return snap, nil
+		}
+		e.log.Info("snapshot made for another image or machine: making it again", "dir", r.Dir, "image", r.Image)
+	} else if !errors.Is(err, ErrSnapshotMismatch) && !errors.Is(err, ErrBadSnapshot) {
+		return nil, err
+	} else {
+		e.log.Info("snapshot unusable: making it again", "dir", r.Dir, "reason", err)
+	}
+	r.Force = true
+	if _, err := e.CreateSnapshot(ctx, r); err != nil {
+		return nil, err
+	}
+	return e.OpenSnapshot(ctx, r.Dir)
+}

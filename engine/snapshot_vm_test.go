@@ -245,6 +245,30 @@ func TestVMSnapshotRefused(t *testing.T) {
 		}
 	})
 
+	t.Run("ensure", func(t *testing.T) {
+		// An intact snapshot is used as it is.
+		snap, err := e.EnsureSnapshot(t.Context(), SnapshotRequest{Image: "busybox", Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created := snap.Manifest.Created
+		// A damaged one is made again, in place.
+		d := variant(t, func(d string) { os.Remove(filepath.Join(d, vmm.SnapshotStateFile)) })
+		vmSlots <- struct{}{}
+		snap2, err := e.EnsureSnapshot(t.Context(), SnapshotRequest{Image: "busybox", Dir: d})
+		<-vmSlots
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !snap2.Manifest.Created.After(created) {
+			t.Errorf("the damaged snapshot was not made again (created %v)", snap2.Manifest.Created)
+		}
+		res := run(t, e, &RunRequest{Snapshot: snap2, Overrides: Overrides{Cmd: sh("echo again")}})
+		if string(res.Stdout) != "again\n" {
+			t.Errorf("stdout %q", res.Stdout)
+		}
+	})
+
 	t.Run("memory mismatch", func(t *testing.T) {
 		snap, err := e.OpenSnapshot(t.Context(), dir)
 		if err != nil {
