@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/pe-project/pe/vmm"
+	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // createSnapshot makes a snapshot of the busybox image with a VM slot held.
@@ -279,4 +280,67 @@ func TestVMSnapshotRefused(t *testing.T) {
 			t.Errorf("Run asking for other memory: %v, want ErrSnapshotMismatch", err)
 		}
 	})
+}
+
+// TestVMSnapshotCreateFails checks a snapshot whose VM cannot boot, or
+// does not get ready in time, leaves nothing behind: no directory, no
+// temporary one, no run directory, no process (TestMain checks those).
+func TestVMSnapshotCreateFails(t *testing.T) {
+	t.Parallel()
+	f := vmSetup(t)
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage-vmlinuz")
+	if err := os.WriteFile(garbage, bytes.Repeat([]byte("not a kernel "), 10000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hangInit := filepath.Join(dir, "busybox-init") // waits forever, never ready
+	if b, err := os.ReadFile(filepath.Join(f.rootfs, "bin/busybox")); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(hangInit, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, vmlinuz, init string
+		limit               time.Duration
+		want                string
+	}{
+		{"garbage kernel", garbage, f.init, 4 * time.Minute, "QEMU stopped before"},
+		{"never ready", f.kernel.Vmlinuz, hangInit, 10 * time.Second, "deadline exceeded"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			k := *f.kernel
+			k.Vmlinuz = c.vmlinuz
+			tmp := t.TempDir()
+			e, err := New(Options{
+				Images:     StaticSource{"busybox": {Reference: "busybox", EROFSPath: f.erofs, Config: busyboxConfig()}},
+				Backend:    qemu.New(""),
+				Accel:      "tcg",
+				KernelInfo: &k,
+				InitBinary: c.init,
+				CacheDir:   filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+"-cache"),
+				TempDir:    tmp,
+				NoPVH:      true,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			parent := t.TempDir()
+			vmSlots <- struct{}{}
+			ctx, cancel := context.WithTimeout(t.Context(), c.limit)
+			_, err = e.CreateSnapshot(ctx, SnapshotRequest{Image: "busybox", Dir: filepath.Join(parent, "snap")})
+			cancel()
+			<-vmSlots
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("CreateSnapshot: %v, want an error with %q", err, c.want)
+			}
+			t.Logf("CreateSnapshot: %v", err)
+			if left := walkFiles(parent); len(left) > 0 {
+				t.Errorf("left in the snapshot's parent directory: %q", left)
+			}
+			if left := walkFiles(tmp); len(left) > 0 {
+				t.Errorf("files left behind: %q", left)
+			}
+		})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pe-project/pe/vmm"
 )
@@ -93,7 +94,7 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 		return err
 	}
 	defer m.Kill()
-	q, err := DialQMP(ctx, qmpPath)
+	q, err := dialMachineQMP(ctx, qmpPath, m)
 	if err != nil {
 		return err
 	}
@@ -108,7 +109,7 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 		}
 		return fmt.Errorf("waiting for the guest to be ready: %w; console: %s", err, tail(m.ConsoleLog()))
 	case <-ctx.Done():
-		return fmt.Errorf("waiting for the guest to be ready: %w", ctx.Err())
+		return fmt.Errorf("waiting for the guest to be ready: %w; console: %s", ctx.Err(), tail(m.ConsoleLog()))
 	}
 	if _, err := q.Execute(ctx, "stop", nil); err != nil {
 		return err
@@ -169,7 +170,7 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 	}}).Append(
 		vmm.Step{Name: StepIncomingName, Fn: func(ctx context.Context, l *vmm.Launch) error {
 			var err error
-			if q, err = DialQMP(ctx, qmpPath); err != nil {
+			if q, err = dialMachineQMP(ctx, qmpPath, l.Machine); err != nil {
 				return err
 			}
 			if _, err := q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
@@ -209,6 +210,37 @@ func (b *Backend) Version(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return Version(ctx, path)
+}
+
+// dialMachineQMP dials the QMP socket of m, giving up at once when m's
+// QEMU exits (a kernel it cannot load, bad arguments) with its error.
+func dialMachineQMP(ctx context.Context, path string, m vmm.Machine) (*QMP, error) {
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	exited := make(chan error, 1)
+	go func() {
+		err := m.Wait(dctx)
+		if dctx.Err() == nil {
+			exited <- err
+			cancel()
+		}
+	}()
+	q, err := DialQMP(dctx, path)
+	if err == nil {
+		return q, nil
+	}
+	// A connection QEMU reset may be QEMU dying: give it a moment to say so.
+	select {
+	case werr := <-exited:
+		if werr == nil {
+			werr = errors.New("QEMU exited")
+		}
+		return nil, fmt.Errorf("QEMU stopped before its QMP socket answered: %w; console: %s", werr, tail(m.ConsoleLog()))
+	case <-ctx.Done():
+		return nil, err
+	case <-time.After(2 * time.Second):
+		return nil, err
+	}
 }
 
 // stepsWith returns the start-up chain (b.Steps or DefaultSteps) with a
