@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -267,6 +268,39 @@ func TestVMSnapshotRefused(t *testing.T) {
 		res := run(t, e, &RunRequest{Snapshot: snap2, Overrides: Overrides{Cmd: sh("echo again")}})
 		if string(res.Stdout) != "again\n" {
 			t.Errorf("stdout %q", res.Stdout)
+		}
+	})
+
+	t.Run("restore fails", func(t *testing.T) {
+		// Device state QEMU cannot load, with a manifest that vouches for
+		// it: the run fails and leaves nothing behind.
+		d := variant(t, func(d string) {
+			p := filepath.Join(d, vmm.SnapshotStateFile)
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, b[:len(b)/3], 0o644)
+			st, err := hashFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			editManifest(func(s string) string {
+				var m SnapshotManifest
+				json.Unmarshal([]byte(s), &m)
+				m.State = *st
+				b, _ := json.Marshal(&m)
+				return string(b)
+			})(d)
+		})
+		snap, err := e.OpenSnapshot(t.Context(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = runErr(t, e, &RunRequest{Snapshot: snap, Overrides: Overrides{Cmd: []string{"true"}}})
+		if err == nil || !strings.Contains(err.Error(), "device state") {
+			t.Errorf("Run from a snapshot QEMU cannot load: %v, want an error about the device state", err)
+		}
+		t.Logf("Run: %v", err)
+		if left, _ := filepath.Glob(filepath.Join(e.opts.TempDir, runDirPrefix+"*")); len(left) > 0 {
+			t.Errorf("run directories left behind: %v", left)
 		}
 	})
 

@@ -180,7 +180,7 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 				return err
 			}
 			if err := q.WaitMigration(ctx); err != nil {
-				return fmt.Errorf("loading the device state: %w", err)
+				return fmt.Errorf("loading the device state: %w", exitReason(ctx, l.Machine, err))
 			}
 			return nil
 		}},
@@ -241,6 +241,18 @@ func dialMachineQMP(ctx context.Context, path string, m vmm.Machine) (*QMP, erro
 	case <-time.After(2 * time.Second):
 		return nil, err
 	}
+}
+
+// exitReason returns the exit error of m when m exits within a moment
+// (QEMU exits when an incoming migration fails, and says why on its
+// standard error), else err.
+func exitReason(ctx context.Context, m vmm.Machine, err error) error {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if werr := m.Wait(wctx); wctx.Err() == nil && werr != nil {
+		return werr
+	}
+	return err
 }
 
 // stepsWith returns the start-up chain (b.Steps or DefaultSteps) with a
