@@ -74,7 +74,7 @@ type runFlags struct {
 func newRunCmd(a *app) *cobra.Command {
 	f := &runFlags{}
 	cmd := &cobra.Command{
-		Use:   "run [flags] IMAGE [COMMAND [ARG...]] | run --snapshot DIR [flags] [COMMAND [ARG...]]",
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
 		Short: "Run a program from an image in a micro-VM",
 		Long: `Run COMMAND (or the image's entrypoint and cmd) from IMAGE in a throw-away
 micro-VM, as docker run would in a container: the image's config gives the
@@ -85,10 +85,10 @@ IMAGE is a reference (busybox, docker.io/library/gcc:14, oci:./layout[:tag],
 docker-archive:./img.tar), pulled into the image cache when needed, or an
 EROFS file (path ending in .erofs).
 
-With --snapshot DIR (made by pe snapshot create), there is no IMAGE: the VM is
-restored from the snapshot, already booted with its image, instead of booted,
-which takes a fraction of the time. Everything else is the same; --memory and
---cpus, if given, must be the snapshot's.
+pe run --snapshot DIR [flags] [COMMAND [ARG...]] takes no IMAGE: the VM is
+restored from the snapshot in DIR (made by pe snapshot create), already booted
+with its image, which takes a fraction of a boot's time. Everything else is the
+same; --memory and --cpus, if given, must be the snapshot's.
 
 The program's standard output and error go to pe's. pe exits with the
 program's status, 128+N when signal N killed it, 124 when --timeout killed it,
