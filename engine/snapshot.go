@@ -328,6 +328,13 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if err := os.WriteFile(filepath.Join(tmp, SnapshotManifestFile), append(b, '\n'), 0o644); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
+	// On disk before the rename: a crash must not leave a snapshot whose
+	// manifest vouches for a RAM file the kernel never wrote.
+	for _, name := range []string{vmm.SnapshotMemFile, vmm.SnapshotStateFile, SnapshotManifestFile, "."} {
+		if err := syncFile(filepath.Join(tmp, name)); err != nil {
+			return nil, fmt.Errorf("snapshot: %w", err)
+		}
+	}
 	if err := replaceDir(tmp, dir, r.Force); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -444,6 +451,16 @@ func hashFile(path string) (*SnapshotFile, error) {
 		return nil, err
 	}
 	return &SnapshotFile{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// syncFile flushes a file or directory to disk.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // makeSparse creates a file of size bytes, all holes.
