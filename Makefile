@@ -10,7 +10,7 @@ DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps deps-vm deps-web kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve fuzz clean
+.PHONY: all build deps deps-vm deps-web kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot fuzz clean
 
 all: build
 
@@ -91,6 +91,10 @@ bench-run: deps build
 bench-serve: deps build
 	$(GO) run ./scripts/mkdemo -busybox $$(command -v busybox) -o $(DEMO_OCI) >/dev/null
 	$(GO) run ./scripts/benchserve -image oci:$(DEMO_OCI):demo -n $${N:-8} -c $${C:-1,2,8}
+
+## bench-snapshot: pe run --snapshot DIR true against a cold pe run IMAGE true, and memory per VM
+bench-snapshot: deps build
+	scripts/bench-snapshot.sh
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 fuzz:

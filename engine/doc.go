@@ -12,6 +12,14 @@
 // limit plus a grace period, then kill → read the guest's result and
 // output files → remove every file the run made.
 //
+// Snapshots make the boot a one-off: CreateSnapshot boots a VM for an
+// image until the guest init is ready for a request, and saves it into a
+// directory with a manifest (image, kernel, guest init, pe build, VMM and
+// its version, acceleration, memory); OpenSnapshot checks a snapshot against
+// the engine (ErrSnapshotMismatch, ErrBadSnapshot), and a RunRequest with
+// Snapshot set restores a copy of the VM instead of booting one, then runs
+// exactly as a cold run does (same I/O file, limits, time-outs, clean-up).
+//
 // An Engine runs at most Options.MaxConcurrent VMs at once; other runs wait
 // for a slot. Each RunResult carries the program's exit status and output
 // and the time each phase took, guest-side phases included.

@@ -230,12 +230,19 @@ type RunRequest struct {
 	// receives the guest console as it is written.
 	Debug   bool
 	Console io.Writer
+	// Snapshot, when set, runs the program in a VM restored from this
+	// snapshot (see OpenSnapshot) instead of a VM booted for Image: Image
+	// is ignored, the snapshot's image is used, MemoryMiB and CPUs must be
+	// zero or the snapshot's, and Debug is the snapshot's.
+	Snapshot *Snapshot
 }
 
 // Run runs one program in a new VM and returns its result. The error is
 // non-nil only when pe itself failed (image not found, VM died without a
 // result, ...): a program that fails or times out is a result. Whatever
-// happens, the VM is gone and its files removed when Run returns.
+// happens, the VM is gone and its files removed when Run returns. A run
+// from a snapshot (RunRequest.Snapshot) restores the snapshot's VM instead
+// of booting one; the rest of the run is the same.
 func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err error) {
 	start := time.Now()
 	t := &timer{last: start, d: map[string]time.Duration{}}
@@ -248,9 +255,25 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 		return nil, fmt.Errorf("max output %d: want 1 to %d bytes", req.MaxOutput, lim.MaxOutput)
 	}
 
-	img, err := e.opts.Images.Resolve(ctx, req.Image)
-	if err != nil {
-		return nil, err
+	snap := req.Snapshot
+	var img *ResolvedImage
+	if snap != nil {
+		m := &snap.Manifest
+		for _, c := range []struct {
+			what       string
+			asked, has int
+		}{{"MiB of memory", req.MemoryMiB, m.MemoryMiB}, {"vCPUs", req.CPUs, m.CPUs}} {
+			if c.asked != 0 && c.asked != c.has {
+				return nil, fmt.Errorf("%w: the run asks for %d %s, the snapshot %s has %d", ErrSnapshotMismatch, c.asked, c.what, snap.Dir, c.has)
+			}
+		}
+		req.MemoryMiB, req.CPUs = m.MemoryMiB, m.CPUs
+		img = snap.Image()
+	} else {
+		img, err = e.opts.Images.Resolve(ctx, req.Image)
+		if err != nil {
+			return nil, err
+		}
 	}
 	proc, err := e.process(img, req.Overrides)
 	if err != nil {
@@ -262,6 +285,15 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	if err != nil {
 		return nil, err
 	}
+	var restorer vmm.Snapshotter
+	if snap != nil {
+		if choice.VMM != snap.Manifest.VMM || choice.Accel != snap.Manifest.Accel {
+			return nil, fmt.Errorf("%w: %s was made with %s (%s), this run uses %s (%s)", ErrSnapshotMismatch, snap.Dir, snap.Manifest.VMM, snap.Manifest.Accel, choice.VMM, choice.Accel)
+		}
+		if restorer, err = snapshotter(choice); err != nil {
+			return nil, err
+		}
+	}
 	t.lap("choose_vmm")
 
 	select {
@@ -272,26 +304,20 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	defer func() { <-e.sem }()
 	t.lap("queue")
 
-	var modules []string // nil: guest.DefaultModules
-	if choice.VMM == qemu.Name {
-		modules = guest.MMIOModules
-	}
-	initramfs, err := guest.InitramfsPath(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, modules)
+	initramfs, err := e.initramfs(choice)
 	if err != nil {
 		return nil, err
 	}
+	if snap != nil && filepath.Base(initramfs) != snap.Manifest.Initramfs {
+		return nil, fmt.Errorf("%w: %s was made with another guest init or kernel modules", ErrSnapshotMismatch, snap.Dir)
+	}
 	t.lap("initramfs")
 
-	work, err := os.MkdirTemp(e.opts.TempDir, runDirPrefix)
+	work, err := e.newWorkDir()
 	if err != nil {
-		return nil, fmt.Errorf("run directory: %w", err)
+		return nil, err
 	}
 	defer os.RemoveAll(work)
-	// The owner's PID lets a later pe remove this directory should this
-	// one be killed with SIGKILL (see sweepRunDirs).
-	if err := os.WriteFile(filepath.Join(work, runDirOwner), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
-		return nil, fmt.Errorf("run directory: %w", err)
-	}
 	ioPath := filepath.Join(work, "io.img")
 	greq := &guest.Request{
 		Argv: proc.Argv, Env: proc.Env, Cwd: proc.Cwd,
@@ -305,25 +331,23 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	if err := guest.WriteIOFile(ioPath, greq, req.Stdin, req.InputDir, lim); err != nil {
 		return nil, err
 	}
+	if snap != nil {
+		// The restored guest knows the I/O disk's size from the snapshot.
+		if err := padIOFile(ioPath, snap.Manifest.IOSize); err != nil {
+			return nil, err
+		}
+	}
 	t.lap("io_file")
 
-	cmdline := "quiet panic=-1 " + guest.CmdlineImage + "=/dev/vda " + guest.CmdlineIO + "=/dev/vdb"
-	if req.Debug {
-		cmdline += " " + guest.CmdlineDebug + "=1"
+	cfg := e.vmConfig(choice, initramfs, img.EROFSPath, ioPath, work, req.MemoryMiB, req.CPUs, req.Debug, req.Console)
+	var m vmm.Machine
+	if snap != nil {
+		cfg.Cmdline = snap.Manifest.Cmdline
+		cfg.OnStep = func(step string, took time.Duration) { t.d["vm_start/"+step] = took }
+		m, err = restorer.RestoreSnapshot(ctx, cfg, snap.Dir, []byte(guest.SnapshotWake))
+	} else {
+		m, err = choice.Backend.Start(ctx, cfg)
 	}
-	cfg := &vmm.Config{
-		Kernel:    e.bootKernel,
-		Initramfs: initramfs,
-		Cmdline:   cmdline,
-		Disks:     []vmm.Disk{{Path: img.EROFSPath, ReadOnly: true}, {Path: ioPath}},
-		CPUs:      req.CPUs,
-		MemoryMiB: req.MemoryMiB,
-		Accel:     choice.Accel,
-		WorkDir:   work,
-		Console:   req.Console,
-		Log:       e.log,
-	}
-	m, err := choice.Backend.Start(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -378,6 +402,65 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	}
 	res.Durations["total"] = time.Since(start)
 	return res, nil
+}
+
+// initramfs returns the initramfs for the VMM of choice, building it
+// into the cache the first time.
+func (e *Engine) initramfs(choice *Choice) (string, error) {
+	var modules []string // nil: guest.DefaultModules
+	if choice.VMM == qemu.Name {
+		modules = guest.MMIOModules
+	}
+	return guest.InitramfsPath(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, modules)
+}
+
+// newWorkDir makes a run directory, owned by this process.
+func (e *Engine) newWorkDir() (string, error) {
+	work, err := os.MkdirTemp(e.opts.TempDir, runDirPrefix)
+	if err != nil {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
+	// The owner's PID lets a later pe remove this directory should this
+	// one be killed with SIGKILL (see sweepRunDirs).
+	if err := os.WriteFile(filepath.Join(work, runDirOwner), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		os.RemoveAll(work)
+		return "", fmt.Errorf("run directory: %w", err)
+	}
+	return work, nil
+}
+
+// vmConfig is the machine of a run (or of a snapshot): the kernel, the
+// initramfs, the image disk (vda, read-only) and the I/O disk (vdb).
+func (e *Engine) vmConfig(choice *Choice, initramfs, imagePath, ioPath, work string, memMiB, cpus int, debug bool, console io.Writer) *vmm.Config {
+	cmdline := "quiet panic=-1 " + guest.CmdlineImage + "=/dev/vda " + guest.CmdlineIO + "=/dev/vdb"
+	if debug {
+		cmdline += " " + guest.CmdlineDebug + "=1"
+	}
+	return &vmm.Config{
+		Kernel:    e.bootKernel,
+		Initramfs: initramfs,
+		Cmdline:   cmdline,
+		Disks:     []vmm.Disk{{Path: imagePath, ReadOnly: true}, {Path: ioPath}},
+		CPUs:      cpus,
+		MemoryMiB: memMiB,
+		Accel:     choice.Accel,
+		WorkDir:   work,
+		Console:   console,
+		Log:       e.log,
+	}
+}
+
+// padIOFile grows an I/O file to size (with a hole); an I/O file already
+// larger (big inputs or stdin) does not fit the snapshot's I/O disk.
+func padIOFile(path string, size int64) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Size() > size {
+		return fmt.Errorf("the run's I/O file (inputs, stdin and output areas) needs %d bytes; a snapshot's VMs have an I/O disk of %d", fi.Size(), size)
+	}
+	return os.Truncate(path, size)
 }
 
 // process opens the image's root file system (for /etc/passwd) and merges

@@ -42,7 +42,8 @@ type RunResult struct {
 	// Durations holds the phases of the run: image (lookup and config
 	// merge), choose_vmm, queue (waiting for a VM slot), initramfs,
 	// io_file, vm_start, vm (boot, program and shutdown), result, total,
-	// and the guest's own phases as guest_<name>.
+	// and the guest's own phases as guest_<name>; a run from a snapshot
+	// adds the restore's steps as vm_start/<step name>.
 	Durations map[string]time.Duration
 	// Console is the end of the guest console.
 	Console []byte

@@ -42,6 +42,10 @@
 // The host leaves the guest→host areas zeroed (the file is sparse), so a
 // result record of zeros means the guest never finished: [ErrNoResult].
 //
+// A VM restored from a snapshot (see [CmdlineSnapshot]) reads its I/O
+// disk for the first time once woken; the host gives every restored VM a
+// fresh I/O file of the size the snapshot's guest saw.
+//
 // The guest init itself lives in package guest/guestinit and the command
 // guest/cmd/pe-init; [BuildInitramfs] packs it with the kernel modules it
 // needs.

@@ -13,12 +13,27 @@ const (
 	CmdlineIO = "pe.io"
 	// CmdlineDebug turns on verbose init logging on the console when "1".
 	CmdlineDebug = "pe.debug"
+	// CmdlineSnapshot, when "1", boots the guest for a snapshot: the init
+	// gets ready (modules loaded, image mounted), writes [SnapshotReady]
+	// on the console and waits for one byte from the console before it
+	// reads the I/O disk, which it has not touched before.
+	CmdlineSnapshot = "pe.snapshot"
 
 	// DefaultImageDevice is the image disk when the command line names none:
 	// the first virtio disk.
 	DefaultImageDevice = "/dev/vda"
 	// DefaultIODevice is the I/O disk when the command line names none.
 	DefaultIODevice = "/dev/vdb"
+)
+
+// The snapshot hand-shake on the console (see [CmdlineSnapshot]).
+const (
+	// SnapshotReady is the line the init writes when the host may pause
+	// and save the VM.
+	SnapshotReady = "pe-init: ready for a snapshot"
+	// SnapshotWake is what the host writes on the console of a restored
+	// VM: the guest wakes on its first byte.
+	SnapshotWake = "\n"
 )
 
 // Defaults the guest applies to a [Request].

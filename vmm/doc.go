@@ -13,6 +13,13 @@
 // by name. Whatever step fails, everything the earlier steps made (files,
 // processes) is undone.
 //
+// A backend that is also a [Snapshotter] saves a booted VM into a directory
+// and restores copies of it: the guest says it is ready to be saved with a
+// line on its console and is woken, once restored, by a byte on the same
+// console. QEMU keeps the guest RAM in a file (shared while it is saved,
+// mapped copy-on-write by restored VMs) and migrates the device state;
+// cloud-hypervisor uses its vm.snapshot and --restore.
+//
 // The package also finds the guest kernel ([FindKernel]) and decides
 // whether KVM really works ([Prober]): on some hosts /dev/kvm exists but
 // guests hang under it (a nested paravirtual hypervisor such as kvm-pvm),

@@ -39,7 +39,7 @@ type Process struct {
 
 // StartProcess starts l.Binary with l.Args in a process group of its own,
 // killed with SIGKILL should pe die first, with standard input from
-// /dev/null, standard output kept as the guest console (unless
+// l.Stdin (/dev/null when nil), standard output kept as the guest console (unless
 // l.ConsoleFile is set), standard error kept for error messages. The
 // cleanups registered on l run once the process has exited.
 func StartProcess(l *Launch) (*Process, error) {
@@ -65,6 +65,7 @@ func StartProcess(l *Launch) (*Process, error) {
 		cmd.Stdout = out
 	}
 	cmd.Stderr = p.stderr
+	cmd.Stdin = l.Stdin
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A VMM's children (none expected) must not keep Wait waiting for the
 	// output pipes once the VMM itself is gone.

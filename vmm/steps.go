@@ -3,6 +3,7 @@ package vmm
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -25,6 +26,9 @@ type Launch struct {
 	// ConsoleFile, when set, is a file the VMM writes the guest console to
 	// (instead of its standard output); the machine reads its end.
 	ConsoleFile string
+	// Stdin, when set, is the VMM's standard input (else /dev/null): a
+	// pipe through which pe writes to the guest's serial console.
+	Stdin io.Reader
 	// Machine is set by the step that starts the VMM.
 	Machine Machine
 	// Log receives debug messages.
@@ -138,7 +142,11 @@ func (s Steps) Run(ctx context.Context, l *Launch) (m Machine, err error) {
 		if err := st.Fn(ctx, l); err != nil {
 			return nil, fmt.Errorf("starting %s: %s: %w", l.VMM, st.Name, err)
 		}
-		l.Log.Debug("vmm step done", "step", st.Name, "took", time.Since(t))
+		took := time.Since(t)
+		l.Log.Debug("vmm step done", "step", st.Name, "took", took)
+		if l.Config != nil && l.Config.OnStep != nil {
+			l.Config.OnStep(st.Name, took)
+		}
 	}
 	if l.Machine == nil {
 		return nil, fmt.Errorf("starting %s: no step started the VMM", l.VMM)

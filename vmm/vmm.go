@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 )
 
 // Accelerations a [Config] may ask for.
@@ -56,6 +57,9 @@ type Config struct {
 	Console io.Writer
 	// Log receives the backend's debug messages; nil discards them.
 	Log *slog.Logger
+	// OnStep, when set, is told how long each start-up step took (see
+	// Steps.Run): the break-down of a boot or a restore.
+	OnStep func(step string, took time.Duration)
 }
 
 // Defaults applied to a [Config]'s zero fields.

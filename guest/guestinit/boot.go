@@ -176,6 +176,15 @@ func seedRNG(seed []byte) error {
 	if errno != 0 {
 		return fmt.Errorf("seed the RNG: %w", errno)
 	}
+	// Crediting entropy to a ready RNG does not rekey it: force a reseed
+	// from the pool, or VMs restored from one snapshot, whose RNG state is
+	// the snapshot's, would give the same random numbers until the next
+	// periodic reseed. ENODATA: the RNG is not ready yet (a fresh boot),
+	// and the entropy just credited makes it ready with the seed.
+	_, _, errno = unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0)
+	if errno != 0 && errno != unix.ENODATA {
+		return fmt.Errorf("reseed the RNG: %w", errno)
+	}
 	return nil
 }
 
@@ -251,4 +260,53 @@ func (c cmdline) get(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// waitForWake is the guest's half of the snapshot hand-shake: it puts the
+// console in raw mode (no echo, no line editing), writes
+// guest.SnapshotReady on it, and blocks until one byte arrives, which the
+// host sends to a VM restored from the snapshot taken meanwhile.
+func waitForWake(log *logger) error {
+	f, err := os.OpenFile("/dev/console", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("console: %w", err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if tio, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+		tio.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+		tio.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+		tio.Cc[unix.VMIN], tio.Cc[unix.VTIME] = 1, 0
+		if err := unix.IoctlSetTermios(fd, unix.TCSETS, tio); err != nil {
+			log.Infof("console raw mode: %v", err)
+		}
+	}
+	unix.Sync()
+	if _, err := f.WriteString("\n" + guest.SnapshotReady + "\n"); err != nil {
+		return fmt.Errorf("console: %w", err)
+	}
+	b := make([]byte, 1)
+	for {
+		n, err := f.Read(b)
+		if n == 1 {
+			return nil
+		}
+		if err != nil && !errors.Is(err, unix.EINTR) && !errors.Is(err, unix.EAGAIN) {
+			return fmt.Errorf("console: waiting for the host: %w", err)
+		}
+	}
+}
+
+// flushBlockDevice drops what the kernel cached of a block device
+// (BLKFLSBUF), so that it is read again from the disk.
+func flushBlockDevice(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("flush %s: %w", dev, err)
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.BLKFLSBUF, 0); err != nil {
+		return fmt.Errorf("flush %s: %w", dev, err)
+	}
+	return nil
 }

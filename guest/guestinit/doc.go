@@ -6,6 +6,14 @@
 // container's root, under a tmpfs overlay), runs the program in a
 // [Sandbox] and writes the result back before powering the VM off.
 //
+// Booted for a snapshot (pe.snapshot=1 on the command line), the init
+// mounts the image, writes [guest.SnapshotReady] on the console and blocks
+// reading the console; the host saves the VM meanwhile. A VM restored from
+// the snapshot is woken by a byte on its console: the init drops what the
+// kernel cached of the I/O disk (another file now), reads the request, sets
+// the clock and reseeds the kernel's RNG from it (so copies of one snapshot
+// never share random numbers), and goes on as after a boot.
+//
 // The sandbox re-executes the init binary as a stage-2 child in new user,
 // PID, UTS and IPC namespaces, inside a cgroup with memory and pids limits.
 // The child waits until the init has prepared everything, unshares a mount

@@ -83,6 +83,44 @@ func (in *vmInit) run() {
 		in.log.Infof("no I/O disk: %v", err)
 		return
 	}
+	var mounts time.Duration
+	imageMounted := false
+	mountImage := func() error {
+		t := time.Now()
+		defer func() { mounts += time.Since(t) }()
+		imageDev := cmd.imageDevice()
+		if err := waitForDevice(imageDev, 5*time.Second); err != nil {
+			return fmt.Errorf("image disk: %w", err)
+		}
+		if err := mountAt(imageDev, vmLayout.lower, "erofs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+			return fmt.Errorf("image: %w", err)
+		}
+		imageMounted = true
+		return nil
+	}
+	if cmd.params[guest.CmdlineSnapshot] == "1" {
+		if err := mountImage(); err != nil {
+			in.log.Infof("%v", err) // no I/O file yet: the host sees the console
+			return
+		}
+		// Timers would fire at once in a VM restored much later.
+		in.watchdog.Stop()
+		if err := waitForWake(in.log); err != nil {
+			in.log.Infof("snapshot: %v", err)
+			return
+		}
+		in.watchdog.Reset(bootWatchdog)
+		in.log.Debugf("woken from a snapshot")
+		// Boot phases belong to the snapshot, not to this run.
+		in.timings = map[string]int64{}
+		mounts = 0
+		// The kernel read the I/O disk's first blocks when it found the
+		// disk, before the snapshot: drop them, the disk is another file.
+		if err := flushBlockDevice(ioDev); err != nil {
+			in.log.Infof("%v", err)
+			return
+		}
+	}
 	iof, err := guest.OpenIOFile(ioDev)
 	if err != nil {
 		in.log.Infof("%v", err)
@@ -106,16 +144,13 @@ func (in *vmInit) run() {
 		in.log.Infof("warning: %v", err)
 	}
 
+	if !imageMounted {
+		if err := mountImage(); err != nil {
+			in.fail(err)
+			return
+		}
+	}
 	t = time.Now()
-	imageDev := cmd.imageDevice()
-	if err := waitForDevice(imageDev, 5*time.Second); err != nil {
-		in.fail(fmt.Errorf("image disk: %w", err))
-		return
-	}
-	if err := mountAt(imageDev, vmLayout.lower, "erofs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
-		in.fail(fmt.Errorf("image: %w", err))
-		return
-	}
 	total, err := memTotal()
 	if err != nil {
 		in.fail(err)
@@ -124,7 +159,7 @@ func (in *vmInit) run() {
 	mem := programMemory(req.MemoryLimit, total)
 	req.MemoryLimit = mem
 	uid, gid := outerID(req.UID), outerID(req.GID)
-	mounts := time.Since(t)
+	mounts += time.Since(t)
 
 	sb := &Sandbox{
 		Root:         vmLayout.root,

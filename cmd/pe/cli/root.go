@@ -54,7 +54,9 @@ func newRoot(a *app) *cobra.Command {
 		Long: `pe runs programs from OCI container images inside throw-away micro-VMs.
 
 pe run runs a program from an image in a new VM (QEMU, with KVM where it works
-and TCG elsewhere, or cloud-hypervisor); pe doctor says what it needs. The image
+and TCG elsewhere, or cloud-hypervisor); pe doctor says what it needs; pe
+snapshot create saves a booted VM that pe run --snapshot restores, faster than
+a boot. The image
 tools pull OCI images into a local cache as the read-only EROFS root file
 systems pe boots, import tarballs (such as Compiler Explorer's compiler builds)
 as images, build EROFS images from directories, tar files and images, and look
@@ -84,7 +86,7 @@ log-level, vmm, accel, kernel, github-api), then defaults.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: err}
 	})
-	root.AddCommand(newRunCmd(a), newDoctorCmd(a), newImageCmd(a), newGistCmd(a), newServeCmd(a))
+	root.AddCommand(newRunCmd(a), newDoctorCmd(a), newImageCmd(a), newGistCmd(a), newSnapshotCmd(a), newServeCmd(a))
 	return root
 }
 

@@ -38,6 +38,25 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.init, "init", "", "the guest init binary (default $PE_INIT, else pe-init next to pe)")
 }
 
+// newEngine returns an engine with these flags.
+func (f *vmFlags) newEngine(a *app, images engine.ImageSource, cacheDir string, lim guest.Limits) (*engine.Engine, error) {
+	return engine.New(f.engineOptions(a, images, cacheDir, lim))
+}
+
+// engineOptions are the engine's options for these flags.
+func (f *vmFlags) engineOptions(a *app, images engine.ImageSource, cacheDir string, lim guest.Limits) engine.Options {
+	return engine.Options{
+		Images:     images,
+		VMM:        f.vmm,
+		Accel:      f.accel,
+		Kernel:     f.kernel,
+		InitBinary: f.init,
+		CacheDir:   engineCacheDir(cacheDir),
+		Limits:     lim,
+		Log:        a.log,
+	}
+}
+
 // runFlags are pe run's flags.
 type runFlags struct {
 	pullFlags
@@ -57,6 +76,8 @@ type runFlags struct {
 	// pe.toml; image overrides pe.toml's image.
 	gist, files, image string
 	githubAPI          string
+	// snapshot restores a VM instead of booting one.
+	snapshot string
 }
 
 // newRunCmd returns "pe run".
@@ -73,6 +94,11 @@ them. Flags after IMAGE belong to the program.
 IMAGE is a reference (busybox, docker.io/library/gcc:14, oci:./layout[:tag],
 docker-archive:./img.tar), pulled into the image cache when needed, or an
 EROFS file (path ending in .erofs).
+
+pe run --snapshot DIR [flags] [COMMAND [ARG...]] takes no IMAGE: the VM is
+restored from the snapshot in DIR (made by pe snapshot create), already booted
+with its image, which takes a fraction of a boot's time. Everything else is the
+same; --memory and --cpus, if given, must be the snapshot's.
 
 The program's standard output and error go to pe's. pe exits with the
 program's status, 128+N when signal N killed it, 124 when --timeout killed it,
@@ -96,9 +122,10 @@ raises GitHub's rate limit.`,
   pe run --json --timeout 2s busybox sleep 5
   pe run --gist aa5a315d61ae9438b18d
   pe run --gist https://gist.github.com/octocat/aa5a315d61ae9438b18d --image alpine sh -x main.sh
-  pe run --files ./example`,
+  pe run --files ./example
+  pe snapshot create busybox -o ./bb.snap && pe run --snapshot ./bb.snap echo hello`,
 		Args: usageArgs(func(cmd *cobra.Command, args []string) error {
-			if f.gist != "" || f.files != "" {
+			if f.gist != "" || f.files != "" || f.snapshot != "" {
 				return nil // the arguments are the command
 			}
 			return cobra.MinimumNArgs(1)(cmd, args)
@@ -128,6 +155,7 @@ raises GitHub's rate limit.`,
 	fs.StringVar(&f.files, "files", "", "run the directory DIR as its pe.toml says; the arguments are the command")
 	fs.StringVar(&f.image, "image", "", "with --gist or --files: the image, instead of pe.toml's")
 	registerGitHubAPI(fs, &f.githubAPI)
+	fs.StringVar(&f.snapshot, "snapshot", "", "restore the VM from this snapshot directory (pe snapshot create) instead of booting one; then no IMAGE is given")
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
@@ -141,6 +169,8 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		return usageErrorf(cmd, "--gist and --files both give the files to run: choose one")
 	case (f.gist != "" || f.files != "") && f.inputDir != "":
 		return usageErrorf(cmd, "--gist and --files put their files at /run/pe/input: drop --input")
+	case f.snapshot != "" && (f.gist != "" || f.files != ""):
+		return usageErrorf(cmd, "--snapshot runs the snapshot's image: it does not go with --gist or --files")
 	case f.image != "" && f.gist == "" && f.files == "":
 		return usageErrorf(cmd, "--image goes with --gist or --files; otherwise IMAGE is the first argument")
 	case f.gist != "" || f.files != "":
@@ -160,17 +190,40 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		f.inputDir = ex.dir
 	}
 	req := &engine.RunRequest{
-		Image:     args[0],
 		InputDir:  f.inputDir,
 		OutputDir: f.outputDir,
 		Timeout:   f.timeout,
 		CPUs:      f.cpus,
 		Debug:     f.debug,
 	}
-	if len(args) > 1 {
-		req.Cmd = args[1:]
-	} else if ex != nil {
-		req.Cmd = ex.config.Cmd
+	var manifest *engine.SnapshotManifest
+	if f.snapshot != "" {
+		m, err := engine.ReadSnapshotManifest(f.snapshot)
+		if err != nil {
+			return err
+		}
+		manifest = m
+		// The snapshot's machine, unless the flags ask for another one
+		// (which the engine refuses).
+		if !cmd.Flags().Changed("cpus") {
+			req.CPUs = 0
+		}
+		if f.vmm == engine.VMMAuto {
+			f.vmm = m.VMM
+		}
+		if f.accel == vmm.AccelAuto {
+			f.accel = m.Accel
+		}
+		if len(args) > 0 {
+			req.Cmd = args
+		}
+	} else {
+		req.Image = args[0]
+		if len(args) > 1 {
+			req.Cmd = args[1:]
+		} else if ex != nil {
+			req.Cmd = ex.config.Cmd
+		}
 	}
 	if ex != nil && ex.config.Entrypoint != nil && !cmd.Flags().Changed("entrypoint") {
 		req.Entrypoint = ex.config.Entrypoint
@@ -208,6 +261,9 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		return usageErrorf(cmd, "--memory %s: want at least 64MiB", f.memory)
 	}
 	req.MemoryMiB = int((mem + 1<<20 - 1) >> 20)
+	if manifest != nil && !cmd.Flags().Changed("memory") {
+		req.MemoryMiB = 0
+	}
 	maxOut, err := parseSize(f.maxOutput)
 	if err != nil || maxOut < 1 {
 		return usageErrorf(cmd, "--max-output %q: want a size of at least one byte, such as 64KiB or 1MiB", f.maxOutput)
@@ -257,16 +313,22 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	}
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
-	res, err := a.runEngine(cmd.Context(), engine.Options{
-		Images:     &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}},
-		VMM:        f.vmm,
-		Accel:      f.accel,
-		Kernel:     f.kernel,
-		InitBinary: f.init,
-		CacheDir:   engineCacheDir(f.cacheDir),
-		Limits:     lim,
-		Log:        a.log,
-	}, req)
+	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}}, f.cacheDir, lim)
+	var res *engine.RunResult
+	if f.snapshot != "" {
+		e, err := engine.New(opts)
+		if err != nil {
+			return err
+		}
+		snap, err := e.OpenSnapshot(cmd.Context(), f.snapshot)
+		if err != nil {
+			return err
+		}
+		req.Snapshot = snap
+		res, err = e.Run(cmd.Context(), req)
+	} else {
+		res, err = a.runEngine(cmd.Context(), opts, req)
+	}
 	if err != nil {
 		return err
 	}

@@ -68,6 +68,10 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"run", "--stdin", "/nonexistent/in", "img"}, "/nonexistent/in"},
 		{[]string{"run", "--input", "/nonexistent/dir", "img"}, "/nonexistent/dir"},
 		{[]string{"run", "--vmm", "firecracker", "--kernel", "/nonexistent/k", "img.erofs"}, "no guest kernel"},
+		{[]string{"run", "--snapshot", "/nonexistent/snap"}, "no manifest.json"},
+		{[]string{"snapshot", "create", "img"}, "-o DIR is required"},
+		{[]string{"snapshot", "create"}, "accepts 1 arg"},
+		{[]string{"snapshot", "create", "-o", "d", "--memory", "1M", "img"}, "--memory 1M"},
 	} {
 		_, _, err := run(t, "", c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -186,6 +190,32 @@ func TestRunVM(t *testing.T) {
 	}
 	if d, ok := res["duration_ms"].(map[string]any); !ok || d["total"] == nil || d["guest_program"] == nil {
 		t.Errorf("--json duration_ms: %v", res["duration_ms"])
+	}
+}
+
+// TestSnapshotVM makes a snapshot and runs from it: no IMAGE argument,
+// the program's arguments right after the flags.
+func TestSnapshotVM(t *testing.T) {
+	dir := vmSetup(t)
+	img := filepath.Join(dir, "busybox.erofs")
+	snap := filepath.Join(t.TempDir(), "snap")
+	stdout, _, err := run(t, "", "snapshot", "create", "--accel", "tcg", img, "-o", snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout, "snapshot of "+img) {
+		t.Errorf("pe snapshot create printed %q", stdout)
+	}
+	if _, _, err := run(t, "", "snapshot", "create", "--accel", "tcg", img, "-o", snap); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("a second pe snapshot create: %v, want an error mentioning --force", err)
+	}
+	stdout, stderr, err := run(t, "in\n", "run", "--snapshot", snap, "-i", "sh", "-c", "cat; echo err >&2; exit 2")
+	var st *ExitStatus
+	if !errors.As(err, &st) || st.Code != 2 || stdout != "in\n" || stderr != "err\n" {
+		t.Errorf("pe run --snapshot: %v, stdout %q, stderr %q; want exit status 2, \"in\\n\", \"err\\n\"", err, stdout, stderr)
+	}
+	if _, _, err := run(t, "", "run", "--snapshot", snap, "--memory", "1G", "true"); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("pe run --snapshot --memory 1G: %v, want a mismatch", err)
 	}
 }
 

@@ -1,0 +1,515 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/vmm"
+)
+
+// A snapshot is a directory: manifest.json, the guest's RAM (mem) and its
+// device state (state), saved from a VM booted until the guest init was
+// ready for a request (kernel booted, modules loaded, image mounted). A run
+// from it restores a copy of that VM, hands it a fresh I/O disk and wakes
+// it; everything else is a run like any other (see Engine.Run).
+
+// SnapshotFormat is the version of the snapshot directory's layout.
+const SnapshotFormat = 1
+
+// SnapshotManifestFile is the manifest's name in a snapshot directory.
+const SnapshotManifestFile = "manifest.json"
+
+// SnapshotIOSize is the size of the I/O disk of a snapshot's VMs. The guest
+// kernel learnt the disk's size before the snapshot, so every restored VM
+// gets an I/O file of this size: a sparse file, whose holes cost nothing.
+const SnapshotIOSize = 16 << 30
+
+// snapshotCreateLimit bounds the boot of a VM to be saved (TCG is slow).
+const snapshotCreateLimit = 3 * time.Minute
+
+// Errors callers of the snapshot functions may branch on.
+var (
+	// ErrSnapshotMismatch means a snapshot was made by another pe build,
+	// kernel, VMM (or version of it), acceleration or image file than the
+	// ones at hand, or a run asks for another machine (memory, vCPUs).
+	ErrSnapshotMismatch = errors.New("the snapshot does not match")
+	// ErrBadSnapshot means a snapshot directory is incomplete or damaged.
+	ErrBadSnapshot = errors.New("bad snapshot")
+	// ErrSnapshotExists means CreateSnapshot would overwrite a directory
+	// without SnapshotRequest.Force.
+	ErrSnapshotExists = errors.New("the snapshot directory exists")
+	// ErrNoSnapshots means the VMM in use cannot save or restore VMs.
+	ErrNoSnapshots = vmm.ErrNoSnapshots
+)
+
+// SnapshotRequest asks for a snapshot of a VM booted for Image.
+type SnapshotRequest struct {
+	// Image is the image reference, resolved by Options.Images.
+	Image string
+	// Dir is the snapshot directory to create.
+	Dir string
+	// Force replaces an existing Dir.
+	Force bool
+	// MemoryMiB and CPUs are the VM's (0: the defaults); every run from
+	// the snapshot has them.
+	MemoryMiB int
+	CPUs      int
+	// Debug turns on the guest init's verbose log, in every run from the
+	// snapshot; Console receives the guest console of the boot.
+	Debug   bool
+	Console io.Writer
+}
+
+// SnapshotFile describes a file a snapshot depends on or holds.
+type SnapshotFile struct {
+	// Path is where the file is ("" for the snapshot's own files).
+	Path string `json:"path,omitempty"`
+	// Size is its size in bytes.
+	Size int64 `json:"size"`
+	// ModTime is its modification time (for files outside the snapshot,
+	// which a rebuild would change).
+	ModTime time.Time `json:"mtime,omitzero"`
+	// SHA256 is its hex digest, when recorded.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// SnapshotManifest is manifest.json: what the snapshot was made from and
+// with. A snapshot is restored only where all of it still holds.
+type SnapshotManifest struct {
+	// Format is SnapshotFormat.
+	Format int `json:"format"`
+	// Created is when the snapshot was made.
+	Created time.Time `json:"created"`
+	// Image is the image booted; ImageFile its EROFS file, which restored
+	// VMs attach again (the snapshot's guest has it mounted);
+	// ImageConfig its config, merged with each run's overrides.
+	Image       ImageInfo      `json:"image"`
+	ImageFile   SnapshotFile   `json:"image_file"`
+	ImageConfig *v1.ConfigFile `json:"image_config,omitempty"`
+	// Kernel is the guest kernel's identity (vmm.Kernel.ID); KernelImage
+	// the file booted.
+	Kernel      string       `json:"kernel"`
+	KernelImage SnapshotFile `json:"kernel_image"`
+	// Initramfs is the initramfs file's name, which hashes the kernel, its
+	// modules and the guest init.
+	Initramfs string `json:"initramfs"`
+	// PEBuild identifies the pe that made the snapshot (see PEBuild).
+	PEBuild string `json:"pe_build"`
+	// VMM, VMMVersion and Accel are the VMM, its version and the
+	// acceleration the VM ran with.
+	VMM        string `json:"vmm"`
+	VMMVersion string `json:"vmm_version"`
+	Accel      string `json:"accel"`
+	// MemoryMiB and CPUs are the VM's.
+	MemoryMiB int `json:"memory_mib"`
+	CPUs      int `json:"cpus"`
+	// Cmdline is the kernel command line it booted with.
+	Cmdline string `json:"cmdline"`
+	// IOSize is the size of its I/O disk (SnapshotIOSize).
+	IOSize int64 `json:"io_size"`
+	// Mem and State are the snapshot's RAM and device-state files.
+	Mem   SnapshotFile `json:"mem"`
+	State SnapshotFile `json:"state"`
+}
+
+// Snapshot is an opened, checked snapshot directory, ready for runs
+// (RunRequest.Snapshot). It is safe for concurrent use: runs never change
+// the directory.
+type Snapshot struct {
+	// Dir is the snapshot directory.
+	Dir string
+	// Manifest is its manifest.
+	Manifest SnapshotManifest
+}
+
+// Image returns the image the snapshot's VMs run.
+func (s *Snapshot) Image() *ResolvedImage {
+	m := &s.Manifest
+	return &ResolvedImage{Reference: m.Image.Reference, Digest: m.Image.Digest, EROFSPath: m.ImageFile.Path, Config: m.ImageConfig}
+}
+
+// PEBuild identifies this pe build: the snapshot format and guest protocol
+// with the main module's version and VCS revision. (The guest init is
+// covered by the initramfs name.)
+func PEBuild() string {
+	s := fmt.Sprintf("snapshot/%d", SnapshotFormat)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		s += " " + bi.Main.Path + "@" + bi.Main.Version
+		for _, kv := range bi.Settings {
+			switch kv.Key {
+			case "vcs.revision", "vcs.modified":
+				s += " " + kv.Key + "=" + kv.Value
+			}
+		}
+		s += " " + bi.GoVersion
+	}
+	return s
+}
+
+// ReadSnapshotManifest reads and decodes dir/manifest.json, without
+// checking it against anything.
+func ReadSnapshotManifest(dir string) (*SnapshotManifest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, SnapshotManifestFile))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s: no %s (create one with pe snapshot create)", ErrBadSnapshot, dir, SnapshotManifestFile)
+		}
+		return nil, fmt.Errorf("snapshot %s: %w", dir, err)
+	}
+	var m SnapshotManifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: %s: %s: %v", ErrBadSnapshot, dir, SnapshotManifestFile, err)
+	}
+	if m.Format != SnapshotFormat {
+		return nil, fmt.Errorf("%w: %s: format %d, this pe reads format %d; create it again", ErrSnapshotMismatch, dir, m.Format, SnapshotFormat)
+	}
+	if m.MemoryMiB <= 0 || m.CPUs <= 0 || m.IOSize <= 0 || m.ImageFile.Path == "" || m.VMM == "" {
+		return nil, fmt.Errorf("%w: %s: incomplete manifest", ErrBadSnapshot, dir)
+	}
+	return &m, nil
+}
+
+// snapshotter returns the backend of choice as a Snapshotter.
+func snapshotter(choice *Choice) (vmm.Snapshotter, error) {
+	sb, ok := choice.Backend.(vmm.Snapshotter)
+	if !ok {
+		return nil, fmt.Errorf("%s: %w", choice.VMM, ErrNoSnapshots)
+	}
+	return sb, nil
+}
+
+// snapshotEnv is what a snapshot must match: this engine's kernel, guest
+// init, VMM and acceleration.
+type snapshotEnv struct {
+	backend    vmm.Snapshotter
+	choice     *Choice
+	vmmVersion string
+	initramfs  string
+}
+
+func (e *Engine) snapshotEnv(ctx context.Context) (*snapshotEnv, error) {
+	choice, err := e.Choice(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := snapshotter(choice)
+	if err != nil {
+		return nil, err
+	}
+	ver, err := sb.Version(ctx)
+	if err != nil {
+		return nil, err
+	}
+	initramfs, err := e.initramfs(choice)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshotEnv{backend: sb, choice: choice, vmmVersion: ver, initramfs: initramfs}, nil
+}
+
+// CreateSnapshot boots a VM for r.Image until the guest is ready for a
+// request, saves it into r.Dir and stops it. The directory is built next
+// to r.Dir and renamed into place, so it is either complete or absent; an
+// existing r.Dir is an error (ErrSnapshotExists) unless r.Force. The VM
+// takes one of the engine's slots while it runs.
+func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*SnapshotManifest, error) {
+	if r.Dir == "" {
+		return nil, errors.New("snapshot: no directory")
+	}
+	dir := filepath.Clean(r.Dir)
+	if _, err := os.Lstat(dir); err == nil && !r.Force {
+		return nil, fmt.Errorf("%w: %s (use --force to replace it)", ErrSnapshotExists, dir)
+	}
+	img, err := e.opts.Images.Resolve(ctx, r.Image)
+	if err != nil {
+		return nil, err
+	}
+	imgFile, err := statFile(img.EROFSPath)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", img.Reference, err)
+	}
+	env, err := e.snapshotEnv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	kernelFile, err := statFile(e.bootKernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+
+	select {
+	case e.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-e.sem }()
+
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	defer os.RemoveAll(tmp) // a no-op once renamed
+	work, err := e.newWorkDir()
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	// The I/O disk of the boot stays empty: the guest must not read it
+	// before it is woken, in a restored VM, with another file in its place.
+	ioPath := filepath.Join(work, "io.img")
+	if err := makeSparse(ioPath, SnapshotIOSize); err != nil {
+		return nil, err
+	}
+	mem, cpus := r.MemoryMiB, r.CPUs
+	if mem <= 0 {
+		mem = DefaultMemoryMiB
+	}
+	if cpus <= 0 {
+		cpus = DefaultCPUs
+	}
+	cfg := e.vmConfig(env.choice, env.initramfs, img.EROFSPath, ioPath, work, mem, cpus, r.Debug, r.Console)
+	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=1"
+
+	sctx, cancel := context.WithTimeout(ctx, snapshotCreateLimit)
+	err = env.backend.SaveSnapshot(sctx, cfg, tmp, []byte(guest.SnapshotReady))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("snapshot of %s: %w", img.Reference, err)
+	}
+	state, err := hashFile(filepath.Join(tmp, vmm.SnapshotStateFile))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	memFile, err := statFile(filepath.Join(tmp, vmm.SnapshotMemFile))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	memFile.Path, memFile.ModTime = "", time.Time{}
+	m := &SnapshotManifest{
+		Format:      SnapshotFormat,
+		Created:     time.Now().UTC(),
+		Image:       ImageInfo{Reference: img.Reference, Digest: img.Digest},
+		ImageFile:   *imgFile,
+		ImageConfig: img.Config,
+		Kernel:      e.kernel.ID(),
+		KernelImage: *kernelFile,
+		Initramfs:   filepath.Base(env.initramfs),
+		PEBuild:     PEBuild(),
+		VMM:         env.choice.VMM,
+		VMMVersion:  env.vmmVersion,
+		Accel:       env.choice.Accel,
+		MemoryMiB:   mem,
+		CPUs:        cpus,
+		Cmdline:     cfg.Cmdline,
+		IOSize:      SnapshotIOSize,
+		Mem:         *memFile,
+		State:       *state,
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, SnapshotManifestFile), append(b, '\n'), 0o644); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	// On disk before the rename: a crash must not leave a snapshot whose
+	// manifest vouches for a RAM file the kernel never wrote.
+	for _, name := range []string{vmm.SnapshotMemFile, vmm.SnapshotStateFile, SnapshotManifestFile, "."} {
+		if err := syncFile(filepath.Join(tmp, name)); err != nil {
+			return nil, fmt.Errorf("snapshot: %w", err)
+		}
+	}
+	if err := replaceDir(tmp, dir, r.Force); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	return m, nil
+}
+
+// replaceDir renames tmp to dir; with force, an existing dir is moved
+// aside first and removed after.
+func replaceDir(tmp, dir string, force bool) error {
+	err := os.Rename(tmp, dir)
+	if err == nil || !force {
+		if err != nil && errors.Is(err, os.ErrExist) || isNotEmpty(err) {
+			return fmt.Errorf("%w: %s", ErrSnapshotExists, dir)
+		}
+		return err
+	}
+	old := tmp + ".old"
+	if err := os.Rename(dir, old); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.Rename(old, dir)
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
+// isNotEmpty reports the error rename gives for a non-empty target.
+func isNotEmpty(err error) bool {
+	var le *os.LinkError
+	return errors.As(err, &le) && (errors.Is(le.Err, os.ErrExist) || strings.Contains(le.Err.Error(), "not empty"))
+}
+
+// OpenSnapshot reads the snapshot in dir and checks it can be restored
+// here: the manifest against this pe build, kernel, guest init, VMM (and
+// its version) and acceleration (ErrSnapshotMismatch), and its files:
+// the device state's digest, the RAM file's size (ErrBadSnapshot) and the
+// image file, which must be the very file the snapshot's guest mounted.
+func (e *Engine) OpenSnapshot(ctx context.Context, dir string) (*Snapshot, error) {
+	m, err := ReadSnapshotManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	env, err := e.snapshotEnv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	mismatch := func(what, snap, here string) error {
+		return fmt.Errorf("%w: %s: made with %s %q, this pe has %q; create it again", ErrSnapshotMismatch, dir, what, snap, here)
+	}
+	switch {
+	case m.PEBuild != PEBuild():
+		return nil, mismatch("pe build", m.PEBuild, PEBuild())
+	case m.Kernel != e.kernel.ID():
+		return nil, mismatch("kernel", m.Kernel, e.kernel.ID())
+	case m.Initramfs != filepath.Base(env.initramfs):
+		return nil, mismatch("guest init and modules", m.Initramfs, filepath.Base(env.initramfs))
+	case m.VMM != env.choice.VMM:
+		return nil, mismatch("VMM", m.VMM, env.choice.VMM)
+	case m.VMMVersion != env.vmmVersion:
+		return nil, mismatch(m.VMM+" version", m.VMMVersion, env.vmmVersion)
+	case m.Accel != env.choice.Accel:
+		return nil, mismatch("acceleration", m.Accel, env.choice.Accel)
+	}
+	if k, err := statFile(e.bootKernel); err != nil || k.Size != m.KernelImage.Size {
+		return nil, mismatch("kernel image", m.KernelImage.Path, e.bootKernel)
+	}
+	img, err := statFile(m.ImageFile.Path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: the image file is gone: %v", ErrSnapshotMismatch, dir, err)
+	}
+	if img.Size != m.ImageFile.Size || !img.ModTime.Equal(m.ImageFile.ModTime) {
+		return nil, fmt.Errorf("%w: %s: the image file %s changed since the snapshot (size %d, was %d); create it again", ErrSnapshotMismatch, dir, img.Path, img.Size, m.ImageFile.Size)
+	}
+	mem, err := statFile(filepath.Join(dir, vmm.SnapshotMemFile))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadSnapshot, dir, err)
+	}
+	if mem.Size != m.Mem.Size {
+		return nil, fmt.Errorf("%w: %s: the RAM file has %d bytes, want %d", ErrBadSnapshot, dir, mem.Size, m.Mem.Size)
+	}
+	state, err := hashFile(filepath.Join(dir, vmm.SnapshotStateFile))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadSnapshot, dir, err)
+	}
+	if state.SHA256 != m.State.SHA256 {
+		return nil, fmt.Errorf("%w: %s: the device state file is damaged (sha256 %s, want %s)", ErrBadSnapshot, dir, state.SHA256, m.State.SHA256)
+	}
+	return &Snapshot{Dir: dir, Manifest: *m}, nil
+}
+
+// statFile describes path: its size and modification time.
+func statFile(path string) (*SnapshotFile, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	return &SnapshotFile{Path: path, Size: fi.Size(), ModTime: fi.ModTime().UTC()}, nil
+}
+
+// hashFile returns the size and SHA-256 of a snapshot file.
+func hashFile(path string) (*SnapshotFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return nil, err
+	}
+	return &SnapshotFile{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// syncFile flushes a file or directory to disk.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// makeSparse creates a file of size bytes, all holes.
+func makeSparse(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// EnsureSnapshot returns the snapshot of r.Image in r.Dir, making it first
+// when there is none, or when the one there cannot be used: made for
+// another image digest or file (the reference now resolves to another
+// image), another pe build, kernel, guest init, VMM or acceleration
+// (ErrSnapshotMismatch), or damaged (ErrBadSnapshot). r.Force is implied.
+// A server keeps one snapshot per preset image with it, at start-up and
+// whenever a run reports ErrSnapshotMismatch.
+func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapshot, error) {
+	img, err := e.opts.Images.Resolve(ctx, r.Image)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := e.OpenSnapshot(ctx, r.Dir)
+	if err == nil {
+		m := &snap.Manifest
+		mem, cpus := r.MemoryMiB, r.CPUs
+		if mem <= 0 {
+			mem = DefaultMemoryMiB
+		}
+		if cpus <= 0 {
+			cpus = DefaultCPUs
+		}
+		if m.Image.Digest == img.Digest && m.ImageFile.Path == img.EROFSPath && m.MemoryMiB == mem && m.CPUs == cpus {
+			return snap, nil
+		}
+		e.log.Info("snapshot made for another image or machine: making it again", "dir", r.Dir, "image", r.Image)
+	} else if !errors.Is(err, ErrSnapshotMismatch) && !errors.Is(err, ErrBadSnapshot) {
+		return nil, err
+	} else {
+		e.log.Info("snapshot unusable: making it again", "dir", r.Dir, "reason", err)
+	}
+	r.Force = true
+	if _, err := e.CreateSnapshot(ctx, r); err != nil {
+		return nil, err
+	}
+	return e.OpenSnapshot(ctx, r.Dir)
+}

@@ -1,0 +1,86 @@
+package cloudhypervisor
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/pe-project/pe/vmm"
+)
+
+func TestRestoreArgs(t *testing.T) {
+	got := RestoreArgs("/w/restore", "/w/api.sock")
+	want := []string{"--restore", "source_url=file:///w/restore,memory_restore_mode=ondemand,resume=false", "--api-socket", "path=/w/api.sock"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	// A path with a separator is quoted.
+	if got := RestoreArgs("/w/a,b", "/s"); got[1] != `source_url="file:///w/a,b",memory_restore_mode=ondemand,resume=false` {
+		t.Errorf("quoted: %q", got[1])
+	}
+}
+
+// TestRewriteConfig gives a snapshot's config.json the run's disks and a
+// serial socket, keeping everything else.
+func TestRewriteConfig(t *testing.T) {
+	in := `{"payload":{"kernel":"/k"},"memory":{"size":536870912,"shared":false},
+		"disks":[{"path":"/img.erofs","readonly":true,"id":"_disk0"},{"path":"/old/io.img","id":"_disk1"}],
+		"serial":{"mode":"File","file":"/old/console.log"},"console":{"mode":"Off"}}`
+	out, err := RewriteConfig([]byte(in), []vmm.Disk{{Path: "/img.erofs", ReadOnly: true}, {Path: "/new/io.img"}}, "/w/serial.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"payload": map[string]any{"kernel": "/k"},
+		"memory":  map[string]any{"size": 536870912.0, "shared": false},
+		"disks": []any{
+			map[string]any{"path": "/img.erofs", "readonly": true, "id": "_disk0"},
+			map[string]any{"path": "/new/io.img", "id": "_disk1"},
+		},
+		"serial":  map[string]any{"mode": "Socket", "socket": "/w/serial.sock"},
+		"console": map[string]any{"mode": "Off"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	for _, c := range []struct {
+		disks []vmm.Disk
+		want  string
+	}{
+		{[]vmm.Disk{{Path: "/a"}}, "2 disks, the run has 1"},
+		{[]vmm.Disk{{Path: "/a"}, {Path: "/b"}}, "read-only"},
+	} {
+		if _, err := RewriteConfig([]byte(in), c.disks, "/s"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("RewriteConfig(%v): %v, want an error with %q", c.disks, err, c.want)
+		}
+	}
+	if _, err := RewriteConfig([]byte("{"), nil, "/s"); err == nil {
+		t.Error("RewriteConfig of broken JSON: no error")
+	}
+}
+
+func TestClientRestore(t *testing.T) {
+	f, sock := startFakeAPI(t)
+	err := NewClient(sock).Restore(t.Context(), &RestoreConfig{SourceURL: "file:///snap", MemoryRestoreMode: "OnDemand"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`PUT /api/v1/vm.restore {"source_url":"file:///snap","memory_restore_mode":"OnDemand"}`}
+	if diff := cmp.Diff(want, f.reqs); diff != "" {
+		t.Errorf("requests (-want +got):\n%s", diff)
+	}
+}
+
+func TestSnapshotNeedsKVM(t *testing.T) {
+	b := &Backend{Binary: "/nonexistent/cloud-hypervisor"}
+	_, err := b.RestoreSnapshot(t.Context(), &vmm.Config{Kernel: "/k", Accel: vmm.AccelTCG}, t.TempDir(), []byte("\n"))
+	if err == nil {
+		t.Error("RestoreSnapshot without a snapshot: no error")
+	}
+}

@@ -1,0 +1,152 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// QMP is a client of QEMU's machine protocol (QMP) on a Unix socket: one
+// command at a time, events skipped.
+type QMP struct {
+	mu   sync.Mutex
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// qmpMessage is any message QEMU sends: a greeting, a reply or an event.
+type qmpMessage struct {
+	QMP    json.RawMessage `json:"QMP,omitempty"`
+	Return json.RawMessage `json:"return,omitempty"`
+	Error  *struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	} `json:"error,omitempty"`
+	Event string `json:"event,omitempty"`
+}
+
+// DialQMP connects to the QMP socket at path, retrying until QEMU has
+// created it or ctx is done, reads the greeting and enters command mode.
+func DialQMP(ctx context.Context, path string) (*QMP, error) {
+	var d net.Dialer
+	var conn net.Conn
+	for {
+		var err error
+		conn, err = d.DialContext(ctx, "unix", path)
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("QMP socket %s: %w (last error: %v)", path, ctx.Err(), err)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	q := &QMP{conn: conn, r: bufio.NewReader(conn)}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var greeting qmpMessage
+	if err := q.read(&greeting); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("QMP greeting: %w", err)
+	}
+	if greeting.QMP == nil {
+		conn.Close()
+		return nil, errors.New("QMP greeting: not a QMP server")
+	}
+	if _, err := q.Execute(ctx, "qmp_capabilities", nil); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// Close closes the connection.
+func (q *QMP) Close() error { return q.conn.Close() }
+
+func (q *QMP) read(m *qmpMessage) error {
+	line, err := q.r.ReadBytes('\n')
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(line, m); err != nil {
+		return fmt.Errorf("bad QMP message %.200q: %w", line, err)
+	}
+	return nil
+}
+
+// Execute runs a QMP command with arguments (nil for none) and returns its
+// "return" value; a QMP error is returned as an error naming the command.
+func (q *QMP) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { q.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	cmd := map[string]any{"execute": command}
+	if args != nil {
+		cmd["arguments"] = args
+	}
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("QMP %s: %w", command, ctxErr(ctx, err))
+	}
+	for {
+		var m qmpMessage
+		if err := q.read(&m); err != nil {
+			return nil, fmt.Errorf("QMP %s: %w", command, ctxErr(ctx, err))
+		}
+		switch {
+		case m.Event != "":
+			continue
+		case m.Error != nil:
+			return nil, fmt.Errorf("QMP %s: %s: %s", command, m.Error.Class, m.Error.Desc)
+		case m.Return != nil:
+			return m.Return, nil
+		}
+	}
+}
+
+// ctxErr prefers ctx's error to the I/O error its deadline caused.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// WaitMigration polls query-migrate until the migration (outgoing or
+// incoming) has completed, and fails when it failed or ctx is done.
+func (q *QMP) WaitMigration(ctx context.Context) error {
+	for delay := 500 * time.Microsecond; ; delay = min(delay*2, 20*time.Millisecond) {
+		raw, err := q.Execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return fmt.Errorf("query-migrate: %w", err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("migration (%s): %w", st.Status, ctx.Err())
+		case <-time.After(delay):
+		}
+	}
+}
