@@ -17,6 +17,7 @@ type metrics struct {
 	imageCache   *prometheus.CounterVec
 	rateLimited  prometheus.Counter
 	gistRequests *prometheus.CounterVec
+	snapshotRuns *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -55,9 +56,13 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "pe_gist_requests_total",
 			Help: "Gist proxy requests, by outcome.",
 		}, []string{"result"}),
+		snapshotRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pe_snapshot_runs_total",
+			Help: "Runs of presets from their snapshot (restored), or booted after a restore failed (fallback).",
+		}, []string{"result"}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.requests, m.runDuration, m.queueWait, m.queueDepth, m.vmsRunning, m.imageCache, m.rateLimited, m.gistRequests,
+		m.requests, m.runDuration, m.queueWait, m.queueDepth, m.vmsRunning, m.imageCache, m.rateLimited, m.gistRequests, m.snapshotRuns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
 		if err := reg.Register(c); err != nil {

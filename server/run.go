@@ -65,7 +65,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	} else if o != s.cfg.OS {
 		return badRequest("OsMismatch", "this server runs %s/%s images, not os %q", s.cfg.Arch, s.cfg.OS, o)
 	}
-	source, err := s.imageSource(r.PathValue("reference"))
+	source, preset, err := s.imageSource(r.PathValue("reference"))
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.metrics.queueWait.Observe(time.Since(waitStart).Seconds())
 	runStart := time.Now()
-	res, err := s.cfg.Runner.Run(r.Context(), run)
+	res, err := s.runOnce(r.Context(), run, preset)
 	release()
 	if err != nil {
 		s.metrics.runDuration.WithLabelValues("error").Observe(time.Since(runStart).Seconds())
@@ -206,22 +206,52 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// runOnce runs run, from the preset's snapshot when there is one; when
+// the snapshot cannot be restored, it boots instead (and has the snapshot
+// made again).
+func (s *Server) runOnce(ctx context.Context, run *engine.RunRequest, preset string) (*engine.RunResult, error) {
+	snap := s.cfg.Snapshots.snapshot(preset)
+	if snap == nil {
+		return s.cfg.Runner.Run(ctx, run)
+	}
+	restore := *run
+	restore.Snapshot, restore.MemoryMiB = snap, 0
+	res, err := s.cfg.Runner.Run(ctx, &restore)
+	if err == nil {
+		s.metrics.snapshotRuns.WithLabelValues("restored").Inc()
+		return res, nil
+	}
+	if ctx.Err() != nil || errors.Is(err, engine.ErrNoCommand) || errors.Is(err, engine.ErrUnknownUser) {
+		return nil, err
+	}
+	s.cfg.Log.Warn("restoring the preset's snapshot failed: booting", "preset", preset, "error", err)
+	s.metrics.snapshotRuns.WithLabelValues("fallback").Inc()
+	s.cfg.Snapshots.failed(preset, snap)
+	if seeker, ok := run.Stdin.(io.Seeker); ok {
+		if _, err := seeker.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	return s.cfg.Runner.Run(ctx, run)
+}
+
 // imageSource maps the reference a client sent to what pe resolves: a
-// preset's source, or a registry reference under an allowed prefix.
-// Anything else (local paths above all) is refused.
-func (s *Server) imageSource(ref string) (string, error) {
+// preset's source, or a registry reference under an allowed prefix, and
+// the preset's name ("" for none). Anything else (local paths above all)
+// is refused.
+func (s *Server) imageSource(ref string) (source, preset string, err error) {
 	if ref == "" {
-		return "", badRequest("BadPath", "no image reference in the path: want /api/v2/runi/ARCH/OS/REFERENCE")
+		return "", "", badRequest("BadPath", "no image reference in the path: want /api/v2/runi/ARCH/OS/REFERENCE")
 	}
 	if len(ref) > maxReferenceLen {
-		return "", badRequest("BadReference", "the image reference is %d bytes long, over %d", len(ref), maxReferenceLen)
+		return "", "", badRequest("BadReference", "the image reference is %d bytes long, over %d", len(ref), maxReferenceLen)
 	}
 	for _, p := range s.cfg.Presets {
 		if ref == p.Name || (p.Source != "" && ref == p.Source) {
 			if p.Source != "" {
-				return p.Source, nil
+				return p.Source, p.Name, nil
 			}
-			return p.Name, nil
+			return p.Name, p.Name, nil
 		}
 	}
 	parsed, err := image.ParseReference(ref)
@@ -230,15 +260,15 @@ func (s *Server) imageSource(ref string) (string, error) {
 	local := strings.HasPrefix(ref, "erofs:") || strings.HasSuffix(ref, ".erofs") ||
 		err == nil && (strings.HasPrefix(parsed.String(), "erofs:") || strings.HasSuffix(parsed.String(), ".erofs"))
 	if err != nil || local || parsed.Transport() != image.TransportRegistry || strings.Contains(ref, "://") {
-		return "", badRequest("BadReference", "%q is not an image reference this server accepts (a registry reference such as docker.io/library/busybox:latest, or a preset)", ref)
+		return "", "", badRequest("BadReference", "%q is not an image reference this server accepts (a registry reference such as docker.io/library/busybox:latest, or a preset)", ref)
 	}
 	canon := parsed.String()
 	for _, p := range s.allowed {
 		if strings.HasPrefix(canon, p) {
-			return canon, nil
+			return canon, "", nil
 		}
 	}
-	return "", &apiError{http.StatusForbidden, "ImageNotAllowed",
+	return "", "", &apiError{http.StatusForbidden, "ImageNotAllowed",
 		fmt.Sprintf("%s is not in the images this server runs (presets, or references under %s)", image.FamiliarName(canon), strings.Join(s.cfg.AllowedImages, ", "))}
 }
 

@@ -60,6 +60,9 @@ type Config struct {
 	// nil: DefaultAllowedImages. Only registry references are ever
 	// allowed this way, never local paths.
 	AllowedImages []string
+	// Snapshots, when set, gives the presets' runs restored VMs
+	// (Snapshots.Keep makes them; until then runs boot).
+	Snapshots *Snapshots
 	// Gists serves GET /api/gh/gist/...; nil answers 404 there.
 	Gists *gist.Client
 	// GitHubAPI is the GitHub API base the page uses to save gists

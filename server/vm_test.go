@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pe-project/pe/engine/enginetest"
 	"github.com/pe-project/pe/gist"
@@ -36,7 +39,9 @@ func TestMain(m *testing.M) {
 func vmServer(t *testing.T, cfg Config) string {
 	t.Helper()
 	f := enginetest.Setup(t)
-	cfg.Runner = enginetest.NewEngine(t, f, nil, 2)
+	if cfg.Runner == nil {
+		cfg.Runner = enginetest.NewEngine(t, f, nil, 2)
+	}
 	cfg.Slots = 2
 	cfg.Presets = []Preset{{Name: "busybox", Description: "the test image"}}
 	if cfg.RunTimeout == 0 {
@@ -102,6 +107,74 @@ func TestVMRuns(t *testing.T) {
 		}
 	})
 	wg.Wait()
+}
+
+// TestVMSnapshots serves the preset from a snapshot: runs restore it, and
+// when the snapshot is damaged a run boots instead and the snapshot is
+// made again.
+func TestVMSnapshots(t *testing.T) {
+	f := enginetest.Setup(t)
+	eng := enginetest.NewEngine(t, f, nil, 2)
+	reg := prometheus.NewRegistry()
+	snaps := &Snapshots{Engine: eng, Dir: t.TempDir(), MemoryMiB: 512}
+	url := vmServer(t, Config{Runner: eng, Snapshots: snaps, MemoryMiB: 512, Registry: reg})
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	kept := make(chan struct{})
+	go func() { snaps.Keep(ctx, []Preset{{Name: "busybox"}}); close(kept) }()
+	defer func() { stop(); <-kept }()
+	deadline := time.Now().Add(5 * time.Minute)
+	for !snaps.Ready("busybox") {
+		if time.Now().After(deadline) {
+			t.Fatal("no snapshot after 5 minutes")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	run := func(word string) {
+		t.Helper()
+		body := archiveBody(t, map[string]any{"cmd": []string{"sh", "-c", "cat in.txt; echo " + word}}, []pearchive.MemFile{{Path: "in.txt", Data: []byte("input\n")}})
+		resp, b := post(t, url+"/api/v2/runi/amd64/linux/busybox", pearchive.ContentType, body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, b)
+		}
+		_, out := decodeArchiveResponse(t, b)
+		if out["stdout"] != "input\n"+word+"\n" {
+			t.Errorf("stdout %q", out["stdout"])
+		}
+	}
+	run("one")
+	run("two")
+	// Damage the snapshot's device state: the next run boots.
+	snap := snaps.snapshot("busybox")
+	if err := os.WriteFile(filepath.Join(snap.Dir, "state"), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run("three")
+	counts := metricValues(t, reg, "pe_snapshot_runs_total")
+	if counts["restored"] != 2 || counts["fallback"] != 1 {
+		t.Errorf("snapshot runs %v, want 2 restored and 1 fallback", counts)
+	}
+}
+
+// metricValues returns a counter vector's values by its one label.
+func metricValues(t *testing.T, reg *prometheus.Registry, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) > 0 {
+				out[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
 }
 
 // TestVMQueue sends 20 runs at once to a server with 2 VM slots: every

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -33,6 +34,7 @@ type serveFlags struct {
 	rate                     float64
 	githubAPI                string
 	drain                    time.Duration
+	snapshots                bool
 }
 
 // newServeCmd returns "pe serve".
@@ -56,7 +58,8 @@ Each run takes one of --slots VM slots; up to --queue more wait, each at most
 --max-wait, in order of arrival; past that the answer is 503 with Retry-After.
 Each client (its address; X-Forwarded-For only from --trusted-proxy peers) may
 start --rate runs a second, in bursts of --burst. On SIGINT or SIGTERM pe serve
-stops accepting requests and lets the runs in progress finish.
+stops accepting requests and lets the runs in progress finish. With --snapshots
+it keeps a VM snapshot of each preset and restores it instead of booting.
 
 Logs are JSON lines on standard error, one per request with its request id.`,
 		Example: `  pe serve
@@ -83,6 +86,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.StringVar(&f.maxOut, "max-output", "1MiB", "keep at most this much of stdout, of stderr and of the output directory of a run")
 	fs.Float64Var(&f.rate, "rate", 2, "runs and gist fetches a client may start per second (0: no limit)")
 	fs.IntVar(&f.burst, "burst", 4, "how many of them may come at once")
+	fs.BoolVar(&f.snapshots, "snapshots", false, "keep a VM snapshot of each preset (in the cache directory) and restore it for the preset's runs instead of booting")
 	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress may take to finish")
 	registerGitHubAPI(fs, &f.githubAPI)
 	f.pullFlags.register(fs, true)
@@ -168,6 +172,13 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 			allow = []string{}
 		}
 	}
+	memMiB := int((mem + 1<<20 - 1) >> 20)
+	var snaps *server.Snapshots
+	if f.snapshots {
+		dir := filepath.Join(engineCacheDir(f.cacheDir), "snapshots")
+		snaps = &server.Snapshots{Engine: eng, Dir: dir, MemoryMiB: memMiB, Log: log}
+		go snaps.Keep(cmd.Context(), presets)
+	}
 	srv, err := server.New(server.Config{
 		Runner:         eng,
 		Images:         source,
@@ -182,7 +193,8 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		BodyTimeout:    f.bodyTimeout,
 		WriteTimeout:   f.writeTimout,
 		RunTimeout:     f.runTimeout,
-		MemoryMiB:      int((mem + 1<<20 - 1) >> 20),
+		MemoryMiB:      memMiB,
+		Snapshots:      snaps,
 		MaxOutput:      maxOut,
 		RatePerSecond:  rate,
 		RateBurst:      f.burst,
