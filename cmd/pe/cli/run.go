@@ -325,7 +325,9 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 			return err
 		}
 		req.Snapshot = snap
-		res, err = e.Run(cmd.Context(), req)
+		if res, err = e.Run(cmd.Context(), req); err != nil {
+			return err
+		}
 	} else {
 		res, err = a.runEngine(cmd.Context(), opts, req)
 	}
