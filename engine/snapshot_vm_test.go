@@ -132,7 +132,9 @@ func TestVMSnapshot(t *testing.T) {
 
 	t.Run("timeout", func(t *testing.T) {
 		t.Parallel()
-		res := run(t, e, &RunRequest{Snapshot: snap, Timeout: time.Second, Overrides: Overrides{Cmd: sh(`echo started; sleep 60`)}})
+		// 5 s, not 1: a loaded machine has taken over a second to reach
+		// the echo in a restored guest under TCG.
+		res := run(t, e, &RunRequest{Snapshot: snap, Timeout: 5 * time.Second, Overrides: Overrides{Cmd: sh(`echo started; sleep 60`)}})
 		if !res.TimedOut || res.ExitStatus() != 124 || string(res.Stdout) != "started\n" {
 			t.Errorf("timed out %v, exit %d, stdout %q; want true, 124, started", res.TimedOut, res.ExitStatus(), res.Stdout)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -14,10 +15,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pe-project/pe/engine"
 	"github.com/pe-project/pe/engine/enginetest"
 	"github.com/pe-project/pe/gist"
 	"github.com/pe-project/pe/gist/gisttest"
 	"github.com/pe-project/pe/pearchive"
+	"github.com/pe-project/pe/vmm"
+	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // The tests here run the server over a real engine: VMs under QEMU TCG,
@@ -34,13 +38,37 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// newTestEngine returns an engine with the fixture's image as "busybox"
+// (digest sha256:test), 2 VMs at once, under QEMU with TCG: KVM does not
+// work on every machine these tests run on; TCG does.
+func newTestEngine(t *testing.T, f *enginetest.Fixture) *engine.Engine {
+	t.Helper()
+	e, err := engine.New(engine.Options{
+		Images: engine.StaticSource{"busybox": &engine.ResolvedImage{
+			Reference: "busybox", Digest: "sha256:test", EROFSPath: f.EROFS, Config: enginetest.BusyboxConfig(),
+		}},
+		Backend:       qemu.New(""),
+		Accel:         vmm.AccelTCG,
+		KernelInfo:    f.Kernel,
+		InitBinary:    f.Init,
+		CacheDir:      filepath.Join(f.Dir, "cache"),
+		TempDir:       t.TempDir(),
+		MaxConcurrent: 2,
+		Log:           slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // vmServer starts a server over a real engine with the fixture's busybox
 // image as the preset "busybox".
 func vmServer(t *testing.T, cfg Config) string {
 	t.Helper()
 	f := enginetest.Setup(t)
 	if cfg.Runner == nil {
-		cfg.Runner = enginetest.NewEngine(t, f, nil, 2)
+		cfg.Runner = newTestEngine(t, f)
 	}
 	cfg.Slots = 2
 	cfg.Presets = []Preset{{Name: "busybox", Description: "the test image"}}
@@ -98,7 +126,7 @@ func TestVMRuns(t *testing.T) {
 		}
 	})
 	wg.Go(func() {
-		body := `{"cmd":["sh","-c","echo started; sleep 60"],"timeout_ms":2000}`
+		body := `{"cmd":["sh","-c","echo started; sleep 60"],"timeout_ms":4000}`
 		resp, b := post(t, url+"/api/v2/runi/amd64/linux/busybox", "application/json", []byte(body))
 		var got RunResponse
 		json.Unmarshal(b, &got)
@@ -114,7 +142,7 @@ func TestVMRuns(t *testing.T) {
 // made again.
 func TestVMSnapshots(t *testing.T) {
 	f := enginetest.Setup(t)
-	eng := enginetest.NewEngine(t, f, nil, 2)
+	eng := newTestEngine(t, f)
 	reg := prometheus.NewRegistry()
 	snaps := &Snapshots{Engine: eng, Dir: t.TempDir(), MemoryMiB: 512}
 	url := vmServer(t, Config{Runner: eng, Snapshots: snaps, MemoryMiB: 512, Registry: reg})

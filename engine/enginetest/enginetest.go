@@ -1,15 +1,16 @@
-// Package enginetest gives tests of pe's packages a real engine: QEMU under
-// TCG, the guest kernel make kernel installs, pe's guest init built for
-// the test, and a small busybox image. Tests that use it boot VMs, which
-// take seconds each under emulation; Setup skips them with the reason when
-// -short is given or something they need is missing.
+// Package enginetest gives the VM tests of pe's packages (the engine's own
+// and those above it) what a real engine needs: QEMU under TCG, the guest
+// kernel make kernel installs, pe's guest init built for the test, and a
+// small busybox image. It does not import engine, so engine's own tests can
+// use it. Tests that use it boot VMs, which take seconds each under
+// emulation; Setup skips them with the reason when -short is given or
+// something they need is missing.
 package enginetest
 
 import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +21,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/pe-project/pe/engine"
 	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 	"github.com/pe-project/pe/vmm/qemu"
@@ -155,42 +155,6 @@ func BusyboxConfig() *v1.ConfigFile {
 			WorkingDir: "/srv/app",
 		},
 	}
-}
-
-// NewEngine returns an engine over images plus the fixture's image as
-// "busybox" (digest sha256:test), under QEMU with TCG: KVM does not work
-// on every machine the tests run on; TCG does. maxConcurrent 0 is one VM
-// per CPU.
-func NewEngine(t testing.TB, f *Fixture, images engine.StaticSource, maxConcurrent int) *engine.Engine {
-	t.Helper()
-	if images == nil {
-		images = engine.StaticSource{}
-	}
-	if _, ok := images["busybox"]; !ok {
-		images["busybox"] = &engine.ResolvedImage{Reference: "busybox", Digest: "sha256:test", EROFSPath: f.EROFS, Config: BusyboxConfig()}
-	}
-	e, err := engine.New(engine.Options{
-		Images:        images,
-		Backend:       qemu.New(""),
-		Accel:         vmm.AccelTCG,
-		KernelInfo:    f.Kernel,
-		InitBinary:    f.Init,
-		CacheDir:      filepath.Join(f.Dir, "cache"),
-		TempDir:       t.TempDir(),
-		MaxConcurrent: maxConcurrent,
-		Log:           slog.New(slog.NewTextHandler(testOutput(t), &slog.HandlerOptions{Level: slog.LevelInfo})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
-}
-
-func testOutput(t testing.TB) interface{ Write([]byte) (int, error) } {
-	if tt, ok := t.(*testing.T); ok {
-		return tt.Output()
-	}
-	return os.Stderr
 }
 
 // ChildProcesses lists the processes whose parent is this one ("PID
