@@ -46,7 +46,7 @@ func testServer(t *testing.T, cfg Config) (*Server, string) {
 }
 
 // archiveBody frames req and files as the page sends them.
-func archiveBody(t *testing.T, req any, files []pearchive.MemFile) []byte {
+func archiveBody(t testing.TB, req any, files []pearchive.MemFile) []byte {
 	t.Helper()
 	js, err := json.Marshal(req)
 	if err != nil {
