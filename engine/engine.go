@@ -149,7 +149,14 @@ func sweepRunDirs(tempDir string, log *slog.Logger) {
 	if tempDir == "" {
 		tempDir = os.TempDir()
 	}
-	dirs, _ := filepath.Glob(filepath.Join(tempDir, runDirPrefix+"*"))
+	sweepOwnedDirs(filepath.Join(tempDir, runDirPrefix+"*"), log)
+}
+
+// sweepOwnedDirs removes the directories matching pattern whose owner
+// file names a process that is gone, and those without one that are over
+// an hour old.
+func sweepOwnedDirs(pattern string, log *slog.Logger) {
+	dirs, _ := filepath.Glob(pattern)
 	for _, d := range dirs {
 		b, err := os.ReadFile(filepath.Join(d, runDirOwner))
 		if err != nil {
@@ -159,9 +166,14 @@ func sweepRunDirs(tempDir string, log *slog.Logger) {
 		} else if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && pid > 0 && processAlive(pid) {
 			continue
 		}
-		log.Debug("removing the run directory of a pe that is gone", "dir", d)
+		log.Debug("removing the directory of a pe that is gone", "dir", d)
 		os.RemoveAll(d)
 	}
+}
+
+// writeOwner records this process as dir's owner, for sweepOwnedDirs.
+func writeOwner(dir string) error {
+	return os.WriteFile(filepath.Join(dir, runDirOwner), []byte(strconv.Itoa(os.Getpid())), 0o600)
 }
 
 // processAlive reports whether a process with this PID exists.
@@ -422,7 +434,7 @@ func (e *Engine) newWorkDir() (string, error) {
 	}
 	// The owner's PID lets a later pe remove this directory should this
 	// one be killed with SIGKILL (see sweepRunDirs).
-	if err := os.WriteFile(filepath.Join(work, runDirOwner), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+	if err := writeOwner(work); err != nil {
 		os.RemoveAll(work)
 		return "", fmt.Errorf("run directory: %w", err)
 	}

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -397,6 +399,35 @@ func TestSweepRunDirs(t *testing.T) {
 	for d, want := range map[string]bool{dead: false, alive: true, fresh: true, stale: false, other: true} {
 		if _, err := os.Stat(d); (err == nil) != want {
 			t.Errorf("%s exists: %v, want %v", filepath.Base(d), err == nil, want)
+		}
+	}
+}
+
+func TestSweepOwnedDirs(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name, owner string, age time.Duration) string {
+		p := filepath.Join(dir, name)
+		if err := os.Mkdir(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if owner != "" {
+			if err := os.WriteFile(filepath.Join(p, runDirOwner), []byte(owner), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		old := time.Now().Add(-age)
+		os.Chtimes(p, old, old)
+		return p
+	}
+	gone := mk("snap.tmp-1", "2147483646", 0) // no such process
+	mine := mk("snap.tmp-2", strconv.Itoa(os.Getpid()), 0)
+	fresh := mk("snap.tmp-3", "", time.Minute) // its pe may be about to write the owner
+	stale := mk("snap.tmp-4", "", 2*time.Hour)
+	other := mk("other.tmp-5", "2147483646", 0) // does not match
+	sweepOwnedDirs(filepath.Join(dir, "snap.tmp-*"), slog.New(slog.DiscardHandler))
+	for p, want := range map[string]bool{gone: false, mine: true, fresh: true, stale: false, other: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", filepath.Base(p), err == nil, want)
 		}
 	}
 }

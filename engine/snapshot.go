@@ -260,11 +260,17 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
+	// A pe killed while making this snapshot left its temporary
+	// directory: remove it (its owner file says the pe is gone).
+	sweepOwnedDirs(filepath.Join(filepath.Dir(dir), filepath.Base(dir)+".tmp-*"), e.log)
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".tmp-")
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	defer os.RemoveAll(tmp) // a no-op once renamed
+	if err := writeOwner(tmp); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
 	work, err := e.newWorkDir()
 	if err != nil {
 		return nil, err
@@ -330,6 +336,9 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	}
 	// On disk before the rename: a crash must not leave a snapshot whose
 	// manifest vouches for a RAM file the kernel never wrote.
+	if err := os.Remove(filepath.Join(tmp, runDirOwner)); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
 	for _, name := range []string{vmm.SnapshotMemFile, vmm.SnapshotStateFile, SnapshotManifestFile, "."} {
 		if err := syncFile(filepath.Join(tmp, name)); err != nil {
 			return nil, fmt.Errorf("snapshot: %w", err)
