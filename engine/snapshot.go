@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -513,6 +514,8 @@ func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 		e.log.Info("snapshot made for another image or machine: making it again", "dir", r.Dir, "image", r.Image)
 	} else if !errors.Is(err, ErrSnapshotMismatch) && !errors.Is(err, ErrBadSnapshot) {
 		return nil, err
+	} else if _, serr := os.Stat(r.Dir); errors.Is(serr, fs.ErrNotExist) {
+		e.log.Info("making a snapshot", "dir", r.Dir, "image", r.Image)
 	} else {
 		e.log.Info("snapshot unusable: making it again", "dir", r.Dir, "reason", err)
 	}
