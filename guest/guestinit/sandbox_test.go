@@ -285,8 +285,8 @@ func TestSandbox(t *testing.T) {
 			stdout: "done\n", idmapped: true,
 		},
 		{
-			name:   "hostname and a PID namespace of its own",
-			p:      childParams{Request: &guest.Request{Argv: []string{"sh", "-c", `hostname; echo $$; set -- /proc/[0-9]*; echo $#`}, Env: []string{"PATH=/bin"}, Hostname: "box"}},
+			name: "hostname and a PID namespace of its own",
+			p:    childParams{Request: &guest.Request{Argv: []string{"sh", "-c", `hostname; echo $$; set -- /proc/[0-9]*; echo $#`}, Env: []string{"PATH=/bin"}, Hostname: "box"}},
 			// The shell expands the glob itself, so it alone is there to
 			// see (a pipeline here raced its own processes' start).
 			stdout: "box\n1\n1\n", idmapped: true,
