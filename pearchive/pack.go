@@ -14,7 +14,7 @@ import (
 	"syscall"
 )
 
-// PackOptions bounds what [PackDir] packs.
+// PackOptions bounds what [PackDir] and [Writer.AddDir] pack.
 type PackOptions struct {
 	// MaxDepth is the deepest directory nesting packed, counted like
 	// [Limits.MaxDepth]; 0 means 32, a negative value no limit.
@@ -36,6 +36,21 @@ type PackOptions struct {
 // more. A file that shrinks while being packed is an error; one that grows is
 // packed at its size when opened.
 func PackDir(w io.Writer, dir string, opts PackOptions) error {
+	aw := NewWriter(w)
+	if err := aw.AddDir(dir, opts); err != nil {
+		return err
+	}
+	if err := aw.Close(); err != nil {
+		return fmt.Errorf("pearchive: pack %s: %w", dir, err)
+	}
+	return nil
+}
+
+// AddDir writes the tree under the directory dir into the Writer's current
+// directory, as [PackDir] writes it at the top of an archive (the same
+// entries, order, limits and errors); opts.MaxDepth counts from there. It
+// lets an archive hold a host directory under a name of its own.
+func (w *Writer) AddDir(dir string, opts PackOptions) error {
 	opts.MaxDepth = pick(opts.MaxDepth, defaultMaxDepth)
 	if opts.MaxFiles <= 0 {
 		opts.MaxFiles = math.MaxInt
@@ -48,14 +63,8 @@ func PackDir(w io.Writer, dir string, opts PackOptions) error {
 		return fmt.Errorf("pearchive: pack: %w", err)
 	}
 	defer root.Close()
-	p := &packer{aw: NewWriter(w), opts: opts, base: dir}
-	if err := p.dir(root, "", 0); err != nil {
-		return err
-	}
-	if err := p.aw.Close(); err != nil {
-		return fmt.Errorf("pearchive: pack %s: %w", dir, err)
-	}
-	return nil
+	p := &packer{aw: w, opts: opts, base: dir}
+	return p.dir(root, "", 0)
 }
 
 type packer struct {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -97,6 +98,35 @@ func TestPackDirSortedAndSkipsSpecialFiles(t *testing.T) {
 	if !bytes.Equal(buf.Bytes(), want) {
 		got, _ := ReadAll(buf.Bytes(), Limits{})
 		t.Errorf("PackDir wrote %q, want the sorted regular files and dirs only", got)
+	}
+}
+
+// TestWriterAddDir checks a directory packed into a Writer's subdirectory
+// is PackDir's output framed by that directory's Dir and Pop.
+func TestWriterAddDir(t *testing.T) {
+	src := t.TempDir()
+	makeTree(t, src, map[string]string{"a": "1", "c/z": "zz", "c/y": "<dir>"})
+	var packed bytes.Buffer
+	if err := PackDir(&packed, src, PackOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	aw := NewWriter(&buf)
+	aw.File("stdout", 2, strings.NewReader("hi"))
+	aw.Dir("dir")
+	if err := aw.AddDir(src, PackOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	aw.Pop()
+	if err := aw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := cat(fileMsg("stdout", "hi"), dirMsg("dir"), packed.Bytes(), popMsg)
+	if !bytes.Equal(buf.Bytes(), want) {
+		t.Errorf("AddDir wrote %q, want %q", buf.Bytes(), want)
+	}
+	if err := NewWriter(io.Discard).AddDir(filepath.Join(src, "missing"), PackOptions{}); err == nil {
+		t.Error("AddDir of a missing directory: no error")
 	}
 }
 

@@ -337,20 +337,13 @@ func packOutputs(w io.Writer, res *engine.RunResult, outputDir string) error {
 	aw := pearchive.NewWriter(w)
 	aw.File("stdout", int64(len(res.Stdout)), bytes.NewReader(res.Stdout))
 	aw.File("stderr", int64(len(res.Stderr)), bytes.NewReader(res.Stderr))
-	if err := aw.Close(); err != nil {
+	aw.Dir("dir")
+	if err := aw.AddDir(outputDir, pearchive.PackOptions{}); err != nil {
 		return err
 	}
-	// PackDir writes a directory's entries at the top level; framing them
-	// with a Dir "dir" message and a Pop nests them, as the format is a
-	// flat stream of messages.
-	if _, err := w.Write(append([]byte{0x02}, "dir\x00"...)); err != nil {
-		return err
-	}
-	if err := pearchive.PackDir(w, outputDir, pearchive.PackOptions{}); err != nil {
-		return err
-	}
-	_, err := w.Write([]byte{0x03})
-	return err
+	aw.Pop()
+	// The Writer's errors are sticky: Close reports any of the above.
+	return aw.Close()
 }
 
 // queueError maps a queue refusal to 503.
