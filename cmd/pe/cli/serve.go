@@ -149,17 +149,9 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	source := &engine.CacheSource{Cache: cache, Options: popts}
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
-	eng, err := engine.New(engine.Options{
-		Images:        source,
-		VMM:           f.vmm,
-		Accel:         f.accel,
-		Kernel:        f.kernel,
-		InitBinary:    f.init,
-		CacheDir:      engineCacheDir(f.cacheDir),
-		MaxConcurrent: f.slots,
-		Limits:        lim,
-		Log:           log,
-	})
+	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
+	opts.MaxConcurrent, opts.Log = f.slots, log
+	eng, err := engine.New(opts)
 	if err != nil {
 		return err
 	}
