@@ -477,22 +477,28 @@ func (c *Cache) ensure(ctx context.Context, src *source, o *pullConfig) (*Cached
 // digest as Flatten reads it.
 func flattenSource(ctx context.Context, w *erofs.Writer, src *source, o *pullConfig) error {
 	layers, _, check := src.flattenLayers(o, src.ref.Familiar(), 0)
-	if err := Flatten(ctx, w, layers); err != nil {
-		if ctx.Err() == nil {
-			if bad := src.findCorrupt(); bad != nil {
-				return bad
-			}
-		}
-		return fmt.Errorf("converting %s: %w", src.ref.Familiar(), err)
+	err := Flatten(ctx, w, layers)
+	if err != nil {
+		err = fmt.Errorf("converting %s: %w", src.ref.Familiar(), err)
+	} else if err = check(); err == nil {
+		return nil
 	}
-	return check()
+	if ctx.Err() == nil {
+		if bad := src.findCorrupt(); bad != nil {
+			return bad
+		}
+	}
+	return err
 }
 
 // findCorrupt reads every layer of src again and returns an
 // ErrDigestMismatch error for the first whose content does not match its
 // digest. A corrupt compressed blob usually makes the decompressor or the
 // tar reader fail before the end of the stream, where the digest is
-// checked; this turns that confusing error into the real cause.
+// checked; this turns that confusing error into the real cause. A corrupt
+// cached copy of a registry blob (damaged on disk after it was verified)
+// is removed, so that the next pull downloads it again instead of failing
+// the same way for ever.
 func (src *source) findCorrupt() error {
 	for _, l := range src.layers {
 		if l.open == nil {
@@ -509,6 +515,12 @@ func (src *source) findCorrupt() error {
 		_, err = io.Copy(io.Discard, vr)
 		vr.Close()
 		if errors.Is(err, ErrDigestMismatch) {
+			if l.cached != "" {
+				if rerr := os.Remove(l.cached); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+					return fmt.Errorf("%w (removing the corrupt cached copy %s: %v)", err, l.cached, rerr)
+				}
+				return fmt.Errorf("%w (the cached copy was corrupt and is removed: pull again to download it)", err)
+			}
 			return err
 		}
 	}
@@ -675,6 +687,7 @@ func (c *Cache) fetchBlobs(ctx context.Context, src *source, o *pullConfig) erro
 		}
 		path := c.blobPath(l.digest)
 		l.open = func() (io.ReadCloser, error) { return os.Open(path) }
+		l.cached = path
 		if fi, err := os.Stat(path); err == nil && fi.Size() == l.size {
 			continue
 		}

@@ -19,6 +19,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 func TestPullByTagAndDigest(t *testing.T) {
@@ -525,4 +527,135 @@ func mustManifest(t *testing.T, img v1.Image) *v1.Manifest {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestCorruptCachedBlob checks that a cached layer blob damaged on disk
+// after it was verified fails the conversion with ErrDigestMismatch, is
+// removed, and is downloaded again by the next pull.
+func TestCorruptCachedBlob(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "rot:1", img)
+	c := testCache(t)
+	got, err := c.Get(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Flip a byte of a blob, and lose the image (as if another image had
+	// kept the blob while this one was removed).
+	blob := c.blobPath(layerDigests(t, img)[1])
+	b, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(blob, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(c.imageDir(got.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Pull(t.Context(), ref, PullOptions{})
+	if !errors.Is(err, ErrDigestMismatch) || !strings.Contains(err.Error(), "pull again") {
+		t.Fatalf("pull with a corrupt cached blob: %v, want ErrDigestMismatch saying to pull again", err)
+	}
+	if _, err := os.Stat(blob); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the corrupt blob is still cached: %v", err)
+	}
+	got, err = c.Pull(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatalf("second pull: %v", err)
+	}
+	if diff := cmp.Diff(baseFiles, readImageFiles(t, got.EROFSPath)); diff != "" {
+		t.Errorf("image files (-want +got):\n%s", diff)
+	}
+}
+
+// TestRegistryAnswers checks the registry behaviours TestAuth and
+// TestRetryAndNotFound leave out: a 403, server errors that stop, docker
+// Hub's anonymous bearer token dance, and an uncompressed layer.
+func TestRegistryAnswers(t *testing.T) {
+	plain := static.NewLayer(fakeTar(t, fakeEntry{name: "plain.txt", body: "uncompressed\n"}), types.OCIUncompressedLayer)
+	gz := fakeLayer(t, false, fakeEntry{name: "gz.txt", body: "gzip\n"})
+	img := fakeImage(t, DefaultPlatform(), gz, plain)
+	wantFiles := map[string]string{"gz.txt": "gzip\n", "plain.txt": "uncompressed\n"}
+	tests := []struct {
+		name string
+		// wrap filters the registry's requests; n counts the requests
+		// it has seen.
+		wrap    func(host string, n int, w http.ResponseWriter, r *http.Request) bool
+		wantErr error  // nil: the pull succeeds
+		wantMsg string // in the error
+	}{
+		{
+			name: "403 denied",
+			wrap: func(_ string, _ int, w http.ResponseWriter, r *http.Request) bool {
+				if !strings.Contains(r.URL.Path, "/manifests/") {
+					return false
+				}
+				http.Error(w, `{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}`, http.StatusForbidden)
+				return true
+			},
+			wantErr: ErrUnauthorized,
+			wantMsg: "docker login",
+		},
+		{
+			name: "503 twice, then 200",
+			wrap: func(_ string, n int, w http.ResponseWriter, r *http.Request) bool {
+				if n >= 2 || r.URL.Path == "/v2/" {
+					return false
+				}
+				http.Error(w, "try later", http.StatusServiceUnavailable)
+				return true
+			},
+		},
+		{
+			name: "anonymous bearer token",
+			wrap: func(host string, _ int, w http.ResponseWriter, r *http.Request) bool {
+				switch {
+				case r.URL.Path == "/token":
+					if r.URL.Query().Get("service") != "fake" || !strings.Contains(r.URL.Query().Get("scope"), ":pull") {
+						http.Error(w, "bad token request "+r.URL.RawQuery, http.StatusBadRequest)
+						return true
+					}
+					w.Header().Set("Content-Type", "application/json")
+					w.Write([]byte(`{"token":"anon","expires_in":300}`))
+					return true
+				case r.Header.Get("Authorization") == "Bearer anon":
+					return false
+				}
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="fake"`, host))
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}`, http.StatusUnauthorized)
+				return true
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fr := newFakeRegistry(t)
+			ref := fr.push(t, "answers:1", img)
+			var mu sync.Mutex
+			n := 0
+			fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+				mu.Lock()
+				i := n
+				n++
+				mu.Unlock()
+				return tt.wrap(fr.host, i, w, r)
+			})
+			got, err := testCache(t).Get(t.Context(), ref, PullOptions{})
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) || !strings.Contains(err.Error(), tt.wantMsg) {
+					t.Fatalf("Get: %v, want %v containing %q", err, tt.wantErr, tt.wantMsg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(wantFiles, readImageFiles(t, got.EROFSPath)); diff != "" {
+				t.Errorf("image files (-want +got):\n%s", diff)
+			}
+		})
+	}
 }

@@ -208,6 +208,9 @@ type layer struct {
 	// fetch, for registry layers, streams the blob from the registry into
 	// the cache (ggcr verifies it too); open then reads the cached copy.
 	fetch func() (io.ReadCloser, error)
+	// cached is the path of the cached copy open reads, for registry
+	// layers; "" otherwise.
+	cached string
 }
 
 // checkLayerMediaType refuses layers pe cannot flatten. Flatten recognises
