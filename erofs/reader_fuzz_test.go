@@ -22,12 +22,29 @@ func FuzzReader(f *testing.F) {
 	f.Add(readerSynthImage(9, true).img)
 	f.Add(readerSynthImage(10, false).img)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fsys, err := Open(bytes.NewReader(data))
+		fsys, err := Open(boundedReaderAt{t, bytes.NewReader(data)})
 		if err != nil {
 			return
 		}
 		readerFuzzWalk(t, fsys)
 	})
+}
+
+// boundedReaderAt fails the test when the reader asks for bytes outside
+// the image: every offset taken from an image must be checked against its
+// size before it is read, so a fuzzed image never leads a read astray.
+type boundedReaderAt struct {
+	t testing.TB
+	r *bytes.Reader
+}
+
+func (b boundedReaderAt) Size() int64 { return b.r.Size() }
+
+func (b boundedReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > b.r.Size() || int64(len(p)) > b.r.Size()-off {
+		b.t.Fatalf("read of %d bytes at offset %d outside the %d-byte image", len(p), off, b.r.Size())
+	}
+	return b.r.ReadAt(p, off)
 }
 
 // readerFuzzWalk visits at most 2000 entries, 32 directories deep, each
