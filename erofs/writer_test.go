@@ -258,3 +258,92 @@ func FuzzWriter(f *testing.F) {
 		}
 	})
 }
+
+// TestWriterFormatChoices checks the on-disk choices the round trips cannot
+// see: compact inodes where the format allows them and extended ones where
+// it does not, file tails packed inline, attributes carried by several
+// inodes moved to the shared area, and the superblock checksum.
+func TestWriterFormatChoices(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
+	shared := map[string][]byte{"user.shared": []byte("on two files")}
+	s := &treeSpec{}
+	// Most inodes carry t0, so it becomes the build time and they can be
+	// compact.
+	s.add(Entry{Path: "/", Mode: fs.ModeDir | 0o755, ModTime: t0}, nil)
+	s.add(Entry{Path: "plain", Mode: 0o644, ModTime: t0}, []byte("small"))
+	s.add(Entry{Path: "tail", Mode: 0o644, ModTime: t0}, bytes.Repeat([]byte("t"), 5000))
+	s.add(Entry{Path: "whole-blocks", Mode: 0o644, ModTime: t0}, bytes.Repeat([]byte("b"), 8192))
+	s.add(Entry{Path: "big-tail", Mode: 0o644, ModTime: t0}, bytes.Repeat([]byte("x"), 4095))
+	s.add(Entry{Path: "uid", Mode: 0o644, UID: 70000, ModTime: t0}, []byte("u"))
+	s.add(Entry{Path: "gid", Mode: 0o644, GID: 70000, ModTime: t0}, []byte("g"))
+	s.add(Entry{Path: "nsec", Mode: 0o644, ModTime: t0.Add(time.Nanosecond)}, []byte("n"))
+	s.add(Entry{Path: "shared1", Mode: 0o644, ModTime: t0, Xattrs: shared}, []byte("1"))
+	s.add(Entry{Path: "shared2", Mode: 0o644, ModTime: t0, Xattrs: shared}, []byte("2"))
+	s.add(Entry{Path: "own", Mode: 0o644, ModTime: t0, Xattrs: map[string][]byte{"user.own": []byte("only here")}}, []byte("o"))
+	img := s.write(t, WriterOptions{})
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	sb := unmarshalSuperBlock(b[superOffset:])
+	if sb.FeatureCompat&featureCompatSBChecksum == 0 {
+		t.Error("superblock checksum feature not set")
+	}
+	if want := superBlockChecksum(b, 1<<sb.BlkSzBits); sb.Checksum != want {
+		t.Errorf("superblock checksum %#08x, want %#08x", sb.Checksum, want)
+	}
+	if got, want := time.Unix(int64(sb.BuildTime), int64(sb.BuildTimeNsec)), t0; !got.Equal(want) {
+		t.Errorf("build time %v, want the most common mtime %v", got, want)
+	}
+
+	type choice struct {
+		Extended bool
+		Layout   int
+		Shared   int // shared xattr ids in the inode's xattr header
+		Inline   int // inline xattrs
+	}
+	fsys := readerOpenFile(t, img)
+	got := map[string]choice{}
+	for _, name := range []string{"plain", "tail", "whole-blocks", "big-tail", "uid", "gid", "nsec", "shared1", "shared2", "own"} {
+		fi, err := fsys.Lstat(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*Stat)
+		c := choice{Extended: st.Extended, Layout: st.Layout, Inline: len(st.Xattrs)}
+		if len(st.Xattrs) > 0 {
+			// erofs_xattr_ibody_header follows the inode: h_shared_count
+			// is its fifth byte.
+			pos := int64(sb.MetaBlkAddr)<<sb.BlkSzBits + int64(st.Nid)*32 + int64(inodeSizeOf(st))
+			c.Shared = int(b[pos+4])
+			c.Inline -= c.Shared
+		}
+		got[name] = c
+	}
+	want := map[string]choice{
+		"plain":        {Layout: layoutFlatInline},
+		"tail":         {Layout: layoutFlatInline},
+		"whole-blocks": {Layout: layoutFlatPlain},
+		// 4095 bytes and a 32-byte inode do not fit in one block.
+		"big-tail": {Layout: layoutFlatPlain},
+		"uid":      {Extended: true, Layout: layoutFlatInline},
+		"gid":      {Extended: true, Layout: layoutFlatInline},
+		"nsec":     {Extended: true, Layout: layoutFlatInline},
+		"shared1":  {Layout: layoutFlatInline, Shared: 1},
+		"shared2":  {Layout: layoutFlatInline, Shared: 1},
+		"own":      {Layout: layoutFlatInline, Inline: 1},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("format choices (-want +got):\n%s", diff)
+	}
+}
+
+// inodeSizeOf is the on-disk size of the inode st describes.
+func inodeSizeOf(st *Stat) int {
+	if st.Extended {
+		return extendedInodeSize
+	}
+	return compactInodeSize
+}

@@ -477,6 +477,29 @@ func TestBuildEROFSKeepsOldOutputOnError(t *testing.T) {
 	assertNoTemp(t, dir)
 }
 
+func TestBuildEROFSOutputIsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "in.tar")
+	if err := os.WriteFile(src, richTar(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	err := BuildEROFS(t.Context(), src, out, BuildOptions{})
+	if !errors.Is(err, unix.EISDIR) {
+		t.Fatalf("BuildEROFS to a directory: %v, want EISDIR", err)
+	}
+	if want := "output " + out + ": is a directory"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not contain %q", err, want)
+	}
+	if left, _ := os.ReadDir(out); len(left) > 0 {
+		t.Errorf("files written into the directory: %v", left)
+	}
+	assertNoTemp(t, dir)
+}
+
 func TestBuildEROFSCanceled(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "in.tar")

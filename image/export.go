@@ -83,6 +83,9 @@ func writeEROFSFile(ctx context.Context, out string, build BuildOptions, fill fu
 	if out == "" {
 		return errors.New("no output file given")
 	}
+	if err := checkOutput(out); err != nil {
+		return err
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(out), ".pe-build-*")
 	if err != nil {
 		return err
@@ -107,6 +110,16 @@ func writeEROFSFile(ctx context.Context, out string, build BuildOptions, fill fu
 		return fmt.Errorf("writing %s: %w", out, err)
 	}
 	return finishFile(ctx, tmp, out, build.Durable)
+}
+
+// checkOutput refuses an output path that is an existing directory before
+// any work is done; otherwise the rename at the end would fail only after
+// the whole image was built, with a less helpful message.
+func checkOutput(out string) error {
+	if fi, err := os.Stat(out); err == nil && fi.IsDir() {
+		return fmt.Errorf("output %s: %w", out, unix.EISDIR)
+	}
+	return nil
 }
 
 // finishFile makes the complete temporary file tmp the file out.
@@ -134,6 +147,9 @@ func finishFile(ctx context.Context, tmp *os.File, out string, durable bool) err
 
 // copyFileAtomic copies src to dst through a temporary file.
 func copyFileAtomic(ctx context.Context, src, dst string) (err error) {
+	if err := checkOutput(dst); err != nil {
+		return err
+	}
 	in, err := os.Open(src)
 	if err != nil {
 		return err
