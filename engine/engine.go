@@ -20,6 +20,7 @@ import (
 
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/guest/initramfs"
 	"github.com/pe-project/pe/vmm"
 	"github.com/pe-project/pe/vmm/qemu"
 )
@@ -419,11 +420,11 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 // initramfs returns the initramfs for the VMM of choice, building it
 // into the cache the first time.
 func (e *Engine) initramfs(choice *Choice) (string, error) {
-	var modules []string // nil: guest.DefaultModules
+	var modules []string // nil: initramfs.DefaultModules
 	if choice.VMM == qemu.Name {
-		modules = guest.MMIOModules
+		modules = initramfs.MMIOModules
 	}
-	return guest.InitramfsPath(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, modules)
+	return initramfs.Path(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, modules)
 }
 
 // newWorkDir makes a run directory, owned by this process.

@@ -47,6 +47,6 @@
 // fresh I/O file of the size the snapshot's guest saw.
 //
 // The guest init itself lives in package guest/guestinit and the command
-// guest/cmd/pe-init; [BuildInitramfs] packs it with the kernel modules it
+// guest/cmd/pe-init; package guest/initramfs packs it with the kernel modules it
 // needs.
 package guest

@@ -26,6 +26,15 @@ const (
 	DefaultIODevice = "/dev/vdb"
 )
 
+// Paths inside the initramfs the init relies on (package
+// guest/initramfs writes them).
+const (
+	// ModulesDir holds <name>.ko for every module to load.
+	ModulesDir = "/lib/modules"
+	// ModulesOrder lists the module names, one a line, in load order.
+	ModulesOrder = "/lib/modules/order"
+)
+
 // The snapshot hand-shake on the console (see [CmdlineSnapshot]).
 const (
 	// SnapshotReady is the line the init writes when the host may pause

@@ -1,8 +1,8 @@
 #!/bin/sh
 # bench-run.sh: the cost of one `pe run IMAGE true` on a cached image against
 # the floor, a bare QEMU boot of the same kernel, with the same machine and
-# flags as pe's, whose init (scripts/benchfloor, about pe-init's size) powers
-# the VM off at once. Runs alternate between the two, N each (default 7);
+# flags as pe's, whose init (scripts/benchfloor/floorinit, the smallest Go
+# init) powers the VM off at once. Runs alternate between the two, N each (default 7);
 # the script prints medians as markdown tables, then the median of each phase
 # pe run --json reports.
 #
@@ -43,8 +43,8 @@ accel=$(printf '%s' "$choice" | sed -n 's/.*"accel":"\([^"]*\)".*/\1/p')
 KERNEL=$("$PE" doctor --json --accel "$accel" | sed -n 's/^  "kernel_image": "\(.*\)",$/\1/p')
 [ -n "$KERNEL" ] || KERNEL=$KDIR/vmlinuz
 
-CGO_ENABLED=0 $GO build -ldflags='-s -w' -o "$tmp/floor" ./scripts/benchfloor
-"$tmp/floor" -o "$tmp/floor.cpio"
+CGO_ENABLED=0 $GO build -ldflags='-s -w' -o "$tmp/floorinit" ./scripts/benchfloor/floorinit
+$GO run ./scripts/benchfloor -init "$tmp/floorinit" -o "$tmp/floor.cpio"
 
 # The floor's QEMU command: vmm/qemu's Args for the same config.
 if [ "$accel" = kvm ]; then

@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/guest/initramfs"
 )
 
 // The VM tests boot Debian's cloud kernel under QEMU (TCG here: a few seconds
-// a boot) with the real pe-init, an initramfs from BuildInitramfs and a
+// a boot) with the real pe-init, an initramfs from initramfs.Build and a
 // busybox image, and check what comes back through the I/O file. They skip
 // when QEMU, the kernel (scripts/get-kernel.sh), busybox-static or
 // mkfs.erofs is missing, and under -short.
@@ -92,7 +93,7 @@ func buildFixture(dir, kdir, busybox string) error {
 		return fmt.Errorf("build pe-init: %v\n%s", err, out)
 	}
 	fixture.initramfs = filepath.Join(dir, "initramfs.cpio")
-	if err := guest.BuildInitramfs(fixture.initramfs, initBin, filepath.Join(kdir, "modules"), nil); err != nil {
+	if err := initramfs.Build(fixture.initramfs, initBin, filepath.Join(kdir, "modules"), nil); err != nil {
 		return err
 	}
 	fixture.kernel = filepath.Join(kdir, "vmlinuz")

@@ -5,6 +5,7 @@ import (
 	"go/token"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -177,6 +178,42 @@ func TestLayersCheck(t *testing.T) {
 	} {
 		if got := allowed(tt.from, tt.to); got != tt.want {
 			t.Errorf("%s importing %s allowed = %v, want %v", tt.from, tt.to, got, tt.want)
+		}
+	}
+}
+
+// TestGuestInitStaysSmall keeps host-only code out of the guest init: every
+// package pe-init links adds start-up time in the VM, paid twice per run
+// (PID 1 and the sandbox's stage-2 child) and emulated under TCG.
+func TestGuestInitStaysSmall(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("the go command is not on PATH: cannot list pe-init's packages")
+	}
+	cmd := exec.CommandContext(t.Context(), goBin, "list", "-deps", "./guest/cmd/pe-init")
+	cmd.Dir = moduleRoot(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps ./guest/cmd/pe-init: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, module+"/guest/guestinit") {
+		t.Fatalf("go list found no guest/guestinit among pe-init's packages: %q", deps)
+	}
+	// The host's side of the guest (the initramfs builder) and what only
+	// it needs: decompressors, the cpio writer, the ELF reader.
+	forbidden := []string{
+		module + "/guest/initramfs",
+		"github.com/u-root/u-root/pkg/cpio",
+		"github.com/klauspost/compress/zstd",
+		"github.com/ulikunitz/xz",
+		"debug/elf",
+		"crypto/sha256",
+	}
+	for _, f := range forbidden {
+		if slices.Contains(deps, f) {
+			t.Errorf("pe-init links %s, a host-side package: keep it out of package guest and guest/guestinit", f)
 		}
 	}
 }

@@ -1,10 +1,11 @@
-// Command benchfloor is the floor of scripts/bench-run.sh: as PID 1 of a VM
-// it powers the VM off at once; run anywhere else with -o it writes an
-// initramfs holding itself as /init (with pe's initramfs builder, no
-// modules), so that booting that initramfs measures the kernel's boot and
-// the VMM's start and stop, and nothing of pe's.
+// Command benchfloor writes the initramfs of scripts/bench-run.sh's floor
+// with pe's initramfs builder (no modules): its /init is INIT, built from
+// scripts/benchfloor/floorinit, which powers the VM off at once, so that
+// booting it measures the kernel's boot and the VMM's start and stop, and
+// nothing of pe's.
 //
-//	CGO_ENABLED=0 go build -o floor ./scripts/benchfloor && ./floor -o floor.cpio
+//	CGO_ENABLED=0 go build -ldflags='-s -w' -o floorinit ./scripts/benchfloor/floorinit
+//	go run ./scripts/benchfloor -init floorinit -o floor.cpio
 package main
 
 import (
@@ -12,30 +13,18 @@ import (
 	"fmt"
 	"os"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/guest/initramfs"
 )
 
 func main() {
-	if os.Getpid() == 1 {
-		unix.Sync()
-		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-		// A VMM without power-off support: reboot, which -no-reboot ends.
-		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
-		select {}
-	}
 	out := flag.String("o", "", "the initramfs to write")
+	init := flag.String("init", "", "the static init binary to pack as /init")
 	flag.Parse()
-	if *out == "" {
-		fmt.Fprintln(os.Stderr, "usage: benchfloor -o OUT.cpio")
+	if *out == "" || *init == "" {
+		fmt.Fprintln(os.Stderr, "usage: benchfloor -init INIT -o OUT.cpio")
 		os.Exit(2)
 	}
-	self, err := os.Executable()
-	if err == nil {
-		err = guest.BuildInitramfs(*out, self, "", []string{})
-	}
-	if err != nil {
+	if err := initramfs.Build(*out, *init, "", []string{}); err != nil {
 		fmt.Fprintln(os.Stderr, "benchfloor:", err)
 		os.Exit(1)
 	}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/pe-project/pe/engine"
 	"github.com/pe-project/pe/erofs"
-	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/guest/initramfs"
 	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 	"github.com/pe-project/pe/vmm/cloudhypervisor"
@@ -153,7 +153,7 @@ func doctor(ctx context.Context, vf *vmFlags, cacheDir string) *doctorReport {
 	}
 	if kerr == nil && ierr == nil {
 		start := time.Now()
-		p, err := guest.InitramfsPath(filepath.Join(cacheDir, "initramfs"), kernel.ID(), initPath, kernel.ModulesDir, nil)
+		p, err := initramfs.Path(filepath.Join(cacheDir, "initramfs"), kernel.ID(), initPath, kernel.ModulesDir, nil)
 		if err != nil {
 			add(doctorCheck{Name: "initramfs", Required: true, Detail: err.Error(), Fix: "make kernel (the kernel's modules are missing or broken), then make build"})
 		} else {

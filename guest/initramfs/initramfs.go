@@ -1,4 +1,4 @@
-package guest
+package initramfs
 
 import (
 	"bufio"
@@ -18,12 +18,14 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 	"github.com/ulikunitz/xz"
+
+	"github.com/pe-project/pe/guest"
 )
 
 // DefaultModules are the kernel modules the guest init needs, by module
 // name: the virtio transports (MMIO for QEMU microvm, PCI for
 // cloud-hypervisor), the virtio disk driver and the two file systems of the
-// container root. Their dependencies are added by [BuildInitramfs]; modules
+// container root. Their dependencies are added by [Build]; modules
 // the kernel has built in are skipped. The rest the init relies on (tmpfs,
 // devtmpfs, cgroup v2 with memory and pids, user and PID namespaces, the
 // 8250 serial console) is built into Debian's cloud kernel.
@@ -35,15 +37,7 @@ var DefaultModules = []string{"virtio_mmio", "virtio_pci", "virtio_blk", "erofs"
 // its machine has.
 var MMIOModules = []string{"virtio_mmio", "virtio_blk", "erofs", "overlay"}
 
-// Paths inside the initramfs the init relies on.
-const (
-	// ModulesDir holds <name>.ko for every module to load.
-	ModulesDir = "/lib/modules"
-	// ModulesOrder lists the module names, one a line, in load order.
-	ModulesOrder = "/lib/modules/order"
-)
-
-// initramfsFormat changes whenever BuildInitramfs's output changes for the
+// initramfsFormat changes whenever Build's output changes for the
 // same inputs, so cached initramfs files from older builds are not reused.
 const initramfsFormat = "pe-initramfs-1"
 
@@ -274,21 +268,21 @@ func resolveModules(dir string, names []string) ([]*module, error) {
 	return order, nil
 }
 
-// BuildInitramfs writes an uncompressed newc cpio archive to out holding
+// Build writes an uncompressed newc cpio archive to out holding
 // the static guest init as /init, the requested kernel modules and their
 // dependencies as /lib/modules/<name>.ko (decompressed), /lib/modules/order
 // listing them in load order (dependencies first), /dev/console and
 // /dev/null so the init has a console before it mounts devtmpfs, and the
-// empty directories the init mounts on. modulesDir is a kernel's module tree
+// empty directories the init mounts on. modulesTree is a kernel's module tree
 // (lib/modules/<release>/kernel, searched recursively; "" when every module
 // is built in); modules nil means [DefaultModules]. Modules listed in
 // modules.builtin (in modulesDir or beside it) need no file. The archive
 // is reproducible: same inputs, same bytes. out appears only when complete.
-func BuildInitramfs(out string, initBinary string, modulesDir string, modules []string) (err error) {
+func Build(out string, initBinary string, modulesTree string, modules []string) (err error) {
 	if modules == nil {
 		modules = DefaultModules
 	}
-	mods, err := resolveModules(modulesDir, modules)
+	mods, err := resolveModules(modulesTree, modules)
 	if err != nil {
 		return fmt.Errorf("build initramfs: %w", err)
 	}
@@ -300,6 +294,8 @@ func BuildInitramfs(out string, initBinary string, modulesDir string, modules []
 		return fmt.Errorf("build initramfs: guest init %s is not an ELF executable", initBinary)
 	}
 
+	// cpio names are relative to the archive's root.
+	modulesDir := strings.TrimPrefix(guest.ModulesDir, "/")
 	var recs []cpio.Record
 	for _, d := range []string{"dev", "proc", "sys", "run", "mnt", "tmp", "lib", "lib/modules"} {
 		recs = append(recs, cpio.Directory(d, 0o755))
@@ -311,10 +307,10 @@ func BuildInitramfs(out string, initBinary string, modulesDir string, modules []
 	)
 	var order strings.Builder
 	for _, m := range mods {
-		recs = append(recs, cpio.StaticRecord(m.content, cpio.Info{Name: "lib/modules/" + m.name + ".ko", Mode: cpio.S_IFREG | 0o644}))
+		recs = append(recs, cpio.StaticRecord(m.content, cpio.Info{Name: modulesDir + "/" + m.name + ".ko", Mode: cpio.S_IFREG | 0o644}))
 		order.WriteString(m.name + "\n")
 	}
-	recs = append(recs, cpio.StaticFile("lib/modules/order", order.String(), 0o644))
+	recs = append(recs, cpio.StaticFile(strings.TrimPrefix(guest.ModulesOrder, "/"), order.String(), 0o644))
 	for i := range recs {
 		recs[i].Ino = uint64(i + 1)
 		recs[i].NLink = 1
@@ -353,14 +349,14 @@ func BuildInitramfs(out string, initBinary string, modulesDir string, modules []
 	return nil
 }
 
-// InitramfsPath returns an initramfs for the kernel identified by kernelID
+// Path returns an initramfs for the kernel identified by kernelID
 // (its release, e.g. the version file of the kernel directory) with the
 // guest init initBinary and modules (nil = [DefaultModules]) from
 // modulesDir, building it into cacheDir when it is not there yet. The cache
 // key covers the kernel, the module list and the init's contents, so a new
 // pe build or kernel gets a new file; concurrent callers may both build,
 // and the atomic rename makes either result the one kept.
-func InitramfsPath(cacheDir, kernelID, initBinary, modulesDir string, modules []string) (string, error) {
+func Path(cacheDir, kernelID, initBinary, modulesDir string, modules []string) (string, error) {
 	if modules == nil {
 		modules = DefaultModules
 	}
@@ -382,7 +378,7 @@ func InitramfsPath(cacheDir, kernelID, initBinary, modulesDir string, modules []
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return "", fmt.Errorf("initramfs: %w", err)
 	}
-	if err := BuildInitramfs(p, initBinary, modulesDir, modules); err != nil {
+	if err := Build(p, initBinary, modulesDir, modules); err != nil {
 		return "", err
 	}
 	return p, nil

@@ -1,4 +1,4 @@
-package guest
+package initramfs
 
 import (
 	"bytes"
@@ -165,7 +165,7 @@ func TestResolveModules(t *testing.T) {
 	}
 }
 
-// fakeInit is enough of an ELF file for BuildInitramfs.
+// fakeInit is enough of an ELF file for Build.
 var fakeInit = []byte("\x7fELF pretend static init")
 
 func readCPIO(t *testing.T, p string) map[string]cpio.Record {
@@ -195,7 +195,7 @@ func recordContent(t *testing.T, r cpio.Record) string {
 	return string(b)
 }
 
-func TestBuildInitramfs(t *testing.T) {
+func TestBuild(t *testing.T) {
 	dir := t.TempDir()
 	a := writeModule(t, dir, "a.ko.xz", "b")
 	b := writeModule(t, dir, "b.ko", "")
@@ -204,7 +204,7 @@ func TestBuildInitramfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "initramfs.cpio")
-	if err := BuildInitramfs(out, initPath, filepath.Join(dir, "kernel"), []string{"a"}); err != nil {
+	if err := Build(out, initPath, filepath.Join(dir, "kernel"), []string{"a"}); err != nil {
 		t.Fatal(err)
 	}
 	recs := readCPIO(t, out)
@@ -245,7 +245,7 @@ func TestBuildInitramfs(t *testing.T) {
 
 	// Same inputs, same bytes.
 	out2 := filepath.Join(dir, "again.cpio")
-	if err := BuildInitramfs(out2, initPath, filepath.Join(dir, "kernel"), []string{"a"}); err != nil {
+	if err := Build(out2, initPath, filepath.Join(dir, "kernel"), []string{"a"}); err != nil {
 		t.Fatal(err)
 	}
 	b1, _ := os.ReadFile(out)
@@ -256,14 +256,14 @@ func TestBuildInitramfs(t *testing.T) {
 
 	// Failures leave nothing behind.
 	bad := filepath.Join(dir, "bad.cpio")
-	if err := BuildInitramfs(bad, initPath, filepath.Join(dir, "kernel"), []string{"nope"}); !errors.Is(err, ErrModuleNotFound) {
+	if err := Build(bad, initPath, filepath.Join(dir, "kernel"), []string{"nope"}); !errors.Is(err, ErrModuleNotFound) {
 		t.Errorf("missing module: %v", err)
 	}
-	if err := BuildInitramfs(bad, filepath.Join(dir, "kernel", "drivers", "b.ko"), filepath.Join(dir, "kernel"), []string{"b"}); err != nil {
+	if err := Build(bad, filepath.Join(dir, "kernel", "drivers", "b.ko"), filepath.Join(dir, "kernel"), []string{"b"}); err != nil {
 		t.Errorf("an ELF module as init: %v", err) // it is an ELF file: accepted
 	}
 	os.Remove(bad)
-	if err := BuildInitramfs(bad, filepath.Join(dir, "initramfs.cpio"), "", []string{}); err == nil || !strings.Contains(err.Error(), "not an ELF") {
+	if err := Build(bad, filepath.Join(dir, "initramfs.cpio"), "", []string{}); err == nil || !strings.Contains(err.Error(), "not an ELF") {
 		t.Errorf("non-ELF init: %v", err)
 	}
 	if _, err := os.Stat(bad); !errors.Is(err, os.ErrNotExist) {
@@ -271,7 +271,7 @@ func TestBuildInitramfs(t *testing.T) {
 	}
 }
 
-func TestInitramfsPath(t *testing.T) {
+func TestPath(t *testing.T) {
 	dir := t.TempDir()
 	writeModule(t, dir, "b.ko", "")
 	initPath := filepath.Join(dir, "pe-init")
@@ -280,7 +280,7 @@ func TestInitramfsPath(t *testing.T) {
 	}
 	cache := filepath.Join(dir, "cache")
 	mods := filepath.Join(dir, "kernel")
-	p1, err := InitramfsPath(cache, "6.1.0-test", initPath, mods, []string{"b"})
+	p1, err := Path(cache, "6.1.0-test", initPath, mods, []string{"b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ func TestInitramfsPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2, err := InitramfsPath(cache, "6.1.0-test", initPath, mods, []string{"b"})
+	p2, err := Path(cache, "6.1.0-test", initPath, mods, []string{"b"})
 	if err != nil || p2 != p1 {
 		t.Fatalf("second call: %s, %v; want %s", p2, err, p1)
 	}
@@ -296,12 +296,12 @@ func TestInitramfsPath(t *testing.T) {
 		t.Error("a cached initramfs was rebuilt")
 	}
 	for name, change := range map[string]func() (string, error){
-		"kernel":  func() (string, error) { return InitramfsPath(cache, "6.1.0-other", initPath, mods, []string{"b"}) },
-		"modules": func() (string, error) { return InitramfsPath(cache, "6.1.0-test", initPath, mods, []string{}) },
+		"kernel":  func() (string, error) { return Path(cache, "6.1.0-other", initPath, mods, []string{"b"}) },
+		"modules": func() (string, error) { return Path(cache, "6.1.0-test", initPath, mods, []string{}) },
 		"init": func() (string, error) {
 			os.WriteFile(initPath, append(fakeInit, '!'), 0o755)
 			defer os.WriteFile(initPath, fakeInit, 0o755)
-			return InitramfsPath(cache, "6.1.0-test", initPath, mods, []string{"b"})
+			return Path(cache, "6.1.0-test", initPath, mods, []string{"b"})
 		},
 	} {
 		p, err := change()
