@@ -24,10 +24,11 @@ type cgroup struct {
 	fd  int // the directory, for clone3's CLONE_INTO_CGROUP
 }
 
-// newCgroup creates the cgroup name under parent with memory.max and
-// pids.max set, enabling the memory and pids controllers in parent. Every
-// limit must take: a program without them could take the init down.
-func newCgroup(parent, name string, memMax int64, pidsMax int) (*cgroup, error) {
+// newCgroup creates the cgroup name under parent, enabling the memory and
+// pids controllers in parent. Its limits are set by [cgroup.limit], before
+// the program starts: the sandbox's stage-2 child may wait in it, without
+// them, for a request to come.
+func newCgroup(parent, name string) (*cgroup, error) {
 	if err := writeFile(filepath.Join(parent, "cgroup.subtree_control"), "+memory +pids"); err != nil {
 		return nil, fmt.Errorf("cgroup: enable memory and pids controllers: %w", err)
 	}
@@ -35,6 +36,17 @@ func newCgroup(parent, name string, memMax int64, pidsMax int) (*cgroup, error) 
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	return &cgroup{dir: dir, fd: fd}, nil
+}
+
+// limit sets memory.max and pids.max. Every limit must take: a program
+// without them could take the init down.
+func (c *cgroup) limit(memMax int64, pidsMax int) error {
 	for _, s := range []struct{ file, value string }{
 		{"memory.max", strconv.FormatInt(memMax, 10)},
 		{"pids.max", strconv.Itoa(pidsMax)},
@@ -42,22 +54,15 @@ func newCgroup(parent, name string, memMax int64, pidsMax int) (*cgroup, error) 
 		// half-dead process tree running until the time limit.
 		{"memory.oom.group", "1"},
 	} {
-		if err := writeFile(filepath.Join(dir, s.file), s.value); err != nil {
-			os.Remove(dir)
-			return nil, fmt.Errorf("cgroup: set %s: %w", s.file, err)
+		if err := writeFile(filepath.Join(c.dir, s.file), s.value); err != nil {
+			return fmt.Errorf("cgroup: set %s: %w", s.file, err)
 		}
 	}
 	// No swap in the VM, but say so in case a kernel has some.
-	if err := writeFile(filepath.Join(dir, "memory.swap.max"), "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		os.Remove(dir)
-		return nil, fmt.Errorf("cgroup: set memory.swap.max: %w", err)
+	if err := writeFile(filepath.Join(c.dir, "memory.swap.max"), "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cgroup: set memory.swap.max: %w", err)
 	}
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		os.Remove(dir)
-		return nil, fmt.Errorf("cgroup: %w", err)
-	}
-	return &cgroup{dir: dir, fd: fd}, nil
+	return nil
 }
 
 // kill SIGKILLs everything in the cgroup: cgroup.kill where the kernel has

@@ -98,9 +98,61 @@ func (in *vmInit) run() {
 		imageMounted = true
 		return nil
 	}
+	total, err := memTotal()
+	if err != nil {
+		in.log.Infof("%v", err)
+		return
+	}
+	// The sandbox is started with the root sized for the VM's default
+	// limit and owned by the container's root; Configure adapts both to
+	// the request.
+	defaultMem := programMemory(0, total)
+	var iof *guest.IOFile
+	var mem int64
+	var uid, gid int
+	sb := &Sandbox{
+		Root:         vmLayout.root,
+		DevDir:       "/dev",
+		CgroupParent: CgroupRoot,
+		Self:         "/init",
+		Log:          in.log,
+		Prepare: func(usernsFD int) error {
+			t := time.Now()
+			defer func() { mounts += time.Since(t) }()
+			idmapped, err := mountRoot(vmLayout, rootOptions{tmpfsSize: defaultMem / 2, uid: IDBase, gid: IDBase}, usernsFD, in.log)
+			if err != nil {
+				return fmt.Errorf("container root: %w", err)
+			}
+			in.log.Debugf("container root ready (idmapped: %v)", idmapped)
+			return nil
+		},
+		Configure: func(*guest.Request) error {
+			t := time.Now()
+			defer func() { mounts += time.Since(t) }()
+			if err := configureRoot(vmLayout, defaultMem/2, rootOptions{tmpfsSize: mem / 2, uid: uid, gid: gid}); err != nil {
+				return fmt.Errorf("container root: %w", err)
+			}
+			input, err := mkdirInRoot(vmLayout.root, guest.InputDir, 0o755, uid, gid)
+			if err != nil {
+				return err
+			}
+			if err := iof.ExtractInputs(input); err != nil {
+				return err
+			}
+			return chownTree(input, uid, gid)
+		},
+	}
 	if cmd.params[guest.CmdlineSnapshot] == "1" {
 		if err := mountImage(); err != nil {
 			in.log.Infof("%v", err) // no I/O file yet: the host sees the console
+			return
+		}
+		// A restored VM finds the container root made and the sandbox's
+		// child started: under emulation, where every restored VM
+		// translates afresh whatever code it runs, that work is the
+		// larger part of a run.
+		if err := sb.Start(); err != nil {
+			in.log.Infof("%v", err)
 			return
 		}
 		// Timers would fire at once in a VM restored much later.
@@ -121,7 +173,7 @@ func (in *vmInit) run() {
 			return
 		}
 	}
-	iof, err := guest.OpenIOFile(ioDev)
+	iof, err = guest.OpenIOFile(ioDev)
 	if err != nil {
 		in.log.Infof("%v", err)
 		return
@@ -150,42 +202,11 @@ func (in *vmInit) run() {
 			return
 		}
 	}
-	t = time.Now()
-	total, err := memTotal()
-	if err != nil {
-		in.fail(err)
-		return
-	}
-	mem := programMemory(req.MemoryLimit, total)
+	mem = programMemory(req.MemoryLimit, total)
 	req.MemoryLimit = mem
-	uid, gid := outerID(req.UID), outerID(req.GID)
-	mounts += time.Since(t)
+	uid, gid = outerID(req.UID), outerID(req.GID)
+	sb.ShmSize = mem / 4
 
-	sb := &Sandbox{
-		Root:         vmLayout.root,
-		DevDir:       "/dev",
-		CgroupParent: CgroupRoot,
-		Self:         "/init",
-		ShmSize:      mem / 4,
-		Log:          in.log,
-		Prepare: func(usernsFD int) error {
-			t := time.Now()
-			defer func() { mounts += time.Since(t) }()
-			idmapped, err := mountRoot(vmLayout, rootOptions{tmpfsSize: mem / 2, uid: uid, gid: gid}, usernsFD, in.log)
-			if err != nil {
-				return fmt.Errorf("container root: %w", err)
-			}
-			in.log.Debugf("container root ready (idmapped: %v)", idmapped)
-			input, err := mkdirInRoot(vmLayout.root, guest.InputDir, 0o755, uid, gid)
-			if err != nil {
-				return err
-			}
-			if err := iof.ExtractInputs(input); err != nil {
-				return err
-			}
-			return chownTree(input, uid, gid)
-		},
-	}
 	var stdin = iof.Stdin()
 	if !req.HasStdin {
 		stdin = nil

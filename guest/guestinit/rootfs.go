@@ -216,6 +216,27 @@ func mountRoot(l rootLayout, o rootOptions, usernsFD int, log *logger) (idmapped
 	return idmapped, nil
 }
 
+// configureRoot adapts a root mountRoot made with tmpfs size madeSize and
+// the container root as owner of the output directory to the run's
+// options: the three tmpfs get o's size, the output directory o's owner.
+func configureRoot(l rootLayout, madeSize int64, o rootOptions) error {
+	if o.tmpfsSize != madeSize && o.tmpfsSize > 0 {
+		tmp, err := mkdirInRoot(l.root, "tmp", 0o1777, IDBase, IDBase)
+		if err != nil {
+			return err
+		}
+		for _, dir := range []string{l.rw, tmp, l.output} {
+			if err := unix.Mount("", dir, "", unix.MS_REMOUNT, "size="+itoa(o.tmpfsSize)); err != nil {
+				return fmt.Errorf("resize the tmpfs on %s: %w", dir, err)
+			}
+		}
+	}
+	if err := os.Chown(l.output, o.uid, o.gid); err != nil {
+		return fmt.Errorf("output directory: %w", err)
+	}
+	return nil
+}
+
 // mountAt creates dir and mounts on it.
 func mountAt(source, dir, fstype string, flags uintptr, data string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {

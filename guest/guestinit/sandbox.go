@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -58,10 +57,46 @@ type Sandbox struct {
 	ShmSize int64
 	// Log receives progress; nil discards it.
 	Log *logger
-	// Prepare, if set, runs after the stage-2 child exists and before it
-	// goes on, with its user namespace: the init uses it to make the
-	// idmapped root for exactly that namespace's mapping.
+	// Prepare, if set, runs in Start once the stage-2 child exists, with
+	// its user namespace: the init uses it to make the idmapped root for
+	// exactly that namespace's mapping.
 	Prepare func(usernsFD int) error
+	// Configure, if set, runs in Run before the child gets its
+	// configuration: what depends on the request (the root's sizes and
+	// owners, the input files).
+	Configure func(req *guest.Request) error
+
+	child *stage2Child // started by Start, used up by Run
+}
+
+// stage2Child is a started stage-2 child waiting for its configuration,
+// with the init's ends of its pipes.
+type stage2Child struct {
+	cmd    *exec.Cmd
+	cg     *cgroup
+	exited chan error // cmd.Wait's result
+	// The init's ends: the configuration and failure report, the program's
+	// output and its standard input.
+	cfgW, failR, outR, errR, inW *os.File
+}
+
+// release closes the init's ends of the pipes and removes the cgroup,
+// which must be empty by then.
+func (c *stage2Child) release() {
+	for _, f := range []*os.File{c.cfgW, c.failR, c.outR, c.errR, c.inW} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if c.cg != nil {
+		c.cg.close()
+	}
+}
+
+// kill ends the child and waits for it.
+func (c *stage2Child) kill() {
+	c.cmd.Process.Kill()
+	<-c.exited
 }
 
 // stage2Config is what the init sends the stage-2 child on fd 3.
@@ -78,6 +113,9 @@ type stage2Config struct {
 	GID      uint32   `json:"gid"`
 	Groups   []uint32 `json:"groups"`
 	Hostname string   `json:"hostname"`
+	// NullStdin replaces the pipe on the child's standard input with
+	// /dev/null: the request has no input for it.
+	NullStdin bool `json:"null_stdin"`
 }
 
 // stage2Failure is what the stage-2 child reports on fd 4 when it cannot
@@ -102,67 +140,59 @@ func (s *Sandbox) Run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	return res
 }
 
-func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Writer) (*guest.Result, error) {
-	res := &guest.Result{}
-	var cg *cgroup
-	if s.CgroupParent != "" {
-		pids := req.PidsLimit
-		if pids == 0 {
-			pids = guest.DefaultPidsLimit
-		}
-		var err error
-		if cg, err = newCgroup(s.CgroupParent, "pe-program", req.MemoryLimit, pids); err != nil {
-			return res, err
-		}
-		defer cg.close()
+// Start creates the program's cgroup and the stage-2 child in the
+// program's namespaces and runs Prepare; the child then waits for Run.
+// The init starts the sandbox before a snapshot, so that a restored VM
+// finds it ready; Run starts it itself otherwise.
+func (s *Sandbox) Start() (err error) {
+	if s.child != nil {
+		return errors.New("sandbox: already started")
 	}
-
-	var closers []io.Closer
+	c := &stage2Child{exited: make(chan error, 1)}
+	var childEnds []*os.File
 	defer func() {
-		for _, c := range closers {
-			c.Close()
+		for _, f := range childEnds {
+			f.Close()
+		}
+		if err != nil {
+			c.release()
 		}
 	}()
-	pipe := func() (*os.File, *os.File, error) {
+	if s.CgroupParent != "" {
+		if c.cg, err = newCgroup(s.CgroupParent, "pe-program"); err != nil {
+			return err
+		}
+	}
+	pipe := func(parentReads bool) (parent *os.File, err error) {
 		r, w, err := os.Pipe()
-		if err == nil {
-			closers = append(closers, r, w)
-		}
-		return r, w, err
-	}
-	cfgR, cfgW, err := pipe()
-	if err != nil {
-		return res, err
-	}
-	failR, failW, err := pipe()
-	if err != nil {
-		return res, err
-	}
-	outR, outW, err := pipe()
-	if err != nil {
-		return res, err
-	}
-	errR, errW, err := pipe()
-	if err != nil {
-		return res, err
-	}
-	var inFile *os.File
-	if stdin != nil {
-		inR, inW, err := pipe()
 		if err != nil {
-			return res, err
+			return nil, fmt.Errorf("sandbox: %w", err)
 		}
-		inFile = inR
-		go func() {
-			io.Copy(inW, stdin) // EPIPE when the program stops reading: fine
-			inW.Close()
-		}()
-	} else {
-		if inFile, err = os.Open(filepath.Join(s.DevDir, "null")); err != nil {
-			return res, err
+		if parentReads {
+			childEnds = append(childEnds, w)
+			return r, nil
 		}
-		closers = append(closers, inFile)
+		childEnds = append(childEnds, r)
+		return w, nil
 	}
+	// The child's ends, in childEnds, are: config, failure, stdout,
+	// stderr, stdin.
+	if c.cfgW, err = pipe(false); err != nil {
+		return err
+	}
+	if c.failR, err = pipe(true); err != nil {
+		return err
+	}
+	if c.outR, err = pipe(true); err != nil {
+		return err
+	}
+	if c.errR, err = pipe(true); err != nil {
+		return err
+	}
+	if c.inW, err = pipe(false); err != nil {
+		return err
+	}
+	cfgR, failW, outW, errW, inR := childEnds[0], childEnds[1], childEnds[2], childEnds[3], childEnds[4]
 
 	attr := &syscall.SysProcAttr{
 		// No CLONE_NEWNS: the child unshares its mount namespace itself once
@@ -178,36 +208,74 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 		Setsid:     true,
 		Pdeathsig:  unix.SIGKILL,
 	}
-	if cg != nil {
-		attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
+	if c.cg != nil {
+		attr.UseCgroupFD, attr.CgroupFD = true, c.cg.fd
 	}
-	cmd := &exec.Cmd{
+	c.cmd = &exec.Cmd{
 		Path:        s.Self,
 		Args:        []string{s.Self, Stage2Arg},
 		Env:         []string{},
-		Stdin:       inFile,
+		Stdin:       inR,
 		Stdout:      outW,
 		Stderr:      errW,
 		ExtraFiles:  []*os.File{cfgR, failW},
 		SysProcAttr: attr,
 	}
-	if err := cmd.Start(); err != nil {
-		return res, fmt.Errorf("start the sandbox: %w", err)
+	if err := c.cmd.Start(); err != nil {
+		return fmt.Errorf("start the sandbox: %w", err)
 	}
-	// Only the child keeps these ends, so EOF arrives when it is gone.
-	for _, f := range []*os.File{cfgR, failW, outW, errW} {
-		f.Close()
+	go func() { c.exited <- c.cmd.Wait() }()
+	if s.Prepare != nil {
+		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", c.cmd.Process.Pid))
+		if err == nil {
+			err = s.Prepare(int(ns.Fd()))
+			ns.Close()
+		} else {
+			err = fmt.Errorf("sandbox user namespace: %w", err)
+		}
+		if err != nil {
+			c.kill()
+			return err
+		}
 	}
-	if stdin != nil {
-		inFile.Close()
+	s.child = c
+	return nil
+}
+
+func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Writer) (*guest.Result, error) {
+	res := &guest.Result{}
+	if s.child == nil {
+		if err := s.Start(); err != nil {
+			return res, err
+		}
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	c := s.child
+	s.child = nil
+	defer c.release()
+	cmd, cg, exited := c.cmd, c.cg, c.exited
+	outR, errR, failR := c.outR, c.errR, c.failR
 	abort := func(err error) (*guest.Result, error) {
-		cmd.Process.Kill()
-		<-exited
+		c.kill()
 		return res, err
 	}
+	if cg != nil {
+		pids := req.PidsLimit
+		if pids == 0 {
+			pids = guest.DefaultPidsLimit
+		}
+		if err := cg.limit(req.MemoryLimit, pids); err != nil {
+			return abort(err)
+		}
+	}
+	if stdin != nil {
+		go func(w *os.File) {
+			io.Copy(w, stdin) // EPIPE when the program stops reading: fine
+			w.Close()
+		}(c.inW)
+	} else {
+		c.inW.Close()
+	}
+	c.inW = nil // closed by its writer
 
 	drained := make(chan struct{}, 2)
 	drain := func(r *os.File, w io.Writer) {
@@ -217,14 +285,8 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	go drain(outR, stdout)
 	go drain(errR, stderr)
 
-	if s.Prepare != nil {
-		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid))
-		if err != nil {
-			return abort(fmt.Errorf("sandbox user namespace: %w", err))
-		}
-		err = s.Prepare(int(ns.Fd()))
-		ns.Close()
-		if err != nil {
+	if s.Configure != nil {
+		if err := s.Configure(req); err != nil {
 			return abort(err)
 		}
 	}
@@ -232,10 +294,12 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	if err != nil {
 		return abort(err)
 	}
-	if err := json.NewEncoder(cfgW).Encode(cfg); err != nil {
+	cfg.NullStdin = stdin == nil
+	if err := json.NewEncoder(c.cfgW).Encode(cfg); err != nil {
 		return abort(fmt.Errorf("send the sandbox its configuration: %w", err))
 	}
-	cfgW.Close()
+	c.cfgW.Close()
+	c.cfgW = nil
 	start := time.Now()
 	s.Log.Debugf("program started: %q", req.Argv)
 

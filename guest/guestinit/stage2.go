@@ -104,6 +104,18 @@ func stage2() error {
 	if err := unix.Chdir("/"); err != nil {
 		return setupErr("sandbox: %v", err)
 	}
+	if cfg.NullStdin {
+		// The program's /dev/null, bound from the init's.
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return setupErr("sandbox: /dev/null: %v", err)
+		}
+		err = unix.Dup3(fd, 0, 0)
+		unix.Close(fd)
+		if err != nil {
+			return setupErr("sandbox: standard input: %v", err)
+		}
+	}
 
 	env := cfg.Env
 	if lookupEnv(env, "HOME") == "" {
