@@ -765,6 +765,10 @@ func (c *Cache) downloadBlob(ctx context.Context, l *layer, what string, add fun
 		}
 		return fmt.Errorf("fetching %s: %w", what, blobError(err))
 	}
+	// CreateTemp makes the file 0600; the cache's other files are 0644.
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
 	if err := tmp.Sync(); err != nil {
 		return err
 	}

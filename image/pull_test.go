@@ -43,6 +43,16 @@ func TestPullByTagAndDigest(t *testing.T) {
 	if diff := cmp.Diff([]string{"/bin/sh"}, got.Config.Config.Cmd); diff != "" {
 		t.Errorf("config cmd (-want +got):\n%s", diff)
 	}
+	// Blobs are readable by all, like the rest of the cache.
+	for _, h := range layerDigests(t, img) {
+		fi, err := os.Stat(c.blobPath(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm != 0o644 {
+			t.Errorf("blob %s has mode %04o, want 0644", h, perm)
+		}
+	}
 	if got.Platform != DefaultPlatform() {
 		t.Errorf("platform %q, want %q", got.Platform, DefaultPlatform())
 	}
