@@ -748,7 +748,7 @@ func (c *Cache) downloadBlob(ctx context.Context, l *layer, what string, add fun
 	}()
 	rc, err := l.fetch()
 	if err != nil {
-		return fmt.Errorf("fetching %s: %w", what, err)
+		return registryError("fetching", what, err)
 	}
 	vr, err := newVerifyReader(rc, what, l.digest, l.size)
 	if err != nil {

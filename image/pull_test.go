@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -665,6 +666,115 @@ func TestRegistryAnswers(t *testing.T) {
 			}
 			if diff := cmp.Diff(wantFiles, readImageFiles(t, got.EROFSPath)); diff != "" {
 				t.Errorf("image files (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestRegistryErrorMessages checks the errors of failed registry requests
+// name what failed once, say what to do, and keep their kind.
+func TestRegistryErrorMessages(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "errs/img:1", img)
+	layer := layerDigests(t, img)[1]
+	idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img,
+		Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	multi := fr.pushIndex(t, "errs/multi:1", idx)
+	// A registry name ggcr talks HTTPS to, dialled to the plain HTTP
+	// fake registry.
+	tlsRef := mustRef(t, "registry.example:5000/errs/img:1")
+	toFake := &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, fr.host)
+	}}
+	answer := func(status int, body string) func(w http.ResponseWriter, r *http.Request) bool {
+		return func(w http.ResponseWriter, r *http.Request) bool {
+			if status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
+			}
+			http.Error(w, body, status)
+			return true
+		}
+	}
+	tests := []struct {
+		name      string
+		ref       Reference
+		transport http.RoundTripper
+		// wrap answers the requests it wants to; nil: the registry does.
+		wrap     func(w http.ResponseWriter, r *http.Request) bool
+		wantKind error // nil: no particular kind
+		wantMsg  string
+	}{
+		{
+			name:     "unknown tag",
+			ref:      mustRef(t, fr.host+"/errs/img:nope"),
+			wantKind: ErrNotFound,
+			wantMsg:  fr.host + "/errs/img:nope not found: HTTP 404: MANIFEST_UNKNOWN: Unknown manifest",
+		},
+		{
+			name:     "401",
+			ref:      ref,
+			wrap:     answer(http.StatusUnauthorized, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`),
+			wantKind: ErrUnauthorized,
+			wantMsg: "authentication required or denied for " + ref.String() +
+				": log in with docker login: HTTP 401: UNAUTHORIZED: authentication required",
+		},
+		{
+			name:     "429 after the retries",
+			ref:      ref,
+			wrap:     answer(http.StatusTooManyRequests, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`),
+			wantKind: ErrRateLimited,
+			wantMsg:  "the registry rate-limits requests for " + ref.String() + "; try again later: HTTP 429: TOOMANYREQUESTS: slow down",
+		},
+		{
+			name: "missing layer",
+			ref:  ref,
+			wrap: func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()) {
+					return false
+				}
+				http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}`, http.StatusNotFound)
+				return true
+			},
+			wantKind: ErrNotFound,
+			wantMsg:  "layer " + layer.String() + " of " + ref.String() + " not found: HTTP 404: BLOB_UNKNOWN: blob unknown",
+		},
+		{
+			name: "missing platform manifest of an index",
+			ref:  multi,
+			wrap: func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/manifests/"+digestOf(t, img).String()) {
+					return false
+				}
+				http.Error(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"gone"}]}`, http.StatusNotFound)
+				return true
+			},
+			wantKind: ErrNotFound,
+			wantMsg:  multi.String() + " (linux/amd64) not found: HTTP 404: MANIFEST_UNKNOWN: gone",
+		},
+		{
+			name:      "plain HTTP registry without --insecure",
+			ref:       tlsRef,
+			transport: toFake,
+			wantMsg: `resolving ` + tlsRef.String() + `: Get "https://registry.example:5000/v2/": ` +
+				`http: server gave HTTP response to HTTPS client (the registry speaks plain HTTP, not HTTPS: use --insecure to allow that)`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+				return tt.wrap != nil && tt.wrap(w, r)
+			})
+			t.Cleanup(func() { fr.setWrap(nil) })
+			_, err := testCache(t).Get(t.Context(), tt.ref, PullOptions{Transport: tt.transport})
+			if err == nil {
+				t.Fatal("Get succeeded, want an error")
+			}
+			if tt.wantKind != nil && !errors.Is(err, tt.wantKind) {
+				t.Errorf("Get: %v, want %v", err, tt.wantKind)
+			}
+			if diff := cmp.Diff(tt.wantMsg, err.Error()); diff != "" {
+				t.Errorf("message (-want +got):\n%s", diff)
 			}
 		})
 	}
