@@ -1,6 +1,8 @@
 package image
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -17,10 +19,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/google/go-containerregistry/pkg/compression"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -777,5 +782,120 @@ func TestRegistryErrorMessages(t *testing.T) {
 				t.Errorf("message (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// registryLayer returns a test layer as an image layer compressed as
+// tl.compress says: "" (uncompressed), "gzip" or "zstd".
+func registryLayer(t *testing.T, tl testLayer) v1.Layer {
+	t.Helper()
+	b := layerTar(t, tl.ents)
+	if tl.compress == "" {
+		return static.NewLayer(b, types.OCIUncompressedLayer)
+	}
+	var opts []tarball.LayerOption
+	switch tl.compress {
+	case "gzip":
+	case "zstd":
+		opts = append(opts, tarball.WithCompression(compression.ZStd))
+	default:
+		t.Fatalf("registryLayer: compression %q", tl.compress)
+	}
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestPullFlattenCases pushes a multi-layer image with the hard flattening
+// cases (hard links across layers, also to a file an upper layer replaces,
+// an opaque directory, PAX and GNU long names, non-UTF-8 names, whiteouts
+// with new entries below them, xattrs) to the registry, pulls it through
+// the cache, and compares the cached EROFS image with the reference model
+// and with Flatten run on the same layers directly.
+func TestPullFlattenCases(t *testing.T) {
+	pax := func(e lent) lent { e.format = tar.FormatPAX; return e }
+	gnu := func(e lent) lent { e.format = tar.FormatGNU; return e }
+	layers := []testLayer{
+		{compress: "gzip", ents: []lent{
+			tDir("usr/"), tDir("usr/bin/"), tFile("usr/bin/tool", "TOOL v1").with(0o755, 0), tHard("usr/bin/tool-alias", "usr/bin/tool"),
+			pax(tFile(longName, "pax long name")), tFile("caf\xe9", "latin1"),
+			tDir("opt/").with(0o750, 1000), tFile("opt/old", "old"), tDir("opt/sub/"), tFile("opt/sub/deep", "deep"), tFile("opt/z", "z"),
+			tFile("doomed", "doomed"), xattr1(tFile("cap", "c"), "user.note", "hi"),
+		}},
+		{compress: "zstd", ents: []lent{
+			tHard("bin-link", "usr/bin/tool"), tHard("keeps-doomed", "doomed"),
+			tFile("opt/a", "a"), tFile("opt/.wh..wh..opq", ""), tFile("opt/sub/new", "new"),
+			gnu(tFile(longName+"-gnu", "gnu long name")), gnu(tHard(longName+"-link", longName)),
+			tDir("\xff\xfe/"), tFile("\xff\xfe/\xe9t\xe9", "non-UTF-8 all along"),
+		}},
+		{ents: []lent{
+			tFile(".wh.doomed", ""), tHard("usr/bin/third", "bin-link"), tFile("usr/bin/tool", "TOOL v2").with(0o755, 0),
+			tFile(".wh.caf\xe9", ""), tFile("caf\xe9/now-a-dir", "d"),
+			pax(tFile(refParent(longName)+"/.wh."+refBase(longName)+"-gnu", "")),
+		}},
+	}
+	var vls []v1.Layer
+	for _, tl := range layers {
+		vls = append(vls, registryLayer(t, tl))
+	}
+	img := fakeImage(t, DefaultPlatform(), vls...)
+	fr := newFakeRegistry(t)
+	ref := fr.push(t, "flatten/cases:1", img)
+
+	got, err := testCache(t).Pull(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(got.EROFSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotTree, gotGroups := snapshot(t, b)
+
+	model, err := refFlatten(layers)
+	if err != nil {
+		t.Fatalf("reference model: %v", err)
+	}
+	wantTree, wantGroups := model.view()
+	if diff := cmp.Diff(wantTree, gotTree, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("pulled image vs reference model (-model +image):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantGroups, gotGroups, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("hard link groups (-model +image):\n%s", diff)
+	}
+	// Spot checks, in case model and Flatten share a mistake.
+	for p, want := range map[string]node{
+		"usr/bin/tool":       {Mode: 0o755, Size: 7, Data: "TOOL v2", Nlink: 1},
+		"usr/bin/tool-alias": {Mode: 0o755, Size: 7, Data: "TOOL v1", Nlink: 3},
+		"keeps-doomed":       nFile("doomed"),
+		"opt":                nDirM(0o750, 1000),
+		"opt/sub/new":        nFile("new"),
+		longName:             nLinks("pax long name", 2),
+		"\xff\xfe/\xe9t\xe9": nFile("non-UTF-8 all along"),
+		"caf\xe9/now-a-dir":  nFile("d"),
+	} {
+		if diff := cmp.Diff(want, gotTree[p], cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%q (-want +got):\n%s", p, diff)
+		}
+	}
+	for _, p := range []string{"doomed", "opt/old", "opt/z", "opt/sub/deep", longName + "-gnu"} {
+		if _, ok := gotTree[p]; ok {
+			t.Errorf("%q is in the image, want it hidden", p)
+		}
+	}
+
+	var o opener
+	direct, err := flattenBytes(t, o.layers(t, layers))
+	if err != nil {
+		t.Fatalf("Flatten: %v", err)
+	}
+	directTree, directGroups := snapshot(t, direct)
+	if diff := cmp.Diff(directTree, gotTree, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("pulled image vs Flatten (-Flatten +pulled):\n%s", diff)
+	}
+	if diff := cmp.Diff(directGroups, gotGroups, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("hard link groups (-Flatten +pulled):\n%s", diff)
 	}
 }
