@@ -748,7 +748,7 @@ func (c *Cache) downloadBlob(ctx context.Context, l *layer, what string, add fun
 	}()
 	rc, err := l.fetch()
 	if err != nil {
-		return fmt.Errorf("fetching %s: %w", what, err)
+		return registryError("fetching", what, err)
 	}
 	vr, err := newVerifyReader(rc, what, l.digest, l.size)
 	if err != nil {
@@ -764,6 +764,10 @@ func (c *Cache) downloadBlob(ctx context.Context, l *layer, what string, add fun
 			return ctxErr
 		}
 		return fmt.Errorf("fetching %s: %w", what, blobError(err))
+	}
+	// CreateTemp makes the file 0600; the cache's other files are 0644.
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
 		return err

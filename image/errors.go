@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
@@ -65,14 +66,23 @@ func kindErrorf(kind error, format string, args ...any) error {
 	return &kindError{kind: kind, msg: fmt.Sprintf(format, args...)}
 }
 
-// registryError turns an error of a registry request about what (a
-// reference, or "layer sha256:… of REF") into one of the kinds above when
-// the HTTP status or the registry's error code says which, so the user
-// reads what to do rather than a status code.
-func registryError(what string, err error) error {
+// plainHTTPMessage is what net/http reports when an HTTPS request gets a
+// plain HTTP answer: the registry has no TLS.
+const plainHTTPMessage = "server gave HTTP response to HTTPS client"
+
+// registryError describes the failure of a registry request that was
+// doing action ("resolving", "fetching") to what (a reference, or "layer
+// sha256:… of REF"), naming what once. When the HTTP status or the
+// registry's error code says which, the error is one of the kinds above,
+// so the user reads what to do rather than a status code; when the registry
+// answered plain HTTP to HTTPS, the message suggests --insecure.
+func registryError(action, what string, err error) error {
 	var te *transport.Error
 	if !errors.As(err, &te) {
-		return err
+		if strings.Contains(err.Error(), plainHTTPMessage) {
+			return fmt.Errorf("%s %s: %w (the registry speaks plain HTTP, not HTTPS: use --insecure to allow that)", action, what, err)
+		}
+		return fmt.Errorf("%s %s: %w", action, what, err)
 	}
 	status := te.StatusCode
 	for _, d := range te.Errors {
@@ -99,5 +109,5 @@ func registryError(what string, err error) error {
 	case http.StatusTooManyRequests:
 		return &kindError{kind: ErrRateLimited, msg: fmt.Sprintf("the registry rate-limits requests for %s; try again later", what), err: cause}
 	}
-	return err
+	return fmt.Errorf("%s %s: %w", action, what, err)
 }

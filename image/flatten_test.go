@@ -34,12 +34,24 @@ type lent struct {
 	uid    int
 	xattrs map[string]string
 	format tar.Format
+	dev    [2]int64          // major and minor of char and block devices
+	pax    map[string]string // a global header's PAX records
 }
 
 func tFile(name, data string) lent   { return lent{name: name, data: data} }
 func tDir(name string) lent          { return lent{name: name, typ: tar.TypeDir} }
 func tSym(name, target string) lent  { return lent{name: name, typ: tar.TypeSymlink, link: target} }
 func tHard(name, target string) lent { return lent{name: name, typ: tar.TypeLink, link: target} }
+
+// tDev is a char (typ tar.TypeChar) or block (tar.TypeBlock) device.
+func tDev(name string, typ byte, major, minor int64) lent {
+	return lent{name: name, typ: typ, mode: 0o660, dev: [2]int64{major, minor}}
+}
+
+// tGlobal is a PAX global header with the given records.
+func tGlobal(records map[string]string) lent {
+	return lent{name: "pax_global_header", typ: tar.TypeXGlobalHeader, pax: records}
+}
 
 // with returns e with the given mode and owner.
 func (e lent) with(mode int64, uid int) lent { e.mode, e.uid = mode, uid; return e }
@@ -63,9 +75,17 @@ func layerTar(t testing.TB, ents []lent) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range ents {
+		if e.typ == tar.TypeXGlobalHeader {
+			h := tar.Header{Name: e.name, Typeflag: e.typ, PAXRecords: e.pax}
+			if err := tw.WriteHeader(&h); err != nil {
+				t.Fatalf("writing global header %q: %v", h.Name, err)
+			}
+			continue
+		}
 		h := tar.Header{
 			Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: e.perm(),
 			Uid: e.uid, Gid: e.uid, ModTime: t0, Format: e.format,
+			Devmajor: e.dev[0], Devminor: e.dev[1],
 		}
 		if e.typ == 0 {
 			h.Typeflag = tar.TypeReg
@@ -188,10 +208,11 @@ func (o *opener) check(t testing.TB, n int, ok bool, rereads []int) {
 type node struct {
 	Mode     fs.FileMode
 	UID, GID uint32
-	Size     int64  // regular files
-	Data     string // regular files
-	Link     string // symlinks
-	Nlink    uint32 // non-directories
+	Size     int64     // regular files
+	Data     string    // regular files
+	Link     string    // symlinks
+	Nlink    uint32    // non-directories
+	Dev      [2]uint32 // char and block devices: major, minor
 	Xattrs   map[string]string
 }
 
@@ -240,6 +261,8 @@ func snapshot(t testing.TB, img []byte) (map[string]node, [][]string) {
 			if n.Link, err = fsys.ReadLink(p); err != nil {
 				return err
 			}
+		case fi.Mode()&fs.ModeDevice != 0:
+			n.Dev = [2]uint32{st.DevMajor, st.DevMinor}
 		}
 		for k, v := range st.Xattrs {
 			if n.Xattrs == nil {
@@ -401,6 +424,9 @@ func (m refTree) apply(layer int, tl testLayer) error {
 	}
 	var ops []op
 	for _, e := range tl.ents {
+		if e.typ == tar.TypeXGlobalHeader {
+			continue // tar readers do not apply global headers; nor does docker
+		}
 		p, ok := tl.refName(e.name)
 		if !ok {
 			continue
@@ -496,6 +522,12 @@ func (m refTree) view() (map[string]node, [][]string) {
 			v.Link = e.link
 		case tar.TypeFifo:
 			v.Mode |= fs.ModeNamedPipe
+		case tar.TypeChar, tar.TypeBlock:
+			v.Mode |= fs.ModeDevice
+			if e.typ == tar.TypeChar {
+				v.Mode |= fs.ModeCharDevice
+			}
+			v.Dev = [2]uint32{uint32(e.dev[0]), uint32(e.dev[1])}
 		default:
 			v.Size, v.Data = int64(len(e.data)), e.data
 		}
@@ -613,6 +645,73 @@ func TestFlatten(t *testing.T) {
 				{ents: []lent{tFile("a", "3"), tFile("d/y", "y")}},
 			},
 			want: tree{".": nDir(), "a": nFile("3"), "d": nDir(), "d/y": nFile("y")},
+		},
+		{
+			// The original's squash looked only at the nearest recorded
+			// path: x whited out and x/a added made a lower x/b visible
+			// again.
+			name: "whiteout and new entries below it in one layer hide the lower entries",
+			layers: []testLayer{
+				{ents: []lent{tDir("x/").with(0o700, 1), tFile("x/0", "0"), tFile("x/b", "b"), tDir("x/sub/"), tFile("x/sub/deep", "d"),
+					tFile("x/z", "z"), tFile("y", "file"), tFile("x-after", "kept")}},
+				{ents: []lent{tFile(".wh.x", ""), tFile("x/a", "a"), tFile(".wh.y", ""), tFile("y/a", "a")}},
+			},
+			want: tree{".": nDir(), "x": nDir(), "x/a": nFile("a"), "y": nDir(), "y/a": nFile("a"), "x-after": nFile("kept")},
+		},
+		{
+			name: "new entries then their directory's whiteout in one layer",
+			layers: []testLayer{
+				{ents: []lent{tDir("x/"), tFile("x/b", "b"), tDir("x/c/"), tFile("x/c/d", "d")}},
+				{ents: []lent{tDir("x/").with(0o750, 2), tFile("x/a", "a"), tFile("x/c/new", "n"), tFile(".wh.x", "")}},
+			},
+			want: tree{".": nDir(), "x": nDirM(0o750, 2), "x/a": nFile("a"), "x/c": nDir(), "x/c/new": nFile("n")},
+		},
+		{
+			name: "opaque directory and new entries in one layer hide the lower entries",
+			layers: []testLayer{
+				{ents: []lent{tDir("x/"), tFile("x/0", "0"), tFile("x/b", "b"), tDir("x/c/"), tFile("x/c/deep", "d"), tFile("x/z", "z")}},
+				{ents: []lent{tFile("x/a", "a"), tFile("x/.wh..wh..opq", ""), tFile("x/c/new", "n")}},
+				{ents: []lent{tFile("x/top", "t")}},
+			},
+			want: tree{".": nDir(), "x": nDir(), "x/a": nFile("a"), "x/c": nDir(), "x/c/new": nFile("n"), "x/top": nFile("t")},
+		},
+		{
+			name: "symlink replaces a directory",
+			layers: []testLayer{
+				{ents: []lent{tDir("d/"), tFile("d/a", "a"), tDir("d/sub/"), tFile("d/sub/b", "b"), tFile("d-sibling", "s")}},
+				{ents: []lent{tSym("d", "/elsewhere")}},
+			},
+			want: tree{".": nDir(), "d": nSym("/elsewhere"), "d-sibling": nFile("s")},
+		},
+		{
+			name: "directory replaces a symlink",
+			layers: []testLayer{
+				{ents: []lent{tDir("real/"), tFile("real/a", "a"), tSym("d", "real")}},
+				{ents: []lent{tDir("d/").with(0o700, 0), tFile("d/b", "b")}},
+			},
+			want: tree{".": nDir(), "real": nDir(), "real/a": nFile("a"), "d": nDirM(0o700, 0), "d/b": nFile("b")},
+		},
+		{
+			name: "PAX global headers are ignored",
+			layers: []testLayer{
+				{ents: []lent{tGlobal(map[string]string{"comment": "made by a test", "uid": "42"}), tFile("a", "a"),
+					tGlobal(map[string]string{"path": "evil", "mtime": "1"}), tFile("b", "b")}},
+				{ents: []lent{tFile(".wh.a", ""), tGlobal(map[string]string{"comment": "mid-layer"}), tFile("c", "c")}},
+			},
+			want: tree{".": nDir(), "b": nFile("b"), "c": nFile("c")},
+		},
+		{
+			name: "char and block devices",
+			layers: []testLayer{
+				{ents: []lent{tDir("dev/"), tDev("dev/null", tar.TypeChar, 1, 3), tDev("dev/sda", tar.TypeBlock, 8, 0),
+					tDev("dev/tty", tar.TypeChar, 5, 0), tDev("dev/big", tar.TypeBlock, 259, 70000)}},
+				{ents: []lent{tFile("dev/.wh.tty", ""), tFile("dev/sda", "now a file"), tDev("dev/zero", tar.TypeChar, 1, 5).with(0o666, 0)}},
+			},
+			want: tree{".": nDir(), "dev": nDir(),
+				"dev/null": {Mode: fs.ModeDevice | fs.ModeCharDevice | 0o660, Nlink: 1, Dev: [2]uint32{1, 3}},
+				"dev/big":  {Mode: fs.ModeDevice | 0o660, Nlink: 1, Dev: [2]uint32{259, 70000}},
+				"dev/sda":  nFile("now a file"),
+				"dev/zero": {Mode: fs.ModeDevice | fs.ModeCharDevice | 0o666, Nlink: 1, Dev: [2]uint32{1, 5}}},
 		},
 		{
 			name: "duplicates in one layer: last wins",

@@ -1,11 +1,14 @@
 package image
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,10 +19,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/google/go-containerregistry/pkg/compression"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -42,6 +48,16 @@ func TestPullByTagAndDigest(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"/bin/sh"}, got.Config.Config.Cmd); diff != "" {
 		t.Errorf("config cmd (-want +got):\n%s", diff)
+	}
+	// Blobs are readable by all, like the rest of the cache.
+	for _, h := range layerDigests(t, img) {
+		fi, err := os.Stat(c.blobPath(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm != 0o644 {
+			t.Errorf("blob %s has mode %04o, want 0644", h, perm)
+		}
 	}
 	if got.Platform != DefaultPlatform() {
 		t.Errorf("platform %q, want %q", got.Platform, DefaultPlatform())
@@ -657,5 +673,229 @@ func TestRegistryAnswers(t *testing.T) {
 				t.Errorf("image files (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestRegistryErrorMessages checks the errors of failed registry requests
+// name what failed once, say what to do, and keep their kind.
+func TestRegistryErrorMessages(t *testing.T) {
+	fr := newFakeRegistry(t)
+	img := baseImage(t)
+	ref := fr.push(t, "errs/img:1", img)
+	layer := layerDigests(t, img)[1]
+	idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img,
+		Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	multi := fr.pushIndex(t, "errs/multi:1", idx)
+	// A registry name ggcr talks HTTPS to, dialled to the plain HTTP
+	// fake registry.
+	tlsRef := mustRef(t, "registry.example:5000/errs/img:1")
+	toFake := &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, fr.host)
+	}}
+	answer := func(status int, body string) func(w http.ResponseWriter, r *http.Request) bool {
+		return func(w http.ResponseWriter, r *http.Request) bool {
+			if status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
+			}
+			http.Error(w, body, status)
+			return true
+		}
+	}
+	tests := []struct {
+		name      string
+		ref       Reference
+		transport http.RoundTripper
+		// wrap answers the requests it wants to; nil: the registry does.
+		wrap     func(w http.ResponseWriter, r *http.Request) bool
+		wantKind error // nil: no particular kind
+		wantMsg  string
+	}{
+		{
+			name:     "unknown tag",
+			ref:      mustRef(t, fr.host+"/errs/img:nope"),
+			wantKind: ErrNotFound,
+			wantMsg:  fr.host + "/errs/img:nope not found: HTTP 404: MANIFEST_UNKNOWN: Unknown manifest",
+		},
+		{
+			name:     "401",
+			ref:      ref,
+			wrap:     answer(http.StatusUnauthorized, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`),
+			wantKind: ErrUnauthorized,
+			wantMsg: "authentication required or denied for " + ref.String() +
+				": log in with docker login: HTTP 401: UNAUTHORIZED: authentication required",
+		},
+		{
+			name:     "429 after the retries",
+			ref:      ref,
+			wrap:     answer(http.StatusTooManyRequests, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`),
+			wantKind: ErrRateLimited,
+			wantMsg:  "the registry rate-limits requests for " + ref.String() + "; try again later: HTTP 429: TOOMANYREQUESTS: slow down",
+		},
+		{
+			name: "missing layer",
+			ref:  ref,
+			wrap: func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()) {
+					return false
+				}
+				http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}`, http.StatusNotFound)
+				return true
+			},
+			wantKind: ErrNotFound,
+			wantMsg:  "layer " + layer.String() + " of " + ref.String() + " not found: HTTP 404: BLOB_UNKNOWN: blob unknown",
+		},
+		{
+			name: "missing platform manifest of an index",
+			ref:  multi,
+			wrap: func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/manifests/"+digestOf(t, img).String()) {
+					return false
+				}
+				http.Error(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"gone"}]}`, http.StatusNotFound)
+				return true
+			},
+			wantKind: ErrNotFound,
+			wantMsg:  multi.String() + " (linux/amd64) not found: HTTP 404: MANIFEST_UNKNOWN: gone",
+		},
+		{
+			name:      "plain HTTP registry without --insecure",
+			ref:       tlsRef,
+			transport: toFake,
+			wantMsg: `resolving ` + tlsRef.String() + `: Get "https://registry.example:5000/v2/": ` +
+				`http: server gave HTTP response to HTTPS client (the registry speaks plain HTTP, not HTTPS: use --insecure to allow that)`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fr.setWrap(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+				return tt.wrap != nil && tt.wrap(w, r)
+			})
+			t.Cleanup(func() { fr.setWrap(nil) })
+			_, err := testCache(t).Get(t.Context(), tt.ref, PullOptions{Transport: tt.transport})
+			if err == nil {
+				t.Fatal("Get succeeded, want an error")
+			}
+			if tt.wantKind != nil && !errors.Is(err, tt.wantKind) {
+				t.Errorf("Get: %v, want %v", err, tt.wantKind)
+			}
+			if diff := cmp.Diff(tt.wantMsg, err.Error()); diff != "" {
+				t.Errorf("message (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// registryLayer returns a test layer as an image layer compressed as
+// tl.compress says: "" (uncompressed), "gzip" or "zstd".
+func registryLayer(t *testing.T, tl testLayer) v1.Layer {
+	t.Helper()
+	b := layerTar(t, tl.ents)
+	if tl.compress == "" {
+		return static.NewLayer(b, types.OCIUncompressedLayer)
+	}
+	var opts []tarball.LayerOption
+	switch tl.compress {
+	case "gzip":
+	case "zstd":
+		opts = append(opts, tarball.WithCompression(compression.ZStd))
+	default:
+		t.Fatalf("registryLayer: compression %q", tl.compress)
+	}
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestPullFlattenCases pushes a multi-layer image with the hard flattening
+// cases (hard links across layers, also to a file an upper layer replaces,
+// an opaque directory, PAX and GNU long names, non-UTF-8 names, whiteouts
+// with new entries below them, xattrs) to the registry, pulls it through
+// the cache, and compares the cached EROFS image with the reference model
+// and with Flatten run on the same layers directly.
+func TestPullFlattenCases(t *testing.T) {
+	pax := func(e lent) lent { e.format = tar.FormatPAX; return e }
+	gnu := func(e lent) lent { e.format = tar.FormatGNU; return e }
+	layers := []testLayer{
+		{compress: "gzip", ents: []lent{
+			tDir("usr/"), tDir("usr/bin/"), tFile("usr/bin/tool", "TOOL v1").with(0o755, 0), tHard("usr/bin/tool-alias", "usr/bin/tool"),
+			pax(tFile(longName, "pax long name")), tFile("caf\xe9", "latin1"),
+			tDir("opt/").with(0o750, 1000), tFile("opt/old", "old"), tDir("opt/sub/"), tFile("opt/sub/deep", "deep"), tFile("opt/z", "z"),
+			tFile("doomed", "doomed"), xattr1(tFile("cap", "c"), "user.note", "hi"),
+		}},
+		{compress: "zstd", ents: []lent{
+			tHard("bin-link", "usr/bin/tool"), tHard("keeps-doomed", "doomed"),
+			tFile("opt/a", "a"), tFile("opt/.wh..wh..opq", ""), tFile("opt/sub/new", "new"),
+			gnu(tFile(longName+"-gnu", "gnu long name")), gnu(tHard(longName+"-link", longName)),
+			tDir("\xff\xfe/"), tFile("\xff\xfe/\xe9t\xe9", "non-UTF-8 all along"),
+		}},
+		{ents: []lent{
+			tFile(".wh.doomed", ""), tHard("usr/bin/third", "bin-link"), tFile("usr/bin/tool", "TOOL v2").with(0o755, 0),
+			tFile(".wh.caf\xe9", ""), tFile("caf\xe9/now-a-dir", "d"),
+			pax(tFile(refParent(longName)+"/.wh."+refBase(longName)+"-gnu", "")),
+		}},
+	}
+	var vls []v1.Layer
+	for _, tl := range layers {
+		vls = append(vls, registryLayer(t, tl))
+	}
+	img := fakeImage(t, DefaultPlatform(), vls...)
+	fr := newFakeRegistry(t)
+	ref := fr.push(t, "flatten/cases:1", img)
+
+	got, err := testCache(t).Pull(t.Context(), ref, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(got.EROFSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotTree, gotGroups := snapshot(t, b)
+
+	model, err := refFlatten(layers)
+	if err != nil {
+		t.Fatalf("reference model: %v", err)
+	}
+	wantTree, wantGroups := model.view()
+	if diff := cmp.Diff(wantTree, gotTree, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("pulled image vs reference model (-model +image):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantGroups, gotGroups, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("hard link groups (-model +image):\n%s", diff)
+	}
+	// Spot checks, in case model and Flatten share a mistake.
+	for p, want := range map[string]node{
+		"usr/bin/tool":       {Mode: 0o755, Size: 7, Data: "TOOL v2", Nlink: 1},
+		"usr/bin/tool-alias": {Mode: 0o755, Size: 7, Data: "TOOL v1", Nlink: 3},
+		"keeps-doomed":       nFile("doomed"),
+		"opt":                nDirM(0o750, 1000),
+		"opt/sub/new":        nFile("new"),
+		longName:             nLinks("pax long name", 2),
+		"\xff\xfe/\xe9t\xe9": nFile("non-UTF-8 all along"),
+		"caf\xe9/now-a-dir":  nFile("d"),
+	} {
+		if diff := cmp.Diff(want, gotTree[p], cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%q (-want +got):\n%s", p, diff)
+		}
+	}
+	for _, p := range []string{"doomed", "opt/old", "opt/z", "opt/sub/deep", longName + "-gnu"} {
+		if _, ok := gotTree[p]; ok {
+			t.Errorf("%q is in the image, want it hidden", p)
+		}
+	}
+
+	var o opener
+	direct, err := flattenBytes(t, o.layers(t, layers))
+	if err != nil {
+		t.Fatalf("Flatten: %v", err)
+	}
+	directTree, directGroups := snapshot(t, direct)
+	if diff := cmp.Diff(directTree, gotTree, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("pulled image vs Flatten (-Flatten +pulled):\n%s", diff)
+	}
+	if diff := cmp.Diff(directGroups, gotGroups, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("hard link groups (-Flatten +pulled):\n%s", diff)
 	}
 }

@@ -53,7 +53,7 @@ func headRemote(ctx context.Context, ref Reference, o *pullConfig) (v1.Hash, err
 	}
 	d, err := remote.Head(n, remoteOptions(ctx, o)...)
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("resolving %s: %w", ref, registryError(ref.String(), err))
+		return v1.Hash{}, registryError("resolving", ref.String(), err)
 	}
 	return d.Digest, nil
 }
@@ -70,7 +70,7 @@ func resolveRemote(ctx context.Context, ref Reference, o *pullConfig) (*source, 
 	opts := remoteOptions(ctx, o)
 	desc, err := remote.Get(n, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", what, registryError(what, err))
+		return nil, registryError("resolving", what, err)
 	}
 	src := &source{ref: ref, top: desc.Digest}
 	var img v1.Image
@@ -92,7 +92,7 @@ func resolveRemote(ctx context.Context, ref Reference, o *pullConfig) (*source, 
 			return nil, kindErrorf(ErrUnsupported, "%s: the %s entry of its index is a %q, not an image manifest", what, platformOf(child), child.MediaType)
 		}
 		if img, err = remote.Image(n.Context().Digest(child.Digest.String()), opts...); err != nil {
-			return nil, fmt.Errorf("resolving %s for %s: %w", what, platformOf(child), registryError(what, err))
+			return nil, registryError("resolving", fmt.Sprintf("%s (%s)", what, platformOf(child)), err)
 		}
 		src.platform = platformOf(child)
 	case desc.MediaType.IsImage():
@@ -106,7 +106,7 @@ func resolveRemote(ctx context.Context, ref Reference, o *pullConfig) (*source, 
 	}
 
 	if src.manifest, err = img.RawManifest(); err != nil {
-		return nil, fmt.Errorf("reading manifest of %s: %w", what, registryError(what, err))
+		return nil, registryError("reading", "manifest of "+what, err)
 	}
 	if src.digest, err = img.Digest(); err != nil {
 		return nil, fmt.Errorf("reading manifest of %s: %w", what, err)
@@ -119,7 +119,7 @@ func resolveRemote(ctx context.Context, ref Reference, o *pullConfig) (*source, 
 		return nil, err
 	}
 	if src.config, err = img.RawConfigFile(); err != nil {
-		return nil, fmt.Errorf("fetching config of %s: %w", what, registryError("config of "+what, err))
+		return nil, registryError("fetching", "config of "+what, err)
 	}
 	if err := checkDigest(src.config, m.Config.Digest, "config of "+what); err != nil {
 		return nil, err
@@ -145,22 +145,15 @@ func resolveRemote(ctx context.Context, ref Reference, o *pullConfig) (*source, 
 				if err != nil {
 					return nil, err
 				}
-				rc, err := l.Compressed()
-				if err != nil {
-					return nil, registryError(fmt.Sprintf("layer %s of %s", digest, what), err)
-				}
-				return rc, nil
+				return l.Compressed()
 			},
 		})
 	}
 	return src, nil
 }
 
-// remoteLayer returns a layer of a registry repository by digest.
+// remoteLayer returns a layer of a registry repository by digest. Its
+// errors are ggcr's, for the caller to pass to registryError.
 func remoteLayer(ctx context.Context, d name.Digest, o *pullConfig) (v1.Layer, error) {
-	l, err := remote.Layer(d, remoteOptions(ctx, o)...)
-	if err != nil {
-		return nil, registryError("layer "+d.DigestStr()+" of "+d.Context().Name(), err)
-	}
-	return l, nil
+	return remote.Layer(d, remoteOptions(ctx, o)...)
 }

@@ -207,6 +207,8 @@ type layer struct {
 	open func() (io.ReadCloser, error)
 	// fetch, for registry layers, streams the blob from the registry into
 	// the cache (ggcr verifies it too); open then reads the cached copy.
+	// Its errors are ggcr's, unwrapped: the cache passes them to
+	// registryError with the layer's name.
 	fetch func() (io.ReadCloser, error)
 	// cached is the path of the cached copy open reads, for registry
 	// layers; "" otherwise.

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/spf13/cobra"
 
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/image"
@@ -351,5 +353,31 @@ func TestImageCompressedCache(t *testing.T) {
 	}
 	if got, err := fsys.ReadFile("text.txt"); err != nil || string(got) != text {
 		t.Errorf("reading text.txt back: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestImageCompressWhereItActs checks --image-compress is offered by the
+// commands that convert images into the cache, and by no other: on pe
+// image ls, rm or prune it would do nothing.
+func TestImageCompressWhereItActs(t *testing.T) {
+	var got []string
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Runnable() && c.Flags().Lookup("image-compress") != nil {
+			got = append(got, c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(New())
+	slices.Sort(got)
+	want := []string{"pe image build-erofs", "pe image import", "pe image pull", "pe run", "pe serve", "pe snapshot create"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("commands with --image-compress (-want +got):\n%s", diff)
+	}
+	if _, _, err := run(t, "", "image", "ls", "--cache-dir", t.TempDir(), "--image-compress", "lz4"); err == nil ||
+		!strings.Contains(err.Error(), "unknown flag: --image-compress") {
+		t.Errorf("pe image ls --image-compress: %v, want an unknown flag error", err)
 	}
 }

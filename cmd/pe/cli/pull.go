@@ -18,30 +18,21 @@ import (
 // cacheFlags are the flags of every command that uses the image cache.
 type cacheFlags struct {
 	cacheDir string
-	compress string
 }
 
 func (f *cacheFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cacheDir, "cache-dir", "", "the image cache directory (default $XDG_CACHE_HOME/pe or ~/.cache/pe)")
-	fs.StringVar(&f.compress, "image-compress", "", "compress the EROFS images converted into the cache: lz4 or lz4hc[:LEVEL] (default: uncompressed; cached images keep their form)")
 }
 
 func (f *cacheFlags) open() (*image.Cache, error) {
-	c, err := image.OpenCache(f.cacheDir)
-	if err != nil || f.compress == "" {
-		return c, err
-	}
-	var o erofs.WriterOptions
-	if err := parseCompression(f.compress, &o); err != nil {
-		return nil, fmt.Errorf("--image-compress: %w", err)
-	}
-	c.SetCompression(o)
-	return c, nil
+	return image.OpenCache(f.cacheDir)
 }
 
-// pullFlags are the flags of the commands that fetch images.
+// pullFlags are the flags of the commands that fetch images and convert
+// them into the cache.
 type pullFlags struct {
 	cacheFlags
+	compress string
 	platform string
 	insecure bool
 	maxSize  string
@@ -51,12 +42,28 @@ type pullFlags struct {
 // register adds the flags; withPolicy adds --pull too.
 func (f *pullFlags) register(fs *pflag.FlagSet, withPolicy bool) {
 	f.cacheFlags.register(fs)
+	fs.StringVar(&f.compress, "image-compress", "", "compress the EROFS images converted into the cache: lz4 or lz4hc[:LEVEL] (default: uncompressed; cached images keep their form)")
 	fs.StringVar(&f.platform, "platform", "", "the platform to choose from multi-platform images, os/arch[/variant] (default "+image.DefaultPlatform()+")")
 	fs.BoolVar(&f.insecure, "insecure", false, "talk plain HTTP to the registry (a local registry)")
 	fs.StringVar(&f.maxSize, "max-image-size", "0", "refuse images whose compressed layers add up to more than this, such as 2GiB or 500MB (0: no limit)")
 	if withPolicy {
 		fs.StringVar(&f.pull, "pull", "missing", "when to look the image up in its registry: always, missing (when not cached, or a tag record is over an hour old), never")
 	}
+}
+
+// open opens the cache, converting images into it compressed as
+// --image-compress says.
+func (f *pullFlags) open() (*image.Cache, error) {
+	c, err := f.cacheFlags.open()
+	if err != nil || f.compress == "" {
+		return c, err
+	}
+	var o erofs.WriterOptions
+	if err := parseCompression(f.compress, &o); err != nil {
+		return nil, fmt.Errorf("--image-compress: %w", err)
+	}
+	c.SetCompression(o)
+	return c, nil
 }
 
 // options turns the flags into image.PullOptions, with progress reports
