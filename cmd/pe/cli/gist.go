@@ -41,7 +41,10 @@ func registerGitHubAPI(fs *pflag.FlagSet, p *string) {
 
 // newGistClient returns a gist client for the API at api ("" for
 // GitHub's), with the user's token and the gist cache under cacheDir (the
-// image cache's directory, "" for the default).
+// image cache's directory, "" for the default). The cache keeps the
+// Client's default bound, gist.DefaultCacheMaxBytes: pe serve fetches
+// whatever gists visitors name, and one directory shared by pe serve and
+// pe run is best kept to one bound.
 func newGistClient(api, cacheDir string) *gist.Client {
 	return &gist.Client{
 		BaseURL:   api,
