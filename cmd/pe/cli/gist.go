@@ -83,8 +83,9 @@ a mistake (the files are written all the same, to fix it).
 
 The token in GITHUB_TOKEN, GH_TOKEN or the GitHub CLI's config, when there is
 one, raises GitHub's rate limit (60 requests an hour without) and reads secret
-gists. Revisions are cached for ever in the cache directory, the latest
-revision is checked with GitHub at each fetch (a cheap conditional request).`,
+gists. Revisions are cached in the cache directory, the latest revision is
+checked with GitHub at each fetch (a cheap conditional request); the cache
+keeps within 64 MiB, the least recently used gists removed first.`,
 		Example: `  pe gist fetch aa5a315d61ae9438b18d
   pe gist fetch https://gist.github.com/octocat/aa5a315d61ae9438b18d -o hello
   pe gist fetch aa5a315d61ae9438b18d/57a7f021a713b1c5a6a199b54cc514735d2d462f`,
