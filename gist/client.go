@@ -29,6 +29,10 @@ const (
 	DefaultMaxTotalSize = 10 << 20
 	// DefaultTimeout bounds each request, whatever the http.Client says.
 	DefaultTimeout = 30 * time.Second
+	// DefaultCacheMaxBytes bounds the disk cache: room for thousands of
+	// the small gists pe's examples are, and for a gist of
+	// DefaultMaxTotalSize (about 14 MB as a cache entry) among them.
+	DefaultCacheMaxBytes = 64 << 20
 	// MaxFiles is the most files GitHub lists for a gist; a gist with more
 	// comes back with "truncated": true and is refused.
 	MaxFiles = 300
@@ -88,10 +92,15 @@ type Client struct {
 	// HTTP sends the requests (nil: a client with a DefaultTimeout
 	// timeout). Each request is bounded by DefaultTimeout anyway.
 	HTTP *http.Client
-	// CacheDir, when set, keeps fetched gists: a revision for ever (it
-	// never changes), the latest revision with its ETag, revalidated at
-	// each fetch.
+	// CacheDir, when set, keeps fetched gists: a revision until evicted
+	// (it never changes), the latest revision with its ETag, revalidated
+	// at each fetch.
 	CacheDir string
+	// CacheMaxBytes bounds the entries under CacheDir together (0:
+	// DefaultCacheMaxBytes; negative: no bound). A write that would go
+	// past it first removes the least recently used entries (written or
+	// read longest ago); an entry larger than the bound is not kept.
+	CacheMaxBytes int64
 	// MaxFileSize and MaxTotalSize bound one file and all files of a gist
 	// (0: DefaultMaxFileSize, DefaultMaxTotalSize).
 	MaxFileSize, MaxTotalSize int64
@@ -103,6 +112,15 @@ type Client struct {
 	// requests fail at once instead of spending more of the limit.
 	blockedUntil time.Time
 	blockedAuth  bool
+
+	// cacheMu guards the disk cache's accounting (see makeRoom).
+	cacheMu sync.Mutex
+	// cacheSize is the bytes of the entries under CacheDir as of the last
+	// scan plus this Client's writes since (cacheWrites of them); other
+	// processes' writes are seen at the next scan.
+	cacheSize    int64
+	cacheWrites  int
+	cacheScanned bool
 }
 
 func (c *Client) baseURL() string {

@@ -5,8 +5,9 @@
 // A Client talks to the GitHub REST API (GET /gists/{id},
 // GET /gists/{id}/{sha}, POST /gists) at api.github.com or a GitHub
 // Enterprise server, with a timeout on every request, size limits on
-// files and on the whole gist, and an optional disk cache: a revision is
-// kept for ever, the latest revision is revalidated with its ETag. Errors
+// files and on the whole gist, and an optional disk cache bounded in size
+// (least recently used entries go first): a revision is kept until
+// evicted, the latest revision is revalidated with its ETag. Errors
 // say what went wrong in terms a user can act on: ErrNotFound, a
 // *RateLimitError saying when to retry, an *APIError with GitHub's
 // message.

@@ -41,7 +41,10 @@ func registerGitHubAPI(fs *pflag.FlagSet, p *string) {
 
 // newGistClient returns a gist client for the API at api ("" for
 // GitHub's), with the user's token and the gist cache under cacheDir (the
-// image cache's directory, "" for the default).
+// image cache's directory, "" for the default). The cache keeps the
+// Client's default bound, gist.DefaultCacheMaxBytes: pe serve fetches
+// whatever gists visitors name, and one directory shared by pe serve and
+// pe run is best kept to one bound.
 func newGistClient(api, cacheDir string) *gist.Client {
 	return &gist.Client{
 		BaseURL:   api,
@@ -80,8 +83,9 @@ a mistake (the files are written all the same, to fix it).
 
 The token in GITHUB_TOKEN, GH_TOKEN or the GitHub CLI's config, when there is
 one, raises GitHub's rate limit (60 requests an hour without) and reads secret
-gists. Revisions are cached for ever in the cache directory, the latest
-revision is checked with GitHub at each fetch (a cheap conditional request).`,
+gists. Revisions are cached in the cache directory, the latest revision is
+checked with GitHub at each fetch (a cheap conditional request); the cache
+keeps within 64 MiB, the least recently used gists removed first.`,
 		Example: `  pe gist fetch aa5a315d61ae9438b18d
   pe gist fetch https://gist.github.com/octocat/aa5a315d61ae9438b18d -o hello
   pe gist fetch aa5a315d61ae9438b18d/57a7f021a713b1c5a6a199b54cc514735d2d462f`,
