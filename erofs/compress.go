@@ -25,6 +25,10 @@ const (
 	// DefaultLZ4HCLevel is the lz4hc level used when CompressionLevel is 0,
 	// the default of mkfs.erofs and of the lz4 tool.
 	DefaultLZ4HCLevel = 9
+
+	// MaxPclusterSize is the largest WriterOptions.PclusterSize, 1 MiB
+	// (Z_EROFS_PCLUSTER_MAX_SIZE, the most Linux decompresses at once).
+	MaxPclusterSize = zPclusterMaxSize
 )
 
 // compressConfig is the validated compression part of WriterOptions.

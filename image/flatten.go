@@ -45,6 +45,12 @@ type FlattenLayer struct {
 	// internals) are skipped. True for image layers, false for plain
 	// tarballs, where such names are ordinary files.
 	Whiteouts bool
+	// Tarball marks a tarball a user handed pe rather than an image
+	// layer: an empty stream, or an archive that ends without its
+	// end-of-archive marker (a truncated file cut between two entries), is
+	// an error, where image layers, some of which are written without the
+	// marker, are accepted as docker accepts them.
+	Tarball bool
 }
 
 // Flatten merges layers, given base first (manifest order), into w with
@@ -271,7 +277,11 @@ func (f *flattener) readStream(fn func(hdr *tar.Header, data io.Reader) error) e
 	if err != nil {
 		return fmt.Errorf("%s: opening: %w", f.name, err)
 	}
-	err = walkTar(f.ctx, rc, fn)
+	end := tarLenient
+	if f.layer.Tarball {
+		end = tarStrict
+	}
+	err = walkTar(f.ctx, rc, end, fn)
 	if cerr := rc.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("closing: %w", cerr)
 	}

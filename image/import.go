@@ -357,6 +357,7 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 		StripComponents: plan.opts.StripComponents,
 		Prefix:          plan.opts.Prefix,
 		Whiteouts:       false,
+		Tarball:         true,
 		Open: func() (io.ReadCloser, error) {
 			if tarName == "-" {
 				if stdin == nil {

@@ -32,6 +32,10 @@ import (
 // tar entry at fault. When a name appears more than once with the same
 // type, the last entry wins.
 //
+// AddTar reads r as a user's tarball (see tarStrict): an empty stream, or
+// one whose archive ends without its end-of-archive marker (cut short
+// exactly between two entries), is an error too.
+//
 // AddTar checks ctx between entries and while copying file data.
 func AddTar(ctx context.Context, w *erofs.Writer, r io.Reader) error {
 	return addTar(ctx, w, r, 0)
@@ -41,7 +45,7 @@ func AddTar(ctx context.Context, w *erofs.Writer, r io.Reader) error {
 // (0: none), which the fuzz target uses to stay fast.
 func addTar(ctx context.Context, w *erofs.Writer, r io.Reader, maxData int64) error {
 	var total int64 // regular file bytes so far
-	return walkTar(ctx, r, func(hdr *tar.Header, data io.Reader) error {
+	return walkTar(ctx, r, tarStrict, func(hdr *tar.Header, data io.Reader) error {
 		if isRegular(hdr.Typeflag) {
 			total += hdr.Size
 			if maxData > 0 && total > maxData {
@@ -52,14 +56,34 @@ func addTar(ctx context.Context, w *erofs.Writer, r io.Reader, maxData int64) er
 	})
 }
 
+// tarEnd says how walkTar treats the end of an archive.
+type tarEnd int
+
+const (
+	// tarLenient accepts a stream that ends cleanly between two entries
+	// as the end of the archive, with or without the end-of-archive marker
+	// (zero blocks), and an empty stream as an empty archive, as docker
+	// and containerd do for image layers: some layer producers omit the
+	// marker.
+	tarLenient tarEnd = iota
+	// tarStrict, for tarballs a user hands pe (build-erofs FILE or -,
+	// import and --tar), refuses an empty stream and an archive without
+	// its end-of-archive marker: both are what a truncated download or an
+	// interrupted copy leaves, and a short image would otherwise be built
+	// from it without a word.
+	tarStrict
+)
+
 // walkTar calls fn for each entry of the tar stream r, plain or compressed
 // (see decompress), with the entry's header and a reader of its data; what
 // fn leaves unread is skipped. An error from fn stops the walk and is
 // returned as it is; errors of the stream name the entry they cut short.
-// After the end-of-archive marker walkTar reads r to its end, so that a
-// corrupt compressed stream is noticed and whoever checks the digest of r
-// sees all of it. walkTar checks ctx between entries and on every read.
-func walkTar(ctx context.Context, r io.Reader, fn func(hdr *tar.Header, data io.Reader) error) error {
+// end says whether an empty stream and a missing end-of-archive marker
+// are errors. After the end-of-archive marker walkTar reads r to its end,
+// so that a corrupt compressed stream is noticed and whoever checks the
+// digest of r sees all of it. walkTar checks ctx between entries and on
+// every read.
+func walkTar(ctx context.Context, r io.Reader, end tarEnd, fn func(hdr *tar.Header, data io.Reader) error) error {
 	stream, format, closeStream, err := decompress(ctxReader{ctx, r})
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
@@ -71,12 +95,22 @@ func walkTar(ctx context.Context, r io.Reader, fn func(hdr *tar.Header, data io.
 	blocks := &blockTracker{r: stream}
 	tr := tar.NewReader(blocks)
 	var last string // name of the last entry read
+	var next int64  // where the header after the last entry starts (tarStrict)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		hdr, err := tr.Next()
 		if err == io.EOF {
+			if end == tarStrict {
+				inner := format
+				if _, ok := r.(*gunzipReader); ok {
+					inner = "gzip" // decompressed by fastGunzip before it came here
+				}
+				if err := checkTarEnd(blocks.off, next, last, inner); err != nil {
+					return err
+				}
+			}
 			break
 		}
 		if err != nil {
@@ -96,6 +130,17 @@ func walkTar(ctx context.Context, r io.Reader, fn func(hdr *tar.Header, data io.
 		if err := fn(hdr, tr); err != nil {
 			return err
 		}
+		if end == tarStrict {
+			// Read what fn left of the entry's data (tr.Next would skip it
+			// the same way), to know where the next header starts.
+			if _, err := io.Copy(io.Discard, tr); err != nil {
+				if ctxErr := ctx.Err(); ctxErr != nil {
+					return ctxErr
+				}
+				return fmt.Errorf("reading tar entry %q: %w", hdr.Name, err)
+			}
+			next = (blocks.off + 511) &^ 511
+		}
 	}
 	// Read what follows the end-of-archive marker (the rest of the last
 	// record, a compressed stream's checksum) so that a corrupt compressed
@@ -112,6 +157,24 @@ func walkTar(ctx context.Context, r io.Reader, fn func(hdr *tar.Header, data io.
 			return fmt.Errorf("reading after the end of the tar: %w", err)
 		}
 		return fmt.Errorf("reading %s stream after the end of the tar: %w", format, err)
+	}
+	return nil
+}
+
+// checkTarEnd tells, for tarStrict, whether an archive that tar.Reader
+// found at its end really ended: off is how far the tar stream was read,
+// next where the header after the last entry (named last; "" if none)
+// starts, format the compression ("" for none). tar.Reader reports the end
+// both at the end-of-archive marker, which it reads past, and when the
+// stream simply stops where the next header would start.
+func checkTarEnd(off, next int64, last, format string) error {
+	switch {
+	case off == 0 && format == "":
+		return errors.New("empty input, not a tar archive")
+	case off == 0:
+		return fmt.Errorf("empty %s stream, not a tar archive", format)
+	case off <= next && last != "":
+		return fmt.Errorf("tar ends after entry %q without its end-of-archive marker: truncated?", last)
 	}
 	return nil
 }

@@ -204,6 +204,52 @@ func TestBuildFromStdin(t *testing.T) {
 	}
 }
 
+// TestBuildRefusesCutTar checks that a user's tarball that is empty or
+// lacks its end-of-archive marker is refused, whichever way it comes in,
+// and that no output is left.
+func TestBuildRefusesCutTar(t *testing.T) {
+	isolate(t)
+	dir := t.TempDir()
+	whole := tarOf(t, map[string]string{"a": "1", "b": "2"}, false)
+	cut := whole[:len(whole)-1024] // tar.Writer ends with two zero blocks
+	empty, cutPath := filepath.Join(dir, "empty.tar"), filepath.Join(dir, "cut.tar")
+	for _, err := range []error{os.WriteFile(empty, nil, 0o644), os.WriteFile(cutPath, cut, 0o644)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "out.erofs")
+	const cutMsg = `tar ends after entry "b" without its end-of-archive marker: truncated?`
+	for _, tc := range []struct {
+		stdin string
+		args  []string
+		want  string
+	}{
+		{"", []string{"image", "build-erofs", "-", "-o", out}, "building " + out + " from standard input: empty input, not a tar archive"},
+		{"", []string{"image", "build-erofs", empty, "-o", out}, "building " + out + " from " + empty + ": empty input, not a tar archive"},
+		{"", []string{"image", "build-erofs", cutPath, "-o", out}, "building " + out + " from " + cutPath + ": " + cutMsg},
+		{string(cut), []string{"image", "build-erofs", "-", "-o", out}, "building " + out + " from standard input: " + cutMsg},
+		{"", []string{"image", "build-erofs", "--tar", cutPath, "-o", out}, cutMsg},
+		{"", []string{"image", "import", "--tar", empty, "--tag", "cut:1"}, "empty input, not a tar archive"},
+		{"", []string{"image", "import", "--tar", cutPath, "--tag", "cut:1"}, cutMsg},
+	} {
+		_, _, err := run(t, tc.stdin, tc.args...)
+		got := ""
+		if err != nil {
+			got = err.Error()
+			if i := strings.Index(got, tc.want); i > 0 {
+				got = got[i:] // the --tar and import forms say more before it
+			}
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("pe %q (-want +got):\n%s", tc.args, diff)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("pe %q left %s behind", tc.args, out)
+		}
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {

@@ -24,9 +24,12 @@ func (z *compressFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&z.index, "compress-index", "", "index layout of compressed files: compact (default) or full")
 }
 
+// compressFlagNames are the flags compressFlags registers.
+var compressFlagNames = []string{"compress", "pcluster-size", "compress-index"}
+
 // changed reports whether any compression flag was given.
 func (z *compressFlags) changed(cmd *cobra.Command) bool {
-	for _, n := range []string{"compress", "pcluster-size", "compress-index"} {
+	for _, n := range compressFlagNames {
 		if cmd.Flags().Changed(n) {
 			return true
 		}
@@ -34,7 +37,11 @@ func (z *compressFlags) changed(cmd *cobra.Command) bool {
 	return false
 }
 
-// apply checks the flags and sets the writer's compression options.
+// apply checks the flags and sets the writer's compression options. An
+// unset flag is the empty string; a flag given with an empty value
+// (--compress "") was rejected before, by checkEmptyCompressFlags.
+// The pcluster size is checked against the writer's block size here, so
+// that its error names the flag.
 func (z *compressFlags) apply(cmd *cobra.Command, w *erofs.WriterOptions) error {
 	if z.compress == "" {
 		if z.pcluster != "" || z.index != "" {
@@ -46,11 +53,11 @@ func (z *compressFlags) apply(cmd *cobra.Command, w *erofs.WriterOptions) error 
 		return usageErrorf(cmd, "--compress: %v", err)
 	}
 	if z.pcluster != "" {
-		n, err := parseSize(z.pcluster)
-		if err != nil || n <= 0 || n > 1<<30 {
-			return usageErrorf(cmd, "--pcluster-size: %q is not a size such as 65536, 16K or 1MiB", z.pcluster)
+		n, err := parsePclusterSize(z.pcluster, w.BlockSize)
+		if err != nil {
+			return usageErrorf(cmd, "--pcluster-size: %v", err)
 		}
-		w.PclusterSize = int(n)
+		w.PclusterSize = n
 	}
 	switch z.index {
 	case "", erofs.IndexCompact, erofs.IndexFull:
@@ -59,6 +66,50 @@ func (z *compressFlags) apply(cmd *cobra.Command, w *erofs.WriterOptions) error 
 		return usageErrorf(cmd, "--compress-index: %q is not compact or full", z.index)
 	}
 	return nil
+}
+
+// parsePclusterSize parses a --pcluster-size value and checks that it is
+// a multiple of the block size (0 means the default, 4096) no larger than
+// erofs.MaxPclusterSize.
+func parsePclusterSize(s string, blockSize int) (int, error) {
+	if blockSize == 0 {
+		blockSize = 4096
+	}
+	n, err := parseSize(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size such as 65536, 16K or 1MiB", s)
+	}
+	if n%int64(blockSize) != 0 || n > erofs.MaxPclusterSize {
+		if strconv.FormatInt(n, 10) != s {
+			s = fmt.Sprintf("%s (%d bytes)", s, n)
+		}
+		return 0, fmt.Errorf("%s: want a multiple of the block size %d, at most 1MiB (%d)", s, blockSize, erofs.MaxPclusterSize)
+	}
+	return int(n), nil
+}
+
+// emptyValueFlags are the flags whose empty value means "not given", so
+// that giving one explicitly empty (--compress "", often an unset shell
+// variable) is refused rather than silently ignored.
+var emptyValueFlags = map[string]string{
+	"compress":       "lz4 or lz4hc[:LEVEL]; leave the flag out for no compression",
+	"pcluster-size":  "a size such as 16K; leave the flag out for one block",
+	"compress-index": "compact or full; leave the flag out for compact",
+	"image-compress": "lz4 or lz4hc[:LEVEL]; leave the flag out for uncompressed images",
+}
+
+// checkEmptyCompressFlags refuses compression flags given on the command
+// line with an empty value. Values from PE_* variables and the config file
+// do not count as given (applyConfig sets them without marking them
+// changed), so an empty setting there still means the default.
+func checkEmptyCompressFlags(cmd *cobra.Command) error {
+	var err error
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if want, ok := emptyValueFlags[f.Name]; ok && err == nil && f.Value.String() == "" {
+			err = usageErrorf(cmd, "--%s: empty value (want %s)", f.Name, want)
+		}
+	})
+	return err
 }
 
 // parseCompression sets w's Compression and CompressionLevel from "lz4",

@@ -71,6 +71,9 @@ log-level, vmm, accel, kernel, github-api), then defaults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkEmptyCompressFlags(cmd); err != nil {
+				return err
+			}
 			if err := applyConfig(cmd); err != nil {
 				return err
 			}
