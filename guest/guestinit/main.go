@@ -115,6 +115,7 @@ func (in *vmInit) run() {
 		DevDir:       "/dev",
 		CgroupParent: CgroupRoot,
 		Self:         "/init",
+		ShmSize:      defaultMem / 4,
 		Log:          in.log,
 		Prepare: func(usernsFD int) error {
 			t := time.Now()

@@ -53,7 +53,8 @@ type Sandbox struct {
 	CgroupParent string
 	// Self is the executable re-run as the stage-2 child: the init binary.
 	Self string
-	// ShmSize is the size of the program's /dev/shm, in bytes.
+	// ShmSize is the size of the program's /dev/shm, in bytes; Run
+	// resizes the one Start made when it changed in between.
 	ShmSize int64
 	// Log receives progress; nil discards it.
 	Log *logger
@@ -99,12 +100,20 @@ func (c *stage2Child) kill() {
 	<-c.exited
 }
 
-// stage2Config is what the init sends the stage-2 child on fd 3.
+// stage2Setup is the first message the init sends the stage-2 child on
+// fd 3, from Start: the child builds the program's mount namespace with it
+// and waits for the [stage2Config].
+type stage2Setup struct {
+	Root    string `json:"root"`
+	Proc    string `json:"proc"` // mount points, resolved inside Root
+	Dev     string `json:"dev"`
+	DevDir  string `json:"dev_dir"`
+	ShmSize int64  `json:"shm_size"`
+}
+
+// stage2Config is the second message on fd 3, from Run: the program.
 type stage2Config struct {
-	Root     string   `json:"root"`
-	Proc     string   `json:"proc"` // mount points, resolved inside Root
-	Dev      string   `json:"dev"`
-	DevDir   string   `json:"dev_dir"`
+	// ShmSize, when not the setup's, resizes /dev/shm.
 	ShmSize  int64    `json:"shm_size"`
 	Argv     []string `json:"argv"`
 	Env      []string `json:"env"`
@@ -238,6 +247,17 @@ func (s *Sandbox) Start() (err error) {
 			return err
 		}
 	}
+	setup, err := s.stage2Setup()
+	if err == nil {
+		err = json.NewEncoder(c.cfgW).Encode(setup)
+		if err != nil {
+			err = fmt.Errorf("send the sandbox its setup: %w", err)
+		}
+	}
+	if err != nil {
+		c.kill()
+		return err
+	}
 	s.child = c
 	return nil
 }
@@ -296,7 +316,9 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	cfg.NullStdin = stdin == nil
 	if err := json.NewEncoder(c.cfgW).Encode(cfg); err != nil {
-		return abort(fmt.Errorf("send the sandbox its configuration: %w", err))
+		// The child is gone (it closes fd 3 only once it has read this):
+		// its failure report, read below, says why.
+		s.Log.Debugf("send the sandbox its configuration: %v", err)
 	}
 	c.cfgW.Close()
 	c.cfgW = nil
@@ -386,9 +408,9 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	return res, nil
 }
 
-// stage2Config resolves the mount points inside the root, creating them
-// when missing, and builds the child's configuration.
-func (s *Sandbox) stage2Config(req *guest.Request) (*stage2Config, error) {
+// stage2Setup resolves the mount points inside the root, creating them
+// when missing.
+func (s *Sandbox) stage2Setup() (*stage2Setup, error) {
 	proc, err := mkdirInRoot(s.Root, "proc", 0o555, IDBase, IDBase)
 	if err != nil {
 		return nil, err
@@ -397,6 +419,12 @@ func (s *Sandbox) stage2Config(req *guest.Request) (*stage2Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	return &stage2Setup{Root: s.Root, Proc: proc, Dev: dev, DevDir: s.DevDir, ShmSize: s.ShmSize}, nil
+}
+
+// stage2Config builds the child's configuration for req, creating the
+// working directory when missing.
+func (s *Sandbox) stage2Config(req *guest.Request) (*stage2Config, error) {
 	hostname := req.Hostname
 	if hostname == "" {
 		hostname = guest.DefaultHostname
@@ -411,10 +439,6 @@ func (s *Sandbox) stage2Config(req *guest.Request) (*stage2Config, error) {
 		return nil, fmt.Errorf("working directory: %w", err)
 	}
 	return &stage2Config{
-		Root:     s.Root,
-		Proc:     proc,
-		Dev:      dev,
-		DevDir:   s.DevDir,
 		ShmSize:  s.ShmSize,
 		Argv:     req.Argv,
 		Env:      req.Env,

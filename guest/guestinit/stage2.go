@@ -62,12 +62,12 @@ func Stage2() {
 }
 
 func stage2() error {
-	var cfg stage2Config
+	var setup stage2Setup
 	cfgFile := os.NewFile(3, "config")
-	if err := json.NewDecoder(cfgFile).Decode(&cfg); err != nil {
-		return setupErr("sandbox: read configuration: %v", err)
+	dec := json.NewDecoder(cfgFile)
+	if err := dec.Decode(&setup); err != nil {
+		return setupErr("sandbox: read the setup: %v", err)
 	}
-	cfgFile.Close()
 	// The init runs with oom_score_adj -1000, which the program must not
 	// inherit: the OOM killer would have nothing to kill in its cgroup.
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("0"), 0); err != nil {
@@ -79,20 +79,17 @@ func stage2() error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return setupErr("sandbox: make mounts private: %v", err)
 	}
-	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
-		return setupErr("sandbox: hostname: %v", err)
-	}
-	if err := mountProcDev(&cfg); err != nil {
+	if err := mountProcDev(&setup); err != nil {
 		return err
 	}
 	// The root came from the init's namespace, so it is locked here and
 	// pivot_root refuses it; a recursive bind onto itself is our own mount.
-	if err := unix.Mount(cfg.Root, cfg.Root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	if err := unix.Mount(setup.Root, setup.Root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return setupErr("sandbox: bind the root: %v", err)
 	}
 	// pivot_root(".", ".") stacks the old root on the new one; detaching it
 	// leaves nothing of the init's tree reachable.
-	if err := unix.Chdir(cfg.Root); err != nil {
+	if err := unix.Chdir(setup.Root); err != nil {
 		return setupErr("sandbox: %v", err)
 	}
 	if err := unix.PivotRoot(".", "."); err != nil {
@@ -103,6 +100,21 @@ func stage2() error {
 	}
 	if err := unix.Chdir("/"); err != nil {
 		return setupErr("sandbox: %v", err)
+	}
+
+	// Ready: a snapshot may be taken here, and the program comes later.
+	var cfg stage2Config
+	if err := dec.Decode(&cfg); err != nil {
+		return setupErr("sandbox: read configuration: %v", err)
+	}
+	cfgFile.Close()
+	if cfg.ShmSize != setup.ShmSize && cfg.ShmSize > 0 {
+		if err := unix.Mount("", "/dev/shm", "", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size="+itoa(cfg.ShmSize)); err != nil {
+			return setupErr("sandbox: resize /dev/shm: %v", err)
+		}
+	}
+	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+		return setupErr("sandbox: hostname: %v", err)
 	}
 	if cfg.NullStdin {
 		// The program's /dev/null, bound from the init's.
@@ -145,7 +157,7 @@ func stage2() error {
 // fresh /dev holding only harmless devices. Both happen before pivot_root,
 // while the init's /proc is still visible: the kernel only lets a user
 // namespace mount proc where a full proc is already mounted.
-func mountProcDev(cfg *stage2Config) error {
+func mountProcDev(cfg *stage2Setup) error {
 	if err := unix.Mount("proc", cfg.Proc, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return setupErr("sandbox: mount /proc: %v", err)
 	}
