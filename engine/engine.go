@@ -352,7 +352,10 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	}
 	t.lap("io_file")
 
-	cfg := e.vmConfig(choice, initramfs, img.EROFSPath, ioPath, work, req.MemoryMiB, req.CPUs, req.Debug, req.Console)
+	// Once the guest says its result is on the I/O disk, the VM has
+	// nothing more to give: stop it rather than wait for its power-off.
+	ready := newLineWatch(req.Console, guest.ResultReady)
+	cfg := e.vmConfig(choice, initramfs, img.EROFSPath, ioPath, work, req.MemoryMiB, req.CPUs, req.Debug, ready)
 	var m vmm.Machine
 	if snap != nil {
 		cfg.Cmdline = snap.Manifest.Cmdline
@@ -370,7 +373,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	grace := e.grace(choice.Accel)
 	limit := req.Timeout + grace
 	wctx, cancel := context.WithTimeout(ctx, limit)
-	waitErr := m.Wait(wctx)
+	waitErr := waitVM(wctx, m, ready.seen)
 	expired := wctx.Err() != nil
 	cancel()
 	killed := false
@@ -460,6 +463,22 @@ func (e *Engine) vmConfig(choice *Choice, initramfs, imagePath, ioPath, work str
 		WorkDir:   work,
 		Console:   console,
 		Log:       e.log,
+	}
+}
+
+// waitVM waits for m to exit, or kills it once resultReady is closed: the
+// guest has written and flushed its result. It returns Wait's error, nil
+// for a VM stopped that way.
+func waitVM(ctx context.Context, m vmm.Machine, resultReady <-chan struct{}) error {
+	exited := make(chan error, 1)
+	go func() { exited <- m.Wait(ctx) }()
+	select {
+	case err := <-exited:
+		return err
+	case <-resultReady:
+		m.Kill()
+		<-exited
+		return nil
 	}
 }
 

@@ -92,6 +92,9 @@ func (f *IOFile) Stdin() io.Reader {
 	return io.NewSectionReader(f.f, a.Off, a.Len)
 }
 
+// HasInputs reports whether the host sent input files.
+func (f *IOFile) HasInputs() bool { return f.h.areas[areaInputs].Len > 0 }
+
 // ExtractInputs unpacks the input archive into dir, creating it. Entries
 // never leave dir nor write through symlinks.
 func (f *IOFile) ExtractInputs(dir string) error {

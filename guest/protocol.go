@@ -45,6 +45,13 @@ const (
 	SnapshotWake = "\n"
 )
 
+// ResultReady is the console line the init writes, alone on its line,
+// once the result is on the I/O disk (written and flushed): the host may
+// stop the VM from then on instead of waiting for it to power off. Only
+// the init writes raw lines on the console; kernel messages start with
+// their time stamp.
+const ResultReady = "pe-init: result ready"
+
 // Defaults the guest applies to a [Request].
 const (
 	// DefaultHostname is the program's hostname when the request has none.

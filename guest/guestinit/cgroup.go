@@ -22,6 +22,10 @@ const CgroupRoot = "/sys/fs/cgroup"
 type cgroup struct {
 	dir string
 	fd  int // the directory, for clone3's CLONE_INTO_CGROUP
+	// The limits written so far (limited: any), so that setting them again
+	// writes only what changed.
+	limited      bool
+	memMax, pids int64
 }
 
 // newCgroup creates the cgroup name under parent, enabling the memory and
@@ -44,23 +48,38 @@ func newCgroup(parent, name string) (*cgroup, error) {
 	return &cgroup{dir: dir, fd: fd}, nil
 }
 
-// limit sets memory.max and pids.max. Every limit must take: a program
-// without them could take the init down.
+// limit sets memory.max and pids.max, writing only what differs from the
+// last call. Every limit must take: a program without them could take the
+// init down.
 func (c *cgroup) limit(memMax int64, pidsMax int) error {
-	for _, s := range []struct{ file, value string }{
-		{"memory.max", strconv.FormatInt(memMax, 10)},
-		{"pids.max", strconv.Itoa(pidsMax)},
+	for _, s := range []struct {
+		file     string
+		value    int64
+		current  *int64
+		onceOnly bool
+	}{
+		{"memory.max", memMax, &c.memMax, false},
+		{"pids.max", int64(pidsMax), &c.pids, false},
 		// One OOM kill ends the whole program rather than leaving a
 		// half-dead process tree running until the time limit.
-		{"memory.oom.group", "1"},
+		{"memory.oom.group", 1, nil, true},
 	} {
-		if err := writeFile(filepath.Join(c.dir, s.file), s.value); err != nil {
+		if c.limited && (s.onceOnly || *s.current == s.value) {
+			continue
+		}
+		if err := writeFile(filepath.Join(c.dir, s.file), strconv.FormatInt(s.value, 10)); err != nil {
 			return fmt.Errorf("cgroup: set %s: %w", s.file, err)
 		}
+		if s.current != nil {
+			*s.current = s.value
+		}
 	}
-	// No swap in the VM, but say so in case a kernel has some.
-	if err := writeFile(filepath.Join(c.dir, "memory.swap.max"), "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("cgroup: set memory.swap.max: %w", err)
+	if !c.limited {
+		// No swap in the VM, but say so in case a kernel has some.
+		if err := writeFile(filepath.Join(c.dir, "memory.swap.max"), "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cgroup: set memory.swap.max: %w", err)
+		}
+		c.limited = true
 	}
 	return nil
 }

@@ -110,11 +110,13 @@ func (in *vmInit) run() {
 	var iof *guest.IOFile
 	var mem int64
 	var uid, gid int
+	var inputDir string
 	sb := &Sandbox{
 		Root:         vmLayout.root,
 		DevDir:       "/dev",
 		CgroupParent: CgroupRoot,
 		Self:         "/init",
+		MemoryMax:    defaultMem,
 		ShmSize:      defaultMem / 4,
 		Log:          in.log,
 		Prepare: func(usernsFD int) error {
@@ -123,6 +125,9 @@ func (in *vmInit) run() {
 			idmapped, err := mountRoot(vmLayout, rootOptions{tmpfsSize: defaultMem / 2, uid: IDBase, gid: IDBase}, usernsFD, in.log)
 			if err != nil {
 				return fmt.Errorf("container root: %w", err)
+			}
+			if inputDir, err = mkdirInRoot(vmLayout.root, guest.InputDir, 0o755, IDBase, IDBase); err != nil {
+				return err
 			}
 			in.log.Debugf("container root ready (idmapped: %v)", idmapped)
 			return nil
@@ -133,14 +138,18 @@ func (in *vmInit) run() {
 			if err := configureRoot(vmLayout, defaultMem/2, rootOptions{tmpfsSize: mem / 2, uid: uid, gid: gid}); err != nil {
 				return fmt.Errorf("container root: %w", err)
 			}
-			input, err := mkdirInRoot(vmLayout.root, guest.InputDir, 0o755, uid, gid)
-			if err != nil {
-				return err
+			// What a snapshot holds is done already: the common run (the
+			// container's root, no input files) changes nothing here.
+			if iof.HasInputs() {
+				if err := iof.ExtractInputs(inputDir); err != nil {
+					return err
+				}
+				return chownTree(inputDir, uid, gid)
 			}
-			if err := iof.ExtractInputs(input); err != nil {
-				return err
+			if uid != IDBase || gid != IDBase {
+				return os.Chown(inputDir, uid, gid)
 			}
-			return chownTree(input, uid, gid)
+			return nil
 		},
 	}
 	if cmd.params[guest.CmdlineSnapshot] == "1" {
@@ -236,6 +245,11 @@ func (in *vmInit) finish(res *guest.Result) {
 		return
 	}
 	in.log.Debugf("result written in %v: exit %d %s %s", time.Since(t).Round(time.Microsecond), res.ExitCode, res.Signal, res.Error)
+	// WriteResult flushed the disk: the host needs nothing more of this VM.
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+		f.WriteString("\n" + guest.ResultReady + "\n")
+		f.Close()
+	}
 }
 
 // fail reports an error of pe's guest side as the run's result.

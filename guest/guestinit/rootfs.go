@@ -231,8 +231,10 @@ func configureRoot(l rootLayout, madeSize int64, o rootOptions) error {
 			}
 		}
 	}
-	if err := os.Chown(l.output, o.uid, o.gid); err != nil {
-		return fmt.Errorf("output directory: %w", err)
+	if o.uid != IDBase || o.gid != IDBase {
+		if err := os.Chown(l.output, o.uid, o.gid); err != nil {
+			return fmt.Errorf("output directory: %w", err)
+		}
 	}
 	return nil
 }

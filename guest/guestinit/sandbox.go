@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"strconv"
 	"syscall"
 	"time"
@@ -53,6 +54,10 @@ type Sandbox struct {
 	CgroupParent string
 	// Self is the executable re-run as the stage-2 child: the init binary.
 	Self string
+	// MemoryMax, when set, is the memory.max Start gives the cgroup (with
+	// the default pids.max), so that Run only writes a request's limits
+	// that differ: what a snapshot holds is then usually all there is.
+	MemoryMax int64
 	// ShmSize is the size of the program's /dev/shm, in bytes; Run
 	// resizes the one Start made when it changed in between.
 	ShmSize int64
@@ -170,6 +175,11 @@ func (s *Sandbox) Start() (err error) {
 	if s.CgroupParent != "" {
 		if c.cg, err = newCgroup(s.CgroupParent, "pe-program"); err != nil {
 			return err
+		}
+		if s.MemoryMax > 0 {
+			if err := c.cg.limit(s.MemoryMax, guest.DefaultPidsLimit); err != nil {
+				return err
+			}
 		}
 	}
 	pipe := func(parentReads bool) (parent *os.File, err error) {
@@ -429,14 +439,13 @@ func (s *Sandbox) stage2Config(req *guest.Request) (*stage2Config, error) {
 	if hostname == "" {
 		hostname = guest.DefaultHostname
 	}
-	cwd := req.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
+	cwd := path.Clean("/" + req.Cwd)
 	// Like runc, a missing working directory is created (owned by the
 	// container's root).
-	if _, err := mkdirInRoot(s.Root, cwd, 0o755, IDBase, IDBase); err != nil {
-		return nil, fmt.Errorf("working directory: %w", err)
+	if cwd != "/" {
+		if _, err := mkdirInRoot(s.Root, cwd, 0o755, IDBase, IDBase); err != nil {
+			return nil, fmt.Errorf("working directory: %w", err)
+		}
 	}
 	return &stage2Config{
 		ShmSize:  s.ShmSize,

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -133,19 +133,12 @@ func stage2() error {
 	if lookupEnv(env, "HOME") == "" {
 		env = append(env, "HOME="+homeDir(cfg.UID))
 	}
-	groups := make([]int, len(cfg.Groups))
-	for i, g := range cfg.Groups {
-		groups[i] = int(g)
-	}
-	// The syscall package applies these to every thread.
-	if err := syscall.Setgroups(groups); err != nil {
-		return setupErr("set groups %v: %v", cfg.Groups, err)
-	}
-	if err := syscall.Setgid(int(cfg.GID)); err != nil {
-		return setupErr("set gid %d: %v", cfg.GID, err)
-	}
-	if err := syscall.Setuid(int(cfg.UID)); err != nil {
-		return setupErr("set uid %d: %v", cfg.UID, err)
+	// Credentials are per thread in Linux, and execve takes the calling
+	// thread's (the others end with it). The syscall package's Setuid and
+	// friends change every thread, signalling each: work a restored VM
+	// pays for in emulation, and the program never sees those threads.
+	if err := setThreadCreds(cfg.UID, cfg.GID, cfg.Groups); err != nil {
+		return err
 	}
 	if err := unix.Chdir(cfg.Cwd); err != nil {
 		return setupErr("working directory %s: %v", cfg.Cwd, err)
@@ -289,4 +282,26 @@ func execError(p string, err error) error {
 		code = ExitNotFound
 	}
 	return &stage2Error{code, fmt.Sprintf("exec: %q: %v", p, err)}
+}
+
+// setThreadCreds sets this thread's supplementary groups, then its real,
+// effective and saved GID and UID (the UID last: it drops the right to
+// change the others).
+func setThreadCreds(uid, gid uint32, groups []uint32) error {
+	var p unsafe.Pointer
+	if len(groups) > 0 {
+		p = unsafe.Pointer(&groups[0])
+	}
+	_, _, errno := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(p), 0)
+	runtime.KeepAlive(groups)
+	if errno != 0 {
+		return setupErr("set groups %v: %v", groups, errno)
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), uintptr(gid), uintptr(gid)); errno != 0 {
+		return setupErr("set gid %d: %v", gid, errno)
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); errno != 0 {
+		return setupErr("set uid %d: %v", uid, errno)
+	}
+	return nil
 }
