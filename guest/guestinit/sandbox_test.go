@@ -47,6 +47,9 @@ type childParams struct {
 	Stdin     []byte         `json:"stdin"`
 	NoIDMap   bool           `json:"no_idmap"`
 	MaxOutput int64          `json:"max_output"` // cap of the test's stdout and stderr writers
+	// PreStart starts the sandbox before the request is known, as the
+	// init does for a snapshot, and checks that a second Start fails.
+	PreStart bool `json:"pre_start"`
 }
 
 // childResult is what the child reports.
@@ -93,6 +96,16 @@ func sandboxChild() {
 	var stdin io.Reader
 	if p.Stdin != nil {
 		stdin = bytes.NewReader(p.Stdin)
+	}
+	if p.PreStart {
+		if err := sb.Start(); err != nil {
+			out.Err = err.Error()
+			return
+		}
+		if err := sb.Start(); err == nil {
+			out.Err = "a second Start succeeded"
+			return
+		}
 	}
 	out.Result = sb.Run(p.Request, stdin, stdout, stderr)
 	out.Stdout, out.Stderr = stdout.String(), stderr.String()
@@ -281,8 +294,17 @@ func TestSandbox(t *testing.T) {
 		},
 		{
 			name:   "no stdin reads as empty",
-			p:      childParams{Request: shRequest(`cat; echo done`)},
-			stdout: "done\n", idmapped: true,
+			p:      childParams{Request: shRequest(`readlink /proc/self/fd/0; cat; echo done`)},
+			stdout: "/dev/null\ndone\n", idmapped: true,
+		},
+		{
+			name: "started before the request",
+			p: childParams{
+				Request:  user(&guest.Request{Argv: []string{"sh", "-c", `hostname; id -u; pwd; cat`}, Env: []string{"PATH=/bin"}, Cwd: "/srv/w", Hostname: "later"}),
+				Stdin:    []byte("in\n"),
+				PreStart: true,
+			},
+			stdout: "later\n1000\n/srv/w\nin\n", idmapped: true,
 		},
 		{
 			name: "hostname and a PID namespace of its own",
