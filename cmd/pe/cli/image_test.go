@@ -51,17 +51,11 @@ func testRegistry(t *testing.T) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// pushFiles pushes a one-layer linux image holding files to ref.
-func pushFiles(t *testing.T, ref string, files map[string]string) v1.Hash {
+// filesImage returns a one-layer linux image (of the host's platform)
+// holding files.
+func filesImage(t *testing.T, files map[string]string) v1.Image {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for name, body := range files {
-		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
-		tw.Write([]byte(body))
-	}
-	tw.Close()
-	b := buf.Bytes()
+	b := tarOf(t, files, false)
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
 	if err != nil {
 		t.Fatal(err)
@@ -70,12 +64,22 @@ func pushFiles(t *testing.T, ref string, files map[string]string) v1.Hash {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, _ := img.ConfigFile()
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", strings.TrimPrefix(defaultPlatformForTest(), "linux/")
 	if img, err = mutate.ConfigFile(img, cfg); err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+// pushFiles pushes a one-layer linux image holding files to ref.
+func pushFiles(t *testing.T, ref string, files map[string]string) v1.Hash {
+	t.Helper()
+	img := filesImage(t, files)
 	n, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
