@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
@@ -154,4 +155,42 @@ func walkFiles(dir string) []string {
 // testLogger logs to the test's output.
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// brokenBoot writes, in dir, a kernel file QEMU cannot load and an init
+// that never ends (busybox's init finds no inittab and waits for ever).
+func brokenBoot(t *testing.T, f *vmFixture, dir string) (garbageKernel, hangInit string) {
+	t.Helper()
+	garbageKernel = filepath.Join(dir, "garbage-vmlinuz")
+	if err := os.WriteFile(garbageKernel, bytes.Repeat([]byte("not a kernel "), 10000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hangInit = filepath.Join(dir, "busybox-init")
+	b, err := os.ReadFile(filepath.Join(f.rootfs, "bin/busybox"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hangInit, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return garbageKernel, hangInit
+}
+
+// brokenOptions are the options of an engine over QEMU/TCG booting
+// vmlinuz (the fixture's kernel otherwise) with init, and the fixture's
+// busybox image; change adjusts them.
+func brokenOptions(f *vmFixture, vmlinuz, init, cacheDir, tempDir string, change func(*Options)) Options {
+	k := *f.kernel
+	k.Vmlinuz = vmlinuz
+	o := Options{
+		Images:     StaticSource{"busybox": {Reference: "busybox", EROFSPath: f.erofs, Config: busyboxConfig()}},
+		Backend:    qemu.New(""),
+		Accel:      "tcg",
+		KernelInfo: &k,
+		InitBinary: init,
+		CacheDir:   cacheDir,
+		TempDir:    tempDir,
+	}
+	change(&o)
+	return o
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/pe-project/pe/vmm"
-	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // createSnapshot makes a snapshot of the busybox image with a VM slot held.
@@ -325,16 +324,7 @@ func TestVMSnapshotCreateFails(t *testing.T) {
 	t.Parallel()
 	f := vmSetup(t)
 	dir := t.TempDir()
-	garbage := filepath.Join(dir, "garbage-vmlinuz")
-	if err := os.WriteFile(garbage, bytes.Repeat([]byte("not a kernel "), 10000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	hangInit := filepath.Join(dir, "busybox-init") // waits forever, never ready
-	if b, err := os.ReadFile(filepath.Join(f.rootfs, "bin/busybox")); err != nil {
-		t.Fatal(err)
-	} else if err := os.WriteFile(hangInit, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	garbage, hangInit := brokenBoot(t, f, dir) // hangInit: never ready
 	for _, c := range []struct {
 		name, vmlinuz, init string
 		limit               time.Duration
@@ -345,19 +335,8 @@ func TestVMSnapshotCreateFails(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			k := *f.kernel
-			k.Vmlinuz = c.vmlinuz
 			tmp := t.TempDir()
-			e, err := New(Options{
-				Images:     StaticSource{"busybox": {Reference: "busybox", EROFSPath: f.erofs, Config: busyboxConfig()}},
-				Backend:    qemu.New(""),
-				Accel:      "tcg",
-				KernelInfo: &k,
-				InitBinary: c.init,
-				CacheDir:   filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+"-cache"),
-				TempDir:    tmp,
-				NoPVH:      true,
-			})
+			e, err := New(brokenOptions(f, c.vmlinuz, c.init, filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+"-cache"), tmp, func(o *Options) { o.NoPVH = true }))
 			if err != nil {
 				t.Fatal(err)
 			}

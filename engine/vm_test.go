@@ -16,7 +16,6 @@ import (
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
 	"github.com/pe-project/pe/image"
-	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // These tests boot real VMs (see helpers_test.go). Each run costs seconds
@@ -300,17 +299,7 @@ func TestVMBrokenKernel(t *testing.T) {
 	t.Parallel()
 	f := vmSetup(t)
 	dir := t.TempDir()
-	garbage := filepath.Join(dir, "garbage-vmlinuz")
-	if err := os.WriteFile(garbage, bytes.Repeat([]byte("not a kernel "), 10000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// busybox as /init: busybox's init finds no inittab and waits forever.
-	hangInit := filepath.Join(f.dir, "busybox-init")
-	if b, err := os.ReadFile(filepath.Join(f.rootfs, "bin/busybox")); err != nil {
-		t.Fatal(err)
-	} else if err := os.WriteFile(hangInit, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	garbage, hangInit := brokenBoot(t, f, dir)
 	for _, c := range []struct {
 		name    string
 		vmlinuz string
@@ -322,19 +311,8 @@ func TestVMBrokenKernel(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			k := *f.kernel
-			k.Vmlinuz = c.vmlinuz
 			tmp := t.TempDir()
-			e, err := New(Options{
-				Images:     StaticSource{"busybox": {Reference: "busybox", EROFSPath: f.erofs, Config: busyboxConfig()}},
-				Backend:    qemu.New(""),
-				Accel:      "tcg",
-				KernelInfo: &k,
-				InitBinary: c.init,
-				CacheDir:   filepath.Join(dir, c.name+"-cache"),
-				TempDir:    tmp,
-				Grace:      8 * time.Second,
-			})
+			e, err := New(brokenOptions(f, c.vmlinuz, c.init, filepath.Join(dir, c.name+"-cache"), tmp, func(o *Options) { o.Grace = 8 * time.Second }))
 			if err != nil {
 				t.Fatal(err)
 			}
