@@ -325,10 +325,11 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 		return abort(err)
 	}
 	cfg.NullStdin = stdin == nil
-	if err := json.NewEncoder(c.cfgW).Encode(cfg); err != nil {
+	sendErr := json.NewEncoder(c.cfgW).Encode(cfg)
+	if sendErr != nil {
 		// The child is gone (it closes fd 3 only once it has read this):
-		// its failure report, read below, says why.
-		s.Log.Debugf("send the sandbox its configuration: %v", err)
+		// its failure report, read below, says why, if it wrote one.
+		s.Log.Debugf("send the sandbox its configuration: %v", sendErr)
 	}
 	c.cfgW.Close()
 	c.cfgW = nil
@@ -413,6 +414,12 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 		res.ExitCode = fail.Code
 		res.Signal = ""
 		return res, errors.New(fail.Message)
+	}
+	if sendErr != nil {
+		// Ended (killed, most likely) while it waited for the program,
+		// which never ran: not the program's status.
+		res.ExitCode, res.Signal = ExitSetupFailed, ""
+		return res, fmt.Errorf("sandbox: the stage-2 child ended before it got the program (%v): %w", st, sendErr)
 	}
 	s.Log.Debugf("program ended after %v: exit %d %s", elapsed.Round(time.Millisecond), res.ExitCode, res.Signal)
 	return res, nil

@@ -50,6 +50,8 @@ type childParams struct {
 	// PreStart starts the sandbox before the request is known, as the
 	// init does for a snapshot, and checks that a second Start fails.
 	PreStart bool `json:"pre_start"`
+	// KillChild, with PreStart, kills the waiting stage-2 child before Run.
+	KillChild bool `json:"kill_child"`
 }
 
 // childResult is what the child reports.
@@ -105,6 +107,11 @@ func sandboxChild() {
 		if err := sb.Start(); err == nil {
 			out.Err = "a second Start succeeded"
 			return
+		}
+		if p.KillChild {
+			sb.child.cmd.Process.Kill()
+			err := <-sb.child.exited
+			sb.child.exited <- err // Run waits for it too
 		}
 	}
 	out.Result = sb.Run(p.Request, stdin, stdout, stderr)
@@ -296,6 +303,13 @@ func TestSandbox(t *testing.T) {
 			name:   "no stdin reads as empty",
 			p:      childParams{Request: shRequest(`readlink /proc/self/fd/0; cat; echo done`)},
 			stdout: "/dev/null\ndone\n", idmapped: true,
+		},
+		{
+			name:     "the waiting child killed before the program",
+			p:        childParams{Request: shRequest(`echo never`), PreStart: true, KillChild: true},
+			exit:     ExitSetupFailed,
+			errHas:   "the stage-2 child ended before it got the program",
+			idmapped: true,
 		},
 		{
 			name: "started before the request",
