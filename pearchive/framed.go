@@ -23,6 +23,11 @@ func SplitFramed(body []byte) (jsonPart, archive []byte, err error) {
 	return body[4 : 4+n], body[4+n:], nil
 }
 
+// FramedLen is the length of the framed body WriteFramed writes for a JSON
+// part of jsonLen bytes and an archive of archiveLen bytes: what a server
+// puts in Content-Length before it streams the body.
+func FramedLen(jsonLen int, archiveLen int64) int64 { return 4 + int64(jsonLen) + archiveLen }
+
 // WriteFramed writes a framed HTTP body: the length of jsonPart as a u32
 // little-endian, jsonPart, then everything read from archive (nothing if
 // archive is nil).

@@ -194,13 +194,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	if err := packOutputs(&out, res, outputDir); err != nil {
 		return fmt.Errorf("packing the output files: %w", err)
 	}
-	var framed bytes.Buffer
-	if err := pearchive.WriteFramed(&framed, js, &out); err != nil {
-		return err
-	}
+	// The archive is in memory anyway (its length goes first); the frame
+	// around it is streamed, not built in a second buffer.
 	w.Header().Set("Content-Type", pearchive.ContentType)
-	w.Header().Set("Content-Length", strconv.Itoa(framed.Len()))
-	if _, err := framed.WriteTo(w); err != nil {
+	w.Header().Set("Content-Length", strconv.FormatInt(pearchive.FramedLen(len(js), int64(out.Len())), 10))
+	if err := pearchive.WriteFramed(w, js, &out); err != nil {
 		s.cfg.Log.Info("client stopped reading the response", "request_id", r.Context().Value(requestIDKey), "error", err)
 	}
 	return nil
