@@ -22,16 +22,15 @@ const CgroupRoot = "/sys/fs/cgroup"
 type cgroup struct {
 	dir string
 	fd  int // the directory, for clone3's CLONE_INTO_CGROUP
-	// The limits written so far (limited: any), so that setting them again
-	// writes only what changed.
-	limited      bool
+	// The limits written so far (-1: none yet), so that setting them
+	// again writes only what changed.
 	memMax, pids int64
 }
 
 // newCgroup creates the cgroup name under parent, enabling the memory and
-// pids controllers in parent. Its limits are set by [cgroup.limit], before
-// the program starts: the sandbox's stage-2 child may wait in it, without
-// them, for a request to come.
+// pids controllers in parent, with the settings no request changes. Its
+// limits are set by [cgroup.limit], before the program starts: the
+// sandbox's stage-2 child may wait in it, without them, for a request.
 func newCgroup(parent, name string) (*cgroup, error) {
 	if err := writeFile(filepath.Join(parent, "cgroup.subtree_control"), "+memory +pids"); err != nil {
 		return nil, fmt.Errorf("cgroup: enable memory and pids controllers: %w", err)
@@ -40,12 +39,23 @@ func newCgroup(parent, name string) (*cgroup, error) {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
+	// One OOM kill ends the whole program rather than leaving a half-dead
+	// process tree running until the time limit.
+	if err := writeFile(filepath.Join(dir, "memory.oom.group"), "1"); err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("cgroup: set memory.oom.group: %w", err)
+	}
+	// No swap in the VM, but say so in case a kernel has some.
+	if err := writeFile(filepath.Join(dir, "memory.swap.max"), "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		os.Remove(dir)
+		return nil, fmt.Errorf("cgroup: set memory.swap.max: %w", err)
+	}
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		os.Remove(dir)
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
-	return &cgroup{dir: dir, fd: fd}, nil
+	return &cgroup{dir: dir, fd: fd, memMax: -1, pids: -1}, nil
 }
 
 // limit sets memory.max and pids.max, writing only what differs from the
@@ -53,33 +63,20 @@ func newCgroup(parent, name string) (*cgroup, error) {
 // init down.
 func (c *cgroup) limit(memMax int64, pidsMax int) error {
 	for _, s := range []struct {
-		file     string
-		value    int64
-		current  *int64
-		onceOnly bool
+		file    string
+		value   int64
+		written *int64
 	}{
-		{"memory.max", memMax, &c.memMax, false},
-		{"pids.max", int64(pidsMax), &c.pids, false},
-		// One OOM kill ends the whole program rather than leaving a
-		// half-dead process tree running until the time limit.
-		{"memory.oom.group", 1, nil, true},
+		{"memory.max", memMax, &c.memMax},
+		{"pids.max", int64(pidsMax), &c.pids},
 	} {
-		if c.limited && (s.onceOnly || *s.current == s.value) {
+		if *s.written == s.value {
 			continue
 		}
 		if err := writeFile(filepath.Join(c.dir, s.file), strconv.FormatInt(s.value, 10)); err != nil {
 			return fmt.Errorf("cgroup: set %s: %w", s.file, err)
 		}
-		if s.current != nil {
-			*s.current = s.value
-		}
-	}
-	if !c.limited {
-		// No swap in the VM, but say so in case a kernel has some.
-		if err := writeFile(filepath.Join(c.dir, "memory.swap.max"), "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("cgroup: set memory.swap.max: %w", err)
-		}
-		c.limited = true
+		*s.written = s.value
 	}
 	return nil
 }
