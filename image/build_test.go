@@ -121,7 +121,16 @@ func readImage(t testing.TB, path string) map[string]facts {
 		t.Fatalf("erofs.Open(%s): %v", path, err)
 	}
 	got := map[string]facts{}
-	err = fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+	if err := walkImage(t, fsys, func(p string, fc facts, _ *erofs.Stat) { got[p] = fc }); err != nil {
+		t.Fatalf("walking %s: %v", path, err)
+	}
+	return got
+}
+
+// walkImage calls fn with the facts and the erofs.Stat of every path of
+// fsys, the root (".") included.
+func walkImage(t testing.TB, fsys *erofs.FS, fn func(p string, fc facts, st *erofs.Stat)) error {
+	return fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -157,13 +166,9 @@ func readImage(t testing.TB, path string) map[string]facts {
 			}
 			fc.Xattrs[k] = string(v)
 		}
-		got[p] = fc
+		fn(p, fc, st)
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("walking %s: %v", path, err)
-	}
-	return got
 }
 
 // diffImage compares the files of an image with what a test expects.

@@ -236,42 +236,14 @@ func snapshot(t testing.TB, img []byte) (map[string]node, [][]string) {
 	}
 	got := map[string]node{}
 	byNid := map[uint64][]string{}
-	err = fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := fsys.Lstat(p)
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*erofs.Stat)
-		n := node{Mode: fi.Mode(), UID: st.UID, GID: st.GID}
-		if !fi.IsDir() {
-			n.Nlink = st.Nlink
+	err = walkImage(t, fsys, func(p string, fc facts, st *erofs.Stat) {
+		if fc.Mode&fs.ModeDir == 0 {
 			byNid[st.Nid] = append(byNid[st.Nid], p)
 		}
-		switch {
-		case fi.Mode().IsRegular():
-			data, err := fs.ReadFile(fsys, p)
-			if err != nil {
-				return err
-			}
-			n.Size, n.Data = fi.Size(), string(data)
-		case fi.Mode()&fs.ModeSymlink != 0:
-			if n.Link, err = fsys.ReadLink(p); err != nil {
-				return err
-			}
-		case fi.Mode()&fs.ModeDevice != 0:
-			n.Dev = [2]uint32{st.DevMajor, st.DevMinor}
+		got[p] = node{
+			Mode: fc.Mode, UID: fc.UID, GID: fc.GID, Size: fc.Size, Data: fc.Data,
+			Link: fc.Link, Nlink: fc.Nlink, Dev: fc.Dev, Xattrs: fc.Xattrs,
 		}
-		for k, v := range st.Xattrs {
-			if n.Xattrs == nil {
-				n.Xattrs = map[string]string{}
-			}
-			n.Xattrs[k] = string(v)
-		}
-		got[p] = n
-		return nil
 	})
 	if err != nil {
 		t.Fatalf("walking the image: %v", err)
