@@ -21,6 +21,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/pe-project/pe/guest/guesttest"
 	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 	"github.com/pe-project/pe/vmm/qemu"
@@ -113,23 +114,8 @@ func MakeBusyboxTree(root, busybox string) error {
 			return err
 		}
 	}
-	b, err := os.ReadFile(busybox)
-	if err != nil {
+	if err := guesttest.InstallBusybox(filepath.Join(root, "bin"), busybox); err != nil {
 		return err
-	}
-	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755); err != nil {
-		return err
-	}
-	list, err := exec.Command(busybox, "--list").Output()
-	if err != nil {
-		return err
-	}
-	for _, applet := range strings.Fields(string(list)) {
-		if applet != "busybox" {
-			if err := os.Symlink("busybox", filepath.Join(root, "bin", applet)); err != nil {
-				return err
-			}
-		}
 	}
 	files := map[string]string{
 		"etc/passwd":      "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n",

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/guest/guesttest"
 	"golang.org/x/sys/unix"
 )
 
@@ -160,14 +161,7 @@ func sandboxDir(t *testing.T) string {
 		must(os.MkdirAll(filepath.Join(lower, d), 0o755))
 	}
 	must(os.Chmod(filepath.Join(lower, "root"), 0o700))
-	must(copyFile(bb, filepath.Join(lower, "bin/busybox"), 0o755))
-	list, err := exec.Command(bb, "--list").Output()
-	must(err)
-	for _, applet := range strings.Fields(string(list)) {
-		if applet != "busybox" {
-			must(os.Symlink("busybox", filepath.Join(lower, "bin", applet)))
-		}
-	}
+	must(guesttest.InstallBusybox(filepath.Join(lower, "bin"), bb))
 	must(os.WriteFile(filepath.Join(lower, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"), 0o644))
 	must(os.WriteFile(filepath.Join(lower, "etc/group"), []byte("root:x:0:\nalice:x:1000:\n"), 0o644))
 	must(os.WriteFile(filepath.Join(lower, "etc/motd"), []byte("hello\n"), 0o644))

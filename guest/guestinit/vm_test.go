@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/guest/guesttest"
 	"github.com/pe-project/pe/guest/initramfs"
 )
 
@@ -104,21 +105,8 @@ func buildFixture(dir, kdir, busybox string) error {
 			return err
 		}
 	}
-	b, err := os.ReadFile(busybox)
-	if err != nil {
+	if err := guesttest.InstallBusybox(filepath.Join(root, "bin"), busybox); err != nil {
 		return err
-	}
-	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755); err != nil {
-		return err
-	}
-	list, err := exec.Command(busybox, "--list").Output()
-	if err != nil {
-		return err
-	}
-	for _, applet := range strings.Fields(string(list)) {
-		if applet != "busybox" {
-			os.Symlink("busybox", filepath.Join(root, "bin", applet))
-		}
 	}
 	files := map[string]string{
 		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
