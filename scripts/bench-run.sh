@@ -13,25 +13,10 @@
 #        ACCEL=kvm scripts/bench-run.sh   (default: whatever pe run --accel auto picks)
 set -eu
 cd "$(dirname "$0")/.."
-N=${N:-7}
-GO=${GO:-go}
-PE=bin/pe
-
-[ -x "$PE" ] && [ -x bin/pe-init ] || { echo "bench-run: run make build first" >&2; exit 1; }
-command -v qemu-system-x86_64 >/dev/null || { echo "bench-run: QEMU is missing (make deps)" >&2; exit 1; }
-BUSYBOX=$(command -v busybox) || { echo "bench-run: busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
 KDIR=${PE_KERNEL:-${PE_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/pe}/kernel}
 [ -f "$KDIR/vmlinuz" ] || { echo "bench-run: no guest kernel in $KDIR (make kernel)" >&2; exit 1; }
-
-tmp=$(mktemp -d /tmp/pe-bench-run.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-# The image: the demo's busybox image (same bytes as make demo's, in the same
-# place, so the cache keeps one reference), converted into the cache once.
-OCI=${DEMO_OCI:-/tmp/pe-demo-oci}
-$GO run ./scripts/mkdemo -busybox "$BUSYBOX" -o "$OCI" >/dev/null
-IMAGE="oci:$OCI:demo"
-"$PE" run "$IMAGE" true
+NAME=bench-run
+. scripts/vmbench.sh
 
 # Which VMM and acceleration pe uses; the floor boots the same way.
 choice=$("$PE" run --json ${ACCEL:+--accel "$ACCEL"} "$IMAGE" true)

@@ -12,22 +12,8 @@
 # Usage: scripts/bench-snapshot.sh          N=11 scripts/bench-snapshot.sh
 set -eu
 cd "$(dirname "$0")/.."
-N=${N:-7}
-GO=${GO:-go}
-PE=bin/pe
-
-[ -x "$PE" ] && [ -x bin/pe-init ] || { echo "bench-snapshot: run make build first" >&2; exit 1; }
-command -v qemu-system-x86_64 >/dev/null || { echo "bench-snapshot: QEMU is missing (make deps)" >&2; exit 1; }
-BUSYBOX=$(command -v busybox) || { echo "bench-snapshot: busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
-
-tmp=$(mktemp -d /tmp/pe-bench-snapshot.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-# The image: the demo's busybox image, converted into the cache once.
-OCI=${DEMO_OCI:-/tmp/pe-demo-oci}
-$GO run ./scripts/mkdemo -busybox "$BUSYBOX" -o "$OCI" >/dev/null
-IMAGE="oci:$OCI:demo"
-"$PE" run "$IMAGE" true
+NAME=bench-snapshot
+. scripts/vmbench.sh
 
 now() { date +%s%N; }
 t0=$(now)
