@@ -210,7 +210,7 @@ func (e *Engine) snapshotEnv(ctx context.Context) (*snapshotEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	ver, err := sb.Version(ctx)
+	ver, err := vmm.CachedVersion(ctx, e.opts.CacheDir, choice.Binary, sb.Version)
 	if err != nil {
 		return nil, err
 	}

@@ -66,6 +66,7 @@ func StartProcess(l *Launch) (*Process, error) {
 	}
 	cmd.Stderr = p.stderr
 	cmd.Stdin = l.Stdin
+	cmd.ExtraFiles = l.ExtraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A VMM's children (none expected) must not keep Wait waiting for the
 	// output pipes once the VMM itself is gone.

@@ -29,6 +29,9 @@ type Launch struct {
 	// Stdin, when set, is the VMM's standard input (else /dev/null): a
 	// pipe through which pe writes to the guest's serial console.
 	Stdin io.Reader
+	// ExtraFiles are open files the VMM inherits as descriptors 3, 4 and
+	// so on.
+	ExtraFiles []*os.File
 	// Machine is set by the step that starts the VMM.
 	Machine Machine
 	// Log receives debug messages.

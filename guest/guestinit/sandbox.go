@@ -73,6 +73,8 @@ type Sandbox struct {
 	Configure func(req *guest.Request) error
 
 	child *stage2Child // started by Start, used up by Run
+	// retired holds what finished runs left to release: see Close.
+	retired []*stage2Child
 }
 
 // stage2Child is a started stage-2 child waiting for its configuration,
@@ -84,18 +86,32 @@ type stage2Child struct {
 	// The init's ends: the configuration and failure report, the program's
 	// output and its standard input.
 	cfgW, failR, outR, errR, inW *os.File
+	// mountNS holds the program's mount namespace once the child made it,
+	// so that the program's exit does not tear it down: see Close.
+	mountNS *os.File
 }
 
-// release closes the init's ends of the pipes and removes the cgroup,
-// which must be empty by then.
-func (c *stage2Child) release() {
+// closePipes closes the init's ends of the pipes.
+func (c *stage2Child) closePipes() {
 	for _, f := range []*os.File{c.cfgW, c.failR, c.outR, c.errR, c.inW} {
 		if f != nil {
 			f.Close()
 		}
 	}
+	c.cfgW, c.failR, c.outR, c.errR, c.inW = nil, nil, nil, nil, nil
+}
+
+// release closes the pipes, lets the mount namespace go and removes the
+// cgroup, which must be empty by then.
+func (c *stage2Child) release() {
+	c.closePipes()
+	if c.mountNS != nil {
+		c.mountNS.Close()
+		c.mountNS = nil
+	}
 	if c.cg != nil {
 		c.cg.close()
+		c.cg = nil
 	}
 }
 
@@ -132,6 +148,10 @@ type stage2Config struct {
 	NullStdin bool `json:"null_stdin"`
 }
 
+// stage2Ready is the byte the stage-2 child writes on fd 4 once the
+// program's mount namespace is made and it waits for its configuration.
+const stage2Ready = 'R'
+
 // stage2Failure is what the stage-2 child reports on fd 4 when it cannot
 // execute the program; fd 4 is close-on-exec, so EOF means the exec worked.
 type stage2Failure struct {
@@ -162,6 +182,7 @@ func (s *Sandbox) Start() (err error) {
 	if s.child != nil {
 		return errors.New("sandbox: already started")
 	}
+	s.Close()
 	c := &stage2Child{exited: make(chan error, 1)}
 	var childEnds []*os.File
 	defer func() {
@@ -243,6 +264,12 @@ func (s *Sandbox) Start() (err error) {
 	if err := c.cmd.Start(); err != nil {
 		return fmt.Errorf("start the sandbox: %w", err)
 	}
+	// Closed here, the child's ends are the child's alone: a read on
+	// failR then ends when the child does.
+	for _, f := range childEnds {
+		f.Close()
+	}
+	childEnds = nil
 	go func() { c.exited <- c.cmd.Wait() }()
 	if s.Prepare != nil {
 		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", c.cmd.Process.Pid))
@@ -264,12 +291,55 @@ func (s *Sandbox) Start() (err error) {
 			err = fmt.Errorf("send the sandbox its setup: %w", err)
 		}
 	}
+	if err == nil {
+		err = c.waitReady()
+	}
 	if err != nil {
 		c.kill()
 		return err
 	}
+	// Held, the namespace outlives the program: the unmounting its last
+	// reference would start at the program's exit, a burst of kernel work
+	// (slow to emulate in a restored VM), waits for Close, after the result.
+	if c.mountNS, err = os.Open(fmt.Sprintf("/proc/%d/ns/mnt", c.cmd.Process.Pid)); err != nil {
+		s.Log.Debugf("sandbox mount namespace: %v", err)
+		c.mountNS, err = nil, nil
+	}
 	s.child = c
 	return nil
+}
+
+// waitReady waits for the child's ready byte: a snapshot taken after
+// Start then holds the program's mount namespace made, and a child that
+// could not make it is an error of Start, with the child's report.
+func (c *stage2Child) waitReady() error {
+	b := make([]byte, 1)
+	n, _ := c.failR.Read(b)
+	if n == 1 && b[0] == stage2Ready {
+		return nil
+	}
+	rest, _ := io.ReadAll(io.LimitReader(c.failR, 64<<10))
+	report := append(b[:n], rest...)
+	var fail stage2Failure
+	if len(report) > 0 && json.Unmarshal(report, &fail) == nil {
+		return errors.New(fail.Message)
+	}
+	if len(report) > 0 {
+		return fmt.Errorf("sandbox: unreadable report from the stage-2 child: %.200q", report)
+	}
+	err := <-c.exited
+	c.exited <- err // for kill, which waits again
+	return fmt.Errorf("sandbox: the stage-2 child ended while setting up: %v", err)
+}
+
+// Close releases what finished runs kept past their result: the
+// program's mount namespace and cgroup. Start calls it; a caller that is
+// done with the sandbox may too.
+func (s *Sandbox) Close() {
+	for _, c := range s.retired {
+		c.release()
+	}
+	s.retired = nil
 }
 
 func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Writer) (*guest.Result, error) {
@@ -281,7 +351,10 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	c := s.child
 	s.child = nil
-	defer c.release()
+	defer func() {
+		c.closePipes()
+		s.retired = append(s.retired, c)
+	}()
 	cmd, cg, exited := c.cmd, c.cg, c.exited
 	outR, errR, failR := c.outR, c.errR, c.failR
 	abort := func(err error) (*guest.Result, error) {

@@ -53,6 +53,9 @@ type childParams struct {
 	PreStart bool `json:"pre_start"`
 	// KillChild, with PreStart, kills the waiting stage-2 child before Run.
 	KillChild bool `json:"kill_child"`
+	// NoDevDir gives the sandbox a DevDir that does not exist, which the
+	// stage-2 child cannot bind devices from: only Start runs.
+	NoDevDir bool `json:"no_dev_dir"`
 }
 
 // childResult is what the child reports.
@@ -63,7 +66,11 @@ type childResult struct {
 	Outputs     map[string]string `json:"outputs"`
 	IDMapped    bool              `json:"idmapped"`
 	StdoutTotal int64             `json:"stdout_total"`
-	Err         string            `json:"err"`
+	// HeldNS: after Run, the program's mount namespace was still held,
+	// and Close let it go.
+	HeldNS   bool   `json:"held_ns"`
+	StartErr string `json:"start_err"`
+	Err      string `json:"err"`
 }
 
 // sandboxChild plays the init: builds the container root over dir/lower
@@ -100,6 +107,13 @@ func sandboxChild() {
 	if p.Stdin != nil {
 		stdin = bytes.NewReader(p.Stdin)
 	}
+	if p.NoDevDir {
+		sb.DevDir = filepath.Join(p.Dir, "nodev")
+		if err := sb.Start(); err != nil {
+			out.StartErr = err.Error()
+		}
+		return
+	}
 	if p.PreStart {
 		if err := sb.Start(); err != nil {
 			out.Err = err.Error()
@@ -116,6 +130,10 @@ func sandboxChild() {
 		}
 	}
 	out.Result = sb.Run(p.Request, stdin, stdout, stderr)
+	out.HeldNS = len(sb.retired) == 1 && sb.retired[0].mountNS != nil
+	held := sb.retired
+	sb.Close()
+	out.HeldNS = out.HeldNS && sb.retired == nil && held[0].mountNS == nil
 	out.Stdout, out.Stderr = stdout.String(), stderr.String()
 	out.StdoutTotal = stdout.total
 	out.Outputs = map[string]string{}
@@ -429,9 +447,23 @@ func TestSandbox(t *testing.T) {
 			if res.IDMapped != tc.idmapped {
 				t.Errorf("idmapped = %v, want %v", res.IDMapped, tc.idmapped)
 			}
+			if !res.HeldNS {
+				t.Error("the program's mount namespace was not held from its exit until Close")
+			}
 			if tc.p.MaxOutput > 0 && res.StdoutTotal != 1000000 {
 				t.Errorf("the program wrote %d bytes, want all 1000000", res.StdoutTotal)
 			}
 		})
+	}
+}
+
+// A stage-2 child that cannot build the program's mount namespace fails
+// Start, with its reason, rather than every later Run: a snapshot is
+// never taken of a sandbox that cannot run anything.
+func TestSandboxStartReportsSetupFailure(t *testing.T) {
+	dir := sandboxDir(t)
+	res := runSandbox(t, dir, childParams{Request: shRequest(`true`), NoDevDir: true})
+	if want := "sandbox: bind /dev/null"; !strings.Contains(res.StartErr, want) {
+		t.Errorf("Start error %q, want it to contain %q", res.StartErr, want)
 	}
 }

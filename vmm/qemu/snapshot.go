@@ -137,6 +137,10 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 	return nil
 }
 
+// stateFD is the descriptor a restoring QEMU reads the device state from:
+// its first inherited file.
+const stateFD = 3
+
 // RestoreSnapshot implements vmm.Snapshotter: it starts QEMU paused with
 // dir/mem mapped privately, loads dir/state, resumes the VM and writes wake
 // to the serial console (QEMU's standard input).
@@ -166,6 +170,14 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 		l.Args = SnapshotArgs(l.Config, b.tsc(), memPath, false, qmpPath, true)
 		l.Stdin = pr
 		l.OnCleanup(func() { pw.Close() })
+		// QEMU reads the device state from an inherited descriptor: no
+		// shell and cat to start, as an exec: URI would.
+		state, err := os.Open(statePath)
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		l.ExtraFiles = []*os.File{state}
+		l.OnCleanup(func() { state.Close() })
 		return nil
 	}}).Append(
 		vmm.Step{Name: StepIncomingName, Fn: func(ctx context.Context, l *vmm.Launch) error {
@@ -176,7 +188,7 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 			if _, err := q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 				return err
 			}
-			if _, err := q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(statePath)}); err != nil {
+			if _, err := q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(stateFD)}); err != nil {
 				return err
 			}
 			if err := q.WaitMigration(ctx); err != nil {
