@@ -22,6 +22,10 @@ func TestLineWatch(t *testing.T) {
 		{"no end of line yet", []string{"boot\n" + line}, false},
 		{"another line", []string{"boot\npe-init: result ready soon\n"}, false},
 		{"twice", []string{"\n" + line + "\n", "\n" + line + "\n"}, true},
+		// A serial console's terminal (ONLCR) ends lines in "\r\n".
+		{"terminal line ends", []string{"boot\r\n" + line + "\r\n[ 3.9] reboot"}, true},
+		{"terminal line ends split", splitBytes("\r\n" + line + "\r\n"), true},
+		{"carriage return alone", []string{"\r\n" + line + "\rx"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

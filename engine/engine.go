@@ -448,7 +448,8 @@ func (e *Engine) newWorkDir() (string, error) {
 // vmConfig is the machine of a run (or of a snapshot): the kernel, the
 // initramfs, the image disk (vda, read-only) and the I/O disk (vdb).
 func (e *Engine) vmConfig(choice *Choice, initramfs, imagePath, ioPath, work string, memMiB, cpus int, debug bool, console io.Writer) *vmm.Config {
-	cmdline := "quiet panic=-1 " + guest.CmdlineImage + "=/dev/vda " + guest.CmdlineIO + "=/dev/vdb"
+	// The engine stops the VM on the guest's result-ready line (waitVM).
+	cmdline := "quiet panic=-1 " + guest.CmdlineImage + "=/dev/vda " + guest.CmdlineIO + "=/dev/vdb " + guest.CmdlineHostStop + "=1"
 	if debug {
 		cmdline += " " + guest.CmdlineDebug + "=1"
 	}

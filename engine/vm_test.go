@@ -51,6 +51,12 @@ func TestVMExitCodesAndStreams(t *testing.T) {
 			if string(res.Stdout) != c.wantStdout || string(res.Stderr) != c.wantStderr {
 				t.Errorf("stdout %q, stderr %q; want %q, %q", res.Stdout, res.Stderr, c.wantStdout, c.wantStderr)
 			}
+			// The engine stops the VM on the guest's result-ready line
+			// (as the serial console writes it, "\r\n" and all), so the
+			// guest never gets to power off by itself.
+			if !bytes.Contains(res.Console, []byte(guest.ResultReady)) || bytes.Contains(res.Console, []byte("reboot: Power down")) {
+				t.Errorf("the VM was not stopped on the result-ready line; console:\n%s", res.Console)
+			}
 		})
 	}
 }

@@ -18,6 +18,10 @@ const (
 	// on the console and waits for one byte from the console before it
 	// reads the I/O disk, which it has not touched before.
 	CmdlineSnapshot = "pe.snapshot"
+	// CmdlineHostStop, when "1", says the host stops the VM once it reads
+	// [ResultReady] on the console: the init then waits for that, up to
+	// [HostStopGrace], before it powers off by itself.
+	CmdlineHostStop = "pe.hoststop"
 
 	// DefaultImageDevice is the image disk when the command line names none:
 	// the first virtio disk.
@@ -51,6 +55,10 @@ const (
 // the init writes raw lines on the console; kernel messages start with
 // their time stamp.
 const ResultReady = "pe-init: result ready"
+
+// HostStopGrace is how long an init booted with [CmdlineHostStop] waits,
+// after [ResultReady], for the host to stop the VM.
+const HostStopGrace = 5 * time.Second
 
 // Defaults the guest applies to a [Request].
 const (

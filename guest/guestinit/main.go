@@ -47,6 +47,8 @@ type vmInit struct {
 	iof      atomic.Pointer[guest.IOFile]
 	watchdog *time.Timer
 	timings  map[string]int64
+	// hostStops: the host stops the VM on the result-ready line.
+	hostStops bool
 }
 
 func (in *vmInit) run() {
@@ -59,6 +61,7 @@ func (in *vmInit) run() {
 	raw, _ := os.ReadFile("/proc/cmdline")
 	cmd := parseCmdline(string(raw))
 	in.log = newLogger(consoleWriter(), cmd.params[guest.CmdlineDebug] == "1")
+	in.hostStops = cmd.params[guest.CmdlineHostStop] == "1"
 	in.log.Debugf("started %.3fs after boot", float64(in.timings["boot_to_init"])/1e6)
 	in.watchdog = time.AfterFunc(bootWatchdog, func() { in.watchdogFired(bootWatchdog) })
 
@@ -260,8 +263,13 @@ func (in *vmInit) finish(res *guest.Result) {
 	in.log.Debugf("result written in %v: exit %d %s %s", time.Since(t).Round(time.Microsecond), res.ExitCode, res.Signal, res.Error)
 	// WriteResult flushed the disk: the host needs nothing more of this VM.
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
-		f.WriteString("\n" + guest.ResultReady + "\n")
+		_, err := f.WriteString("\n" + guest.ResultReady + "\n")
 		f.Close()
+		if err == nil && in.hostStops {
+			// The host stops the VM now; a power-off of its own would
+			// only take CPU from that. It is the fallback.
+			time.Sleep(guest.HostStopGrace)
+		}
 	}
 }
 

@@ -432,8 +432,12 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	elapsed := time.Since(start)
 	res.Timings = map[string]int64{"program": elapsed.Microseconds()}
 	defer func() { res.Timings["collect"] = (time.Since(start) - elapsed).Microseconds() }()
-	if cg != nil {
-		cg.kill() // whatever the program left behind
+	// The program was the init of its PID namespace, whose end took every
+	// process in there with it: the cgroup is empty, unless something got
+	// out, which is then killed.
+	if cg != nil && !cg.waitEmpty(0) {
+		s.Log.Infof("processes left in the program's cgroup after its end: killing them")
+		cg.kill()
 		cg.waitEmpty(drainGrace)
 	}
 	deadline := time.After(drainGrace)

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"debug/elf"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -39,7 +40,7 @@ var MMIOModules = []string{"virtio_mmio", "virtio_blk", "erofs", "overlay"}
 
 // initramfsFormat changes whenever Build's output changes for the
 // same inputs, so cached initramfs files from older builds are not reused.
-const initramfsFormat = "pe-initramfs-1"
+const initramfsFormat = "pe-initramfs-2"
 
 // ModuleError reports a module that cannot be resolved.
 type ModuleError struct {
@@ -169,6 +170,54 @@ func readModule(p string) ([]byte, error) {
 	return b, nil
 }
 
+// moduleSigMagic ends a module file with an appended signature, after
+// the signature and its 12-byte struct module_signature, whose last four
+// bytes are the signature's length (big-endian).
+const moduleSigMagic = "~Module signature appended~\n"
+
+// stripModuleSignature returns module without its appended signature, or
+// module itself when it has none or the trailer does not add up.
+func stripModuleSignature(module []byte) []byte {
+	const infoLen = 12
+	n := len(module) - len(moduleSigMagic)
+	if n < infoLen || string(module[n:]) != moduleSigMagic {
+		return module
+	}
+	sigLen := int64(binary.BigEndian.Uint32(module[n-4 : n]))
+	end := int64(n-infoLen) - sigLen
+	if end <= 0 {
+		return module
+	}
+	return module[:end]
+}
+
+// unsignedModulesLoad reports whether the kernel whose module tree is
+// modulesTree loads modules without a signature: its config (the file
+// "config" beside the tree, as scripts/get-kernel.sh installs it) says
+// signatures are not enforced and lockdown is not forced. pe boots its
+// guests without Secure Boot and without module.sig_enforce or lockdown=
+// on the command line, so nothing else enforces them. Without a config it
+// answers false: the modules keep their signatures.
+func unsignedModulesLoad(modulesTree string) bool {
+	if modulesTree == "" {
+		return false
+	}
+	config, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Clean(modulesTree)), "config"))
+	if err != nil {
+		return false
+	}
+	known := false
+	for _, line := range strings.Split(string(config), "\n") {
+		switch strings.TrimSpace(line) {
+		case "CONFIG_MODULE_SIG_FORCE=y", "CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY=y", "CONFIG_LOCK_DOWN_KERNEL_FORCE_CONFIDENTIALITY=y":
+			return false
+		case "# CONFIG_MODULE_SIG_FORCE is not set", "# CONFIG_MODULE_SIG is not set", "# CONFIG_MODULES is not set":
+			known = true
+		}
+	}
+	return known
+}
+
 // modinfoDepends returns the depends= list of a module's .modinfo section.
 func modinfoDepends(content []byte) ([]string, error) {
 	ef, err := elf.NewFile(bytes.NewReader(content))
@@ -276,8 +325,12 @@ func resolveModules(dir string, names []string) ([]*module, error) {
 // empty directories the init mounts on. modulesTree is a kernel's module tree
 // (lib/modules/<release>/kernel, searched recursively; "" when every module
 // is built in); modules nil means [DefaultModules]. Modules listed in
-// modules.builtin (in modulesDir or beside it) need no file. The archive
-// is reproducible: same inputs, same bytes. out appears only when complete.
+// modules.builtin (in modulesDir or beside it) need no file. Modules lose
+// their appended signatures when the kernel loads unsigned ones (see
+// unsignedModulesLoad): verifying them costs the guest a SHA-256 of every
+// module under emulation, and the host, which checked the kernel package,
+// is the one that builds this archive. The archive is reproducible: same
+// inputs, same bytes. out appears only when complete.
 func Build(out string, initBinary string, modulesTree string, modules []string) (err error) {
 	if modules == nil {
 		modules = DefaultModules
@@ -306,8 +359,13 @@ func Build(out string, initBinary string, modulesTree string, modules []string) 
 		cpio.StaticRecord(init, cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755}),
 	)
 	var order strings.Builder
+	strip := unsignedModulesLoad(modulesTree)
 	for _, m := range mods {
-		recs = append(recs, cpio.StaticRecord(m.content, cpio.Info{Name: modulesDir + "/" + m.name + ".ko", Mode: cpio.S_IFREG | 0o644}))
+		content := m.content
+		if strip {
+			content = stripModuleSignature(content)
+		}
+		recs = append(recs, cpio.StaticRecord(content, cpio.Info{Name: modulesDir + "/" + m.name + ".ko", Mode: cpio.S_IFREG | 0o644}))
 		order.WriteString(m.name + "\n")
 	}
 	recs = append(recs, cpio.StaticFile(strings.TrimPrefix(guest.ModulesOrder, "/"), order.String(), 0o644))
