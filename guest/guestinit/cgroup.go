@@ -1,7 +1,6 @@
 package guestinit
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -22,6 +21,10 @@ const CgroupRoot = "/sys/fs/cgroup"
 type cgroup struct {
 	dir string
 	fd  int // the directory, for clone3's CLONE_INTO_CGROUP
+	// The files read after the program, opened with the cgroup: a
+	// restored VM then only reads them (pread), sparing the opens' and
+	// closes' kernel paths, which it would emulate afresh. -1 when absent.
+	events, memPeak, memEvents int
 	// The limits written so far (-1: none yet), so that setting them
 	// again writes only what changed.
 	memMax, pids int64
@@ -55,7 +58,11 @@ func newCgroup(parent, name string) (*cgroup, error) {
 		os.Remove(dir)
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
-	return &cgroup{dir: dir, fd: fd, memMax: -1, pids: -1}, nil
+	c := &cgroup{dir: dir, fd: fd, memMax: -1, pids: -1}
+	c.events = openStat(dir, "cgroup.events")
+	c.memPeak = openStat(dir, "memory.peak")
+	c.memEvents = openStat(dir, "memory.events")
+	return c, nil
 }
 
 // limit sets memory.max and pids.max, writing only what differs from the
@@ -110,8 +117,8 @@ func (c *cgroup) kill() error {
 func (c *cgroup) waitEmpty(timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for {
-		kv, _ := readKeyValues(filepath.Join(c.dir, "cgroup.events"))
-		if kv["populated"] == 0 {
+		kv, err := readKeyValues(c.events)
+		if err == nil && kv["populated"] == 0 {
 			return true
 		}
 		if time.Now().After(deadline) {
@@ -123,20 +130,16 @@ func (c *cgroup) waitEmpty(timeout time.Duration) bool {
 
 // cgroupStats is what the cgroup counted for the whole program.
 type cgroupStats struct {
-	userUsec, systemUsec int64
-	memoryPeak           int64
-	oomKills             int64
+	memoryPeak int64
+	oomKills   int64
 }
 
 func (c *cgroup) stats() cgroupStats {
 	var s cgroupStats
-	if kv, err := readKeyValues(filepath.Join(c.dir, "cpu.stat")); err == nil {
-		s.userUsec, s.systemUsec = kv["user_usec"], kv["system_usec"]
-	}
-	if b, err := os.ReadFile(filepath.Join(c.dir, "memory.peak")); err == nil {
+	if b, err := preadAll(c.memPeak); err == nil {
 		s.memoryPeak, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	}
-	if kv, err := readKeyValues(filepath.Join(c.dir, "memory.events")); err == nil {
+	if kv, err := readKeyValues(c.memEvents); err == nil {
 		s.oomKills = kv["oom_kill"]
 	}
 	return s
@@ -144,21 +147,47 @@ func (c *cgroup) stats() cgroupStats {
 
 // close releases the directory fd and removes the (empty) cgroup.
 func (c *cgroup) close() {
-	unix.Close(c.fd)
+	for _, fd := range []int{c.events, c.memPeak, c.memEvents, c.fd} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
 	os.Remove(c.dir)
 }
 
-// readKeyValues parses "key value" lines (cpu.stat, memory.events, ...).
-func readKeyValues(p string) (map[string]int64, error) {
-	f, err := os.Open(p)
+// openStat opens the cgroup file name in dir for reading, -1 if it cannot.
+func openStat(dir, name string) int {
+	fd, err := unix.Open(filepath.Join(dir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
+// preadAll reads a cgroup file from its start: each read from offset 0
+// shows its current values.
+func preadAll(fd int) ([]byte, error) {
+	if fd < 0 {
+		return nil, fs.ErrNotExist
+	}
+	b := make([]byte, 4096)
+	n, err := unix.Pread(fd, b, 0)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	return b[:n], nil
+}
+
+// readKeyValues parses "key value" lines (cgroup.events, memory.events)
+// of the open cgroup file fd.
+func readKeyValues(fd int) (map[string]int64, error) {
+	b, err := preadAll(fd)
+	if err != nil {
+		return nil, err
+	}
 	m := map[string]int64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), " ")
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, " ")
 		if !ok {
 			continue
 		}
@@ -166,7 +195,7 @@ func readKeyValues(p string) (map[string]int64, error) {
 			m[k] = n
 		}
 	}
-	return m, sc.Err()
+	return m, nil
 }
 
 // writeFile writes a control file in one write(2), as the kernel wants.

@@ -464,6 +464,8 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	default:
 		res.ExitCode = ws.ExitStatus()
 	}
+	// The program was the init of its PID namespace, which reaps every
+	// process in there as it ends: its usage covers all of them.
 	if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
 		res.Rusage = guest.Rusage{
 			UserMs:           ru.Utime.Sec*1000 + ru.Utime.Usec/1000,
@@ -477,9 +479,6 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	if cg != nil {
 		cs := cg.stats()
-		// The cgroup also counts processes nobody waited for.
-		res.Rusage.UserMs = max(res.Rusage.UserMs, cs.userUsec/1000)
-		res.Rusage.SysMs = max(res.Rusage.SysMs, cs.systemUsec/1000)
 		res.Rusage.MemoryPeakKB = cs.memoryPeak / 1024
 		res.Rusage.OOMKills = cs.oomKills
 	}
