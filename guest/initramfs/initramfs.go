@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
@@ -413,7 +414,8 @@ func Build(out string, initBinary string, modulesTree string, modules []string) 
 // modulesDir, building it into cacheDir when it is not there yet. The cache
 // key covers the kernel, the module list and the init's contents, so a new
 // pe build or kernel gets a new file; concurrent callers may both build,
-// and the atomic rename makes either result the one kept.
+// and the atomic rename makes either result the one kept. Building one
+// removes the entries nobody used for two weeks.
 func Path(cacheDir, kernelID, initBinary, modulesDir string, modules []string) (string, error) {
 	if modules == nil {
 		modules = DefaultModules
@@ -431,6 +433,9 @@ func Path(cacheDir, kernelID, initBinary, modulesDir string, modules []string) (
 	}
 	p := filepath.Join(cacheDir, "initramfs-"+hex.EncodeToString(h.Sum(nil))[:32]+".cpio")
 	if _, err := os.Stat(p); err == nil {
+		// Its modification time says when it was last used: see prune.
+		now := time.Now()
+		os.Chtimes(p, now, now)
 		return p, nil
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
@@ -439,5 +444,44 @@ func Path(cacheDir, kernelID, initBinary, modulesDir string, modules []string) (
 	if err := Build(p, initBinary, modulesDir, modules); err != nil {
 		return "", err
 	}
+	prune(cacheDir, p, time.Now())
 	return p, nil
+}
+
+// Unused cache entries older than these are removed when a new one is
+// built: every pe build and kernel makes a new initramfs (3-4 MB), and
+// those of builds no longer run would otherwise stay forever. An entry
+// another pe still uses is touched at each use, so it stays.
+const (
+	unusedInitramfsAge = 14 * 24 * time.Hour
+	abandonedTempAge   = time.Hour // a build killed half-way
+)
+
+// prune removes from cacheDir the initramfs files other than keep unused
+// since unusedInitramfsAge, and the temporary files of builds abandoned
+// for abandonedTempAge. Failures only leave files behind.
+func prune(cacheDir, keep string, now time.Time) {
+	entries, err := os.ReadDir(cacheDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		var maxAge time.Duration
+		switch {
+		case strings.HasPrefix(name, "initramfs-") && strings.HasSuffix(name, ".cpio"):
+			maxAge = unusedInitramfsAge
+		case strings.HasPrefix(name, ".initramfs-") && strings.HasSuffix(name, ".tmp"):
+			maxAge = abandonedTempAge
+		default:
+			continue
+		}
+		p := filepath.Join(cacheDir, name)
+		if p == keep || !e.Type().IsRegular() {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && now.Sub(fi.ModTime()) > maxAge {
+			os.Remove(p)
+		}
+	}
 }

@@ -9,8 +9,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/klauspost/compress/zstd"
@@ -292,7 +294,7 @@ func TestPath(t *testing.T) {
 	if err != nil || p2 != p1 {
 		t.Fatalf("second call: %s, %v; want %s", p2, err, p1)
 	}
-	if st2, _ := os.Stat(p2); !st2.ModTime().Equal(st1.ModTime()) {
+	if st2, _ := os.Stat(p2); !os.SameFile(st1, st2) {
 		t.Error("a cached initramfs was rebuilt")
 	}
 	for name, change := range map[string]func() (string, error){
@@ -344,5 +346,64 @@ func TestRealKernelModules(t *testing.T) {
 		if _, ok := pos[want]; !ok {
 			t.Errorf("%s missing from %v", want, pos)
 		}
+	}
+}
+
+// Building an entry removes the ones unused for two weeks and abandoned
+// temporary files; using an entry keeps it.
+func TestPathPrunes(t *testing.T) {
+	dir := t.TempDir()
+	writeModule(t, dir, "b.ko", "")
+	initPath := filepath.Join(dir, "pe-init")
+	if err := os.WriteFile(initPath, fakeInit, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(dir, "cache")
+	mods := filepath.Join(dir, "kernel")
+	used, err := Path(cache, "6.1.0-used", initPath, mods, []string{"b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	old := now.Add(-15 * 24 * time.Hour)
+	files := map[string]time.Time{
+		"initramfs-0123456789abcdef0123456789abcdef.cpio": old,                      // another build's, unused: goes
+		"initramfs-fedcba9876543210fedcba9876543210.cpio": now.Add(-24 * time.Hour), // used yesterday: stays
+		".initramfs-123.tmp":                              now.Add(-2 * time.Hour),  // abandoned: goes
+		".initramfs-456.tmp":                              now,                      // a build under way: stays
+		"notes.txt":                                       old,                      // not ours: stays
+	}
+	for name, mtime := range files {
+		p := filepath.Join(cache, name)
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The entry in use is old too, but touched when used.
+	if err := os.Chtimes(used, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := Path(cache, "6.1.0-used", initPath, mods, []string{"b"}); err != nil || p != used {
+		t.Fatalf("Path = %s, %v; want the cached %s", p, err, used)
+	}
+	fresh, err := Path(cache, "6.1.0-new", initPath, mods, []string{"b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	entries, _ := os.ReadDir(cache)
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	want := []string{
+		".initramfs-456.tmp", filepath.Base(fresh), filepath.Base(used),
+		"initramfs-fedcba9876543210fedcba9876543210.cpio", "notes.txt",
+	}
+	sort.Strings(want)
+	if diff := cmp.Diff(want, left); diff != "" {
+		t.Errorf("cache after a build (-want +got):\n%s", diff)
 	}
 }
