@@ -320,3 +320,26 @@ func (fi *fsFileInfo) String() string { return fs.FormatFileInfo(fi) }
 // ModTime has nanosecond precision for extended inodes; compact inodes
 // carry the image's build time.
 func (fi *fsFileInfo) ModTime() time.Time { return time.Unix(fi.st.Mtime, int64(fi.st.MtimeNsec)) }
+
+// TypeName names the type of a file with mode m as pe's listings and
+// tests show it: "dir", "symlink", "char", "block", "fifo", "socket",
+// "file", or "unknown".
+func TypeName(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "dir"
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m&fs.ModeCharDevice != 0:
+		return "char"
+	case m&fs.ModeDevice != 0:
+		return "block"
+	case m&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m.IsRegular():
+		return "file"
+	}
+	return "unknown"
+}

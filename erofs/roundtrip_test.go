@@ -114,7 +114,7 @@ func (s *treeSpec) expected(t testing.TB, opts WriterOptions) snapshot {
 		}
 		e := it.entry
 		f := facts{
-			Type:      typeName(e.Mode),
+			Type:      TypeName(e.Mode),
 			Perm:      permBits(e.Mode),
 			UID:       e.UID,
 			GID:       e.GID,

@@ -22,7 +22,7 @@ func readerSnapshot(t testing.TB, fsys *FS) snapshot {
 		}
 		st := fi.Sys().(*Stat)
 		f := facts{
-			Type:      typeName(fi.Mode()),
+			Type:      TypeName(fi.Mode()),
 			Perm:      permBits(fi.Mode()),
 			UID:       st.UID,
 			GID:       st.GID,

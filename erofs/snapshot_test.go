@@ -37,26 +37,6 @@ type facts struct {
 // snapshot maps slash-separated paths ("" for the root) to their facts.
 type snapshot map[string]facts
 
-func typeName(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "dir"
-	case m&fs.ModeSymlink != 0:
-		return "symlink"
-	case m&fs.ModeCharDevice != 0:
-		return "char"
-	case m&fs.ModeDevice != 0:
-		return "block"
-	case m&fs.ModeNamedPipe != 0:
-		return "fifo"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m.IsRegular():
-		return "file"
-	}
-	return "other"
-}
-
 func permBits(m fs.FileMode) uint32 {
 	p := uint32(m.Perm())
 	if m&fs.ModeSetuid != 0 {
@@ -101,7 +81,7 @@ func hostSnapshot(t testing.TB, root string) snapshot {
 			checkDirentTypes(t, p)
 		}
 		f := facts{
-			Type:      typeName(fi.Mode()),
+			Type:      TypeName(fi.Mode()),
 			Perm:      permBits(fi.Mode()),
 			UID:       st.Uid,
 			GID:       st.Gid,
@@ -245,7 +225,7 @@ func goErofsSnapshot(t testing.TB, img string) snapshot {
 		}
 		st := fi.Sys().(*goerofs.Stat)
 		f := facts{
-			Type:      typeName(fi.Mode()),
+			Type:      TypeName(fi.Mode()),
 			Perm:      uint32(st.Mode.Perm()),
 			UID:       st.UID,
 			GID:       st.GID,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/pe-project/pe/erofs"
 	"github.com/spf13/cobra"
 )
 
@@ -33,7 +34,7 @@ output, read with pe's own reader. PATH may start with "/".`,
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			if !fi.Mode().IsRegular() {
-				return fmt.Errorf("%s: %s is not a regular file (%v)", args[0], args[1], typeName(fi.Mode()))
+				return fmt.Errorf("%s: %s is not a regular file (%v)", args[0], args[1], erofs.TypeName(fi.Mode()))
 			}
 			a.log.Debug("copying file", "image", args[0], "path", p, "bytes", fi.Size())
 			if _, err := io.Copy(cmd.OutOrStdout(), f); err != nil {

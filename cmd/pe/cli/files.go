@@ -222,7 +222,7 @@ type jsonLister struct{ enc *json.Encoder }
 func (l *jsonLister) add(e *imageEntry) error {
 	m := e.info.Mode()
 	j := jsonEntry{
-		Type:  typeName(m),
+		Type:  erofs.TypeName(m),
 		Mode:  fmt.Sprintf("%04o", e.stat.Mode&0o7777),
 		UID:   e.stat.UID,
 		GID:   e.stat.GID,
@@ -255,27 +255,6 @@ func (l *jsonLister) add(e *imageEntry) error {
 }
 
 func (l *jsonLister) flush(io.Writer) error { return nil }
-
-// typeName names the type of a file for JSON output.
-func typeName(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "dir"
-	case m&fs.ModeSymlink != 0:
-		return "symlink"
-	case m&fs.ModeCharDevice != 0:
-		return "char"
-	case m&fs.ModeDevice != 0:
-		return "block"
-	case m&fs.ModeNamedPipe != 0:
-		return "fifo"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m.IsRegular():
-		return "file"
-	}
-	return "unknown"
-}
 
 // lsMode formats a mode the way ls -l does: "-rwsr-xr-x", "drwxrwxrwt",
 // "crw-rw-rw-".
