@@ -273,15 +273,21 @@ func TestBuild(t *testing.T) {
 	}
 }
 
-func TestPath(t *testing.T) {
+// pathFixture makes a guest init, a module tree with module b and the
+// name of a cache directory for Path.
+func pathFixture(t *testing.T) (initPath, cache, mods string) {
+	t.Helper()
 	dir := t.TempDir()
 	writeModule(t, dir, "b.ko", "")
-	initPath := filepath.Join(dir, "pe-init")
+	initPath = filepath.Join(dir, "pe-init")
 	if err := os.WriteFile(initPath, fakeInit, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cache := filepath.Join(dir, "cache")
-	mods := filepath.Join(dir, "kernel")
+	return initPath, filepath.Join(dir, "cache"), filepath.Join(dir, "kernel")
+}
+
+func TestPath(t *testing.T) {
+	initPath, cache, mods := pathFixture(t)
 	p1, err := Path(cache, "6.1.0-test", initPath, mods, []string{"b"})
 	if err != nil {
 		t.Fatal(err)
@@ -352,14 +358,7 @@ func TestRealKernelModules(t *testing.T) {
 // Building an entry removes the ones unused for two weeks and abandoned
 // temporary files; using an entry keeps it.
 func TestPathPrunes(t *testing.T) {
-	dir := t.TempDir()
-	writeModule(t, dir, "b.ko", "")
-	initPath := filepath.Join(dir, "pe-init")
-	if err := os.WriteFile(initPath, fakeInit, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cache := filepath.Join(dir, "cache")
-	mods := filepath.Join(dir, "kernel")
+	initPath, cache, mods := pathFixture(t)
 	used, err := Path(cache, "6.1.0-used", initPath, mods, []string{"b"})
 	if err != nil {
 		t.Fatal(err)
