@@ -117,8 +117,8 @@ func (c *cgroup) kill() error {
 func (c *cgroup) waitEmpty(timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for {
-		kv, err := readKeyValues(c.events)
-		if err == nil && kv["populated"] == 0 {
+		kv, _ := readKeyValues(c.events)
+		if kv["populated"] == 0 {
 			return true
 		}
 		if time.Now().After(deadline) {

@@ -174,7 +174,7 @@ func (in *vmInit) run() {
 		if ws, err := warmImage(vmLayout.lower, min(total/8, warmMaxBytes), t.Add(warmMaxTime)); err != nil {
 			in.log.Infof("warm the image: %v", err)
 		} else {
-			in.log.Debugf("warmed %d files, %d bytes, of the image in %v (cut short: %v)", ws.Files, ws.Bytes, time.Since(t).Round(time.Millisecond), ws.Cut)
+			in.log.Debugf("warmed %d files, %d bytes, of the image in %v (cut short: %v)", len(ws.Paths), ws.Bytes, time.Since(t).Round(time.Millisecond), ws.Cut)
 		}
 		// The kernel read the I/O disk's first blocks when it found the
 		// disk: drop them now, so that a restored VM, whose disk is

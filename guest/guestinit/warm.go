@@ -47,7 +47,6 @@ var warmDirs = []string{
 
 // warmStats says what warmImage read.
 type warmStats struct {
-	Files int
 	Bytes int64
 	// Paths are the files read, in order, relative to the root.
 	Paths []string
@@ -60,8 +59,9 @@ type warmStats struct {
 // taken after it finds them in memory, where it would otherwise read them
 // from the image disk, through code paths it emulates afresh, on every
 // run. The files programs most likely need come first: the shell, then
-// the files directly in warmDirs, then the rest of the tree. Symbolic links are resolved inside root and
-// each file is read once, however many names it has.
+// the files directly in warmDirs, then the rest of the tree. Symbolic
+// links are resolved inside root and each file is read once, however many
+// names it has.
 func warmImage(root string, budget int64, deadline time.Time) (*warmStats, error) {
 	rootfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -124,7 +124,6 @@ func (w *warmer) file(rel string) {
 		return
 	}
 	w.seen[key] = true
-	w.stats.Files++
 	w.stats.Paths = append(w.stats.Paths, rel)
 	for !w.full() {
 		n, err := unix.Read(fd, w.buf[:min(int64(len(w.buf)), w.budget-w.stats.Bytes)])

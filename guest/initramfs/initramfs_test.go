@@ -324,16 +324,24 @@ func TestPath(t *testing.T) {
 
 // TestRealKernelModules resolves DefaultModules against the kernel
 // scripts/get-kernel.sh installs, when it is there.
-func TestRealKernelModules(t *testing.T) {
+// realModulesTree is the module tree of the kernel pe installed
+// (PE_KERNEL or the default data dir); it skips the test without one.
+func realModulesTree(t *testing.T) string {
+	t.Helper()
 	dir := os.Getenv("PE_KERNEL")
 	if dir == "" {
 		home, _ := os.UserHomeDir()
 		dir = filepath.Join(home, ".local/share/pe/kernel")
 	}
-	if _, err := os.Stat(filepath.Join(dir, "modules")); err != nil {
+	tree := filepath.Join(dir, "modules")
+	if _, err := os.Stat(tree); err != nil {
 		t.Skipf("no kernel modules in %s (run scripts/get-kernel.sh)", dir)
 	}
-	mods, err := resolveModules(filepath.Join(dir, "modules"), DefaultModules)
+	return tree
+}
+
+func TestRealKernelModules(t *testing.T) {
+	mods, err := resolveModules(realModulesTree(t), DefaultModules)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,15 +143,7 @@ func TestBuildModuleSignatures(t *testing.T) {
 
 // The real kernel's modules: signed, and whole ELF files once stripped.
 func TestRealKernelModuleSignatures(t *testing.T) {
-	dir := os.Getenv("PE_KERNEL")
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".local/share/pe/kernel")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "modules")); err != nil {
-		t.Skipf("no kernel modules in %s (run scripts/get-kernel.sh)", dir)
-	}
-	mods, err := resolveModules(filepath.Join(dir, "modules"), MMIOModules)
+	mods, err := resolveModules(realModulesTree(t), MMIOModules)
 	if err != nil {
 		t.Fatal(err)
 	}
