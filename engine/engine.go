@@ -73,6 +73,12 @@ type Options struct {
 	Limits guest.Limits
 	// Log receives debug messages; nil discards them.
 	Log *slog.Logger
+	// BootSnapshots makes runs restore a boot snapshot (kept in CacheDir,
+	// made by the first run that needs it) instead of booting, where the
+	// VMM can: the run then starts where the guest init waits for a
+	// request, which skips the kernel's boot. Runs with Debug still boot,
+	// so that the console shows the boot.
+	BootSnapshots bool
 }
 
 // Engine runs programs in micro-VMs. It is safe for concurrent use; at most
@@ -88,6 +94,9 @@ type Engine struct {
 
 	chooseMu sync.Mutex
 	choice   *Choice
+
+	// bootSnapMu serialises finding and making the boot snapshot.
+	bootSnapMu sync.Mutex
 }
 
 // New returns an engine. It finds the kernel and the guest init now, so
@@ -281,6 +290,9 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 			}
 		}
 		req.MemoryMiB, req.CPUs = m.MemoryMiB, m.CPUs
+		if m.Boot {
+			return nil, fmt.Errorf("%w: %s is a boot snapshot, which pe restores by itself for runs of any image", ErrSnapshotMismatch, snap.Dir)
+		}
 		img = snap.Image()
 	} else {
 		img, err = e.opts.Images.Resolve(ctx, req.Image)
@@ -297,6 +309,9 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	choice, err := e.Choice(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if snap == nil && e.opts.BootSnapshots && !req.Debug && fitsBootSnapshot(img) {
+		snap = e.tryBootSnapshot(ctx, choice, req.MemoryMiB, req.CPUs)
 	}
 	var restorer vmm.Snapshotter
 	if snap != nil {

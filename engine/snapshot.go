@@ -92,6 +92,10 @@ type SnapshotFile struct {
 type SnapshotManifest struct {
 	// Format is SnapshotFormat.
 	Format int `json:"format"`
+	// Boot marks a boot snapshot (see Options.BootSnapshots): made for no
+	// image, it has no Image, ImageFile or ImageConfig, and each run
+	// restored from it attaches its own image.
+	Boot bool `json:"boot,omitempty"`
 	// Created is when the snapshot was made.
 	Created time.Time `json:"created"`
 	// Image is the image booted; ImageFile its EROFS file, which restored
@@ -177,7 +181,7 @@ func ReadSnapshotManifest(dir string) (*SnapshotManifest, error) {
 	if m.Format != SnapshotFormat {
 		return nil, fmt.Errorf("%w: %s: format %d, this pe reads format %d; create it again", ErrSnapshotMismatch, dir, m.Format, SnapshotFormat)
 	}
-	if m.MemoryMiB <= 0 || m.CPUs <= 0 || m.IOSize <= 0 || m.ImageFile.Path == "" || m.VMM == "" {
+	if m.MemoryMiB <= 0 || m.CPUs <= 0 || m.IOSize <= 0 || (m.ImageFile.Path == "") != m.Boot || m.VMM == "" {
 		return nil, fmt.Errorf("%w: %s: incomplete manifest", ErrBadSnapshot, dir)
 	}
 	return &m, nil
@@ -238,9 +242,31 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if err != nil {
 		return nil, err
 	}
-	imgFile, err := statFile(img.EROFSPath)
+	return e.createSnapshot(ctx, img, dir, r)
+}
+
+// createSnapshot makes the snapshot of a VM booted for img (nil: a boot
+// snapshot) in dir, as CreateSnapshot says.
+func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir string, r SnapshotRequest) (*SnapshotManifest, error) {
+	m := &SnapshotManifest{Format: SnapshotFormat, Boot: img == nil}
+	work, err := e.newWorkDir()
 	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", img.Reference, err)
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	what, mode := "the boot", guest.SnapshotBoot
+	imagePath := filepath.Join(work, "image.img")
+	if img != nil {
+		imgFile, err := statFile(img.EROFSPath)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.Reference, err)
+		}
+		what, mode, imagePath = img.Reference, "1", img.EROFSPath
+		m.Image, m.ImageFile, m.ImageConfig = ImageInfo{Reference: img.Reference, Digest: img.Digest}, *imgFile, img.Config
+	} else if err := makeSparse(imagePath, BootSnapshotImageSize); err != nil {
+		// The guest kernel learns the image disk's size before the
+		// snapshot: every image a restored VM attaches must fit in it.
+		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	env, err := e.snapshotEnv(ctx)
 	if err != nil {
@@ -272,11 +298,6 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if err := writeOwner(tmp); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	work, err := e.newWorkDir()
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(work)
 	// The I/O disk of the boot stays empty: the guest must not read it
 	// before it is woken, in a restored VM, with another file in its place.
 	ioPath := filepath.Join(work, "io.img")
@@ -290,14 +311,14 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if cpus <= 0 {
 		cpus = DefaultCPUs
 	}
-	cfg := e.vmConfig(env.choice, env.initramfs, img.EROFSPath, ioPath, work, mem, cpus, r.Debug, r.Console)
-	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=1"
+	cfg := e.vmConfig(env.choice, env.initramfs, imagePath, ioPath, work, mem, cpus, r.Debug, r.Console)
+	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=" + mode
 
 	sctx, cancel := context.WithTimeout(ctx, snapshotCreateLimit)
 	err = env.backend.SaveSnapshot(sctx, cfg, tmp, []byte(guest.SnapshotReady))
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("snapshot of %s: %w", img.Reference, err)
+		return nil, fmt.Errorf("snapshot of %s: %w", what, err)
 	}
 	state, err := hashFile(filepath.Join(tmp, vmm.SnapshotStateFile))
 	if err != nil {
@@ -308,26 +329,12 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	memFile.Path, memFile.ModTime = "", time.Time{}
-	m := &SnapshotManifest{
-		Format:      SnapshotFormat,
-		Created:     time.Now().UTC(),
-		Image:       ImageInfo{Reference: img.Reference, Digest: img.Digest},
-		ImageFile:   *imgFile,
-		ImageConfig: img.Config,
-		Kernel:      e.kernel.ID(),
-		KernelImage: *kernelFile,
-		Initramfs:   filepath.Base(env.initramfs),
-		PEBuild:     PEBuild(),
-		VMM:         env.choice.VMM,
-		VMMVersion:  env.vmmVersion,
-		Accel:       env.choice.Accel,
-		MemoryMiB:   mem,
-		CPUs:        cpus,
-		Cmdline:     cfg.Cmdline,
-		IOSize:      SnapshotIOSize,
-		Mem:         *memFile,
-		State:       *state,
-	}
+	m.Created = time.Now().UTC()
+	m.Kernel, m.KernelImage = e.kernel.ID(), *kernelFile
+	m.Initramfs, m.PEBuild = filepath.Base(env.initramfs), PEBuild()
+	m.VMM, m.VMMVersion, m.Accel = env.choice.VMM, env.vmmVersion, env.choice.Accel
+	m.MemoryMiB, m.CPUs, m.Cmdline, m.IOSize = mem, cpus, cfg.Cmdline, SnapshotIOSize
+	m.Mem, m.State = *memFile, *state
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, err
@@ -412,12 +419,14 @@ func (e *Engine) OpenSnapshot(ctx context.Context, dir string) (*Snapshot, error
 	if k, err := statFile(e.bootKernel); err != nil || k.Size != m.KernelImage.Size {
 		return nil, mismatch("kernel image", m.KernelImage.Path, e.bootKernel)
 	}
-	img, err := statFile(m.ImageFile.Path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: the image file is gone: %v", ErrSnapshotMismatch, dir, err)
-	}
-	if img.Size != m.ImageFile.Size || !img.ModTime.Equal(m.ImageFile.ModTime) {
-		return nil, fmt.Errorf("%w: %s: the image file %s changed since the snapshot (size %d, was %d); create it again", ErrSnapshotMismatch, dir, img.Path, img.Size, m.ImageFile.Size)
+	if !m.Boot {
+		img, err := statFile(m.ImageFile.Path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: the image file is gone: %v", ErrSnapshotMismatch, dir, err)
+		}
+		if img.Size != m.ImageFile.Size || !img.ModTime.Equal(m.ImageFile.ModTime) {
+			return nil, fmt.Errorf("%w: %s: the image file %s changed since the snapshot (size %d, was %d); create it again", ErrSnapshotMismatch, dir, img.Path, img.Size, m.ImageFile.Size)
+		}
 	}
 	mem, err := statFile(filepath.Join(dir, vmm.SnapshotMemFile))
 	if err != nil {

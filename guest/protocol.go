@@ -18,6 +18,11 @@ const (
 	// on the console and waits for one byte from the console before it
 	// reads the I/O disk, which it has not touched before.
 	CmdlineSnapshot = "pe.snapshot"
+	// SnapshotBoot is the [CmdlineSnapshot] value of a boot snapshot: the
+	// init gets ready for a request of any image (modules loaded, disks
+	// found, nothing mounted) before it writes [SnapshotReady]; a
+	// restored VM then mounts the image disk it is given.
+	SnapshotBoot = "boot"
 	// CmdlineHostStop, when "1", says the host stops the VM once it reads
 	// [ResultReady] on the console: the init then waits for that, up to
 	// [HostStopGrace], before it powers off by itself.

@@ -2,9 +2,11 @@
 # bench-run.sh: the cost of one `pe run IMAGE true` on a cached image against
 # the floor, a bare QEMU boot of the same kernel, with the same machine and
 # flags as pe's, whose init (scripts/benchfloor/floorinit, the smallest Go
-# init) powers the VM off at once. Runs alternate between the two, N each (default 7);
-# the script prints medians as markdown tables, then the median of each phase
-# pe run --json reports.
+# init) powers the VM off at once. pe run is timed twice: as it runs by
+# default (restored from its boot snapshot, which the script's first,
+# untimed run makes) and with --cold (booted). Runs alternate between the
+# three, N each (default 7); the script prints medians as markdown tables,
+# then the median of each phase pe run --json reports, for both.
 #
 # Needs bin/pe and bin/pe-init (make build), QEMU and the guest kernel
 # (make deps), and a static busybox (busybox-static) for the image.
@@ -58,8 +60,11 @@ while [ "$i" -lt "$N" ]; do
 	t1=$(now)
 	"$PE" run --json ${ACCEL:+--accel "$ACCEL"} "$IMAGE" true >>"$tmp/pe.json"
 	t2=$(now)
+	"$PE" run --json --cold ${ACCEL:+--accel "$ACCEL"} "$IMAGE" true >>"$tmp/cold.json"
+	t3=$(now)
 	echo $(((t1 - t0) / 1000)) >>"$tmp/floor.us"
 	echo $(((t2 - t1) / 1000)) >>"$tmp/pe.us"
+	echo $(((t3 - t2) / 1000)) >>"$tmp/cold.us"
 	i=$((i + 1))
 done
 
@@ -68,29 +73,42 @@ median() { sort -n "$1" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1)
 ms() { awk -v us="$1" 'BEGIN { printf "%.0f", us / 1000 }'; }
 
 floor_us=$(median "$tmp/floor.us")
+ratio() { awk -v a="$1" -v b="$floor_us" 'BEGIN { printf "%.2f", a / b }'; }
 pe_us=$(median "$tmp/pe.us")
+cold_us=$(median "$tmp/cold.us")
 echo
 echo "pe run $IMAGE true vs a bare QEMU boot of $KERNEL ($vmm, $accel; $N runs each, alternating; $(uname -r) host, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
 echo "| what | median wall time | ratio to the floor |"
 echo "|---|---:|---:|"
 echo "| floor: QEMU boots the kernel, init powers off | $(ms "$floor_us") ms | 1.00 |"
-echo "| pe run IMAGE true (whole command) | $(ms "$pe_us") ms | $(awk -v a="$pe_us" -v b="$floor_us" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| pe run IMAGE true (whole command; restored from the boot snapshot) | $(ms "$pe_us") ms | $(ratio "$pe_us") |"
+echo "| pe run --cold IMAGE true (whole command; booted) | $(ms "$cold_us") ms | $(ratio "$cold_us") |"
+
+# phases FILE: the median of each phase in FILE's pe run --json lines.
+phases() {
+	rm -f "$tmp"/phase.*
+	# Each line has "duration_ms":{"k":v,...}: one file per key.
+	sed -n 's/.*"duration_ms":{\([^}]*\)}.*/\1/p' "$1" | tr ',' '\n' | tr -d '"' | tr / . |
+		while IFS=: read -r k v; do echo "$v" >>"$tmp/phase.$k"; done
+	echo "| phase | median ms |"
+	echo "|---|---:|"
+	for k in image choose_vmm queue initramfs io_file vm_start vm guest_boot_to_init guest_modules guest_request guest_mounts guest_program guest_collect result total; do
+		[ -f "$tmp/phase.$k" ] && echo "| $k | $(median "$tmp/phase.$k") |"
+	done
+	for f in "$tmp"/phase.*; do
+		k=${f##*/phase.}
+		case " image choose_vmm queue initramfs io_file vm_start vm guest_boot_to_init guest_modules guest_request guest_mounts guest_program guest_collect result total " in
+		*" $k "*) ;;
+		*) echo "| $k | $(median "$f") |" ;;
+		esac
+	done
+}
 echo
-echo "Phases of pe run (median of each, from --json duration_ms; guest_* are measured by the guest)"
+echo "Phases of pe run, restored (median of each, from --json duration_ms; guest_* are measured by the guest)"
 echo
-echo "| phase | median ms |"
-echo "|---|---:|"
-# Each line of pe.json has "duration_ms":{"k":v,...}: one file per key.
-sed -n 's/.*"duration_ms":{\([^}]*\)}.*/\1/p' "$tmp/pe.json" | tr ',' '\n' | tr -d '"' |
-	while IFS=: read -r k v; do echo "$v" >>"$tmp/phase.$k"; done
-for k in image choose_vmm queue initramfs io_file vm_start vm guest_boot_to_init guest_modules guest_mounts guest_program guest_collect result total; do
-	[ -f "$tmp/phase.$k" ] && echo "| $k | $(median "$tmp/phase.$k") |"
-done
-for f in "$tmp"/phase.*; do
-	k=${f##*/phase.}
-	case " image choose_vmm queue initramfs io_file vm_start vm guest_boot_to_init guest_modules guest_mounts guest_program guest_collect result total " in
-	*" $k "*) ;;
-	*) echo "| $k | $(median "$f") |" ;;
-	esac
-done
+phases "$tmp/pe.json"
+echo
+echo "Phases of pe run --cold"
+echo
+phases "$tmp/cold.json"

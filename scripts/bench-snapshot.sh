@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench-snapshot.sh: `pe run IMAGE true` (a cold boot) against
+# bench-snapshot.sh: `pe run --cold IMAGE true` (a cold boot) against
 # `pe run --snapshot DIR true` (a VM restored from a snapshot of the same
 # image), N runs each, alternating (default 7); then the median of each
 # phase of the snapshot runs (the restore break-down), the time to create
@@ -24,7 +24,7 @@ create_us=$(((t1 - t0) / 1000))
 i=0
 while [ "$i" -lt "$N" ]; do
 	t0=$(now)
-	"$PE" run --json "$IMAGE" true >>"$tmp/cold.json"
+	"$PE" run --json --cold "$IMAGE" true >>"$tmp/cold.json"
 	t1=$(now)
 	"$PE" run --json --snapshot "$tmp/snap" true >>"$tmp/snap.json"
 	t2=$(now)
@@ -89,7 +89,7 @@ mem_run() {
 	[ -n "$q" ] && mem_sample "$q" "$out"
 	wait "$pe_pid"
 }
-mem_run "$tmp/mem.cold" "$IMAGE" sh -c 'sleep 3'
+mem_run "$tmp/mem.cold" --cold "$IMAGE" sh -c 'sleep 3'
 mem_run "$tmp/mem.snap1" --snapshot "$tmp/snap" sh -c 'sleep 3' &
 mem_run "$tmp/mem.snap2" --snapshot "$tmp/snap" sh -c 'sleep 3'
 wait

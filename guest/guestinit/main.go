@@ -155,7 +155,45 @@ func (in *vmInit) run() {
 			return nil
 		},
 	}
-	if cmd.params[guest.CmdlineSnapshot] == "1" {
+	// sleep waits, once the snapshot's state is made, for the host to
+	// save the VM and wake a restored copy of it.
+	sleep := func(flush ...string) bool {
+		// A restored VM's disks are other files: nothing of the boot's
+		// may stay cached. The kernel drops a disk's cache at its last
+		// close (the partition scan's), but a flush costs nothing and
+		// does not depend on who has a disk open. Nothing reads the
+		// disks from here to the wake.
+		for _, dev := range flush {
+			if err := flushBlockDevice(dev); err != nil {
+				in.log.Infof("%v", err)
+				return false
+			}
+		}
+		// Timers would fire at once in a VM restored much later.
+		in.watchdog.Stop()
+		if err := waitForWake(in.log); err != nil {
+			in.log.Infof("snapshot: %v", err)
+			return false
+		}
+		in.watchdog.Reset(bootWatchdog)
+		in.log.Debugf("woken from a snapshot")
+		// Boot phases belong to the snapshot, not to this run.
+		in.timings = map[string]int64{}
+		mounts = 0
+		return true
+	}
+	switch cmd.params[guest.CmdlineSnapshot] {
+	case guest.SnapshotBoot:
+		// Any image's run may follow: only what needs no image is done.
+		if err := waitForDevice(cmd.imageDevice(), 5*time.Second); err != nil {
+			in.log.Infof("image disk: %v", err)
+			return
+		}
+		warmCodecs()
+		if !sleep(cmd.imageDevice(), ioDev) {
+			return
+		}
+	case "1":
 		if err := mountImage(); err != nil {
 			in.log.Infof("%v", err) // no I/O file yet: the host sees the console
 			return
@@ -176,26 +214,9 @@ func (in *vmInit) run() {
 		} else {
 			in.log.Debugf("warmed %d files, %d bytes, of the image in %v (cut short: %v)", len(ws.Paths), ws.Bytes, time.Since(t).Round(time.Millisecond), ws.Cut)
 		}
-		// The kernel read the I/O disk's first blocks when it found the
-		// disk: drop them now, so that a restored VM, whose disk is
-		// another file, reads its header afresh. Nothing reads the disk
-		// from here to the wake, and dropping them before the snapshot
-		// spares every restored VM the work.
-		if err := flushBlockDevice(ioDev); err != nil {
-			in.log.Infof("%v", err)
+		if !sleep(ioDev) {
 			return
 		}
-		// Timers would fire at once in a VM restored much later.
-		in.watchdog.Stop()
-		if err := waitForWake(in.log); err != nil {
-			in.log.Infof("snapshot: %v", err)
-			return
-		}
-		in.watchdog.Reset(bootWatchdog)
-		in.log.Debugf("woken from a snapshot")
-		// Boot phases belong to the snapshot, not to this run.
-		in.timings = map[string]int64{}
-		mounts = 0
 	}
 	t = time.Now()
 	iof, err = guest.OpenIOFile(ioDev)

@@ -78,6 +78,8 @@ type runFlags struct {
 	githubAPI          string
 	// snapshot restores a VM instead of booting one.
 	snapshot string
+	// cold boots the VM instead of restoring pe's boot snapshot.
+	cold bool
 }
 
 // newRunCmd returns "pe run".
@@ -156,6 +158,7 @@ raises GitHub's rate limit.`,
 	fs.StringVar(&f.image, "image", "", "with --gist or --files: the image, instead of pe.toml's")
 	registerGitHubAPI(fs, &f.githubAPI)
 	fs.StringVar(&f.snapshot, "snapshot", "", "restore the VM from this snapshot directory (pe snapshot create) instead of booting one; then no IMAGE is given")
+	fs.BoolVar(&f.cold, "cold", false, "boot the VM instead of restoring pe's boot snapshot (which the first run makes, in the cache; --debug boots too)")
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
@@ -314,6 +317,7 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
 	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}}, f.cacheDir, lim)
+	opts.BootSnapshots = !f.cold
 	var res *engine.RunResult
 	if f.snapshot != "" {
 		e, err := engine.New(opts)

@@ -188,8 +188,22 @@ func TestRunVM(t *testing.T) {
 	if res["exit_code"] != 124.0 || res["timed_out"] != true || res["vmm"] != "qemu" || res["accel"] != "tcg" {
 		t.Errorf("--json: %v", res)
 	}
-	if d, ok := res["duration_ms"].(map[string]any); !ok || d["total"] == nil || d["guest_program"] == nil {
-		t.Errorf("--json duration_ms: %v", res["duration_ms"])
+	// Restored from the boot snapshot, which the first run made.
+	if d, ok := res["duration_ms"].(map[string]any); !ok || d["total"] == nil || d["guest_program"] == nil || d["vm_start/qemu.Incoming"] == nil || d["guest_boot_to_init"] != nil {
+		t.Errorf("--json duration_ms: %v, want a restored VM's", res["duration_ms"])
+	}
+
+	// --cold boots.
+	stdout, _, err = run(t, "", "run", "--accel", "tcg", "--json", "--cold", img, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res = nil
+	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+		t.Fatalf("--json printed %q: %v", stdout, err)
+	}
+	if d, ok := res["duration_ms"].(map[string]any); !ok || d["guest_boot_to_init"] == nil || d["vm_start/qemu.Incoming"] != nil {
+		t.Errorf("--cold --json duration_ms: %v, want a booted VM's", res["duration_ms"])
 	}
 }
 

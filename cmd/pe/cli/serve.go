@@ -35,6 +35,7 @@ type serveFlags struct {
 	githubAPI                string
 	drain                    time.Duration
 	snapshots                bool
+	cold                     bool
 }
 
 // newServeCmd returns "pe serve".
@@ -86,6 +87,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.StringVar(&f.maxOut, "max-output", "1MiB", "keep at most this much of stdout, of stderr and of the output directory of a run")
 	fs.Float64Var(&f.rate, "rate", 2, "runs and gist fetches a client may start per second (0: no limit)")
 	fs.IntVar(&f.burst, "burst", 4, "how many of them may come at once")
+	fs.BoolVar(&f.cold, "cold", false, "boot a VM for every run instead of restoring pe's boot snapshot (made by the first run, in the cache)")
 	fs.BoolVar(&f.snapshots, "snapshots", false, "keep a VM snapshot of each preset (in the cache directory) and restore it for the preset's runs instead of booting")
 	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress may take to finish")
 	registerGitHubAPI(fs, &f.githubAPI)
@@ -151,6 +153,7 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
 	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
 	opts.MaxConcurrent, opts.Log = f.slots, log
+	opts.BootSnapshots = !f.cold
 	eng, err := engine.New(opts)
 	if err != nil {
 		return err

@@ -1,0 +1,142 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// A boot snapshot is a snapshot of a VM booted for no image: the kernel
+// booted, the guest init's modules loaded, its disks found, nothing
+// mounted. Unlike an image's snapshot (CreateSnapshot), one serves every
+// image: a run restores it with its own image disk, so that it skips the
+// boot, which under emulation is most of a run. The engine keeps one per
+// machine (memory, vCPUs) and environment (kernel, guest init, VMM and its
+// version, acceleration, pe build) in its cache, made at the first run
+// that needs it (see Options.BootSnapshots).
+
+// BootSnapshotImageSize is the size of the image disk a boot snapshot's
+// VM booted with: a sparse file, whose size the guest kernel keeps. Runs
+// restored from it attach images of up to this size.
+const BootSnapshotImageSize = 1 << 40
+
+// bootSnapshotsDir is the boot snapshots' directory in the cache.
+const bootSnapshotsDir = "boot-snapshots"
+
+// bootSnapshotUnused is how long a boot snapshot nobody restored stays in
+// the cache: another pe build or kernel made it, or another machine size.
+const bootSnapshotUnused = 2 * 24 * time.Hour
+
+// bootSnapshot returns the boot snapshot for a VM of memMiB and cpus,
+// making it first if the cache has none that fits. Runs of one engine
+// wait for one another's making; separate processes may make it twice,
+// and the second keeps the first's.
+func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot, error) {
+	env, err := e.snapshotEnv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	kernelFile, err := statFile(e.bootKernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	// The directory's name covers what the manifest is checked against,
+	// so that builds, kernels and machine sizes do not replace each
+	// other's snapshots.
+	key := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%d\x00%s\x00%s\x00%s\x00%s\x00%s",
+		PEBuild(), e.kernel.ID(), kernelFile.Size, filepath.Base(env.initramfs), env.choice.VMM, env.vmmVersion, env.choice.Accel, e.bootKernel))
+	parent := filepath.Join(e.opts.CacheDir, bootSnapshotsDir)
+	dir := filepath.Join(parent, fmt.Sprintf("%dm-%dc-%s", memMiB, cpus, hex.EncodeToString(key[:8])))
+
+	e.bootSnapMu.Lock()
+	defer e.bootSnapMu.Unlock()
+	snap, err := e.OpenSnapshot(ctx, dir)
+	if err == nil && snap.Manifest.Boot && snap.Manifest.MemoryMiB == memMiB && snap.Manifest.CPUs == cpus {
+		// Its mtime says when it was last used: see pruneBootSnapshots.
+		now := time.Now()
+		os.Chtimes(dir, now, now)
+		return snap, nil
+	}
+	force := true
+	switch {
+	case err == nil:
+		e.log.Info("boot snapshot for another machine: making it again", "dir", dir)
+	case errors.Is(err, ErrSnapshotMismatch), errors.Is(err, ErrBadSnapshot):
+		if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
+			force = false
+			e.log.Info("making the boot snapshot (once for this pe, kernel and machine size)", "dir", dir)
+		} else {
+			e.log.Info("boot snapshot unusable: making it again", "dir", dir, "reason", err)
+		}
+	default:
+		return nil, err
+	}
+	pruneBootSnapshots(parent, dir, e.log)
+	if _, err := e.createSnapshot(ctx, nil, dir, SnapshotRequest{Dir: dir, Force: force, MemoryMiB: memMiB, CPUs: cpus}); err != nil {
+		// Another pe made it in the meantime: use that one.
+		if !errors.Is(err, ErrSnapshotExists) {
+			return nil, err
+		}
+	}
+	return e.OpenSnapshot(ctx, dir)
+}
+
+// pruneBootSnapshots removes the boot snapshots in parent, other than
+// keep, that no run restored for bootSnapshotUnused.
+func pruneBootSnapshots(parent, keep string, log *slog.Logger) {
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		return
+	}
+	for _, ent := range entries {
+		p := filepath.Join(parent, ent.Name())
+		if p == keep || !ent.IsDir() || strings.Contains(ent.Name(), ".tmp-") {
+			continue // temporary directories are their maker's (sweepOwnedDirs)
+		}
+		fi, err := ent.Info()
+		if err != nil || time.Since(fi.ModTime()) < bootSnapshotUnused {
+			continue
+		}
+		log.Info("removing an unused boot snapshot", "dir", p, "last_used", fi.ModTime())
+		os.RemoveAll(p)
+	}
+}
+
+// tryBootSnapshot returns the boot snapshot for a run's machine (0: the
+// defaults), or nil when the run must boot: the VMM cannot restore VMs,
+// or the snapshot could not be made, which is logged and costs the run
+// nothing but the attempt.
+func (e *Engine) tryBootSnapshot(ctx context.Context, choice *Choice, memMiB, cpus int) *Snapshot {
+	if _, err := snapshotter(choice); err != nil {
+		return nil
+	}
+	if memMiB <= 0 {
+		memMiB = DefaultMemoryMiB
+	}
+	if cpus <= 0 {
+		cpus = DefaultCPUs
+	}
+	snap, err := e.bootSnapshot(ctx, memMiB, cpus)
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Warn("no boot snapshot: booting", "error", err)
+		}
+		return nil
+	}
+	return snap
+}
+
+// fitsBootSnapshot reports whether img's file fits the image disk a boot
+// snapshot's guest knows.
+func fitsBootSnapshot(img *ResolvedImage) bool {
+	fi, err := os.Stat(img.EROFSPath)
+	return err == nil && fi.Size() <= BootSnapshotImageSize
+}

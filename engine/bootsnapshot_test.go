@@ -1,0 +1,61 @@
+package engine
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestPruneBootSnapshots removes the boot snapshots unused for
+// bootSnapshotUnused, but never the one in use or a maker's temporary
+// directory.
+func TestPruneBootSnapshots(t *testing.T) {
+	parent := t.TempDir()
+	old := time.Now().Add(-bootSnapshotUnused - time.Hour)
+	for name, mtime := range map[string]time.Time{
+		"512m-1c-old":            old,
+		"512m-1c-keep":           old,
+		"256m-1c-recent":         time.Now().Add(-time.Hour),
+		"512m-1c-new.tmp-123456": old,
+	} {
+		d := filepath.Join(parent, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(d, "mem"), []byte("ram"), 0o644)
+		if err := os.Chtimes(d, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pruneBootSnapshots(parent, filepath.Join(parent, "512m-1c-keep"), testLogger(t))
+	want := []string{"256m-1c-recent", "512m-1c-keep", "512m-1c-new.tmp-123456"}
+	if diff := cmp.Diff(want, dirEntries(t, parent)); diff != "" {
+		t.Errorf("after pruning (-want +got):\n%s", diff)
+	}
+}
+
+// TestReadSnapshotManifestBoot: a boot snapshot names no image file, an
+// image's snapshot must.
+func TestReadSnapshotManifestBoot(t *testing.T) {
+	for _, c := range []struct {
+		name, manifest string
+		ok             bool
+	}{
+		{"boot", `{"format":1,"boot":true,"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, true},
+		{"image", `{"format":1,"image_file":{"path":"/i.erofs","size":1},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, true},
+		{"image without its file", `{"format":1,"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, false},
+		{"boot with an image file", `{"format":1,"boot":true,"image_file":{"path":"/i.erofs","size":1},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, SnapshotManifestFile), []byte(c.manifest), 0o644)
+			_, err := ReadSnapshotManifest(dir)
+			if (err == nil) != c.ok {
+				t.Errorf("ReadSnapshotManifest: %v, want ok %v", err, c.ok)
+			}
+		})
+	}
+}
