@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -30,6 +31,16 @@ const BootSnapshotImageSize = 1 << 40
 
 // bootSnapshotsDir is the boot snapshots' directory in the cache.
 const bootSnapshotsDir = "boot-snapshots"
+
+// A boot snapshot that could not be made is not tried again for
+// bootSnapshotRetry: the file dir+bootSnapshotFailedSuffix says why.
+const (
+	bootSnapshotRetry        = time.Hour
+	bootSnapshotFailedSuffix = ".failed"
+)
+
+// errBootSnapshotFailed is the error of a boot snapshot that failed lately.
+var errBootSnapshotFailed = errors.New("making the boot snapshot failed")
 
 // bootSnapshotUnused is how long a boot snapshot nobody restored stays in
 // the cache: another pe build or kernel made it, or another machine size.
@@ -79,18 +90,34 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 	default:
 		return nil, err
 	}
+	// A boot that failed a moment ago would fail again, and cost every
+	// run its time: the failure is remembered for a while.
+	failed := dir + bootSnapshotFailedSuffix
+	if fi, err := os.Stat(failed); err == nil && time.Since(fi.ModTime()) < bootSnapshotRetry {
+		why, _ := os.ReadFile(failed)
+		return nil, fmt.Errorf("%w at %s: %s (retried after %v, or once %s is removed)", errBootSnapshotFailed, fi.ModTime().Format(time.DateTime), bytes.TrimSpace(why), bootSnapshotRetry, failed)
+	}
 	pruneBootSnapshots(parent, dir, e.log)
-	if _, err := e.createSnapshot(ctx, nil, dir, SnapshotRequest{Dir: dir, Force: force, MemoryMiB: memMiB, CPUs: cpus}); err != nil {
+	// Made within a run, the boot gets the time a run's VM would, not the
+	// minutes pe snapshot create allows.
+	limit := 2 * e.grace(env.choice.Accel)
+	if _, err := e.createSnapshot(ctx, nil, dir, SnapshotRequest{Dir: dir, Force: force, MemoryMiB: memMiB, CPUs: cpus}, limit); err != nil {
 		// Another pe made it in the meantime: use that one.
 		if !errors.Is(err, ErrSnapshotExists) {
+			if ctx.Err() == nil {
+				os.MkdirAll(parent, 0o755)
+				os.WriteFile(failed, []byte(err.Error()+"\n"), 0o644)
+			}
 			return nil, err
 		}
 	}
+	os.Remove(failed)
 	return e.OpenSnapshot(ctx, dir)
 }
 
 // pruneBootSnapshots removes the boot snapshots in parent, other than
-// keep, that no run restored for bootSnapshotUnused.
+// keep, that no run restored for bootSnapshotUnused, and as old notes of
+// failures.
 func pruneBootSnapshots(parent, keep string, log *slog.Logger) {
 	entries, err := os.ReadDir(parent)
 	if err != nil {
@@ -98,7 +125,7 @@ func pruneBootSnapshots(parent, keep string, log *slog.Logger) {
 	}
 	for _, ent := range entries {
 		p := filepath.Join(parent, ent.Name())
-		if p == keep || !ent.IsDir() || strings.Contains(ent.Name(), ".tmp-") {
+		if p == keep || p == keep+bootSnapshotFailedSuffix || strings.Contains(ent.Name(), ".tmp-") {
 			continue // temporary directories are their maker's (sweepOwnedDirs)
 		}
 		fi, err := ent.Info()
@@ -125,10 +152,14 @@ func (e *Engine) tryBootSnapshot(ctx context.Context, choice *Choice, memMiB, cp
 		cpus = DefaultCPUs
 	}
 	snap, err := e.bootSnapshot(ctx, memMiB, cpus)
+	switch {
+	case err == nil:
+	case errors.Is(err, errBootSnapshotFailed):
+		e.log.Info("no boot snapshot: booting", "error", err)
+	case ctx.Err() == nil:
+		e.log.Warn("no boot snapshot: booting", "error", err)
+	}
 	if err != nil {
-		if ctx.Err() == nil {
-			e.log.Warn("no boot snapshot: booting", "error", err)
-		}
 		return nil
 	}
 	return snap

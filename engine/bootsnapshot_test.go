@@ -9,9 +9,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// TestPruneBootSnapshots removes the boot snapshots unused for
-// bootSnapshotUnused, but never the one in use or a maker's temporary
-// directory.
+// TestPruneBootSnapshots removes the boot snapshots (and failure notes)
+// unused for bootSnapshotUnused, but never the one in use, its note or a
+// maker's temporary directory.
 func TestPruneBootSnapshots(t *testing.T) {
 	parent := t.TempDir()
 	old := time.Now().Add(-bootSnapshotUnused - time.Hour)
@@ -20,18 +20,23 @@ func TestPruneBootSnapshots(t *testing.T) {
 		"512m-1c-keep":           old,
 		"256m-1c-recent":         time.Now().Add(-time.Hour),
 		"512m-1c-new.tmp-123456": old,
+		"512m-1c-keep.failed":    old,
+		"512m-1c-other.failed":   old,
 	} {
 		d := filepath.Join(parent, name)
-		if err := os.Mkdir(d, 0o755); err != nil {
+		if filepath.Ext(name) == bootSnapshotFailedSuffix {
+			os.WriteFile(d, []byte("why"), 0o644)
+		} else if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
+		} else {
+			os.WriteFile(filepath.Join(d, "mem"), []byte("ram"), 0o644)
 		}
-		os.WriteFile(filepath.Join(d, "mem"), []byte("ram"), 0o644)
 		if err := os.Chtimes(d, mtime, mtime); err != nil {
 			t.Fatal(err)
 		}
 	}
 	pruneBootSnapshots(parent, filepath.Join(parent, "512m-1c-keep"), testLogger(t))
-	want := []string{"256m-1c-recent", "512m-1c-keep", "512m-1c-new.tmp-123456"}
+	want := []string{"256m-1c-recent", "512m-1c-keep", "512m-1c-keep.failed", "512m-1c-new.tmp-123456"}
 	if diff := cmp.Diff(want, dirEntries(t, parent)); diff != "" {
 		t.Errorf("after pruning (-want +got):\n%s", diff)
 	}

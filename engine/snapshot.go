@@ -242,12 +242,13 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if err != nil {
 		return nil, err
 	}
-	return e.createSnapshot(ctx, img, dir, r)
+	return e.createSnapshot(ctx, img, dir, r, snapshotCreateLimit)
 }
 
 // createSnapshot makes the snapshot of a VM booted for img (nil: a boot
-// snapshot) in dir, as CreateSnapshot says.
-func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir string, r SnapshotRequest) (*SnapshotManifest, error) {
+// snapshot) in dir, as CreateSnapshot says; the VM must be ready within
+// limit.
+func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir string, r SnapshotRequest, limit time.Duration) (*SnapshotManifest, error) {
 	m := &SnapshotManifest{Format: SnapshotFormat, Boot: img == nil}
 	work, err := e.newWorkDir()
 	if err != nil {
@@ -314,7 +315,7 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 	cfg := e.vmConfig(env.choice, env.initramfs, imagePath, ioPath, work, mem, cpus, r.Debug, r.Console)
 	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=" + mode
 
-	sctx, cancel := context.WithTimeout(ctx, snapshotCreateLimit)
+	sctx, cancel := context.WithTimeout(ctx, limit)
 	err = env.backend.SaveSnapshot(sctx, cfg, tmp, []byte(guest.SnapshotReady))
 	cancel()
 	if err != nil {

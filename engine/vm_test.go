@@ -341,6 +341,43 @@ func TestVMBrokenKernel(t *testing.T) {
 			}
 		})
 	}
+
+	// With boot snapshots, the snapshot's boot fails first; the run then
+	// boots, and fails as above. The failure is remembered: the next run
+	// does not try again.
+	t.Run("garbage, boot snapshots", func(t *testing.T) {
+		t.Parallel()
+		tmp, cache := t.TempDir(), filepath.Join(dir, "boot-cache")
+		e, err := New(brokenOptions(f, garbage, f.init, cache, tmp, func(o *Options) { o.BootSnapshots = true }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			_, err = runErr(t, e, &RunRequest{Overrides: Overrides{Cmd: sh("echo never")}, Timeout: time.Second})
+			if !errors.Is(err, guest.ErrNoResult) {
+				t.Fatalf("run %d: %v, want guest.ErrNoResult", i, err)
+			}
+			notes, _ := filepath.Glob(filepath.Join(cache, bootSnapshotsDir, "*"+bootSnapshotFailedSuffix))
+			if len(notes) != 1 {
+				t.Fatalf("run %d: failure notes %q, want one", i, notes)
+			}
+			fi, _ := os.Stat(notes[0])
+			if i == 0 {
+				os.Chtimes(notes[0], fi.ModTime().Add(-time.Minute), fi.ModTime().Add(-time.Minute))
+			} else if time.Since(fi.ModTime()) < time.Minute {
+				t.Errorf("the second run tried the boot snapshot again (note written %v)", fi.ModTime())
+			}
+		}
+		if _, err := e.bootSnapshot(t.Context(), DefaultMemoryMiB, DefaultCPUs); !errors.Is(err, errBootSnapshotFailed) || !strings.Contains(err.Error(), "qemu") {
+			t.Errorf("bootSnapshot after a failure: %v, want errBootSnapshotFailed with QEMU's reason", err)
+		}
+		if left := walkFiles(tmp); len(left) > 0 {
+			t.Errorf("files left behind: %q", left)
+		}
+		if snaps, _ := filepath.Glob(filepath.Join(cache, bootSnapshotsDir, "*")); len(snaps) != 1 {
+			t.Errorf("boot snapshot directory holds %q, want the note alone", snaps)
+		}
+	})
 }
 
 // TestVMCompressedImage runs from an image whose files (busybox itself
