@@ -189,6 +189,11 @@ func (in *vmInit) run() {
 			in.log.Infof("image disk: %v", err)
 			return
 		}
+		// The stage-2 child needs no image until its setup: started now,
+		// a restored VM skips its fork, exec and Go runtime start.
+		if err := sb.Spawn(); err != nil {
+			in.log.Infof("%v", err) // Start will try again
+		}
 		warmCodecs()
 		if !sleep(cmd.imageDevice(), ioDev) {
 			return

@@ -73,6 +73,8 @@ type Sandbox struct {
 	Configure func(req *guest.Request) error
 
 	child *stage2Child // started by Start, used up by Run
+	// spawned is a child Spawn started, which Start sets up.
+	spawned *stage2Child
 	// retired holds what finished runs left to release: see Close.
 	retired []*stage2Child
 }
@@ -174,15 +176,52 @@ func (s *Sandbox) Run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	return res
 }
 
-// Start creates the program's cgroup and the stage-2 child in the
-// program's namespaces and runs Prepare; the child then waits for Run.
-// The init starts the sandbox before a snapshot, so that a restored VM
-// finds it ready; Run starts it itself otherwise.
-func (s *Sandbox) Start() (err error) {
-	if s.child != nil {
+// Spawn creates the program's cgroup and the stage-2 child in the
+// program's namespaces, which then waits for Start: nothing of it needs
+// the container root. The init spawns it before a boot snapshot, which
+// holds no image, so that a restored VM skips the child's fork, exec and
+// runtime start.
+func (s *Sandbox) Spawn() error {
+	if s.child != nil || s.spawned != nil {
 		return errors.New("sandbox: already started")
 	}
 	s.Close()
+	c, err := s.spawn()
+	if err != nil {
+		return err
+	}
+	s.spawned = c
+	return nil
+}
+
+// Start runs Prepare and has the stage-2 child (spawned now, unless Spawn
+// did) make the program's mount namespace; the child then waits for Run.
+// The init starts the sandbox before an image's snapshot, so that a
+// restored VM finds it ready; Run starts it itself otherwise.
+func (s *Sandbox) Start() error {
+	if s.child != nil {
+		return errors.New("sandbox: already started")
+	}
+	c := s.spawned
+	s.spawned = nil
+	if c == nil {
+		s.Close()
+		var err error
+		if c, err = s.spawn(); err != nil {
+			return err
+		}
+	}
+	if err := s.setUp(c); err != nil {
+		c.kill()
+		c.release()
+		return err
+	}
+	s.child = c
+	return nil
+}
+
+// spawn starts a stage-2 child in a new cgroup (see Spawn).
+func (s *Sandbox) spawn() (_ *stage2Child, err error) {
 	c := &stage2Child{exited: make(chan error, 1)}
 	var childEnds []*os.File
 	defer func() {
@@ -195,11 +234,11 @@ func (s *Sandbox) Start() (err error) {
 	}()
 	if s.CgroupParent != "" {
 		if c.cg, err = newCgroup(s.CgroupParent, "pe-program"); err != nil {
-			return err
+			return nil, err
 		}
 		if s.MemoryMax > 0 {
 			if err := c.cg.limit(s.MemoryMax, guest.DefaultPidsLimit); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
@@ -218,19 +257,19 @@ func (s *Sandbox) Start() (err error) {
 	// The child's ends, in childEnds, are: config, failure, stdout,
 	// stderr, stdin.
 	if c.cfgW, err = pipe(false); err != nil {
-		return err
+		return nil, err
 	}
 	if c.failR, err = pipe(true); err != nil {
-		return err
+		return nil, err
 	}
 	if c.outR, err = pipe(true); err != nil {
-		return err
+		return nil, err
 	}
 	if c.errR, err = pipe(true); err != nil {
-		return err
+		return nil, err
 	}
 	if c.inW, err = pipe(false); err != nil {
-		return err
+		return nil, err
 	}
 	cfgR, failW, outW, errW, inR := childEnds[0], childEnds[1], childEnds[2], childEnds[3], childEnds[4]
 
@@ -262,7 +301,7 @@ func (s *Sandbox) Start() (err error) {
 		SysProcAttr: attr,
 	}
 	if err := c.cmd.Start(); err != nil {
-		return fmt.Errorf("start the sandbox: %w", err)
+		return nil, fmt.Errorf("start the sandbox: %w", err)
 	}
 	// Closed here, the child's ends are the child's alone: a read on
 	// failR then ends when the child does.
@@ -271,6 +310,12 @@ func (s *Sandbox) Start() (err error) {
 	}
 	childEnds = nil
 	go func() { c.exited <- c.cmd.Wait() }()
+	return c, nil
+}
+
+// setUp runs Prepare with c's user namespace, sends c its setup and waits
+// for its mount namespace.
+func (s *Sandbox) setUp(c *stage2Child) (err error) {
 	if s.Prepare != nil {
 		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", c.cmd.Process.Pid))
 		if err == nil {
@@ -280,22 +325,17 @@ func (s *Sandbox) Start() (err error) {
 			err = fmt.Errorf("sandbox user namespace: %w", err)
 		}
 		if err != nil {
-			c.kill()
 			return err
 		}
 	}
 	setup, err := s.stage2Setup()
-	if err == nil {
-		err = json.NewEncoder(c.cfgW).Encode(setup)
-		if err != nil {
-			err = fmt.Errorf("send the sandbox its setup: %w", err)
-		}
-	}
-	if err == nil {
-		err = c.waitReady()
-	}
 	if err != nil {
-		c.kill()
+		return err
+	}
+	if err := json.NewEncoder(c.cfgW).Encode(setup); err != nil {
+		return fmt.Errorf("send the sandbox its setup: %w", err)
+	}
+	if err := c.waitReady(); err != nil {
 		return err
 	}
 	// Held, the namespace outlives the program: the unmounting its last
@@ -303,9 +343,8 @@ func (s *Sandbox) Start() (err error) {
 	// (slow to emulate in a restored VM), waits for Close, after the result.
 	if c.mountNS, err = os.Open(fmt.Sprintf("/proc/%d/ns/mnt", c.cmd.Process.Pid)); err != nil {
 		s.Log.Debugf("sandbox mount namespace: %v", err)
-		c.mountNS, err = nil, nil
+		c.mountNS = nil
 	}
-	s.child = c
 	return nil
 }
 

@@ -51,6 +51,10 @@ type childParams struct {
 	// PreStart starts the sandbox before the request is known, as the
 	// init does for a snapshot, and checks that a second Start fails.
 	PreStart bool `json:"pre_start"`
+	// PreSpawn spawns the stage-2 child before anything else, as the init
+	// does for a boot snapshot, and checks that a second Spawn fails; Run
+	// then starts it.
+	PreSpawn bool `json:"pre_spawn"`
 	// KillChild, with PreStart, kills the waiting stage-2 child before Run.
 	KillChild bool `json:"kill_child"`
 	// NoDevDir gives the sandbox a DevDir that does not exist, which the
@@ -68,9 +72,11 @@ type childResult struct {
 	StdoutTotal int64             `json:"stdout_total"`
 	// HeldNS: after Run, the program's mount namespace was still held,
 	// and Close let it go.
-	HeldNS   bool   `json:"held_ns"`
-	StartErr string `json:"start_err"`
-	Err      string `json:"err"`
+	HeldNS bool `json:"held_ns"`
+	// SpawnedRan: with PreSpawn, the program ran in the child Spawn made.
+	SpawnedRan bool   `json:"spawned_ran"`
+	StartErr   string `json:"start_err"`
+	Err        string `json:"err"`
 }
 
 // sandboxChild plays the init: builds the container root over dir/lower
@@ -103,6 +109,7 @@ func sandboxChild() {
 			return err
 		},
 	}
+	var ran []int // the stage-2 children's PIDs, after Run
 	var stdin io.Reader
 	if p.Stdin != nil {
 		stdin = bytes.NewReader(p.Stdin)
@@ -113,6 +120,18 @@ func sandboxChild() {
 			out.StartErr = err.Error()
 		}
 		return
+	}
+	if p.PreSpawn {
+		if err := sb.Spawn(); err != nil {
+			out.Err = err.Error()
+			return
+		}
+		if err := sb.Spawn(); err == nil {
+			out.Err = "a second Spawn succeeded"
+			return
+		}
+		spawned := sb.spawned.cmd.Process.Pid
+		defer func() { out.SpawnedRan = out.Result != nil && len(ran) == 1 && ran[0] == spawned }()
 	}
 	if p.PreStart {
 		if err := sb.Start(); err != nil {
@@ -130,6 +149,9 @@ func sandboxChild() {
 		}
 	}
 	out.Result = sb.Run(p.Request, stdin, stdout, stderr)
+	for _, c := range sb.retired {
+		ran = append(ran, c.cmd.Process.Pid)
+	}
 	out.HeldNS = len(sb.retired) == 1 && sb.retired[0].mountNS != nil
 	held := sb.retired
 	sb.Close()
@@ -333,6 +355,23 @@ func TestSandbox(t *testing.T) {
 			stdout: "later\n1000\n/srv/w\nin\n", idmapped: true,
 		},
 		{
+			name: "spawned before the root exists",
+			p: childParams{
+				Request:  user(&guest.Request{Argv: []string{"sh", "-c", `hostname; id -u; pwd; cat; echo $$`}, Env: []string{"PATH=/bin"}, Cwd: "/srv/w", Hostname: "later"}),
+				Stdin:    []byte("in\n"),
+				PreSpawn: true,
+			},
+			stdout: "later\n1000\n/srv/w\nin\n1\n", idmapped: true,
+		},
+		{
+			name: "spawned, then started before the request",
+			p: childParams{
+				Request:  shRequest(`cat /etc/motd >/dev/null && echo ok`),
+				PreSpawn: true, PreStart: true,
+			},
+			stdout: "ok\n", idmapped: true,
+		},
+		{
 			name: "hostname and a PID namespace of its own",
 			p:    childParams{Request: &guest.Request{Argv: []string{"sh", "-c", `hostname; echo $$; set -- /proc/[0-9]*; echo $#`}, Env: []string{"PATH=/bin"}, Hostname: "box"}},
 			// The shell expands the glob itself, so it alone is there to
@@ -422,6 +461,9 @@ func TestSandbox(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			res := runSandbox(t, dir, tc.p)
 			r := res.Result
+			if tc.p.PreSpawn && !res.SpawnedRan {
+				t.Errorf("the program did not run in the child Spawn made")
+			}
 			if r.ExitCode != tc.exit || r.Signal != tc.signal || r.TimedOut != tc.timedOut {
 				t.Errorf("exit %d signal %q timed out %v, want %d %q %v (error %q)", r.ExitCode, r.Signal, r.TimedOut, tc.exit, tc.signal, tc.timedOut, r.Error)
 			}
