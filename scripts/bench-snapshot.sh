@@ -1,7 +1,8 @@
 #!/bin/sh
 # bench-snapshot.sh: `pe run --cold IMAGE true` (a cold boot) against
 # `pe run --snapshot DIR true` (a VM restored from a snapshot of the same
-# image), N runs each, alternating (default 7); then the median of each
+# image), N runs each, alternating (default 7), with pe run's default (the
+# boot snapshot, made by vmbench.sh's first run) as a third; then the median of each
 # phase of the snapshot runs (the restore break-down), the time to create
 # the snapshot, and the memory of one QEMU process of each kind while its
 # program sleeps (RSS: anonymous and file pages, and PSS).
@@ -28,8 +29,11 @@ while [ "$i" -lt "$N" ]; do
 	t1=$(now)
 	"$PE" run --json --snapshot "$tmp/snap" true >>"$tmp/snap.json"
 	t2=$(now)
+	"$PE" run --json "$IMAGE" true >/dev/null
+	t3=$(now)
 	echo $(((t1 - t0) / 1000)) >>"$tmp/cold.us"
 	echo $(((t2 - t1) / 1000)) >>"$tmp/snap.us"
+	echo $(((t3 - t2) / 1000)) >>"$tmp/boot.us"
 	i=$((i + 1))
 done
 
@@ -41,13 +45,15 @@ vmm=$(sed -n '1s/.*"vmm":"\([^"]*\)".*/\1/p' "$tmp/snap.json")
 accel=$(sed -n '1s/.*"accel":"\([^"]*\)".*/\1/p' "$tmp/snap.json")
 cold_us=$(median "$tmp/cold.us")
 snap_us=$(median "$tmp/snap.us")
+boot_us=$(median "$tmp/boot.us")
 echo
-echo "pe run IMAGE true vs pe run --snapshot DIR true ($vmm, $accel; $N runs each, alternating; $(uname -r) host, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "pe run --cold IMAGE true vs pe run --snapshot DIR true ($vmm, $accel; $N runs each, alternating; $(uname -r) host, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
 echo "| what | median wall time | ratio to the cold run |"
 echo "|---|---:|---:|"
 echo "| pe run IMAGE true (cold: boot) | $(ms "$cold_us") ms | 1.00 |"
 echo "| pe run --snapshot DIR true (restore) | $(ms "$snap_us") ms | $(awk -v a="$snap_us" -v b="$cold_us" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| pe run IMAGE true (restores the boot snapshot, for reference) | $(ms "$boot_us") ms | $(awk -v a="$boot_us" -v b="$cold_us" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| pe snapshot create IMAGE (once) | $(ms "$create_us") ms | |"
 echo
 echo "Phases of the snapshot runs (median of each, from --json duration_ms; vm_start/* are the restore's steps, guest_* are measured by the guest)"
@@ -90,6 +96,7 @@ mem_run() {
 	wait "$pe_pid"
 }
 mem_run "$tmp/mem.cold" --cold "$IMAGE" sh -c 'sleep 3'
+mem_run "$tmp/mem.boot" "$IMAGE" sh -c 'sleep 3'
 mem_run "$tmp/mem.snap1" --snapshot "$tmp/snap" sh -c 'sleep 3' &
 mem_run "$tmp/mem.snap2" --snapshot "$tmp/snap" sh -c 'sleep 3'
 wait
@@ -101,6 +108,7 @@ echo
 echo "| VM | RssAnon | RssFile | PSS |"
 echo "|---|---:|---:|---:|"
 echo "| cold boot | $(peak "$tmp/mem.cold" 1) | $(peak "$tmp/mem.cold" 2) | $(peak "$tmp/mem.cold" 3) |"
+echo "| restored from the boot snapshot | $(peak "$tmp/mem.boot" 1) | $(peak "$tmp/mem.boot" 2) | $(peak "$tmp/mem.boot" 3) |"
 echo "| restored (1 of 2 at once) | $(peak "$tmp/mem.snap1" 1) | $(peak "$tmp/mem.snap1" 2) | $(peak "$tmp/mem.snap1" 3) |"
 echo "| restored (2 of 2 at once) | $(peak "$tmp/mem.snap2" 1) | $(peak "$tmp/mem.snap2" 2) | $(peak "$tmp/mem.snap2" 3) |"
 echo
