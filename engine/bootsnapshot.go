@@ -32,6 +32,10 @@ const BootSnapshotImageSize = 1 << 40
 // bootSnapshotsDir is the boot snapshots' directory in the cache.
 const bootSnapshotsDir = "boot-snapshots"
 
+// BootSnapshotsDir is where an engine with this CacheDir keeps its boot
+// snapshots, one directory each.
+func BootSnapshotsDir(cacheDir string) string { return filepath.Join(cacheDir, bootSnapshotsDir) }
+
 // A boot snapshot that could not be made is not tried again for
 // bootSnapshotRetry: the file dir+bootSnapshotFailedSuffix says why.
 const (
@@ -64,7 +68,7 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 	// other's snapshots.
 	key := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%d\x00%s\x00%s\x00%s\x00%s\x00%s",
 		PEBuild(), e.kernel.ID(), kernelFile.Size, filepath.Base(env.initramfs), env.choice.VMM, env.vmmVersion, env.choice.Accel, e.bootKernel))
-	parent := filepath.Join(e.opts.CacheDir, bootSnapshotsDir)
+	parent := BootSnapshotsDir(e.opts.CacheDir)
 	dir := filepath.Join(parent, fmt.Sprintf("%dm-%dc-%s", memMiB, cpus, hex.EncodeToString(key[:8])))
 
 	e.bootSnapMu.Lock()
@@ -116,8 +120,8 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 }
 
 // pruneBootSnapshots removes the boot snapshots in parent, other than
-// keep, that no run restored for bootSnapshotUnused, and as old notes of
-// failures.
+// keep, that no run restored for bootSnapshotUnused, and failure notes
+// as old.
 func pruneBootSnapshots(parent, keep string, log *slog.Logger) {
 	entries, err := os.ReadDir(parent)
 	if err != nil {

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -171,6 +173,8 @@ func doctor(ctx context.Context, vf *vmFlags, cacheDir string) *doctorReport {
 		add(doctorCheck{Name: "image cache", OK: true, Required: true, Detail: c.Dir()})
 	}
 
+	add(bootSnapshotsCheck(engine.BootSnapshotsDir(cacheDir)))
+
 	if p, err := exec.LookPath("mkfs.erofs"); err != nil {
 		add(doctorCheck{Name: "erofs-utils", Detail: "mkfs.erofs not found (optional: the tests and benchmarks compare pe's EROFS writer with it)", Fix: "apt-get install -y erofs-utils"})
 	} else {
@@ -211,6 +215,43 @@ func doctor(ctx context.Context, vf *vmFlags, cacheDir string) *doctorReport {
 	}
 	rep.Ready = ready
 	return rep
+}
+
+// bootSnapshotsCheck describes the boot snapshots in dir: how many, for
+// which machines, and their room on disk.
+func bootSnapshotsCheck(dir string) doctorCheck {
+	c := doctorCheck{Name: "boot snapshots", OK: true}
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.OK, c.Detail = false, err.Error()
+		c.Fix = "choose a writable directory with --cache-dir or PE_CACHE_DIR (pe run boots each VM meanwhile)"
+		return c
+	}
+	var machines []string
+	var disk int64
+	for _, ent := range entries {
+		m, err := engine.ReadSnapshotManifest(filepath.Join(dir, ent.Name()))
+		if err != nil || !m.Boot {
+			continue
+		}
+		machines = append(machines, fmt.Sprintf("%d MiB/%d vCPU", m.MemoryMiB, m.CPUs))
+		filepath.WalkDir(filepath.Join(dir, ent.Name()), func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if fi, err := d.Info(); err == nil {
+					if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+						disk += st.Blocks * 512
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if len(machines) == 0 {
+		c.Detail = fmt.Sprintf("none yet in %s: the first pe run makes one (about a second more than a boot)", dir)
+		return c
+	}
+	c.Detail = fmt.Sprintf("%d in %s (%s; %s on disk)", len(machines), dir, strings.Join(machines, ", "), humanBytes(disk))
+	return c
 }
 
 // tryLoopMount builds a tiny EROFS image with pe's writer and mounts it
