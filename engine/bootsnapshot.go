@@ -59,15 +59,11 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 	if err != nil {
 		return nil, err
 	}
-	kernelFile, err := statFile(e.bootKernel)
-	if err != nil {
-		return nil, fmt.Errorf("kernel: %w", err)
-	}
 	// The directory's name covers what the manifest is checked against,
 	// so that builds, kernels and machine sizes do not replace each
 	// other's snapshots.
-	key := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%d\x00%s\x00%s\x00%s\x00%s\x00%s",
-		PEBuild(), e.kernel.ID(), kernelFile.Size, filepath.Base(env.initramfs), env.choice.VMM, env.vmmVersion, env.choice.Accel, e.bootKernel))
+	key := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s",
+		PEBuild(), e.kernel.ID(), e.bootKernel, filepath.Base(env.initramfs), env.choice.VMM, env.vmmVersion, env.choice.Accel))
 	parent := BootSnapshotsDir(e.opts.CacheDir)
 	dir := filepath.Join(parent, fmt.Sprintf("%dm-%dc-%s", memMiB, cpus, hex.EncodeToString(key[:8])))
 

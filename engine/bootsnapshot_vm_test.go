@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/pe-project/pe/erofs"
-	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 	"github.com/pe-project/pe/vmm/qemu"
 )
@@ -30,25 +29,7 @@ func TestVMBootSnapshot(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i*2654435761>>13 ^ i)
 	}
-	other := filepath.Join(t.TempDir(), "other.erofs")
-	out, err := os.Create(other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := erofs.NewWriter(out, erofs.WriterOptions{Compression: erofs.CompressionLZ4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := image.AddDir(t.Context(), w, f.rootfs); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Add(erofs.Entry{Path: "zz/data", Mode: 0o644, Size: int64(len(data))}, bytes.NewReader(data)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	out.Close()
+	other := writeImage(t, f, erofs.WriterOptions{Compression: erofs.CompressionLZ4}, map[string][]byte{"zz/data": data})
 
 	cache := t.TempDir()
 	e, err := New(Options{

@@ -15,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pe-project/pe/engine/enginetest"
+	"github.com/pe-project/pe/erofs"
+	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 	"github.com/pe-project/pe/vmm/qemu"
 )
@@ -55,6 +57,34 @@ func vmSetup(t *testing.T) *vmFixture {
 	t.Helper()
 	f := enginetest.Setup(t)
 	return &vmFixture{dir: f.Dir, init: f.Init, kernel: f.Kernel, rootfs: f.Rootfs, erofs: f.EROFS}
+}
+
+// writeImage writes an EROFS image of the fixture's busybox tree plus
+// extra files (path: content) with opts, and returns its path.
+func writeImage(t *testing.T, f *vmFixture, opts erofs.WriterOptions, extra map[string][]byte) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "image.erofs")
+	out, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	w, err := erofs.NewWriter(out, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := image.AddDir(t.Context(), w, f.rootfs); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range extra {
+		if err := w.Add(erofs.Entry{Path: name, Mode: 0o644, Size: int64(len(data))}, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
 
 // busyboxConfig is the config of the test image (enginetest.BusyboxConfig).

@@ -15,7 +15,6 @@ import (
 
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
-	"github.com/pe-project/pe/image"
 )
 
 // These tests boot real VMs (see helpers_test.go). Each run costs seconds
@@ -399,27 +398,8 @@ func TestVMCompressedImage(t *testing.T) {
 	for i := range noise {
 		noise[i] = byte(i*7919 ^ i>>5 ^ i>>13)
 	}
-	img := filepath.Join(t.TempDir(), "busybox-lz4hc.erofs")
-	out, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := erofs.NewWriter(out, erofs.WriterOptions{Compression: erofs.CompressionLZ4HC, PclusterSize: 16384, CompressIndex: erofs.IndexCompact})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := image.AddDir(t.Context(), w, f.rootfs); err != nil {
-		t.Fatal(err)
-	}
-	for name, data := range map[string][]byte{"data/text": text, "data/noise": noise} {
-		if err := w.Add(erofs.Entry{Path: name, Mode: 0o644, Size: int64(len(data))}, bytes.NewReader(data)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	out.Close()
+	img := writeImage(t, f, erofs.WriterOptions{Compression: erofs.CompressionLZ4HC, PclusterSize: 16384, CompressIndex: erofs.IndexCompact},
+		map[string][]byte{"data/text": text, "data/noise": noise})
 	// The image must really be compressed, or this test proves nothing.
 	check, err := os.Open(img)
 	if err != nil {
