@@ -137,6 +137,34 @@ func pruneBootSnapshots(parent, keep string, log *slog.Logger) {
 	}
 }
 
+// EnsureBootSnapshot makes the boot snapshot for a VM of memMiB and cpus
+// (0: the defaults) unless the cache has it, so that no run waits for it:
+// a server calls it at start-up. It fails with ErrNoSnapshots when the VMM
+// cannot restore VMs.
+func (e *Engine) EnsureBootSnapshot(ctx context.Context, memMiB, cpus int) error {
+	choice, err := e.Choice(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := snapshotter(choice); err != nil {
+		return err
+	}
+	memMiB, cpus = machineOrDefaults(memMiB, cpus)
+	_, err = e.bootSnapshot(ctx, memMiB, cpus)
+	return err
+}
+
+// machineOrDefaults replaces zero memory and vCPUs with the defaults.
+func machineOrDefaults(memMiB, cpus int) (int, int) {
+	if memMiB <= 0 {
+		memMiB = DefaultMemoryMiB
+	}
+	if cpus <= 0 {
+		cpus = DefaultCPUs
+	}
+	return memMiB, cpus
+}
+
 // tryBootSnapshot returns the boot snapshot for a run's machine (0: the
 // defaults), or nil when the run must boot: the VMM cannot restore VMs,
 // or the snapshot could not be made, which is logged and costs the run
@@ -145,12 +173,7 @@ func (e *Engine) tryBootSnapshot(ctx context.Context, choice *Choice, memMiB, cp
 	if _, err := snapshotter(choice); err != nil {
 		return nil
 	}
-	if memMiB <= 0 {
-		memMiB = DefaultMemoryMiB
-	}
-	if cpus <= 0 {
-		cpus = DefaultCPUs
-	}
+	memMiB, cpus = machineOrDefaults(memMiB, cpus)
 	snap, err := e.bootSnapshot(ctx, memMiB, cpus)
 	switch {
 	case err == nil:

@@ -18,7 +18,8 @@ import (
 
 // TestVMBootSnapshot runs two images from one boot snapshot, which the
 // first run makes: their own files, at once, with different random bytes;
-// a debug run boots; a damaged boot snapshot is made again.
+// a debug run boots; a damaged boot snapshot is made again; another
+// machine size gets its own.
 func TestVMBootSnapshot(t *testing.T) {
 	t.Parallel()
 	f := vmSetup(t)
@@ -140,5 +141,21 @@ func TestVMBootSnapshot(t *testing.T) {
 	}
 	if got := snapshots(t); len(got) != 1 {
 		t.Errorf("boot snapshots: %q, want one", got)
+	}
+
+	// Another machine size has its own, which a server makes at start-up.
+	vmSlots <- struct{}{}
+	err = e.EnsureBootSnapshot(t.Context(), 256, 0)
+	<-vmSlots
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snapshots(t); len(got) != 2 || !strings.HasPrefix(filepath.Base(got[0]), "256m-1c-") {
+		t.Errorf("boot snapshots: %q, want a 256m-1c one beside the first", got)
+	}
+	res = run(t, e, &RunRequest{MemoryMiB: 256, Overrides: Overrides{Cmd: sh("grep MemTotal /proc/meminfo")}})
+	restored(t, res, true)
+	if !strings.HasPrefix(string(res.Stdout), "MemTotal:") || len(snapshots(t)) != 2 {
+		t.Errorf("256 MiB run: %q, boot snapshots %q", res.Stdout, snapshots(t))
 	}
 }

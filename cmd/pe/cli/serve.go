@@ -168,6 +168,14 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		}
 	}
 	memMiB := int((mem + 1<<20 - 1) >> 20)
+	if !f.cold {
+		// Made now, the boot snapshot does not hold up the first request.
+		go func() {
+			if err := eng.EnsureBootSnapshot(cmd.Context(), memMiB, 0); err != nil && cmd.Context().Err() == nil {
+				log.Warn("no boot snapshot: runs boot", "error", err)
+			}
+		}()
+	}
 	var snaps *server.Snapshots
 	if f.snapshots {
 		dir := filepath.Join(engineCacheDir(f.cacheDir), "snapshots")
