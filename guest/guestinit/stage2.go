@@ -62,6 +62,13 @@ func Stage2() {
 }
 
 func stage2() error {
+	// What decoding the two messages builds on first use (encoding/json's
+	// field lists, by reflection) is built now, while a snapshot can
+	// still keep it: a boot snapshot holds this child waiting for its
+	// setup, an image's snapshot waiting for its configuration (see
+	// warmCodecs).
+	json.Unmarshal([]byte(`{"root":"/r","proc":"/r/proc","dev":"/r/dev","dev_dir":"/dev","shm_size":1}`), new(stage2Setup))
+	json.Unmarshal([]byte(`{"argv":["true"],"groups":[1]}`), new(stage2Config))
 	var setup stage2Setup
 	cfgFile := os.NewFile(3, "config")
 	dec := json.NewDecoder(cfgFile)
@@ -101,9 +108,6 @@ func stage2() error {
 	if err := unix.Chdir("/"); err != nil {
 		return setupErr("sandbox: %v", err)
 	}
-	// What decoding the configuration builds on first use is built now,
-	// while a snapshot can still keep it (see warmCodecs).
-	json.Unmarshal([]byte(`{"argv":["true"],"groups":[1]}`), new(stage2Config))
 	if _, err := unix.Write(4, []byte{stage2Ready}); err != nil {
 		return setupErr("sandbox: report ready: %v", err)
 	}

@@ -16,8 +16,9 @@ import (
 
 // warmCodecs has encoding/json build what it builds by reflection on a
 // type's first use (field lists, encoders) for the request, the result
-// and the stage-2 configuration. Done before a snapshot, that work is part
-// of it: restored VMs, which emulate every new code path afresh, skip it.
+// and the stage-2 setup and configuration. Done before a snapshot, that
+// work is part of it: restored VMs, which emulate every new code path
+// afresh, skip it.
 func warmCodecs() {
 	var req guest.Request
 	if b, err := json.Marshal(&guest.Request{
@@ -27,6 +28,7 @@ func warmCodecs() {
 		json.Unmarshal(b, &req)
 	}
 	json.Marshal(&guest.Result{Signal: "KILL", Error: "e", Timings: map[string]int64{"program": 1}})
+	json.NewEncoder(io.Discard).Encode(&stage2Setup{Root: "/r", Proc: "/r/proc", Dev: "/r/dev", DevDir: "/dev", ShmSize: 1})
 	json.NewEncoder(io.Discard).Encode(&stage2Config{Argv: []string{"true"}, Env: []string{"A=1"}, Groups: []uint32{1}})
 }
 
