@@ -262,7 +262,7 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", img.Reference, err)
 		}
-		what, mode, imagePath = img.Reference, "1", img.EROFSPath
+		what, mode, imagePath = img.Reference, guest.SnapshotImage, img.EROFSPath
 		m.Image, m.ImageFile, m.ImageConfig = ImageInfo{Reference: img.Reference, Digest: img.Digest}, *imgFile, img.Config
 	} else if err := makeSparse(imagePath, BootSnapshotImageSize); err != nil {
 		// The guest kernel learns the image disk's size before the

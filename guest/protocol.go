@@ -18,6 +18,8 @@ const (
 	// on the console and waits for one byte from the console before it
 	// reads the I/O disk, which it has not touched before.
 	CmdlineSnapshot = "pe.snapshot"
+	// SnapshotImage is the [CmdlineSnapshot] value of an image's snapshot.
+	SnapshotImage = "1"
 	// SnapshotBoot is the [CmdlineSnapshot] value of a boot snapshot: the
 	// init gets ready for a request of any image (modules loaded, disks
 	// found, nothing mounted) before it writes [SnapshotReady]; a

@@ -6,13 +6,16 @@
 // container's root, under a tmpfs overlay), runs the program in a
 // [Sandbox] and writes the result back before powering the VM off.
 //
-// Booted for a snapshot (pe.snapshot=1 on the command line), the init
-// mounts the image, writes [guest.SnapshotReady] on the console and blocks
-// reading the console; the host saves the VM meanwhile. A VM restored from
-// the snapshot is woken by a byte on its console: the init drops what the
-// kernel cached of the I/O disk (another file now), reads the request, sets
-// the clock and reseeds the kernel's RNG from it (so copies of one snapshot
-// never share random numbers), and goes on as after a boot.
+// Booted for an image's snapshot (pe.snapshot=1 on the command line), the
+// init mounts the image and starts the sandbox; booted for a boot snapshot
+// (pe.snapshot=boot), it mounts nothing and only spawns the sandbox's
+// child, since any image may follow. Then it drops what the kernel cached
+// of the disks (other files in a restored VM), writes
+// [guest.SnapshotReady] on the console and blocks reading the console; the
+// host saves the VM meanwhile. A VM restored from the snapshot is woken by
+// a byte on its console: the init reads the request, sets the clock and
+// reseeds the kernel's RNG from it (so copies of one snapshot never share
+// random numbers), and goes on as after a boot.
 //
 // The sandbox re-executes the init binary as a stage-2 child in new user,
 // PID, UTS and IPC namespaces, inside a cgroup with memory and pids limits.

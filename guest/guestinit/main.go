@@ -198,7 +198,7 @@ func (in *vmInit) run() {
 		if !sleep(cmd.imageDevice(), ioDev) {
 			return
 		}
-	case "1":
+	case guest.SnapshotImage:
 		if err := mountImage(); err != nil {
 			in.log.Infof("%v", err) // no I/O file yet: the host sees the console
 			return
