@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pe-project/pe/vmm"
 )
 
 // A boot snapshot is a snapshot of a VM booted for no image: the kernel
@@ -62,8 +64,14 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 	// The directory's name covers what the manifest is checked against,
 	// so that builds, kernels and machine sizes do not replace each
 	// other's snapshots.
-	key := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s",
-		PEBuild(), e.kernel.ID(), e.bootKernel, filepath.Base(env.initramfs), env.choice.VMM, env.vmmVersion, env.choice.Accel))
+	// Under KVM the guest runs on the host's CPU model, which a restore
+	// needs again: a cache shared between hosts keeps one per model.
+	cpu := ""
+	if env.choice.Accel == vmm.AccelKVM {
+		cpu = hostCPU()
+	}
+	key := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s",
+		PEBuild(), e.kernel.ID(), e.bootKernel, filepath.Base(env.initramfs), env.choice.VMM, env.vmmVersion, env.choice.Accel, cpu))
 	parent := BootSnapshotsDir(e.opts.CacheDir)
 	dir := filepath.Join(parent, fmt.Sprintf("%dm-%dc-%s", memMiB, cpus, hex.EncodeToString(key[:8])))
 
@@ -113,6 +121,17 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 	}
 	os.Remove(failed)
 	return e.OpenSnapshot(ctx, dir)
+}
+
+// dropBootSnapshot removes a boot snapshot that could not be restored
+// (on another host CPU under KVM, say) and leaves a failure note, so that
+// runs boot for a while rather than make and fail it again at once.
+// Runs restoring it meanwhile keep their open files.
+func (e *Engine) dropBootSnapshot(snap *Snapshot, why error) {
+	e.bootSnapMu.Lock()
+	defer e.bootSnapMu.Unlock()
+	os.RemoveAll(snap.Dir)
+	os.WriteFile(snap.Dir+bootSnapshotFailedSuffix, []byte("restoring it: "+why.Error()+"\n"), 0o644)
 }
 
 // pruneBootSnapshots removes the boot snapshots in parent, other than
@@ -186,6 +205,26 @@ func (e *Engine) tryBootSnapshot(ctx context.Context, choice *Choice, memMiB, cp
 		return nil
 	}
 	return snap
+}
+
+// hostCPU identifies the host's CPU model and features: /proc/cpuinfo's
+// first processor's "model name" and "flags" ("" if unreadable).
+func hostCPU() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	first, _, _ := bytes.Cut(b, []byte("\n\n"))
+	var id []string
+	for line := range strings.Lines(string(first)) {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			switch strings.TrimSpace(k) {
+			case "model name", "flags":
+				id = append(id, strings.TrimSpace(v))
+			}
+		}
+	}
+	return strings.Join(id, "\n")
 }
 
 // fitsBootSnapshot reports whether img's file fits the image disk a boot

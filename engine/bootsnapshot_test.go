@@ -2,6 +2,7 @@ package engine
 
 import (
 	"os"
+	"strings"
 	"path/filepath"
 	"testing"
 	"time"
@@ -62,5 +63,16 @@ func TestReadSnapshotManifestBoot(t *testing.T) {
 				t.Errorf("ReadSnapshotManifest: %v, want ok %v", err, c.ok)
 			}
 		})
+	}
+}
+
+// TestHostCPU identifies this host's CPU by its model and flags.
+func TestHostCPU(t *testing.T) {
+	id := hostCPU()
+	if _, err := os.Stat("/proc/cpuinfo"); err != nil {
+		t.Skip("no /proc/cpuinfo")
+	}
+	if !strings.Contains(id, "\n") || !strings.Contains(id, " fpu ") && !strings.HasPrefix(strings.SplitN(id, "\n", 2)[1], "fpu ") {
+		t.Errorf("hostCPU() = %.200q, want the model name and the flags (fpu among them)", id)
 	}
 }

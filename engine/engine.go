@@ -376,6 +376,14 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 		cfg.Cmdline = snap.Manifest.Cmdline
 		cfg.OnStep = func(step string, took time.Duration) { t.d["vm_start/"+step] = took }
 		m, err = restorer.RestoreSnapshot(ctx, cfg, snap.Dir, []byte(guest.SnapshotWake))
+		if err != nil && snap.Manifest.Boot && ctx.Err() == nil {
+			// The run needs no snapshot: it boots, and the next one makes
+			// a new snapshot (after the failure note expires).
+			e.log.Warn("restoring the boot snapshot failed: booting", "dir", snap.Dir, "error", err)
+			e.dropBootSnapshot(snap, err)
+			cfg = e.vmConfig(choice, initramfs, img.EROFSPath, ioPath, work, req.MemoryMiB, req.CPUs, req.Debug, ready)
+			m, err = choice.Backend.Start(ctx, cfg)
+		}
 	} else {
 		m, err = choice.Backend.Start(ctx, cfg)
 	}
