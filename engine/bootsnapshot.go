@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,8 +50,13 @@ const (
 var errBootSnapshotFailed = errors.New("making the boot snapshot failed")
 
 // bootSnapshotUnused is how long a boot snapshot nobody restored stays in
-// the cache: another pe build or kernel made it, or another machine size.
-const bootSnapshotUnused = 2 * 24 * time.Hour
+// the cache (another pe build or kernel made it, or another machine
+// size), and bootSnapshotsKept how many besides the one in use stay at
+// most.
+const (
+	bootSnapshotUnused = 2 * 24 * time.Hour
+	bootSnapshotsKept  = 3
+)
 
 // bootSnapshot returns the boot snapshot for a VM of memMiB and cpus,
 // making it first if the cache has none that fits. Runs of one engine
@@ -135,24 +141,41 @@ func (e *Engine) dropBootSnapshot(snap *Snapshot, why error) {
 }
 
 // pruneBootSnapshots removes the boot snapshots in parent, other than
-// keep, that no run restored for bootSnapshotUnused, and failure notes
-// as old.
+// keep, that no run restored for bootSnapshotUnused or that are not among
+// the bootSnapshotsKept last used, and failure notes as old.
 func pruneBootSnapshots(parent, keep string, log *slog.Logger) {
 	entries, err := os.ReadDir(parent)
 	if err != nil {
 		return
 	}
+	type used struct {
+		path string
+		at   time.Time
+	}
+	var others []used
 	for _, ent := range entries {
 		p := filepath.Join(parent, ent.Name())
 		if p == keep || p == keep+bootSnapshotFailedSuffix || strings.Contains(ent.Name(), ".tmp-") {
 			continue // temporary directories are their maker's (sweepOwnedDirs)
 		}
-		fi, err := ent.Info()
-		if err != nil || time.Since(fi.ModTime()) < bootSnapshotUnused {
+		if fi, err := ent.Info(); err == nil {
+			others = append(others, used{p, fi.ModTime()})
+		}
+	}
+	// Last used first: each build of pe or of its guest init makes its
+	// own, and a developer makes many in a day.
+	slices.SortFunc(others, func(a, b used) int { return b.at.Compare(a.at) })
+	kept := 0
+	for _, o := range others {
+		note := strings.HasSuffix(o.path, bootSnapshotFailedSuffix)
+		if time.Since(o.at) < bootSnapshotUnused && (note || kept < bootSnapshotsKept) {
+			if !note {
+				kept++
+			}
 			continue
 		}
-		log.Info("removing an unused boot snapshot", "dir", p, "last_used", fi.ModTime())
-		os.RemoveAll(p)
+		log.Info("removing an unused boot snapshot", "path", o.path, "last_used", o.at)
+		os.RemoveAll(o.path)
 	}
 }
 

@@ -2,8 +2,8 @@ package engine
 
 import (
 	"os"
-	"strings"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,18 +11,24 @@ import (
 )
 
 // TestPruneBootSnapshots removes the boot snapshots (and failure notes)
-// unused for bootSnapshotUnused, but never the one in use, its note or a
+// unused for bootSnapshotUnused, and the snapshots beyond the
+// bootSnapshotsKept last used, but never the one in use, its note or a
 // maker's temporary directory.
 func TestPruneBootSnapshots(t *testing.T) {
 	parent := t.TempDir()
-	old := time.Now().Add(-bootSnapshotUnused - time.Hour)
+	now := time.Now()
+	old := now.Add(-bootSnapshotUnused - time.Hour)
 	for name, mtime := range map[string]time.Time{
 		"512m-1c-old":            old,
 		"512m-1c-keep":           old,
-		"256m-1c-recent":         time.Now().Add(-time.Hour),
+		"256m-1c-recent":         now.Add(-time.Hour),
+		"512m-1c-r2":             now.Add(-2 * time.Hour),
+		"512m-1c-r3":             now.Add(-3 * time.Hour),
+		"512m-1c-r4":             now.Add(-4 * time.Hour),
 		"512m-1c-new.tmp-123456": old,
 		"512m-1c-keep.failed":    old,
 		"512m-1c-other.failed":   old,
+		"512m-1c-r9.failed":      now.Add(-9 * time.Hour),
 	} {
 		d := filepath.Join(parent, name)
 		if filepath.Ext(name) == bootSnapshotFailedSuffix {
@@ -37,7 +43,7 @@ func TestPruneBootSnapshots(t *testing.T) {
 		}
 	}
 	pruneBootSnapshots(parent, filepath.Join(parent, "512m-1c-keep"), testLogger(t))
-	want := []string{"256m-1c-recent", "512m-1c-keep", "512m-1c-keep.failed", "512m-1c-new.tmp-123456"}
+	want := []string{"256m-1c-recent", "512m-1c-keep", "512m-1c-keep.failed", "512m-1c-new.tmp-123456", "512m-1c-r2", "512m-1c-r3", "512m-1c-r9.failed"}
 	if diff := cmp.Diff(want, dirEntries(t, parent)); diff != "" {
 		t.Errorf("after pruning (-want +got):\n%s", diff)
 	}
