@@ -112,6 +112,9 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 		return nil, fmt.Errorf("%w at %s: %s (retried after %v, or once %s is removed)", errBootSnapshotFailed, fi.ModTime().Format(time.DateTime), bytes.TrimSpace(why), bootSnapshotRetry, failed)
 	}
 	pruneBootSnapshots(parent, dir, e.log)
+	if e.opts.Notice != nil {
+		e.opts.Notice("making the boot snapshot, once for this pe, kernel and machine size: later runs restore it instead of booting")
+	}
 	// Made within a run, the boot gets the time a run's VM would, not the
 	// minutes pe snapshot create allows.
 	limit := 2 * e.grace(env.choice.Accel)

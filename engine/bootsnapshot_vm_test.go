@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pe-project/pe/erofs"
@@ -34,6 +35,7 @@ func TestVMBootSnapshot(t *testing.T) {
 	other := writeImage(t, f, erofs.WriterOptions{Compression: erofs.CompressionLZ4}, map[string][]byte{"zz/data": data})
 
 	cache := t.TempDir()
+	var notices atomic.Int32 // making the boot snapshot
 	e, err := New(Options{
 		Images: StaticSource{
 			"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()},
@@ -47,6 +49,7 @@ func TestVMBootSnapshot(t *testing.T) {
 		TempDir:       t.TempDir(),
 		Log:           testLogger(t),
 		BootSnapshots: true,
+		Notice:        func(string) { notices.Add(1) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +121,9 @@ func TestVMBootSnapshot(t *testing.T) {
 	}
 	if got := snapshots(t); len(got) != 1 {
 		t.Errorf("boot snapshots after more runs: %q, want the first only", got)
+	}
+	if n := notices.Load(); n != 1 {
+		t.Errorf("%d notices of making the boot snapshot after three runs, want 1", n)
 	}
 
 	// A debug run shows the boot: it boots.

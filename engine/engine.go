@@ -79,6 +79,9 @@ type Options struct {
 	// request, which skips the kernel's boot. Runs with Debug still boot,
 	// so that the console shows the boot.
 	BootSnapshots bool
+	// Notice, when set, is told what makes a run take longer than usual
+	// for once (making the boot snapshot); a CLI shows it on a terminal.
+	Notice func(msg string)
 }
 
 // Engine runs programs in micro-VMs. It is safe for concurrent use; at most

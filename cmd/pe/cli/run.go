@@ -318,6 +318,9 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
 	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}}, f.cacheDir, lim)
 	opts.BootSnapshots = !f.cold
+	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) && !f.asJSON {
+		opts.Notice = func(msg string) { fmt.Fprintf(stderr, "pe: %s\n", msg) }
+	}
 	var res *engine.RunResult
 	if f.snapshot != "" {
 		e, err := engine.New(opts)
