@@ -34,7 +34,7 @@ func TestVMBootSnapshot(t *testing.T) {
 	}
 	other := writeImage(t, f, erofs.WriterOptions{Compression: erofs.CompressionLZ4}, map[string][]byte{"zz/data": data})
 
-	cache := t.TempDir()
+	cache, tmp := t.TempDir(), t.TempDir()
 	var notices atomic.Int32 // making the boot snapshot
 	e, err := New(Options{
 		Images: StaticSource{
@@ -46,7 +46,7 @@ func TestVMBootSnapshot(t *testing.T) {
 		KernelInfo:    f.kernel,
 		InitBinary:    f.init,
 		CacheDir:      cache,
-		TempDir:       t.TempDir(),
+		TempDir:       tmp,
 		Log:           testLogger(t),
 		BootSnapshots: true,
 		Notice:        func(string) { notices.Add(1) },
@@ -194,5 +194,10 @@ func TestVMBootSnapshot(t *testing.T) {
 	restored(t, res, true)
 	if !strings.HasPrefix(string(res.Stdout), "MemTotal:") || len(snapshots(t)) != 1 {
 		t.Errorf("256 MiB run: %q, boot snapshots %q", res.Stdout, snapshots(t))
+	}
+	// Neither the runs nor the makings (with their 1 TiB image disks)
+	// left anything behind.
+	if left := walkFiles(tmp); len(left) > 0 {
+		t.Errorf("files left behind: %q", left)
 	}
 }
