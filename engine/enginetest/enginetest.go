@@ -109,23 +109,12 @@ func build(f *Fixture, busybox string) error {
 // (1000) in the groups alice and staff (50), her home, and /srv/app (the
 // image's working directory) holding VERSION.
 func MakeBusyboxTree(root, busybox string) error {
-	for _, d := range []string{"bin", "etc", "home/alice", "srv/app", "tmp", "root"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := guesttest.InstallBusybox(filepath.Join(root, "bin"), busybox); err != nil {
-		return err
-	}
-	files := map[string]string{
+	if err := guesttest.MakeTree(root, busybox, []string{"etc", "home/alice", "srv/app", "tmp", "root"}, map[string]string{
 		"etc/passwd":      "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n",
 		"etc/group":       "root:x:0:\nstaff:x:50:alice\nalice:x:1000:\n",
 		"srv/app/VERSION": "1.2.3\n",
-	}
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 	return os.Chown(filepath.Join(root, "home/alice"), 1000, 1000)
 }

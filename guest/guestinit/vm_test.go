@@ -100,23 +100,12 @@ func buildFixture(dir, kdir, busybox string) error {
 	fixture.kernel = filepath.Join(kdir, "vmlinuz")
 
 	root := filepath.Join(dir, "rootfs")
-	for _, d := range []string{"bin", "etc", "home/alice", "work", "var/run"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := guesttest.InstallBusybox(filepath.Join(root, "bin"), busybox); err != nil {
-		return err
-	}
-	files := map[string]string{
+	if err := guesttest.MakeTree(root, busybox, []string{"etc", "home/alice", "work", "var/run"}, map[string]string{
 		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
 		"etc/group":  "root:x:0:\nalice:x:1000:\n",
 		"etc/motd":   "root owned\n",
-	}
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 	if err := os.Chown(filepath.Join(root, "home/alice"), 1000, 1000); err != nil {
 		return err

@@ -35,3 +35,23 @@ func InstallBusybox(bin, busybox string) error {
 	}
 	return nil
 }
+
+// MakeTree makes a root file system at root for the guest tests: the
+// directories dirs and /bin, busybox installed in /bin (InstallBusybox)
+// and files (path: content, mode 0644).
+func MakeTree(root, busybox string, dirs []string, files map[string]string) error {
+	for _, d := range append([]string{"bin"}, dirs...) {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := InstallBusybox(filepath.Join(root, "bin"), busybox); err != nil {
+		return err
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
