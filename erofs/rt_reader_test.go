@@ -1,6 +1,7 @@
 package erofs
 
 import (
+	"io"
 	"io/fs"
 	"testing"
 	"testing/fstest"
@@ -30,23 +31,10 @@ func readerSnapshot(t testing.TB, fsys *FS) snapshot {
 			Nlink:     st.Nlink,
 			Xattrs:    stringMap(st.Xattrs),
 		}
-		switch f.Type {
-		case "file":
-			f.Size = fi.Size()
-			fh, err := fsys.Open(p)
-			if err != nil {
-				return err
-			}
-			f.Digest = digestReader(t, fh)
-			fh.Close()
-		case "symlink":
-			f.Target, err = fsys.ReadLink(p)
-			if err != nil {
-				return err
-			}
-			f.Size = int64(len(f.Target))
-		case "char", "block":
-			f.Dev = [2]uint32{st.DevMajor, st.DevMinor}
+		open := func() (io.ReadCloser, error) { return fsys.Open(p) }
+		readlink := func() (string, error) { return fsys.ReadLink(p) }
+		if err := f.content(t, fi.Size(), open, readlink, st.DevMajor, st.DevMinor); err != nil {
+			return err
 		}
 		if p == "." {
 			p = ""

@@ -60,6 +60,29 @@ func digestReader(t testing.TB, r io.Reader) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// content fills in what f's type says of its content: a file's size and
+// digest, a link's target and size, a device's numbers.
+func (f *facts) content(t testing.TB, size int64, open func() (io.ReadCloser, error), readlink func() (string, error), major, minor uint32) error {
+	switch f.Type {
+	case "file":
+		r, err := open()
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		f.Size, f.Digest = size, digestReader(t, r)
+	case "symlink":
+		target, err := readlink()
+		if err != nil {
+			return err
+		}
+		f.Target, f.Size = target, int64(len(target))
+	case "char", "block":
+		f.Dev = [2]uint32{major, minor}
+	}
+	return nil
+}
+
 // hostSnapshot walks a directory on the host without following symlinks.
 func hostSnapshot(t testing.TB, root string) snapshot {
 	t.Helper()
@@ -89,23 +112,10 @@ func hostSnapshot(t testing.TB, root string) snapshot {
 			Nlink:     uint32(st.Nlink),
 			Xattrs:    hostXattrs(t, p),
 		}
-		switch f.Type {
-		case "file":
-			f.Size = fi.Size()
-			fh, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			f.Digest = digestReader(t, fh)
-			fh.Close()
-		case "symlink":
-			f.Target, err = os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			f.Size = int64(len(f.Target))
-		case "char", "block":
-			f.Dev = [2]uint32{unix.Major(st.Rdev), unix.Minor(st.Rdev)}
+		open := func() (io.ReadCloser, error) { return os.Open(p) }
+		readlink := func() (string, error) { return os.Readlink(p) }
+		if err := f.content(t, fi.Size(), open, readlink, unix.Major(st.Rdev), unix.Minor(st.Rdev)); err != nil {
+			return err
 		}
 		snap[filepath.ToSlash(rel)] = f
 		return nil
