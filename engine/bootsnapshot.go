@@ -58,11 +58,13 @@ const (
 	bootSnapshotsKept  = 3
 )
 
-// bootSnapshot returns the boot snapshot for a VM of memMiB and cpus,
-// making it first if the cache has none that fits. Runs of one engine
-// wait for one another's making; separate processes may make it twice,
-// and the second keeps the first's.
+// bootSnapshot returns the boot snapshot for a VM of memMiB and cpus (0:
+// the defaults), making it first if the cache has none that fits; it
+// fails with ErrNoSnapshots when the VMM cannot restore VMs. Runs of one
+// engine wait for one another's making; separate processes may make it
+// twice, and the second keeps the first's.
 func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot, error) {
+	memMiB, cpus = machineOrDefaults(memMiB, cpus)
 	env, err := e.snapshotEnv(ctx)
 	if err != nil {
 		return nil, err
@@ -81,9 +83,18 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 	parent := BootSnapshotsDir(e.opts.CacheDir)
 	dir := filepath.Join(parent, fmt.Sprintf("%dm-%dc-%s", memMiB, cpus, hex.EncodeToString(key[:8])))
 
+	// OpenSnapshot, against the env at hand rather than a new one.
+	open := func() (*Snapshot, error) {
+		m, err := ReadSnapshotManifest(dir)
+		if err != nil {
+			return nil, err
+		}
+		return e.checkSnapshot(dir, m, env)
+	}
+
 	e.bootSnapMu.Lock()
 	defer e.bootSnapMu.Unlock()
-	snap, err := e.OpenSnapshot(ctx, dir)
+	snap, err := open()
 	if err == nil && snap.Manifest.Boot && snap.Manifest.MemoryMiB == memMiB && snap.Manifest.CPUs == cpus {
 		// Its mtime says when it was last used: see pruneBootSnapshots.
 		now := time.Now()
@@ -129,7 +140,7 @@ func (e *Engine) bootSnapshot(ctx context.Context, memMiB, cpus int) (*Snapshot,
 		}
 	}
 	os.Remove(failed)
-	return e.OpenSnapshot(ctx, dir)
+	return open()
 }
 
 // dropBootSnapshot removes a boot snapshot that could not be restored
@@ -187,15 +198,7 @@ func pruneBootSnapshots(parent, keep string, log *slog.Logger) {
 // a server calls it at start-up. It fails with ErrNoSnapshots when the VMM
 // cannot restore VMs.
 func (e *Engine) EnsureBootSnapshot(ctx context.Context, memMiB, cpus int) error {
-	choice, err := e.Choice(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := snapshotter(choice); err != nil {
-		return err
-	}
-	memMiB, cpus = machineOrDefaults(memMiB, cpus)
-	_, err = e.bootSnapshot(ctx, memMiB, cpus)
+	_, err := e.bootSnapshot(ctx, memMiB, cpus)
 	return err
 }
 
@@ -214,14 +217,10 @@ func machineOrDefaults(memMiB, cpus int) (int, int) {
 // defaults), or nil when the run must boot: the VMM cannot restore VMs,
 // or the snapshot could not be made, which is logged and costs the run
 // nothing but the attempt.
-func (e *Engine) tryBootSnapshot(ctx context.Context, choice *Choice, memMiB, cpus int) *Snapshot {
-	if _, err := snapshotter(choice); err != nil {
-		return nil
-	}
-	memMiB, cpus = machineOrDefaults(memMiB, cpus)
+func (e *Engine) tryBootSnapshot(ctx context.Context, memMiB, cpus int) *Snapshot {
 	snap, err := e.bootSnapshot(ctx, memMiB, cpus)
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, ErrNoSnapshots):
 	case errors.Is(err, errBootSnapshotFailed):
 		e.log.Info("no boot snapshot: booting", "error", err)
 	case ctx.Err() == nil:

@@ -314,7 +314,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 		return nil, err
 	}
 	if snap == nil && e.opts.BootSnapshots && !req.Debug && fitsBootSnapshot(img) {
-		snap = e.tryBootSnapshot(ctx, choice, req.MemoryMiB, req.CPUs)
+		snap = e.tryBootSnapshot(ctx, req.MemoryMiB, req.CPUs)
 	}
 	var restorer vmm.Snapshotter
 	if snap != nil {

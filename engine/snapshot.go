@@ -305,13 +305,7 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 	if err := makeSparse(ioPath, SnapshotIOSize); err != nil {
 		return nil, err
 	}
-	mem, cpus := r.MemoryMiB, r.CPUs
-	if mem <= 0 {
-		mem = DefaultMemoryMiB
-	}
-	if cpus <= 0 {
-		cpus = DefaultCPUs
-	}
+	mem, cpus := machineOrDefaults(r.MemoryMiB, r.CPUs)
 	cfg := e.vmConfig(env.choice, env.initramfs, imagePath, ioPath, work, mem, cpus, r.Debug, r.Console)
 	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=" + mode
 
@@ -400,6 +394,12 @@ func (e *Engine) OpenSnapshot(ctx context.Context, dir string) (*Snapshot, error
 	if err != nil {
 		return nil, err
 	}
+	return e.checkSnapshot(dir, m, env)
+}
+
+// checkSnapshot is OpenSnapshot's check of the manifest m of dir against
+// env, which the caller has.
+func (e *Engine) checkSnapshot(dir string, m *SnapshotManifest, env *snapshotEnv) (*Snapshot, error) {
 	mismatch := func(what, snap, here string) error {
 		return fmt.Errorf("%w: %s: made with %s %q, this pe has %q; create it again", ErrSnapshotMismatch, dir, what, snap, here)
 	}
@@ -511,13 +511,7 @@ func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	snap, err := e.OpenSnapshot(ctx, r.Dir)
 	if err == nil {
 		m := &snap.Manifest
-		mem, cpus := r.MemoryMiB, r.CPUs
-		if mem <= 0 {
-			mem = DefaultMemoryMiB
-		}
-		if cpus <= 0 {
-			cpus = DefaultCPUs
-		}
+		mem, cpus := machineOrDefaults(r.MemoryMiB, r.CPUs)
 		if m.Image.Digest == img.Digest && m.ImageFile.Path == img.EROFSPath && m.MemoryMiB == mem && m.CPUs == cpus {
 			return snap, nil
 		}
