@@ -357,6 +357,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 		MaxOutput: req.MaxOutput,
 		Time:      time.Now(),
 		Seed:      make([]byte, guest.SeedSize),
+		Nonce:     rand.Text(),
 	}
 	rand.Read(greq.Seed)
 	if err := guest.WriteIOFile(ioPath, greq, req.Stdin, req.InputDir, lim); err != nil {
@@ -372,7 +373,9 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 
 	// Once the guest says its result is on the I/O disk, the VM has
 	// nothing more to give: stop it rather than wait for its power-off.
-	ready := newLineWatch(req.Console, guest.ResultReady)
+	// Only the line with the run's nonce counts, which the program cannot
+	// know: a line it forged cannot end the run early.
+	ready := newLineWatch(req.Console, guest.ResultReadyLine(greq.Nonce))
 	cfg := e.vmConfig(choice, initramfs, img.EROFSPath, ioPath, work, req.MemoryMiB, req.CPUs, req.Debug, ready)
 	var m vmm.Machine
 	if snap != nil {
@@ -413,6 +416,10 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	t.lap("vm")
 
 	resp, err := guest.ReadResult(ioPath, lim)
+	if err == nil && resp.Result.Nonce != greq.Nonce {
+		// Not the init's result for this request.
+		err = fmt.Errorf("%s: %w", ioPath, fmt.Errorf("%w: the result does not carry this run's nonce", guest.ErrBadResponse))
+	}
 	if err != nil {
 		return nil, &VMError{
 			VMM: choice.VMM, Accel: choice.Accel, Err: err, Exit: waitErr,

@@ -60,8 +60,18 @@ const (
 // once the result is on the I/O disk (written and flushed): the host may
 // stop the VM from then on instead of waiting for it to power off. Only
 // the init writes raw lines on the console; kernel messages start with
-// their time stamp.
+// their time stamp. When the request has a [Request.Nonce], the line is
+// ResultReady, a space and the nonce (see [ResultReadyLine]).
 const ResultReady = "pe-init: result ready"
+
+// ResultReadyLine is the result-ready line for a request with nonce
+// ("" for none).
+func ResultReadyLine(nonce string) string {
+	if nonce == "" {
+		return ResultReady
+	}
+	return ResultReady + " " + nonce
+}
 
 // HostStopGrace is how long an init booted with [CmdlineHostStop] waits,
 // after [ResultReady], for the host to stop the VM.
@@ -121,6 +131,12 @@ type Request struct {
 	// Seed is [SeedSize] random bytes credited to the guest kernel's RNG
 	// before running, so the program does not wait for entropy.
 	Seed []byte `json:"seed,omitempty"`
+	// Nonce is a secret random string (crypto/rand.Text), new for each
+	// run, that the init copies
+	// into [Result.Nonce] and its result-ready line; the program never
+	// sees it. A host that checks both trusts neither a console line nor
+	// a result the program could have forged (see docs/guest.md).
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Result is what the guest reports about one run.
@@ -151,6 +167,9 @@ type Result struct {
 	// Timings holds guest-side phases in microseconds: "boot_to_init" (from
 	// /proc/uptime at init start), "modules", "mounts", "program", "collect".
 	Timings map[string]int64 `json:"timings,omitempty"`
+	// Nonce is the request's [Request.Nonce]; empty when the init failed
+	// before it could read the request.
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Rusage is the resource usage of a run.

@@ -31,7 +31,8 @@ type cgroup struct {
 }
 
 // newCgroup creates the cgroup name under parent, enabling the memory and
-// pids controllers in parent, with the settings no request changes. Its
+// pids controllers in parent, with the settings no request changes and
+// the device filter (see devfilter.go). Its
 // limits are set by [cgroup.limit], before the program starts: the
 // sandbox's stage-2 child may wait in it, without them, for a request.
 func newCgroup(parent, name string) (*cgroup, error) {
@@ -55,6 +56,13 @@ func newCgroup(parent, name string) (*cgroup, error) {
 	}
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	// Fail closed: a program without the device filter would have only
+	// nodev between it and a device node an image ships.
+	if err := attachDeviceFilter(fd); err != nil {
+		unix.Close(fd)
 		os.Remove(dir)
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}

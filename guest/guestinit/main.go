@@ -49,6 +49,9 @@ type vmInit struct {
 	timings  map[string]int64
 	// hostStops: the host stops the VM on the result-ready line.
 	hostStops bool
+	// nonce is the request's, once read: the result and the result-ready
+	// line carry it (the watchdog's too, from its own goroutine).
+	nonce atomic.Pointer[string]
 }
 
 func (in *vmInit) run() {
@@ -235,6 +238,7 @@ func (in *vmInit) run() {
 		in.fail(err)
 		return
 	}
+	in.nonce.Store(&req.Nonce)
 	in.timings["request"] = time.Since(t).Microseconds()
 	if req.Timeout > 0 {
 		in.watchdog.Reset(req.Timeout + programWatchdog)
@@ -280,6 +284,8 @@ func (in *vmInit) finish(res *guest.Result) {
 	for k, v := range in.timings {
 		res.Timings[k] = v
 	}
+	nonce := in.requestNonce()
+	res.Nonce = nonce
 	t := time.Now()
 	// WriteResult adds the time it spends archiving the outputs.
 	if err := iof.WriteResult(res, vmLayout.output); err != nil {
@@ -289,7 +295,7 @@ func (in *vmInit) finish(res *guest.Result) {
 	in.log.Debugf("result written in %v: exit %d %s %s", time.Since(t).Round(time.Microsecond), res.ExitCode, res.Signal, res.Error)
 	// WriteResult flushed the disk: the host needs nothing more of this VM.
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
-		_, err := f.WriteString("\n" + guest.ResultReady + "\n")
+		_, err := f.WriteString("\n" + guest.ResultReadyLine(nonce) + "\n")
 		f.Close()
 		if err == nil && in.hostStops {
 			// The host stops the VM now; a power-off of its own would
@@ -297,6 +303,14 @@ func (in *vmInit) finish(res *guest.Result) {
 			time.Sleep(guest.HostStopGrace)
 		}
 	}
+}
+
+// requestNonce is the request's nonce, "" before the request is read.
+func (in *vmInit) requestNonce() string {
+	if p := in.nonce.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // fail reports an error of pe's guest side as the run's result.
@@ -313,7 +327,7 @@ func (in *vmInit) watchdogFired(after time.Duration) {
 	go func() {
 		defer close(done)
 		if iof := in.iof.Load(); iof != nil {
-			iof.WriteResult(&guest.Result{ExitCode: ExitSetupFailed, Error: fmt.Sprintf("guest watchdog: the guest did not finish within %v", after)}, "")
+			iof.WriteResult(&guest.Result{ExitCode: ExitSetupFailed, Error: fmt.Sprintf("guest watchdog: the guest did not finish within %v", after), Nonce: in.requestNonce()}, "")
 		}
 	}()
 	select {

@@ -95,7 +95,9 @@ func idmapMount(src, dst string, usernsFD int) error {
 		return fmt.Errorf("idmapped mount: open_tree %s: %w", src, err)
 	}
 	defer unix.Close(fd)
-	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(usernsFD)}
+	// The clone keeps the source's nodev; said again here so that this
+	// layer never depends on how the source was mounted.
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NODEV, Userns_fd: uint64(usernsFD)}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
 		return fmt.Errorf("idmapped mount: mount_setattr %s: %w", src, err)
 	}
@@ -189,7 +191,12 @@ func mountRoot(l rootLayout, o rootOptions, usernsFD int, log *logger) (idmapped
 		return idmapped, err
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
-	if err := mountAt("overlay", l.root, "overlay", 0, opts); err != nil {
+	// nodev: the kernel checks it on the mount a device node is opened
+	// through, the overlay's, whatever its layers' mounts say; without it
+	// a device node the image ships (a disk, the console) opens. Setuid
+	// stays, as under docker: the image's setuid files give the
+	// container's root, an unprivileged user of the guest (see IDBase).
+	if err := mountAt("overlay", l.root, "overlay", unix.MS_NODEV, opts); err != nil {
 		return idmapped, err
 	}
 	tmp, err := mkdirInRoot(l.root, "tmp", 0o1777, IDBase, IDBase)

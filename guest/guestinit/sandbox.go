@@ -233,9 +233,11 @@ func (s *Sandbox) spawn() (_ *stage2Child, err error) {
 		}
 	}()
 	if s.CgroupParent != "" {
+		t := time.Now()
 		if c.cg, err = newCgroup(s.CgroupParent, "pe-program"); err != nil {
 			return nil, err
 		}
+		s.Log.Debugf("program cgroup with its device filter made in %v", time.Since(t).Round(time.Microsecond))
 		if s.MemoryMax > 0 {
 			if err := c.cg.limit(s.MemoryMax, guest.DefaultPidsLimit); err != nil {
 				return nil, err

@@ -30,6 +30,10 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == Stage2Arg {
 		Stage2()
 	}
+	if os.Getenv(devProbeEnv) != "" {
+		devProbe()
+		os.Exit(0)
+	}
 	if os.Getenv(childEnv) != "" {
 		sandboxChild()
 		os.Exit(0)

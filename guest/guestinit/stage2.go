@@ -165,7 +165,9 @@ func mountProcDev(cfg *stage2Setup) error {
 		return setupErr("sandbox: mount /proc: %v", err)
 	}
 	dev := cfg.Dev
-	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755,size=64k"); err != nil {
+	// nodev on the tmpfs too: only the nodes bound over its files, each
+	// its own mount, and devpts are devices.
+	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=755,size=64k"); err != nil {
 		return setupErr("sandbox: mount /dev: %v", err)
 	}
 	for _, d := range devices {
