@@ -103,11 +103,44 @@ func newRateLimiter(perSecond float64, burst int) *rateLimiter {
 
 // allow takes a token for key, or says how long until one is there.
 func (l *rateLimiter) allow(key string, now time.Time) (ok bool, retryAfter time.Duration) {
+	_, ok, retryAfter = l.take(key, now)
+	return ok, retryAfter
+}
+
+// take is allow that also returns a function giving the token back, for
+// a request that turned out to cost nothing.
+func (l *rateLimiter) take(key string, now time.Time) (giveBack func(), ok bool, retryAfter time.Duration) {
 	if l == nil || l.limit <= 0 {
-		return true, 0
+		return func() {}, true, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	r := l.bucket(key, now).ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return nil, false, d
+	}
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		r.Cancel()
+	}, true, 0
+}
+
+// charge takes n more tokens from key's bucket, into debt when it holds
+// fewer: the client then waits longer for its next token.
+func (l *rateLimiter) charge(key string, n int, now time.Time) {
+	if l == nil || l.limit <= 0 || n <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.bucket(key, now).ReserveN(now, min(n, l.burst))
+}
+
+// bucket returns key's bucket, forgetting the idle ones now and then;
+// l.mu is held.
+func (l *rateLimiter) bucket(key string, now time.Time) *rate.Limiter {
 	if now.Sub(l.swept) > l.idle {
 		for k, c := range l.clients {
 			if now.Sub(c.seen) > l.idle {
@@ -122,10 +155,5 @@ func (l *rateLimiter) allow(key string, now time.Time) (ok bool, retryAfter time
 		l.clients[key] = c
 	}
 	c.seen = now
-	r := c.lim.ReserveN(now, 1)
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return false, d
-	}
-	return true, 0
+	return c.lim
 }
