@@ -45,7 +45,7 @@ func (s *Server) handleGist(w http.ResponseWriter, r *http.Request) {
 	// GitHub rate limit is shared by all its visitors. What the cache
 	// answers costs nothing.
 	key := rateKey(s.keys.clientAddr(r))
-	giveBack, ok, wait := s.gistBudget.take(key, time.Now())
+	ok, wait := s.gistBudget.available(key, time.Now())
 	var g *gist.Gist
 	var cost int
 	if !ok {
@@ -61,11 +61,9 @@ func (s *Server) handleGist(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 		g, cost, err = s.cfg.Gists.FetchCounted(ctx, id, rev)
 		cancel()
-		if cost == 0 {
-			giveBack()
-		} else {
-			s.gistBudget.charge(key, cost-1, time.Now())
-		}
+		// Charged after the fact: fetches running at once may together
+		// spend a little past the budget (the run limit bounds them).
+		s.gistBudget.charge(key, cost, time.Now())
 	}
 	var rl *gist.RateLimitError
 	switch {

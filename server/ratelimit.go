@@ -103,28 +103,33 @@ func newRateLimiter(perSecond float64, burst int) *rateLimiter {
 
 // allow takes a token for key, or says how long until one is there.
 func (l *rateLimiter) allow(key string, now time.Time) (ok bool, retryAfter time.Duration) {
-	_, ok, retryAfter = l.take(key, now)
-	return ok, retryAfter
-}
-
-// take is allow that also returns a function giving the token back, for
-// a request that turned out to cost nothing.
-func (l *rateLimiter) take(key string, now time.Time) (giveBack func(), ok bool, retryAfter time.Duration) {
 	if l == nil || l.limit <= 0 {
-		return func() {}, true, 0
+		return true, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := l.bucket(key, now).ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
-		return nil, false, d
+		return false, d
 	}
-	return func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		r.Cancel()
-	}, true, 0
+	return true, 0
+}
+
+// available reports whether key's bucket holds a token, without taking
+// it, or says how long until it does: for requests whose cost is known
+// only once done (charge).
+func (l *rateLimiter) available(key string, now time.Time) (ok bool, retryAfter time.Duration) {
+	if l == nil || l.limit <= 0 {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tokens := l.bucket(key, now).TokensAt(now)
+	if tokens >= 1 {
+		return true, 0
+	}
+	return false, time.Duration((1 - tokens) / float64(l.limit) * float64(time.Second))
 }
 
 // charge takes n more tokens from key's bucket, into debt when it holds

@@ -254,12 +254,26 @@ func (s *Server) routes() http.Handler {
 	// Browsers send Sec-Fetch-Site/Origin: a page of another site cannot
 	// make a visitor's browser spend this server's VMs.
 	cop := http.NewCrossOriginProtection()
-	return s.logged(cop.Handler(api))
+	return s.logged(cop.Handler(cleanAPIPaths(api)))
 }
 
 // readRateFactor is how many more reads of cheap, cached answers
 // (/api/v2/images) a client may make than runs.
 const readRateFactor = 5
+
+// cleanAPIPaths refuses API paths with empty, "." or ".." segments
+// ("/api/v2/runi/amd64/linux//etc/passwd"): http.ServeMux would redirect
+// them to a cleaned path that means something else.
+func cleanAPIPaths(mux http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if strings.HasPrefix(p, "/api/") && (strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../") || strings.Contains(strings.TrimSuffix(p, "/"), "//")) {
+			writeError(w, http.StatusBadRequest, "BadPath", "the path has empty, \".\" or \"..\" segments")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
 
 // limited applies the per-client rate limit of runs.
 func (s *Server) limited(next http.Handler) http.Handler { return s.limitedBy(s.limiter, next) }
