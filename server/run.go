@@ -392,7 +392,7 @@ func runError(ctx context.Context, err error) error {
 		// Registries answer so for private images and, to anonymous
 		// clients, for names that do not exist: either way there is no
 		// public image of that name.
-		return &apiError{http.StatusNotFound, "ImageNotFound", err.Error() + " (this server runs public images only)"}
+		return &apiError{http.StatusNotFound, "ImageNotFound", "the registry refused anonymous access: the image does not exist or is not public (this server runs public images only)"}
 	case errors.Is(err, image.ErrTooLarge):
 		return badRequest("ImageTooLarge", "%v", err)
 	case errors.Is(err, image.ErrUnsupported):

@@ -181,7 +181,7 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 			log.Warn("no preset images: pass --preset (the cached images are presets only on a loopback --listen address)")
 		}
 	}
-	source := serveSource(cache, popts, presets)
+	source := serveSource(cache, popts, presets, !f.registryAuth)
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
 	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
@@ -274,24 +274,31 @@ func listenIsLoopback(listen string) bool {
 // (--preset NAME=/path/x.erofs) as files, everything else through the
 // image cache. Only the presets' files: a run names an image by preset
 // name or registry reference (server.imageSource), and no other path
-// reaches the file system even should that check fail.
-func serveSource(cache *image.Cache, popts image.PullOptions, presets []server.Preset) engine.ImageSource {
-	cached := &engine.CacheSource{Cache: cache, Options: popts}
+// reaches the file system even should that check fail. With publicOnly,
+// a reference that is not a preset's must be readable anonymously in its
+// registry, cached or not (server.PublicOnly).
+func serveSource(cache *image.Cache, popts image.PullOptions, presets []server.Preset, publicOnly bool) engine.ImageSource {
+	var source engine.ImageSource = &engine.CacheSource{Cache: cache, Options: popts}
 	files := presetFiles{}
+	exempt := map[string]bool{}
 	for _, p := range presets {
 		src := p.Source
 		if src == "" {
 			src = p.Name
 		}
+		exempt[src] = true
 		// What engine.FileSource takes for a file.
 		if strings.HasSuffix(src, ".erofs") || strings.HasPrefix(src, "erofs:") {
 			files[src] = true
 		}
 	}
-	if len(files) == 0 {
-		return cached
+	if publicOnly {
+		source = &server.PublicOnly{Next: source, Exempt: exempt, Insecure: popts.Insecure, Transport: popts.Transport}
 	}
-	return &presetFileSource{files: files, file: &engine.FileSource{}, next: cached}
+	if len(files) == 0 {
+		return source
+	}
+	return &presetFileSource{files: files, file: &engine.FileSource{}, next: source}
 }
 
 // presetFiles are the preset sources that are EROFS files.
