@@ -45,6 +45,10 @@ type PublicOnly struct {
 	public map[string]time.Time // reference → when its answer expires
 }
 
+// errRegistryUnreachable means PublicOnly could not get an answer from
+// the registry (network, TLS, a 5xx): the server answers 502.
+var errRegistryUnreachable = errors.New("the image registry could not be asked")
+
 // maxPublicEntries bounds PublicOnly's memory of public references.
 const maxPublicEntries = 10000
 
@@ -107,7 +111,7 @@ func (p *PublicOnly) check(ctx context.Context, ref string) error {
 func publicError(ref string, err error) error {
 	var te *transport.Error
 	if !errors.As(err, &te) {
-		return fmt.Errorf("checking that %s is public: %w", ref, err)
+		return fmt.Errorf("checking that %s is public: %w: %w", ref, errRegistryUnreachable, err)
 	}
 	status := te.StatusCode
 	for _, d := range te.Errors {
@@ -128,5 +132,5 @@ func publicError(ref string, err error) error {
 	case http.StatusTooManyRequests:
 		return fmt.Errorf("%s: %w", ref, image.ErrRateLimited)
 	}
-	return fmt.Errorf("checking that %s is public: %w", ref, err)
+	return fmt.Errorf("checking that %s is public: %w: %w", ref, errRegistryUnreachable, err)
 }

@@ -47,6 +47,10 @@ func TestPublicOnly(t *testing.T) {
 			heads = append(heads, r.URL.Path)
 			mu.Unlock()
 		}
+		if strings.HasPrefix(r.URL.Path, "/v2/teapot/") {
+			http.Error(w, "no", http.StatusTeapot)
+			return
+		}
 		if strings.HasPrefix(r.URL.Path, "/v2/private/") {
 			if u, p, ok := r.BasicAuth(); !ok || u != "op" || p != "secret" {
 				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
@@ -85,6 +89,7 @@ func TestPublicOnly(t *testing.T) {
 		{host + "/private/img:1", image.ErrUnauthorized},
 		{host + "/public/nothing:1", image.ErrNotFound},
 		{host + "/private/preset:1", nil},
+		{host + "/teapot/img:1", errRegistryUnreachable},
 	} {
 		_, err := p.Resolve(t.Context(), c.ref)
 		if !errors.Is(err, c.wantErr) || (err == nil) != (c.wantErr == nil) {
@@ -94,7 +99,7 @@ func TestPublicOnly(t *testing.T) {
 	if n := next.calls.Load(); n != 3 {
 		t.Errorf("the cache was asked %d times, want 3 (the public image twice, the preset)", n)
 	}
-	want := []string{"/v2/public/img/manifests/1", "/v2/private/img/manifests/1", "/v2/public/nothing/manifests/1"}
+	want := []string{"/v2/public/img/manifests/1", "/v2/private/img/manifests/1", "/v2/public/nothing/manifests/1", "/v2/teapot/img/manifests/1"}
 	if diff := cmp.Diff(want, heads); diff != "" {
 		t.Errorf("HEAD requests (-want +got):\n%s", diff)
 	}

@@ -401,6 +401,8 @@ func runError(ctx context.Context, err error) error {
 		return badRequest("OciSpec", "%v", err)
 	case errors.Is(err, image.ErrRateLimited):
 		return &apiError{http.StatusServiceUnavailable, "RegistryRateLimited", "the image registry is rate-limiting this server; try again later"}
+	case errors.Is(err, errRegistryUnreachable):
+		return &apiError{http.StatusBadGateway, "ImageService", "the image registry could not be reached; try again later"}
 	case errors.Is(err, image.ErrDigestMismatch):
 		return &apiError{http.StatusBadGateway, "ImageService", err.Error()}
 	case errors.As(err, &vmErr):
