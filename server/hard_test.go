@@ -168,9 +168,16 @@ func TestErrorsHideHostDetails(t *testing.T) {
 			}
 		})
 	}
+	// A preset whose source is a file on the server is reported by its
+	// name.
+	resp, b := post(t, url+"/api/v2/runi/amd64/linux/demo", "application/json", []byte(`{"cmd":["echo"]}`))
+	var ran RunResponse
+	if json.Unmarshal(b, &ran) != nil || resp.StatusCode != 200 || ran.Image != "demo" || strings.Contains(string(b), "/srv/demo") {
+		t.Errorf("a run of the preset: %d %s, want image \"demo\" and no host path", resp.StatusCode, b)
+	}
 	// A run whose output files the engine refused is still the program's
 	// result (a Panic, as the original had it), without the host path.
-	resp, b := post(t, url+"/api/v2/runi/amd64/linux/demo", "application/json", []byte(`{"cmd":["badoutput"]}`))
+	resp, b = post(t, url+"/api/v2/runi/amd64/linux/demo", "application/json", []byte(`{"cmd":["badoutput"]}`))
 	var got RunResponse
 	json.Unmarshal(b, &got)
 	if resp.StatusCode != 200 || got.Kind != KindPanic || strings.Contains(string(b), os.TempDir()) {
@@ -429,6 +436,7 @@ func TestAttacks(t *testing.T) {
 		{"tar path", "POST", run + "%2Ftmp%2Fx.tar", "application/json", okJSON, 400},
 		{"empty segment", "POST", run + "docker.io//library/busybox", "application/json", okJSON, 400},
 		{"huge stdin name", "POST", run + "demo", pearchive.ContentType, framed(`{"cmd":["cat"],"stdin":"`+strings.Repeat("a", 60000)+`"}`, nil), 400},
+		{"huge env entry", "POST", run + "demo", "application/json", []byte(`{"cmd":["env"],"env":["`+strings.Repeat("a", 60000)+`"]}`), 400},
 		{"stdin traversal", "POST", run + "demo", pearchive.ContentType, framed(`{"cmd":["cat"],"stdin":"/run/pe/input/../../../etc/passwd"}`, nil), 400},
 		{"stdin absolute", "POST", run + "demo", pearchive.ContentType, framed(`{"cmd":["cat"],"stdin":"/etc/passwd"}`, nil), 400},
 		{"huge body", "POST", run + "demo", "application/json", bytes.Repeat([]byte("a"), 1<<20), 413},
@@ -441,6 +449,8 @@ func TestAttacks(t *testing.T) {
 		{"gist id with ../", "GET", "/api/gh/gist/..%2F..%2Fetc%2Fpasswd", "", nil, 400},
 		{"gist revision with ..", "GET", "/api/gh/gist/aaaaaaaaaaaaaaaaaaaa/..", "", nil, 400},
 		{"gist id too long", "GET", "/api/gh/gist/" + strings.Repeat("a", 5000), "", nil, 400},
+		{"arch too long", "POST", "/api/v2/runi/" + strings.Repeat("a", 5000) + "/linux/demo", "application/json", okJSON, 400},
+		{"content type too long", "POST", run + "demo", strings.Repeat("a", 5000), okJSON, 415},
 	} {
 		t.Run(c.desc, func(t *testing.T) {
 			req, err := http.NewRequestWithContext(t.Context(), c.method, url+c.path, bytes.NewReader(c.body))
@@ -460,7 +470,7 @@ func TestAttacks(t *testing.T) {
 			json.Unmarshal(b, &e)
 			// Go's mux answers a path with ".." segments with a redirect
 			// to the cleaned path, which is then refused like the rest.
-			if resp.StatusCode != c.wantStatus || e.Error == "" || e.Detail == "" {
+			if resp.StatusCode != c.wantStatus || e.Error == "" || e.Detail == "" || len(e.Detail) > 1000 {
 				t.Errorf("status %d %s, want %d with an error and a detail", resp.StatusCode, clip(string(b), 300), c.wantStatus)
 			}
 		})

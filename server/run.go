@@ -76,9 +76,9 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 // run does one run request; an error is answered by handleRun.
 func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	if a, o := r.PathValue("arch"), r.PathValue("os"); a != s.cfg.Arch {
-		return badRequest("ArchMismatch", "this server runs %s/%s images, not arch %q", s.cfg.Arch, s.cfg.OS, a)
+		return badRequest("ArchMismatch", "this server runs %s/%s images, not arch %q", s.cfg.Arch, s.cfg.OS, clip(a, 100))
 	} else if o != s.cfg.OS {
-		return badRequest("OsMismatch", "this server runs %s/%s images, not os %q", s.cfg.Arch, s.cfg.OS, o)
+		return badRequest("OsMismatch", "this server runs %s/%s images, not os %q", s.cfg.Arch, s.cfg.OS, clip(o, 100))
 	}
 	source, preset, err := s.imageSource(r.PathValue("reference"))
 	if err != nil {
@@ -88,7 +88,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	archiveMode := mt == pearchive.ContentType
 	if err != nil || (mt != "application/json" && !archiveMode) {
 		return &apiError{http.StatusUnsupportedMediaType, "BadContentType",
-			fmt.Sprintf("Content-Type %q: want application/json or %s", r.Header.Get("Content-Type"), pearchive.ContentType)}
+			fmt.Sprintf("Content-Type %q: want application/json or %s", clip(r.Header.Get("Content-Type"), 100), pearchive.ContentType)}
 	}
 	// Refuse before reading a body the queue has no room for.
 	if err := s.queue.admit(); err != nil {
@@ -203,6 +203,13 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		s.metrics.imageCache.WithLabelValues("hit").Inc()
 	}
 	resp := responseFor(res, !archiveMode)
+	if preset != "" {
+		// A preset's source may be a file or a layout on the server:
+		// the client knows the preset by its name.
+		if ref, err := image.ParseReference(resp.Image); err != nil || ref.Transport() != image.TransportRegistry {
+			resp.Image = preset
+		}
+	}
 	s.metrics.runDuration.WithLabelValues(resp.Kind).Observe(time.Since(runStart).Seconds())
 	js, err := json.Marshal(resp)
 	if err != nil {
@@ -349,11 +356,11 @@ func openInput(dir, name string) (*os.File, error) {
 	defer root.Close()
 	f, err := root.Open(strings.TrimPrefix(name, "/run/pe/input/"))
 	if err != nil {
-		return nil, fmt.Errorf("no file %q in the input archive", name)
+		return nil, fmt.Errorf("no file %q in the input archive", clip(name, 100))
 	}
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("%q in the input archive is not a regular file", name)
+		return nil, fmt.Errorf("%q in the input archive is not a regular file", clip(name, 100))
 	}
 	return f, nil
 }

@@ -168,7 +168,7 @@ func TestServeEROFSPresetVM(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	var got server.RunResponse
 	json.Unmarshal(b, &got)
-	if resp.StatusCode != 200 || got.Stdout == nil || *got.Stdout != "from the preset\n" {
+	if resp.StatusCode != 200 || got.Stdout == nil || *got.Stdout != "from the preset\n" || got.Image != "demo" || strings.Contains(string(b), dir) {
 		t.Errorf("run of the EROFS preset: status %d: %s", resp.StatusCode, b)
 	}
 }
