@@ -436,7 +436,7 @@ func TestAttacks(t *testing.T) {
 		{"tar path", "POST", run + "%2Ftmp%2Fx.tar", "application/json", okJSON, 400},
 		{"empty segment", "POST", run + "docker.io//library/busybox", "application/json", okJSON, 400},
 		{"huge stdin name", "POST", run + "demo", pearchive.ContentType, framed(`{"cmd":["cat"],"stdin":"`+strings.Repeat("a", 60000)+`"}`, nil), 400},
-		{"huge env entry", "POST", run + "demo", "application/json", []byte(`{"cmd":["env"],"env":["`+strings.Repeat("a", 60000)+`"]}`), 400},
+		{"huge env entry", "POST", run + "demo", "application/json", []byte(`{"cmd":["env"],"env":["` + strings.Repeat("a", 60000) + `"]}`), 400},
 		{"stdin traversal", "POST", run + "demo", pearchive.ContentType, framed(`{"cmd":["cat"],"stdin":"/run/pe/input/../../../etc/passwd"}`, nil), 400},
 		{"stdin absolute", "POST", run + "demo", pearchive.ContentType, framed(`{"cmd":["cat"],"stdin":"/etc/passwd"}`, nil), 400},
 		{"huge body", "POST", run + "demo", "application/json", bytes.Repeat([]byte("a"), 1<<20), 413},
