@@ -162,6 +162,9 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		}
 	}
 	gistsPerHour := f.gistsPerHour
+	if gistsPerHour < 0 {
+		return usageErrorf(cmd, "--gists-per-hour %d: want 0 (no limit) or more", gistsPerHour)
+	}
 	if gistsPerHour == 0 {
 		gistsPerHour = -1 // the server's "no limit"
 	}
