@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -154,6 +155,37 @@ func (c *Client) maxTotal() int64 {
 // maxJSON bounds an API answer: the files as JSON strings (escaping can
 // make text up to six times longer, \u0001) and the rest of the gist.
 func (c *Client) maxJSON() int64 { return 6*c.maxTotal() + 1<<20 }
+
+// FetchCounted is Fetch that also says how many of GitHub's answers the
+// fetch cost: 0 when the cache answered, or GitHub said with a 304 that
+// the cached latest revision is current (conditional requests answered
+// so do not count against GitHub's rate limit); one per other answer,
+// errors included. pe serve charges its visitors by it.
+func (c *Client) FetchCounted(ctx context.Context, id, revision string) (*Gist, int, error) {
+	var n atomic.Int64
+	g, err := c.Fetch(context.WithValue(ctx, costKey{}, &n), id, revision)
+	return g, int(n.Load()), err
+}
+
+// costKey is the context key of FetchCounted's counter.
+type costKey struct{}
+
+// countAnswer counts one answer of GitHub for FetchCounted.
+func countAnswer(ctx context.Context) {
+	if n, ok := ctx.Value(costKey{}).(*atomic.Int64); ok {
+		n.Add(1)
+	}
+}
+
+// Cached returns the revision of gist id from the disk cache, or nil when
+// it is not there (or revision is "": the latest revision is always asked
+// of GitHub). It makes no request.
+func (c *Client) Cached(id, revision string) *Gist {
+	if !isID(id) || !isRevision(revision) {
+		return nil
+	}
+	return c.cachedRevision(strings.ToLower(id), strings.ToLower(revision))
+}
 
 // Fetch fetches gist id at revision ("" for the latest). Files GitHub
 // truncates in its answer are fetched whole from their raw_url. Errors
@@ -307,6 +339,9 @@ func (c *Client) do(ctx context.Context, method, u string, body []byte, etag str
 		return nil, nil, 0, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNotModified {
+		countAnswer(ctx)
+	}
 	limit := c.maxJSON()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
@@ -512,6 +547,7 @@ func (c *Client) fetchRaw(ctx context.Context, id, name, raw string) ([]byte, er
 		return nil, fmt.Errorf("gist %s: fetching file %q: %w", id, name, err)
 	}
 	defer resp.Body.Close()
+	countAnswer(ctx)
 	if resp.StatusCode != http.StatusOK {
 		if rl := c.rateLimit(resp, ""); rl != nil {
 			return nil, rl

@@ -25,7 +25,7 @@ func ParseID(s string) (id, revision string, err error) {
 	s = strings.TrimSpace(s)
 	id, revision, ok := parseID(s)
 	if !ok {
-		return "", "", fmt.Errorf("%q is not a gist: want ID, ID/REVISION (a 40-digit commit hash), a gist.github.com URL or a #gist=ID link", s)
+		return "", "", fmt.Errorf("%q is not a gist: want ID, ID/REVISION (a 40-digit commit hash), a gist.github.com URL or a #gist=ID link", clipString(s, 100))
 	}
 	return strings.ToLower(id), strings.ToLower(revision), nil
 }

@@ -2,6 +2,8 @@ package gist
 
 import (
 	"bufio"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,4 +93,34 @@ func ghHostsToken(f *os.File, host string) string {
 		return v
 	}
 	return ""
+}
+
+// maxTokenFile bounds a token file: a GitHub token is under 300 bytes.
+const maxTokenFile = 4 << 10
+
+// TokenFromFile reads a GitHub token from the file at path: its only
+// content, surrounding white space ignored. pe serve takes its token
+// only this way (--github-token-file), never from the environment, so
+// that visitors spend no token the operator did not hand over.
+func TokenFromFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("GitHub token file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("GitHub token file %s: %w", path, err)
+	}
+	if len(b) > maxTokenFile {
+		return "", fmt.Errorf("GitHub token file %s: over %d bytes, not a token", path, maxTokenFile)
+	}
+	t := strings.TrimSpace(string(b))
+	switch {
+	case t == "":
+		return "", fmt.Errorf("GitHub token file %s is empty", path)
+	case strings.ContainsFunc(t, func(r rune) bool { return r <= ' ' || r == 0x7f || r > '~' }):
+		return "", fmt.Errorf("GitHub token file %s: want the token alone, printable ASCII without spaces", path)
+	}
+	return t, nil
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"path"
 	"strings"
 	"unicode/utf8"
 
@@ -30,6 +31,66 @@ type RunRequest struct {
 	// Workdir replaces the working directory (pe); the default is the
 	// image's, or /run/pe/input when the request carries input files.
 	Workdir string `json:"workdir,omitempty"`
+}
+
+// devNull is the stdin the original client's menu offers first: "no
+// input", as the original ran it.
+const devNull = "/dev/null"
+
+// normalize reads the request as the original server did: an empty env
+// entry (a blank line of the page's env editor) is dropped, and a stdin
+// of "/dev/null" or "" is no stdin.
+func (r *RunRequest) normalize() {
+	if r.Env != nil {
+		env := r.Env[:0]
+		for _, kv := range r.Env {
+			if kv != "" {
+				env = append(env, kv)
+			}
+		}
+		r.Env = env
+	}
+	if r.Stdin != nil && (*r.Stdin == devNull || *r.Stdin == "") {
+		r.Stdin = nil
+	}
+}
+
+// check refuses, with a 400 naming the problem, what the engine or the
+// guest would refuse later as its own failure: env entries that are not
+// NAME=VALUE, NUL bytes, an empty program name, a relative working
+// directory, a negative time limit.
+func (r *RunRequest) check() error {
+	for _, kv := range r.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return badRequest("BadRequest", "env entry %q: want NAME=VALUE", clip(kv, 100))
+		}
+	}
+	for _, list := range [][]string{r.Entrypoint, r.Cmd, r.Env, {r.Workdir}} {
+		for _, s := range list {
+			if strings.IndexByte(s, 0) >= 0 {
+				return badRequest("BadRequest", "%q holds a NUL byte, which no command line or environment may hold", clip(s, 100))
+			}
+		}
+	}
+	if len(r.Entrypoint) > 0 && r.Entrypoint[0] == "" || len(r.Entrypoint) == 0 && len(r.Cmd) > 0 && r.Cmd[0] == "" {
+		return badRequest("OciSpec", "the command's first word (the program) is empty")
+	}
+	if r.Workdir != "" && !path.IsAbs(r.Workdir) {
+		return badRequest("BadRequest", "workdir %q: want an absolute path", clip(r.Workdir, 100))
+	}
+	if r.TimeoutMs < 0 {
+		return badRequest("BadRequest", "timeout_ms %d: want a positive number", r.TimeoutMs)
+	}
+	return nil
+}
+
+// clip shortens s for an error message: a client's string may be as long
+// as the body.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
 }
 
 // Response kinds, as the original's peinit::Response has them.
@@ -199,4 +260,7 @@ type ErrorBody struct {
 	Error string `json:"error"`
 	// Detail says what exactly was wrong, for a person.
 	Detail string `json:"detail,omitempty"`
+	// RequestID is the request's id (also its X-Request-Id header): the
+	// server's log has the details under it.
+	RequestID string `json:"request_id,omitempty"`
 }

@@ -22,6 +22,10 @@
 // client address; X-Forwarded-For is believed only from trusted proxies), a
 // check that the queue has room, the request body read under a size cap
 // and a deadline, and a FIFO queue in front of the engine's VM slots with a
-// maximum wait. Errors are JSON {"error": "...", "detail": "..."} with the
-// status that fits (400, 403, 404, 408, 413, 429, 503 with Retry-After).
+// maximum wait. Errors are JSON {"error": "...", "detail": "...",
+// "request_id": "..."} with the status that fits (400, 403, 404, 408, 413,
+// 429, 503 with Retry-After): whatever a client sends gets a 4xx, and no
+// detail carries host paths or the guest console (a 500's says only that
+// the server failed, with the request id the log has the error under).
+// docs/security.md has the threat model.
 package server

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/image"
 )
 
 // fakeRunner stands in for the engine where the tests need edge cases a
@@ -28,7 +30,15 @@ import (
 //	overtime           timed out
 //	panic MSG          guest failure MSG
 //	big N              N bytes of stdout
+//	sleep MS           takes MS milliseconds
+//	vmfail             fails as a VM that wrote no result (host paths and
+//	                   console text in the error)
+//	imagefail          fails as an image the cache cannot find (a host
+//	                   path in the error)
+//	badoutput          runs, but its output files are refused
 //
+// The request goes through the engine's own merge of the overrides
+// first, so that what the engine refuses the fake refuses too.
 // Every request it gets is recorded in order.
 type fakeRunner struct {
 	release chan struct{}
@@ -58,6 +68,9 @@ func (f *fakeRunner) Run(ctx context.Context, r *engine.RunRequest) (*engine.Run
 	argv := append(append([]string{}, r.Entrypoint...), r.Cmd...)
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("image %s: %w", r.Image, engine.ErrNoCommand)
+	}
+	if _, err := engine.MergeConfig(nil, r.Overrides, nil); err != nil {
+		return nil, fmt.Errorf("image %s: %w", r.Image, err)
 	}
 	res := &engine.RunResult{
 		Image:     engine.ImageInfo{Reference: r.Image, Digest: "sha256:" + fmt.Sprintf("%064x", 1)},
@@ -124,6 +137,21 @@ func (f *fakeRunner) Run(ctx context.Context, r *engine.RunRequest) (*engine.Run
 		res.Stdout = []byte("partial\n")
 	case "panic":
 		res.ExitCode, res.Error = guestSetupFailed, arg(1)
+	case "sleep":
+		ms, _ := strconv.Atoi(arg(1))
+		select {
+		case <-time.After(time.Duration(min(max(ms, 0), 60000)) * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		res.Stdout = []byte("slept\n")
+	case "vmfail":
+		return nil, &engine.VMError{VMM: "qemu", Accel: "tcg", Err: errors.New("read /var/lib/pe-secret/run/io: the guest wrote no result"),
+			Console: []byte("[    1.0] secret-console-line\n")}
+	case "imagefail":
+		return nil, fmt.Errorf("image %s: open /home/operator/.cache/pe/images/x/rootfs.erofs: %w", r.Image, image.ErrNotFound)
+	case "badoutput":
+		return res, fmt.Errorf("output directory %s: 20021 entries, over the limit", r.OutputDir)
 	case "big":
 		n, _ := strconv.Atoi(arg(1))
 		res.Stdout = make([]byte, min(max(n, 0), 64<<20))

@@ -41,9 +41,30 @@ func (s *Server) handleGist(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "BadGistID", err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
-	g, err := s.cfg.Gists.Fetch(ctx, id, rev)
+	// Each client has a budget of fetches from GitHub: the server's
+	// GitHub rate limit is shared by all its visitors. What the cache
+	// answers costs nothing.
+	key := rateKey(s.keys.clientAddr(r))
+	ok, wait := s.gistBudget.available(key, time.Now())
+	var g *gist.Gist
+	var cost int
+	if !ok {
+		if g = s.cfg.Gists.Cached(id, rev); g == nil {
+			s.metrics.gistRequests.WithLabelValues("budget").Inc()
+			secs := int(wait/time.Second) + 1
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			writeError(w, http.StatusTooManyRequests, "GistBudget",
+				fmt.Sprintf("this client has fetched its %d gists of the hour from GitHub: try again in %d s", s.cfg.GistsPerHour, secs))
+			return
+		}
+	} else {
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		g, cost, err = s.cfg.Gists.FetchCounted(ctx, id, rev)
+		cancel()
+		// Charged after the fact: fetches running at once may together
+		// spend a little past the budget (the run limit bounds them).
+		s.gistBudget.charge(key, cost, time.Now())
+	}
 	var rl *gist.RateLimitError
 	switch {
 	case errors.Is(err, gist.ErrNotFound):
@@ -52,12 +73,20 @@ func (s *Server) handleGist(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.As(err, &rl):
 		s.metrics.gistRequests.WithLabelValues("rate_limited").Inc()
-		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(time.Until(rl.Reset).Seconds())+1)))
-		writeError(w, http.StatusTooManyRequests, "GitHubRateLimited", err.Error())
+		secs := max(1, int(time.Until(rl.Reset).Seconds())+1)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		// Not GitHub's text: it tells the operator how to add a token.
+		writeError(w, http.StatusTooManyRequests, "GitHubRateLimited",
+			fmt.Sprintf("GitHub's rate limit for this server is spent: try again in %d s", secs))
 		return
 	case err != nil:
 		s.metrics.gistRequests.WithLabelValues("error").Inc()
-		writeError(w, http.StatusBadGateway, "GitHub", err.Error())
+		s.cfg.Log.Warn("gist fetch failed", "request_id", requestID(r), "gist", idText, "error", err)
+		if r.Context().Err() != nil {
+			return // nobody to answer
+		}
+		writeError(w, http.StatusBadGateway, "GitHub",
+			fmt.Sprintf("gist %s could not be fetched from GitHub; the server's log has the details under request id %s", idText, requestID(r)))
 		return
 	}
 	s.metrics.gistRequests.WithLabelValues("ok").Inc()
@@ -95,42 +124,80 @@ type ImagePreset struct {
 	Error string `json:"error,omitempty"`
 }
 
-// handleImages lists the presets, resolved at most once a minute.
+// imagesAnswer is a rendered GET /api/v2/images answer.
+type imagesAnswer struct {
+	body    []byte
+	expires time.Time
+}
+
+// imagesTTL is how long a resolution of the presets is served before it is
+// made again.
+const imagesTTL = time.Minute
+
+// handleImages lists the presets. It never waits for a resolution: it
+// serves the last answer and, when that is over a minute old, has
+// refreshImages make a new one in the background (the first answer, with
+// none made yet, lists the presets without digests).
 func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
-	s.imagesMu.Lock()
-	defer s.imagesMu.Unlock()
-	if s.imagesCache == nil || time.Now().After(s.imagesExpires) {
-		resp := ImagesResponse{Images: []ImagePreset{}}
-		for _, p := range s.cfg.Presets {
-			ip := ImagePreset{Reference: p.Name, Description: p.Description}
-			if s.cfg.Images != nil {
-				src := p.Source
-				if src == "" {
-					src = p.Name
-				}
-				ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
-				img, err := s.cfg.Images.Resolve(ctx, src)
-				cancel()
-				if err != nil {
-					ip.Error = err.Error()
-				} else {
-					ip.Digest = img.Digest
-				}
-			}
-			resp.Images = append(resp.Images, ip)
+	a := s.images.Load()
+	if a == nil {
+		a = s.renderImages(nil)
+		if s.cfg.Images == nil {
+			a.expires = time.Now().Add(100 * 365 * 24 * time.Hour)
 		}
-		if len(resp.Images) > 0 {
-			resp.Default = resp.Images[0].Reference
-		}
-		b, err := json.Marshal(resp)
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, "Internal", err.Error())
-			return
-		}
-		s.imagesCache, s.imagesExpires = append(b, '\n'), time.Now().Add(time.Minute)
+		s.images.CompareAndSwap(nil, a)
+	}
+	if s.cfg.Images != nil && (a.expires.IsZero() || time.Now().After(a.expires)) && s.imagesRefreshing.CompareAndSwap(false, true) {
+		go s.refreshImages()
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Write(s.imagesCache)
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Write(a.body)
+}
+
+// refreshImages resolves the presets and stores the new answer; one runs
+// at a time (imagesRefreshing).
+func (s *Server) refreshImages() {
+	defer s.imagesRefreshing.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	digests := map[string]string{}
+	for _, p := range s.cfg.Presets {
+		src := p.Source
+		if src == "" {
+			src = p.Name
+		}
+		img, err := s.cfg.Images.Resolve(ctx, src)
+		if err != nil {
+			// The error may name host files: the log has it.
+			s.cfg.Log.Warn("resolving a preset for /api/v2/images", "preset", p.Name, "error", err)
+			continue
+		}
+		digests[p.Name] = img.Digest
+	}
+	a := s.renderImages(digests)
+	a.expires = time.Now().Add(imagesTTL)
+	s.images.Store(a)
+}
+
+// renderImages renders the answer with the digests given (nil: not
+// resolved yet).
+func (s *Server) renderImages(digests map[string]string) *imagesAnswer {
+	resp := ImagesResponse{Images: []ImagePreset{}}
+	for _, p := range s.cfg.Presets {
+		ip := ImagePreset{Reference: p.Name, Description: p.Description}
+		if digests != nil {
+			if ip.Digest = digests[p.Name]; ip.Digest == "" {
+				ip.Error = "not available now"
+			}
+		}
+		resp.Images = append(resp.Images, ip)
+	}
+	if len(resp.Images) > 0 {
+		resp.Default = resp.Images[0].Reference
+	}
+	b, _ := json.Marshal(resp) // strings only: it cannot fail
+	return &imagesAnswer{body: append(b, '\n')}
 }
 
 // ConfigResponse is GET /api/v2/config: what the page needs to know.

@@ -108,6 +108,44 @@ func (l *rateLimiter) allow(key string, now time.Time) (ok bool, retryAfter time
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	r := l.bucket(key, now).ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}
+
+// available reports whether key's bucket holds a token, without taking
+// it, or says how long until it does: for requests whose cost is known
+// only once done (charge).
+func (l *rateLimiter) available(key string, now time.Time) (ok bool, retryAfter time.Duration) {
+	if l == nil || l.limit <= 0 {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tokens := l.bucket(key, now).TokensAt(now)
+	if tokens >= 1 {
+		return true, 0
+	}
+	return false, time.Duration((1 - tokens) / float64(l.limit) * float64(time.Second))
+}
+
+// charge takes n more tokens from key's bucket, into debt when it holds
+// fewer: the client then waits longer for its next token.
+func (l *rateLimiter) charge(key string, n int, now time.Time) {
+	if l == nil || l.limit <= 0 || n <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.bucket(key, now).ReserveN(now, min(n, l.burst))
+}
+
+// bucket returns key's bucket, forgetting the idle ones now and then;
+// l.mu is held.
+func (l *rateLimiter) bucket(key string, now time.Time) *rate.Limiter {
 	if now.Sub(l.swept) > l.idle {
 		for k, c := range l.clients {
 			if now.Sub(c.seen) > l.idle {
@@ -122,10 +160,5 @@ func (l *rateLimiter) allow(key string, now time.Time) (ok bool, retryAfter time
 		l.clients[key] = c
 	}
 	c.seen = now
-	r := c.lim.ReserveN(now, 1)
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return false, d
-	}
-	return true, 0
+	return c.lim
 }

@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"os"
-	"path"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pe-project/pe/engine"
@@ -49,21 +52,33 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		}
 		switch ae.status {
 		case http.StatusServiceUnavailable:
-			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(s.cfg.MaxWait/time.Second/2))))
+			retry := s.cfg.MaxWait / 2
+			if ae.name == "RegistryRateLimited" {
+				// The registry's limit lasts longer than a queue.
+				retry = time.Minute
+			}
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(retry/time.Second))))
 		case http.StatusRequestTimeout:
 			w.Header().Set("Connection", "close")
 		}
-		s.cfg.Log.Info("run refused", "request_id", r.Context().Value(requestIDKey), "status", ae.status, "error", ae.name, "detail", ae.detail)
-		writeError(w, ae.status, ae.name, ae.detail)
+		id := requestID(r)
+		// The log has the whole story; the client gets what it can act on,
+		// never host paths or console text (see publicDetail).
+		level := slog.LevelInfo
+		if ae.status >= 500 && ae.status != http.StatusServiceUnavailable {
+			level = slog.LevelWarn
+		}
+		s.cfg.Log.Log(r.Context(), level, "run refused", "request_id", id, "status", ae.status, "error", ae.name, "detail", ae.detail)
+		writeError(w, ae.status, ae.name, publicDetail(ae, id))
 	}
 }
 
 // run does one run request; an error is answered by handleRun.
 func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	if a, o := r.PathValue("arch"), r.PathValue("os"); a != s.cfg.Arch {
-		return badRequest("ArchMismatch", "this server runs %s/%s images, not arch %q", s.cfg.Arch, s.cfg.OS, a)
+		return badRequest("ArchMismatch", "this server runs %s/%s images, not arch %q", s.cfg.Arch, s.cfg.OS, clip(a, 100))
 	} else if o != s.cfg.OS {
-		return badRequest("OsMismatch", "this server runs %s/%s images, not os %q", s.cfg.Arch, s.cfg.OS, o)
+		return badRequest("OsMismatch", "this server runs %s/%s images, not os %q", s.cfg.Arch, s.cfg.OS, clip(o, 100))
 	}
 	source, preset, err := s.imageSource(r.PathValue("reference"))
 	if err != nil {
@@ -73,7 +88,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	archiveMode := mt == pearchive.ContentType
 	if err != nil || (mt != "application/json" && !archiveMode) {
 		return &apiError{http.StatusUnsupportedMediaType, "BadContentType",
-			fmt.Sprintf("Content-Type %q: want application/json or %s", r.Header.Get("Content-Type"), pearchive.ContentType)}
+			fmt.Sprintf("Content-Type %q: want application/json or %s", clip(r.Header.Get("Content-Type"), 100), pearchive.ContentType)}
 	}
 	// Refuse before reading a body the queue has no room for.
 	if err := s.queue.admit(); err != nil {
@@ -96,21 +111,22 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	if err := json.Unmarshal(body, &req); err != nil {
 		return badRequest("BadRequest", "request JSON: %v", err)
 	}
+	req.normalize()
+	if err := req.check(); err != nil {
+		return err
+	}
 	if req.Stdin != nil && !archiveMode {
 		return badRequest("BadRequest", "stdin names a file of the input archive, and an application/json request has none")
 	}
-	if req.Workdir != "" && !path.IsAbs(req.Workdir) {
-		return badRequest("BadRequest", "workdir %q: want an absolute path", req.Workdir)
-	}
-	if req.TimeoutMs < 0 {
-		return badRequest("BadRequest", "timeout_ms %d: want a positive number", req.TimeoutMs)
-	}
 
-	work, err := os.MkdirTemp(s.cfg.TempDir, "pe-serve-")
+	work, err := os.MkdirTemp(s.cfg.TempDir, workDirPrefix)
 	if err != nil {
 		return fmt.Errorf("run directory: %w", err)
 	}
 	defer os.RemoveAll(work)
+	if err := writeOwner(work); err != nil {
+		return fmt.Errorf("run directory: %w", err)
+	}
 	inputDir, outputDir := work+"/input", work+"/output"
 	for _, d := range []string{inputDir, outputDir} {
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -166,6 +182,17 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	runStart := time.Now()
 	res, err := s.runOnce(r.Context(), run, preset)
 	release()
+	if err != nil && res != nil && r.Context().Err() == nil {
+		// The program ran, but what it left in its output directory was
+		// refused on the way out (the engine's limits): the original
+		// answered such a run with a Panic, and so does pe, with the
+		// program's status and streams.
+		s.cfg.Log.Warn("the run's output files were refused", "request_id", requestID(r), "error", err)
+		res.Error = "the program's output files could not be returned: they are over this server's limits"
+		os.RemoveAll(outputDir)
+		os.Mkdir(outputDir, 0o755)
+		err = nil
+	}
 	if err != nil {
 		s.metrics.runDuration.WithLabelValues("error").Observe(time.Since(runStart).Seconds())
 		return runError(r.Context(), err)
@@ -176,6 +203,13 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		s.metrics.imageCache.WithLabelValues("hit").Inc()
 	}
 	resp := responseFor(res, !archiveMode)
+	if preset != "" {
+		// A preset's source may be a file or a layout on the server:
+		// the client knows the preset by its name.
+		if ref, err := image.ParseReference(resp.Image); err != nil || ref.Transport() != image.TransportRegistry {
+			resp.Image = preset
+		}
+	}
 	s.metrics.runDuration.WithLabelValues(resp.Kind).Observe(time.Since(runStart).Seconds())
 	js, err := json.Marshal(resp)
 	if err != nil {
@@ -215,9 +249,11 @@ func (s *Server) runOnce(ctx context.Context, run *engine.RunRequest, preset str
 	restore := *run
 	restore.Snapshot, restore.MemoryMiB = snap, 0
 	res, err := s.cfg.Runner.Run(ctx, &restore)
-	if err == nil {
+	if err == nil || res != nil {
+		// With a result, the program ran (an error then is about its
+		// output files): not a snapshot to give up on.
 		s.metrics.snapshotRuns.WithLabelValues("restored").Inc()
-		return res, nil
+		return res, err
 	}
 	if ctx.Err() != nil || errors.Is(err, engine.ErrNoCommand) || errors.Is(err, engine.ErrUnknownUser) {
 		return nil, err
@@ -320,11 +356,11 @@ func openInput(dir, name string) (*os.File, error) {
 	defer root.Close()
 	f, err := root.Open(strings.TrimPrefix(name, "/run/pe/input/"))
 	if err != nil {
-		return nil, fmt.Errorf("no file %q in the input archive", name)
+		return nil, fmt.Errorf("no file %q in the input archive", clip(name, 100))
 	}
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("%q in the input archive is not a regular file", name)
+		return nil, fmt.Errorf("%q in the input archive is not a regular file", clip(name, 100))
 	}
 	return f, nil
 }
@@ -349,22 +385,109 @@ func queueError(err error) error {
 	return &apiError{http.StatusServiceUnavailable, "QueueFull", err.Error()}
 }
 
-// runError maps an engine failure to the status that fits.
+// runError maps an engine failure to the status that fits. Failures the
+// request caused (its image, its command) are 4xx; the others are the
+// server's, and their client sees a generic detail (publicDetail).
 func runError(ctx context.Context, err error) error {
 	var vmErr *engine.VMError
 	switch {
 	case ctx.Err() != nil:
 		return &apiError{499, "ClientGone", "the client went away during the run"}
-	case errors.Is(err, image.ErrNotFound), errors.Is(err, image.ErrPlatformNotFound):
+	case errors.Is(err, image.ErrNotFound), errors.Is(err, image.ErrPlatformNotFound), errors.Is(err, image.ErrNotCached):
 		return &apiError{http.StatusNotFound, "ImageNotFound", err.Error()}
+	case errors.Is(err, image.ErrUnauthorized):
+		// Registries answer so for private images and, to anonymous
+		// clients, for names that do not exist: either way there is no
+		// public image of that name.
+		return &apiError{http.StatusNotFound, "ImageNotFound", "the registry refused anonymous access: the image does not exist or is not public (this server runs public images only)"}
 	case errors.Is(err, image.ErrTooLarge):
 		return badRequest("ImageTooLarge", "%v", err)
+	case errors.Is(err, image.ErrUnsupported):
+		return badRequest("UnsupportedImage", "%v", err)
 	case errors.Is(err, engine.ErrNoCommand), errors.Is(err, engine.ErrUnknownUser):
 		return badRequest("OciSpec", "%v", err)
-	case errors.Is(err, image.ErrUnauthorized), errors.Is(err, image.ErrRateLimited):
+	case errors.Is(err, image.ErrRateLimited):
+		return &apiError{http.StatusServiceUnavailable, "RegistryRateLimited", "the image registry is rate-limiting this server; try again later"}
+	case errors.Is(err, errRegistryUnreachable):
+		return &apiError{http.StatusBadGateway, "ImageService", "the image registry could not be reached; try again later"}
+	case errors.Is(err, image.ErrDigestMismatch):
 		return &apiError{http.StatusBadGateway, "ImageService", err.Error()}
 	case errors.As(err, &vmErr):
 		return &apiError{http.StatusInternalServerError, "Worker", err.Error()}
 	}
 	return &apiError{http.StatusInternalServerError, "Internal", err.Error()}
+}
+
+// publicDetail is the detail a client gets for e: for a server error a
+// generic sentence with the request id (the log has the error, which may
+// name host paths or hold the guest console), else e's detail with host
+// paths taken out.
+func publicDetail(e *apiError, requestID string) string {
+	if e.status >= 500 && e.status != http.StatusServiceUnavailable && e.status != http.StatusBadGateway {
+		return "the server failed to run this request; its log has the details under request id " + requestID
+	}
+	return scrubHostPaths(e.detail)
+}
+
+// hostPath matches an absolute path in a message: a slash at the start
+// or after a space, quote, parenthesis or '=' (so that neither image
+// references, "docker.io/library/busybox", nor URLs match), then path
+// characters.
+var hostPath = regexp.MustCompile(`(^|[\s"'(=])(/[^\s"'():,;]*)`)
+
+// scrubHostPaths replaces the absolute paths in s with "…", except the
+// guest's own that clients know (/run/pe/..., /dev/null): error texts
+// from the engine and the image cache name the server's files.
+func scrubHostPaths(s string) string {
+	return hostPath.ReplaceAllStringFunc(s, func(m string) string {
+		i := strings.IndexByte(m, '/')
+		p := m[i:]
+		if p == "/" || p == "/dev/null" || p == guest.InputDir || strings.HasPrefix(p, "/run/pe/") {
+			return m
+		}
+		return m[:i] + "…"
+	})
+}
+
+// Work directories: TempDir/pe-serve-*, each holding the file "owner"
+// with the PID of the pe serve that made it, so that a server killed with
+// SIGKILL has its directories removed by the next one (sweepWorkDirs).
+const (
+	workDirPrefix = "pe-serve-"
+	workDirOwner  = "owner"
+)
+
+// writeOwner records this process as dir's owner.
+func writeOwner(dir string) error {
+	return os.WriteFile(filepath.Join(dir, workDirOwner), []byte(strconv.Itoa(os.Getpid())), 0o600)
+}
+
+// sweepWorkDirs removes the work directories in tempDir whose server is
+// gone: the owner file names a process that no longer exists, or there
+// is no owner file and the directory is over an hour old (its server may
+// be about to write one). Directories of live servers, this one's or
+// another's, are left alone.
+func sweepWorkDirs(tempDir string, log *slog.Logger) {
+	if tempDir == "" {
+		tempDir = os.TempDir()
+	}
+	dirs, _ := filepath.Glob(filepath.Join(tempDir, workDirPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, workDirOwner))
+		if err != nil {
+			if fi, serr := os.Lstat(d); serr != nil || !fi.IsDir() || time.Since(fi.ModTime()) < time.Hour {
+				continue
+			}
+		} else if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && pid > 0 && processAlive(pid) {
+			continue
+		}
+		log.Info("removing the work directory of a pe serve that is gone", "dir", d)
+		os.RemoveAll(d)
+	}
+}
+
+// processAlive reports whether a process with this PID exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,9 +96,17 @@ type Config struct {
 	// each (default 1 MiB).
 	MaxOutput int64
 	// RatePerSecond and RateBurst limit runs and gist fetches per client
-	// (defaults 2 and 4; a negative rate turns the limit off).
+	// (defaults 2 and 4; a negative rate turns the limit off). GET
+	// /api/v2/images has its own bucket per client, readRateFactor times
+	// larger.
 	RatePerSecond float64
 	RateBurst     int
+	// GistsPerHour is how many gists a client may have the server fetch
+	// from GitHub in an hour (default 30, also the burst; negative: no
+	// limit). Gist revisions the server has cached cost nothing, and
+	// neither does a latest revision GitHub says has not changed: the
+	// budget guards the server's GitHub rate limit, which visitors share.
+	GistsPerHour int
 	// TrustedProxies are the peers whose X-Forwarded-For is believed.
 	TrustedProxies []netip.Prefix
 	// Arch and OS are what this server runs (default amd64 and linux);
@@ -123,9 +132,13 @@ type Server struct {
 	allowed  []string
 	inFlight sync.WaitGroup
 
-	imagesMu      sync.Mutex
-	imagesCache   []byte
-	imagesExpires time.Time
+	readLimiter *rateLimiter
+	gistBudget  *rateLimiter
+
+	// images is the answer of GET /api/v2/images, replaced whole by
+	// refreshImages: readers never wait for a resolution.
+	images           atomic.Pointer[imagesAnswer]
+	imagesRefreshing atomic.Bool
 }
 
 // New returns a server for cfg.
@@ -158,6 +171,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RateBurst <= 0 {
 		cfg.RateBurst = 4
 	}
+	if cfg.GistsPerHour == 0 {
+		cfg.GistsPerHour = 30
+	}
 	if cfg.Arch == "" {
 		cfg.Arch = "amd64"
 	}
@@ -188,6 +204,11 @@ func New(cfg Config) (*Server, error) {
 		keys:    clientKeys{trusted: cfg.TrustedProxies},
 		allowed: canonicalPrefixes(cfg.AllowedImages),
 	}
+	s.readLimiter = newRateLimiter(cfg.RatePerSecond*readRateFactor, cfg.RateBurst*readRateFactor)
+	s.gistBudget = newRateLimiter(float64(cfg.GistsPerHour)/3600, cfg.GistsPerHour)
+	s.gistBudget.idle = 2 * time.Hour // longer than the bucket takes to fill
+	// A server killed with SIGKILL left its work directories behind.
+	sweepWorkDirs(cfg.TempDir, cfg.Log)
 	m, err := newMetrics(cfg.Registry)
 	if err != nil {
 		return nil, err
@@ -216,7 +237,7 @@ func (s *Server) routes() http.Handler {
 	api.Handle("POST /api/v2/runi/{arch}/{os}/{reference...}", s.limited(http.HandlerFunc(s.handleRun)))
 	api.Handle("GET /api/gh/gist/{id}", s.limited(http.HandlerFunc(s.handleGist)))
 	api.Handle("GET /api/gh/gist/{id}/{revision}", s.limited(http.HandlerFunc(s.handleGist)))
-	api.HandleFunc("GET /api/v2/images", s.handleImages)
+	api.Handle("GET /api/v2/images", s.limitedBy(s.readLimiter, http.HandlerFunc(s.handleImages)))
 	api.HandleFunc("GET /api/v2/config", s.handleConfig)
 	api.HandleFunc("GET /api/v2/status", s.handleStatus)
 	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
@@ -233,14 +254,35 @@ func (s *Server) routes() http.Handler {
 	// Browsers send Sec-Fetch-Site/Origin: a page of another site cannot
 	// make a visitor's browser spend this server's VMs.
 	cop := http.NewCrossOriginProtection()
-	return s.logged(cop.Handler(api))
+	return s.logged(cop.Handler(cleanAPIPaths(api)))
 }
 
-// limited applies the per-client rate limit.
-func (s *Server) limited(next http.Handler) http.Handler {
+// readRateFactor is how many more reads of cheap, cached answers
+// (/api/v2/images) a client may make than runs.
+const readRateFactor = 5
+
+// cleanAPIPaths refuses API paths with empty, "." or ".." segments
+// ("/api/v2/runi/amd64/linux//etc/passwd"): http.ServeMux would redirect
+// them to a cleaned path that means something else.
+func cleanAPIPaths(mux http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if strings.HasPrefix(p, "/api/") && (strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../") || strings.Contains(strings.TrimSuffix(p, "/"), "//")) {
+			writeError(w, http.StatusBadRequest, "BadPath", "the path has empty, \".\" or \"..\" segments")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// limited applies the per-client rate limit of runs.
+func (s *Server) limited(next http.Handler) http.Handler { return s.limitedBy(s.limiter, next) }
+
+// limitedBy applies a per-client rate limit.
+func (s *Server) limitedBy(l *rateLimiter, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := rateKey(s.keys.clientAddr(r))
-		if ok, wait := s.limiter.allow(key, time.Now()); !ok {
+		if ok, wait := l.allow(key, time.Now()); !ok {
 			s.metrics.rateLimited.Inc()
 			secs := int(wait/time.Second) + 1
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
@@ -338,12 +380,19 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the connection's deadlines.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// writeError answers with the API's error JSON.
+// writeError answers with the API's error JSON, with the request id that
+// logged set.
 func writeError(w http.ResponseWriter, status int, name, detail string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(ErrorBody{Error: name, Detail: detail})
+	json.NewEncoder(w).Encode(ErrorBody{Error: name, Detail: detail, RequestID: w.Header().Get("X-Request-Id")})
+}
+
+// requestID returns the id logged gave r.
+func requestID(r *http.Request) string {
+	id, _ := r.Context().Value(requestIDKey).(string)
+	return id
 }
 
 // writeJSON answers 200 with v as JSON.

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -113,8 +114,9 @@ func TestVMRuns(t *testing.T) {
 	})
 	wg.Go(func() {
 		// The original client: entrypoint [] (the image's cmd would stay
-		// were cmd null), env replacing the image's.
-		body := `{"entrypoint":[],"cmd":["sh","-c","echo \"$A|$GREETING|$PATH\""],"env":["A=1"],"stdin":null}`
+		// were cmd null), env replacing the image's, a blank line of its
+		// env editor (""), its stdin menu's "/dev/null".
+		body := `{"entrypoint":[],"cmd":["sh","-c","cat; echo \"$A|$GREETING|$PATH\""],"env":["A=1",""],"stdin":"/dev/null"}`
 		resp, b := post(t, url+"/api/v2/runi/amd64/linux/busybox", "application/json", []byte(body))
 		var got RunResponse
 		if err := json.Unmarshal(b, &got); err != nil || resp.StatusCode != 200 {
@@ -283,5 +285,27 @@ func TestBrowser(t *testing.T) {
 	}
 	if gh.Created() == nil {
 		t.Error("the page saved no gist to the GitHub API")
+	}
+}
+
+// TestVMRefusals sends a real engine what it refused as its own failure
+// (500 before): each is now a 4xx naming the problem and no host path.
+func TestVMRefusals(t *testing.T) {
+	url := vmServer(t, Config{})
+	for _, c := range []struct {
+		desc, ref, body string
+		wantStatus      int
+	}{
+		{"env entry without =", "busybox", `{"cmd":["env"],"env":["NOEQUALS"]}`, 400},
+		{"empty program", "busybox", `{"entrypoint":[],"cmd":[""]}`, 400},
+		{"NUL in an argument", "busybox", `{"cmd":["echo","a\u0000b"]}`, 400},
+		{"unknown image", "docker.io/library/nosuch:1", `{"cmd":["true"]}`, 404},
+	} {
+		t.Run(c.desc, func(t *testing.T) {
+			resp, b := post(t, url+"/api/v2/runi/amd64/linux/"+c.ref, "application/json", []byte(c.body))
+			if resp.StatusCode != c.wantStatus || bytes.Contains(b, []byte(os.TempDir())) {
+				t.Errorf("status %d: %s; want %d naming no host path", resp.StatusCode, b, c.wantStatus)
+			}
+		})
 	}
 }

@@ -12,9 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
 
 	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/gist"
 	"github.com/pe-project/pe/guest"
 	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/server"
@@ -36,6 +38,9 @@ type serveFlags struct {
 	drain                    time.Duration
 	snapshots                bool
 	cold                     bool
+	registryAuth             bool
+	githubTokenFile          string
+	gistsPerHour             int
 }
 
 // newServeCmd returns "pe serve".
@@ -52,8 +57,14 @@ application/json or application/x.pe.archivev1, GET /api/gh/gist/ID[/REV]),
 plus GET /api/v2/images, /api/v2/status, /healthz and /metrics (Prometheus).
 
 Runs may name the --preset images (by name) and registry references under the
---allow-image prefixes; never local paths. With no --preset, the images in the
-local image cache are the presets (make demo puts a busybox image there).
+--allow-image prefixes; never local paths. With no --preset and a loopback
+--listen address, the images in the local image cache are the presets (make
+demo puts a busybox image there); on any other address only --preset images are.
+
+Visitors spend none of the operator's credentials unless told: images are pulled
+anonymously (--registry-auth uses docker's credentials), gists are fetched
+without a token (--github-token-file gives one), and each client may have the
+server fetch --gists-per-hour gists from GitHub (cached ones are free).
 
 Each run takes one of --slots VM slots; up to --queue more wait, each at most
 --max-wait, in order of arrival; past that the answer is 503 with Retry-After.
@@ -90,6 +101,9 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.BoolVar(&f.cold, "cold", false, "boot a VM for every run instead of restoring pe's boot snapshot (made by the first run, in the cache)")
 	fs.BoolVar(&f.snapshots, "snapshots", false, "keep a VM snapshot of each preset (in the cache directory) and restore it for the preset's runs instead of booting")
 	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress may take to finish")
+	fs.BoolVar(&f.registryAuth, "registry-auth", false, "pull with the operator's registry credentials (docker's config.json and helpers); by default pulls are anonymous, so visitors reach public images only")
+	fs.StringVar(&f.githubTokenFile, "github-token-file", "", "fetch gists with the GitHub token in this file (by default without one: 60 requests an hour for the whole server)")
+	fs.IntVar(&f.gistsPerHour, "gists-per-hour", 30, "gists a client may have the server fetch from GitHub per hour (cached ones are free; 0: no limit)")
 	registerGitHubAPI(fs, &f.githubAPI)
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
@@ -137,18 +151,40 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	}
 	popts.Progress = nil // no progress bars in a server's log
 	popts.Log = log
+	if !f.registryAuth {
+		// No keychain at all: every pull is anonymous.
+		popts.Keychain = authn.NewMultiKeychain()
+	}
+	var githubToken string
+	if f.githubTokenFile != "" {
+		if githubToken, err = gist.TokenFromFile(f.githubTokenFile); err != nil {
+			return usageErrorf(cmd, "--github-token-file: %v", err)
+		}
+	}
+	gistsPerHour := f.gistsPerHour
+	if gistsPerHour < 0 {
+		return usageErrorf(cmd, "--gists-per-hour %d: want 0 (no limit) or more", gistsPerHour)
+	}
+	if gistsPerHour == 0 {
+		gistsPerHour = -1 // the server's "no limit"
+	}
 	cache, err := f.open()
 	if err != nil {
 		return err
 	}
-	presets, err := servePresets(cmd.Context(), f.presets, cache)
+	loopback := listenIsLoopback(f.listen)
+	presets, err := servePresets(cmd.Context(), f.presets, cache, loopback)
 	if err != nil {
 		return usageErrorf(cmd, "%v", err)
 	}
 	if len(presets) == 0 {
-		log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
+		if loopback {
+			log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
+		} else {
+			log.Warn("no preset images: pass --preset (the cached images are presets only on a loopback --listen address)")
+		}
 	}
-	source := &engine.CacheSource{Cache: cache, Options: popts}
+	source := serveSource(cache, popts, presets, !f.registryAuth)
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
 	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
@@ -182,12 +218,15 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		snaps = &server.Snapshots{Engine: eng, Dir: dir, MemoryMiB: memMiB, Log: log}
 		go snaps.Keep(cmd.Context(), presets)
 	}
+	gists := newGistClient(f.githubAPI, f.cacheDir)
+	gists.Token = githubToken // never the environment's (gist.TokenFromEnv)
 	srv, err := server.New(server.Config{
 		Runner:         eng,
 		Images:         source,
 		Presets:        presets,
 		AllowedImages:  allow,
-		Gists:          newGistClient(f.githubAPI, f.cacheDir),
+		Gists:          gists,
+		GistsPerHour:   gistsPerHour,
 		GitHubAPI:      f.githubAPI,
 		Slots:          f.slots,
 		MaxQueue:       f.queue,
@@ -219,10 +258,76 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	return err
 }
 
-// servePresets turns --preset values into presets; with none, the images
-// in the cache are the presets, the most recently used first (busybox
-// images ahead, as the page's default command suits them).
-func servePresets(ctx context.Context, flags []string, cache *image.Cache) ([]server.Preset, error) {
+// listenIsLoopback reports whether a --listen address takes connections
+// from this machine only: a loopback IP address or "localhost". An empty
+// host (all addresses) and other names are not.
+func listenIsLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+// serveSource resolves the server's images: the presets' EROFS files
+// (--preset NAME=/path/x.erofs) as files, everything else through the
+// image cache. Only the presets' files: a run names an image by preset
+// name or registry reference (server.imageSource), and no other path
+// reaches the file system even should that check fail. With publicOnly,
+// a reference that is not a preset's must be readable anonymously in its
+// registry, cached or not (server.PublicOnly).
+func serveSource(cache *image.Cache, popts image.PullOptions, presets []server.Preset, publicOnly bool) engine.ImageSource {
+	var source engine.ImageSource = &engine.CacheSource{Cache: cache, Options: popts}
+	files := presetFiles{}
+	exempt := map[string]bool{}
+	for _, p := range presets {
+		src := p.Source
+		if src == "" {
+			src = p.Name
+		}
+		exempt[src] = true
+		// What engine.FileSource takes for a file.
+		if strings.HasSuffix(src, ".erofs") || strings.HasPrefix(src, "erofs:") {
+			files[src] = true
+		}
+	}
+	if publicOnly {
+		source = &server.PublicOnly{Next: source, Exempt: exempt, Insecure: popts.Insecure, Transport: popts.Transport}
+	}
+	if len(files) == 0 {
+		return source
+	}
+	return &presetFileSource{files: files, file: &engine.FileSource{}, next: source}
+}
+
+// presetFiles are the preset sources that are EROFS files.
+type presetFiles map[string]bool
+
+// presetFileSource resolves the presets' EROFS files with file and the
+// rest with next.
+type presetFileSource struct {
+	files      presetFiles
+	file, next engine.ImageSource
+}
+
+// Resolve implements engine.ImageSource.
+func (s *presetFileSource) Resolve(ctx context.Context, ref string) (*engine.ResolvedImage, error) {
+	if s.files[ref] {
+		return s.file.Resolve(ctx, ref)
+	}
+	return s.next.Resolve(ctx, ref)
+}
+
+// servePresets turns --preset values into presets; with none and a
+// loopback listen address, the images in the cache are the presets, the
+// most recently used first (busybox images ahead, as the page's default
+// command suits them). On other addresses the cache is not offered: it
+// may hold images the operator pulled with credentials.
+func servePresets(ctx context.Context, flags []string, cache *image.Cache, loopback bool) ([]server.Preset, error) {
 	var presets []server.Preset
 	for _, p := range flags {
 		name, source, ok := strings.Cut(p, "=")
@@ -239,7 +344,7 @@ func servePresets(ctx context.Context, flags []string, cache *image.Cache) ([]se
 		}
 		presets = append(presets, server.Preset{Name: name, Source: source})
 	}
-	if len(flags) > 0 {
+	if len(flags) > 0 || !loopback {
 		return presets, nil
 	}
 	images, err := cache.List(ctx)
