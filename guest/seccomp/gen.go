@@ -16,10 +16,8 @@ import (
 	"slices"
 	"strings"
 
-	seccompbpf "github.com/elastic/go-seccomp-bpf"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/pe-project/pe/guest/seccomp/dockerprofile"
-	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -107,12 +105,7 @@ func wrap(b *strings.Builder, text string) {
 	b.WriteString(line + "\n")
 }
 
-func actionName(a seccompbpf.Action) string {
-	if a&unix.SECCOMP_RET_ACTION_FULL == seccompbpf.ActionErrno {
-		return "errno " + unix.ErrnoName(unix.Errno(a&unix.SECCOMP_RET_DATA))
-	}
-	return a.String()
-}
+func actionName(a dockerprofile.Action) string { return a.String() }
 
 func conds(alts [][]specs.LinuxSeccompArg) string {
 	var s []string

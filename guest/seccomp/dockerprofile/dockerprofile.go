@@ -6,8 +6,8 @@
 // comparisons are combined as runc hands them to libseccomp, and the rules
 // apply to the x86_64 and i386 system calls alike, as the profile's
 // architecture map asks. System call numbers come from
-// github.com/elastic/go-seccomp-bpf's tables. Its policy assembler is not
-// used: in v1.6.0 a call whose argument conditions fail goes on to the
+// github.com/elastic/go-seccomp-bpf's tables (its arch package). Its
+// policy assembler is not used: in v1.6.0 a call whose argument conditions fail goes on to the
 // next comparisons with an argument where the call number should be (a
 // socket(40, ...) then passes as sendfile, number 40); the program here is
 // assembled in fixed-size blocks that need no such care.
@@ -22,7 +22,6 @@ import (
 	"maps"
 	"slices"
 
-	seccompbpf "github.com/elastic/go-seccomp-bpf"
 	"github.com/elastic/go-seccomp-bpf/arch"
 	moby "github.com/moby/profiles/seccomp"
 	"github.com/opencontainers/runtime-spec/specs-go"
@@ -44,11 +43,42 @@ const maxInstructions = 4096
 // x32Bit marks the system call numbers of the x32 ABI on x86_64.
 const x32Bit = 0x40000000
 
+// Action is a filter's verdict: a SECCOMP_RET_* action with its data (the
+// errno of ActionErrno) in the low 16 bits.
+type Action uint32
+
+// The actions a profile may ask for.
+const (
+	ActionAllow       Action = unix.SECCOMP_RET_ALLOW
+	ActionErrno       Action = unix.SECCOMP_RET_ERRNO // | errno
+	ActionKillThread  Action = unix.SECCOMP_RET_KILL_THREAD
+	ActionKillProcess Action = unix.SECCOMP_RET_KILL_PROCESS
+	ActionTrap        Action = unix.SECCOMP_RET_TRAP
+	ActionLog         Action = unix.SECCOMP_RET_LOG
+)
+
+// String names the action, with its errno.
+func (a Action) String() string {
+	switch a & unix.SECCOMP_RET_ACTION_FULL {
+	case ActionAllow:
+		return "allow"
+	case ActionErrno:
+		return "errno " + unix.ErrnoName(unix.Errno(a&unix.SECCOMP_RET_DATA))
+	case ActionKillThread:
+		return "kill thread"
+	case ActionKillProcess:
+		return "kill process"
+	case ActionTrap:
+		return "trap"
+	case ActionLog:
+		return "log"
+	}
+	return fmt.Sprintf("action %#x", uint32(a))
+}
+
 // Rule is what a [Table] does with one system call.
 type Rule struct {
-	// Action is a SECCOMP_RET_* value with its data (the errno of
-	// ActionErrno) in the low 16 bits.
-	Action seccompbpf.Action
+	Action Action
 	// Conditions are alternatives: the rule applies when every comparison
 	// of any one of them holds. None means always.
 	Conditions [][]specs.LinuxSeccompArg
@@ -60,7 +90,7 @@ type Table struct {
 	// Arch is the architecture the names were resolved for.
 	Arch *arch.Info
 	// Default is the action for the system calls without a rule.
-	Default seccompbpf.Action
+	Default Action
 	// Syscalls are the rules by system call name.
 	Syscalls map[string]Rule
 	// Unknown are the profile's names this architecture has no system call
@@ -90,10 +120,10 @@ func Default(caps []string) (*specs.LinuxSeccomp, error) {
 
 // action translates a profile action and its errno (nil: EPERM, as runc
 // does).
-func action(a specs.LinuxSeccompAction, errno *uint) (seccompbpf.Action, error) {
+func action(a specs.LinuxSeccompAction, errno *uint) (Action, error) {
 	switch a {
 	case specs.ActAllow:
-		return seccompbpf.ActionAllow, nil
+		return ActionAllow, nil
 	case specs.ActErrno:
 		e := uint(unix.EPERM)
 		if errno != nil {
@@ -102,15 +132,15 @@ func action(a specs.LinuxSeccompAction, errno *uint) (seccompbpf.Action, error) 
 		if e > unix.SECCOMP_RET_DATA {
 			return 0, &UnsupportedError{fmt.Sprintf("errno %d", e)}
 		}
-		return seccompbpf.ActionErrno | seccompbpf.Action(e), nil
+		return ActionErrno | Action(e), nil
 	case specs.ActKill, specs.ActKillThread:
-		return seccompbpf.ActionKillThread, nil
+		return ActionKillThread, nil
 	case specs.ActKillProcess:
-		return seccompbpf.ActionKillProcess, nil
+		return ActionKillProcess, nil
 	case specs.ActTrap:
-		return seccompbpf.ActionTrap, nil
+		return ActionTrap, nil
 	case specs.ActLog:
-		return seccompbpf.ActionLog, nil
+		return ActionLog, nil
 	}
 	return 0, &UnsupportedError{fmt.Sprintf("action %q", a)}
 }
@@ -214,7 +244,7 @@ func jump(op uint16, k uint32, jt, jf int) unix.SockFilter {
 
 func load(off uint32) unix.SockFilter { return stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, off) }
 
-func ret(a seccompbpf.Action) unix.SockFilter { return stmt(unix.BPF_RET|unix.BPF_K, uint32(a)) }
+func ret(a Action) unix.SockFilter { return stmt(unix.BPF_RET|unix.BPF_K, uint32(a)) }
 
 // words are the halves of a 64-bit argument or value, high first. An
 // argument's halves sit in seccomp_data in the kernel's byte order.
@@ -317,7 +347,7 @@ func section(t *Table, wide bool) ([]unix.SockFilter, error) {
 	out := []unix.SockFilter{load(offNr)}
 	if t.Arch == arch.X86_64 {
 		// x32 calls (the guest kernel has no x32 ABI and would say the same).
-		out = append(out, jump(unix.BPF_JGE, x32Bit, 0, 1), ret(seccompbpf.ActionErrno|seccompbpf.Action(unix.ENOSYS)))
+		out = append(out, jump(unix.BPF_JGE, x32Bit, 0, 1), ret(ActionErrno|Action(unix.ENOSYS)))
 	}
 	for _, c := range calls {
 		r := t.Syscalls[c.name]
@@ -379,7 +409,7 @@ func Assemble(x86_64, i386 *Table) ([]unix.SockFilter, error) {
 		stmt(unix.BPF_JMP|unix.BPF_JA, 3),
 		jump(unix.BPF_JEQ, uint32(arch.I386.ID), 0, 1),
 		stmt(unix.BPF_JMP|unix.BPF_JA, uint32(1+len(s64))),
-		ret(seccompbpf.ActionKillProcess),
+		ret(ActionKillProcess),
 	}
 	prog = append(append(prog, s64...), s32...)
 	if len(prog) > maxInstructions {
