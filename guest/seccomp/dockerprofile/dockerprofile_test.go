@@ -61,7 +61,7 @@ func TestDefaultProfile(t *testing.T) {
 		"read": allow, "write": allow, "execve": allow, "fork": allow, "wait4": allow,
 		"setuid": allow, "setgroups": allow, "ptrace": allow,
 		"chroot": allow, // CAP_SYS_CHROOT is docker's
-		"clone": {Action: ActionAllow, Conditions: [][]specs.LinuxSeccompArg{{{Index: 0, Value: nsMask, Op: specs.OpMaskedEqual}}}},
+		"clone":  {Action: ActionAllow, Conditions: [][]specs.LinuxSeccompArg{{{Index: 0, Value: nsMask, Op: specs.OpMaskedEqual}}}},
 		"clone3": {Action: enosys},
 		"personality": {Action: ActionAllow, Conditions: [][]specs.LinuxSeccompArg{
 			eq(0, 0), eq(0, 8), eq(0, 0x20000), eq(0, 0x20008), eq(0, 0xffffffff),
