@@ -2,6 +2,7 @@ package dockerprofile
 
 import (
 	"errors"
+	"maps"
 	"slices"
 	"testing"
 
@@ -72,13 +73,7 @@ func TestDefaultProfile(t *testing.T) {
 		"perf_event_open": nil, "init_module": nil, "swapon": nil, "pivot_root": nil,
 		"open_by_handle_at": nil, "syslog": nil, "sethostname": nil, "acct": nil, "settimeofday": nil, "userfaultfd": nil,
 	}
-	names := slices.Collect(func(yield func(string) bool) {
-		for n := range want {
-			if !yield(n) {
-				return
-			}
-		}
-	})
+	names := slices.Collect(maps.Keys(want))
 	if d := cmp.Diff(want, pick(tab, names...)); d != "" {
 		t.Errorf("rules (-want +got):\n%s", d)
 	}
