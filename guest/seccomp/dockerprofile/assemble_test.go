@@ -168,6 +168,41 @@ func TestAssembleDefault(t *testing.T) {
 	}
 }
 
+// TestAssembleEveryCall runs the default profile's program on every call
+// number of both architectures, with all arguments zero then all ones,
+// against its tables.
+func TestAssembleEveryCall(t *testing.T) {
+	prog, tables, err := Program(DefaultCaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tab := range tables {
+		wide := tab.Arch == arch.X86_64
+		for nr := range 1024 {
+			for _, args := range [][6]uint64{{}, {^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}} {
+				want := tab.Default
+				if r, ok := tab.Syscalls[tab.Arch.SyscallNumbers[nr]]; ok {
+					if len(r.Conditions) == 0 {
+						want = r.Action
+					}
+					for _, alt := range r.Conditions {
+						if holds(alt, args, wide) {
+							want = r.Action
+						}
+					}
+				}
+				got, err := eval(prog, call{arch: uint32(tab.Arch.ID), nr: uint32(nr), args: args})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != uint32(want) {
+					t.Errorf("%s call %d (%s), args %#x: %v, want %v", tab.Arch.Name, nr, tab.Arch.SyscallNumbers[nr], args[0], Action(got), want)
+				}
+			}
+		}
+	}
+}
+
 // TestActionString names actions for the generated file's summary.
 func TestActionString(t *testing.T) {
 	got := fmt.Sprint(ActionAllow, enosys, ActionKillProcess)

@@ -332,12 +332,15 @@ func compare(a specs.LinuxSeccompArg, wide bool, fail int) ([]unix.SockFilter, e
 }
 
 // section is the filter for t's architecture, entered with nothing
-// loaded: each call's block, then the default action.
+// loaded: a search tree on the call number whose leaves compare a few
+// calls each.
+// entry is a call of a table, by number.
+type entry struct {
+	nr   uint32
+	name string
+}
+
 func section(t *Table, wide bool) ([]unix.SockFilter, error) {
-	type entry struct {
-		nr   uint32
-		name string
-	}
 	var calls []entry
 	for name := range t.Syscalls {
 		calls = append(calls, entry{uint32(t.Arch.SyscallNames[name]) | uint32(t.Arch.SeccompMask), name})
@@ -349,42 +352,98 @@ func section(t *Table, wide bool) ([]unix.SockFilter, error) {
 		// x32 calls (the guest kernel has no x32 ABI and would say the same).
 		out = append(out, jump(unix.BPF_JGE, x32Bit, 0, 1), ret(ActionErrno|Action(unix.ENOSYS)))
 	}
+	var err error
+	var tree func(calls []entry) []unix.SockFilter
+	tree = func(calls []entry) []unix.SockFilter {
+		if len(calls) > leafCalls {
+			// A binary search on the number: the kernel runs the filter
+			// for each call number when it loads it (to cache the calls it
+			// always allows), and a restored VM emulates that.
+			mid := len(calls) / 2
+			left, right := tree(calls[:mid]), tree(calls[mid:])
+			out := []unix.SockFilter{jump(unix.BPF_JGE, calls[mid].nr, 0, 1), stmt(unix.BPF_JMP|unix.BPF_JA, uint32(len(left)))}
+			return append(append(out, left...), right...)
+		}
+		if leaf, ok := plainLeaf(t, calls); ok {
+			return leaf
+		}
+		var out []unix.SockFilter
+		for _, c := range calls {
+			r := t.Syscalls[c.name]
+			if len(r.Conditions) == 0 {
+				out = append(out, jump(unix.BPF_JEQ, c.nr, 0, 1), ret(r.Action))
+				continue
+			}
+			block, berr := conditional(r, c.name, t.Default, wide)
+			if berr != nil {
+				err = berr
+			}
+			out = append(out, jump(unix.BPF_JEQ, c.nr, 1, 0), stmt(unix.BPF_JMP|unix.BPF_JA, uint32(len(block))))
+			out = append(out, block...)
+		}
+		// Each leaf ends in the default: nothing falls into the next one.
+		return append(out, ret(t.Default))
+	}
+	out = append(out, tree(calls)...)
+	return out, err
+}
+
+// leafCalls bounds the calls a leaf of the search tree compares in turn.
+const leafCalls = 8
+
+// plainLeaf is the leaf for calls without conditions: each comparison
+// jumps to a return of its action shared by the leaf, the default's
+// first. Fewer instructions are less for the kernel to check and
+// translate when it loads the filter.
+func plainLeaf(t *Table, calls []entry) ([]unix.SockFilter, bool) {
+	var actions []Action
 	for _, c := range calls {
 		r := t.Syscalls[c.name]
-		if len(r.Conditions) == 0 {
-			out = append(out, jump(unix.BPF_JEQ, c.nr, 0, 1), ret(r.Action))
-			continue
+		if len(r.Conditions) > 0 {
+			return nil, false
 		}
-		// The call's block: each alternative's tests then its action; when
-		// none holds, the default action. The block's end is its own, so
-		// nothing after it runs with an argument loaded.
-		var block []unix.SockFilter
-		for _, alt := range r.Conditions {
-			var tests [][]unix.SockFilter
-			size := 1 // the action
-			for range alt {
-				tests = append(tests, nil)
-			}
-			// Emitted backwards: each test jumps past what follows it in
-			// the alternative, to the next alternative.
-			for i := len(alt) - 1; i >= 0; i-- {
-				tst, err := compare(alt[i], wide, size)
-				if err != nil {
-					return nil, fmt.Errorf("%s: %w", c.name, err)
-				}
-				tests[i] = tst
-				size += len(tst)
-			}
-			for _, tst := range tests {
-				block = append(block, tst...)
-			}
-			block = append(block, ret(r.Action))
+		if !slices.Contains(actions, r.Action) {
+			actions = append(actions, r.Action)
 		}
-		block = append(block, ret(t.Default))
-		out = append(out, jump(unix.BPF_JEQ, c.nr, 1, 0), stmt(unix.BPF_JMP|unix.BPF_JA, uint32(len(block))))
-		out = append(out, block...)
 	}
-	return append(out, ret(t.Default)), nil
+	var out []unix.SockFilter
+	for i, c := range calls {
+		// After this comparison: the other comparisons, the default's
+		// return, then the actions' returns.
+		to := len(calls) - i - 1 + 1 + slices.Index(actions, t.Syscalls[c.name].Action)
+		out = append(out, jump(unix.BPF_JEQ, c.nr, to, 0))
+	}
+	out = append(out, ret(t.Default))
+	for _, a := range actions {
+		out = append(out, ret(a))
+	}
+	return out, true
+}
+
+// conditional is the block of a call with conditions: each alternative's
+// tests then its action; when none holds, the default action. The block
+// ends in a return, so nothing after it runs with an argument loaded.
+func conditional(r Rule, name string, def Action, wide bool) ([]unix.SockFilter, error) {
+	var block []unix.SockFilter
+	for _, alt := range r.Conditions {
+		tests := make([][]unix.SockFilter, len(alt))
+		size := 1 // the action
+		// Made backwards: each test jumps past what follows it in the
+		// alternative, to the next alternative.
+		for i := len(alt) - 1; i >= 0; i-- {
+			tst, err := compare(alt[i], wide, size)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			tests[i] = tst
+			size += len(tst)
+		}
+		for _, tst := range tests {
+			block = append(block, tst...)
+		}
+		block = append(block, ret(r.Action))
+	}
+	return append(block, ret(def)), nil
 }
 
 // Assemble compiles the tables of the x86_64 and i386 architectures (the
