@@ -175,6 +175,9 @@ func conditions(args []specs.LinuxSeccompArg) ([][]specs.LinuxSeccompArg, error)
 	return alts, nil
 }
 
+// specArch names the architectures the filter is made for as profiles do.
+var specArch = map[*arch.Info]specs.Arch{arch.X86_64: specs.ArchX86_64, arch.I386: specs.ArchX86}
+
 // Translate reduces an evaluated profile to a table for info's
 // architecture. A system call with rules of different actions is refused,
 // as is any feature the BPF could not express exactly. Rules whose action
@@ -182,6 +185,12 @@ func conditions(args []specs.LinuxSeccompArg) ([][]specs.LinuxSeccompArg, error)
 func Translate(p *specs.LinuxSeccomp, info *arch.Info) (*Table, error) {
 	if len(p.Flags) > 0 || p.ListenerPath != "" {
 		return nil, &UnsupportedError{"flags or a listener"}
+	}
+	// libseccomp kills the calls of an architecture the profile does not
+	// list; the filter here has both architectures, so both must be
+	// listed (or none, which would mean the native one only).
+	if a, ok := specArch[info]; !ok || len(p.Architectures) > 0 && !slices.Contains(p.Architectures, a) {
+		return nil, &UnsupportedError{fmt.Sprintf("a profile without architecture %s", info.Name)}
 	}
 	def, err := action(p.DefaultAction, p.DefaultErrnoRet)
 	if err != nil {

@@ -186,6 +186,11 @@ func TestTranslate(t *testing.T) {
 			unsupported: true,
 		},
 		{
+			name:        "architectures without x86_64",
+			profile:     &specs.LinuxSeccomp{DefaultAction: specs.ActErrno, Architectures: []specs.Arch{specs.ArchAARCH64}},
+			unsupported: true,
+		},
+		{
 			name:        "flags",
 			profile:     &specs.LinuxSeccomp{DefaultAction: specs.ActErrno, Flags: []specs.LinuxSeccompFlag{specs.LinuxSeccompFlagLog}},
 			unsupported: true,
