@@ -5,12 +5,14 @@
 // running architecture (moby's own code does that), each rule's argument
 // comparisons are combined as runc hands them to libseccomp, and the rules
 // apply to the x86_64 and i386 system calls alike, as the profile's
-// architecture map asks. System call numbers come from
-// github.com/elastic/go-seccomp-bpf's tables (its arch package). Its
-// policy assembler is not used: in v1.6.0 a call whose argument conditions fail goes on to the
-// next comparisons with an argument where the call number should be (a
-// socket(40, ...) then passes as sendfile, number 40); the program here is
-// assembled in fixed-size blocks that need no such care.
+// architecture map asks.
+//
+// System call numbers come from github.com/elastic/go-seccomp-bpf's tables
+// (its arch package). Its policy assembler is not used: in v1.6.0, once a
+// call's argument conditions fail, the comparisons that follow take the
+// argument left loaded for the call number (socket(AF_VSOCK, ...), domain
+// 40, passes as sendfile, call 40). Here every call with conditions has a
+// block of its own that ends in a return.
 //
 // Only the generator of the guest's committed filter and tests use this
 // package: the guest init loads the finished program and links none of it.
@@ -20,6 +22,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 
 	"github.com/elastic/go-seccomp-bpf/arch"
@@ -487,8 +490,14 @@ func Assemble(x86_64, i386 *Table) ([]unix.SockFilter, error) {
 }
 
 // Program is docker's default profile for caps, as a BPF program for the
-// guest's kernel: what the guest's committed filter is generated from.
+// guest's kernel, with the tables it was assembled from by architecture
+// name ("x86_64", "i386"): what the guest's committed filter is generated
+// from. moby decides the profile's architecture rules for the running one,
+// which must be x86_64.
 func Program(caps []string) ([]unix.SockFilter, map[string]*Table, error) {
+	if runtime.GOARCH != "amd64" {
+		return nil, nil, &UnsupportedError{"generating on " + runtime.GOARCH + ", not amd64"}
+	}
 	p, err := Default(caps)
 	if err != nil {
 		return nil, nil, err
