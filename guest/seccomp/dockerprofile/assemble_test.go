@@ -210,3 +210,43 @@ func TestActionString(t *testing.T) {
 		t.Error(d)
 	}
 }
+
+// FuzzCompare checks one comparison of any operator and values, on
+// either architecture, against holds.
+func FuzzCompare(f *testing.F) {
+	f.Add(uint8(0), uint8(0), uint64(1), uint64(0), uint64(1), true)
+	f.Add(uint8(6), uint8(5), uint64(0x7e020000), uint64(0), uint64(0x10000000), true)
+	f.Add(uint8(2), uint8(1), uint64(1<<32), uint64(0), uint64(0xffffffff), true)
+	f.Add(uint8(4), uint8(3), uint64(7), uint64(0), uint64(8), false)
+	ops := []specs.LinuxSeccompOperator{specs.OpEqualTo, specs.OpNotEqual, specs.OpLessThan, specs.OpLessEqual, specs.OpGreaterThan, specs.OpGreaterEqual, specs.OpMaskedEqual}
+	f.Fuzz(func(t *testing.T, op, index uint8, value, valueTwo, arg uint64, wide bool) {
+		c := specs.LinuxSeccompArg{Index: uint(index % 6), Op: ops[int(op)%len(ops)], Value: value, ValueTwo: valueTwo}
+		info, id, nr := arch.X86_64, x86_64ID, uint32(unix.SYS_READ)
+		if !wide {
+			info, id, nr = arch.I386, i386ID, 3
+			c.Value, c.ValueTwo = uint64(uint32(value)), uint64(uint32(valueTwo))
+		}
+		tab := &Table{Arch: info, Default: eperm, Syscalls: map[string]Rule{"read": {Action: ActionAllow, Conditions: [][]specs.LinuxSeccompArg{{c}}}}}
+		x, i := tab, &Table{Arch: arch.I386, Default: eperm, Syscalls: map[string]Rule{}}
+		if !wide {
+			x, i = &Table{Arch: arch.X86_64, Default: eperm, Syscalls: map[string]Rule{}}, tab
+		}
+		prog, err := Assemble(x, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var args [6]uint64
+		args[c.Index] = arg
+		want := uint32(eperm)
+		if holds([]specs.LinuxSeccompArg{c}, args, wide) {
+			want = uint32(ActionAllow)
+		}
+		got, err := eval(prog, call{arch: id, nr: nr, args: args})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("%+v on %#x (wide %v): %v, want %v", c, arg, wide, Action(got), Action(want))
+		}
+	})
+}
