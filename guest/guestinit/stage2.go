@@ -11,6 +11,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/pe-project/pe/guest/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -142,6 +143,14 @@ func stage2() error {
 	env := cfg.Env
 	if lookupEnv(env, "HOME") == "" {
 		env = append(env, "HOME="+homeDir(cfg.UID))
+	}
+	// Docker's default seccomp profile (package seccomp), on this thread
+	// and so on the program: pe's own setup is done, and what is left
+	// (credentials, chdir, exec) is allowed by it. Put on while the thread
+	// holds CAP_SYS_ADMIN in its user namespace, without no_new_privs, as
+	// runc does under docker: setuid programs work as under docker run.
+	if err := seccomp.Load(); err != nil {
+		return setupErr("sandbox: %v", err)
 	}
 	// Credentials are per thread in Linux, and execve takes the calling
 	// thread's (the others end with it). The syscall package's Setuid and
