@@ -240,7 +240,9 @@ type RunRequest struct {
 	Stdin io.Reader
 	// InputDir is copied to /run/pe/input ("" for none).
 	InputDir string
-	// OutputDir receives /run/pe/output ("" to drop it).
+	// OutputDir receives /run/pe/output ("" to drop it). It must not
+	// exist or be empty (guest.CheckOutputDir): a run never changes what
+	// was there. On an error extracting the outputs, it is left as it was.
 	OutputDir string
 	// Timeout is the program's wall-time limit (0: DefaultTimeout).
 	Timeout time.Duration
@@ -278,6 +280,13 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	}
 	if req.MaxOutput < 0 || req.MaxOutput > lim.MaxOutput {
 		return nil, fmt.Errorf("max output %d: want 1 to %d bytes", req.MaxOutput, lim.MaxOutput)
+	}
+	// Checked again when the outputs come back; now, so that a run that
+	// could not deliver them does not start.
+	if req.OutputDir != "" {
+		if err := guest.CheckOutputDir(req.OutputDir); err != nil {
+			return nil, fmt.Errorf("output directory: %w", err)
+		}
 	}
 
 	snap := req.Snapshot
