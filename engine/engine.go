@@ -285,7 +285,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	// could not deliver them does not start.
 	if req.OutputDir != "" {
 		if err := guest.CheckOutputDir(req.OutputDir); err != nil {
-			return nil, fmt.Errorf("output directory: %w", err)
+			return nil, fmt.Errorf("output: %w", err)
 		}
 	}
 
