@@ -21,7 +21,8 @@ import (
 
 // diskWatch records, while a run goes on, the largest size and the most
 // disk blocks any file under dir reached: the run's I/O file lives there
-// and is removed when the run ends.
+// and is removed when the run ends. The size is what bounds the file (it
+// never grows); the blocks, sampled, may miss the last writes.
 type diskWatch struct {
 	mu              sync.Mutex
 	maxSize, maxUse int64
