@@ -239,16 +239,21 @@ func hostileArchives() []struct {
 
 func TestExtractOutputs(t *testing.T) {
 	for _, tc := range hostileArchives() {
-		t.Run(tc.name, func(t *testing.T) {
-			base := t.TempDir()
-			dir, outside := extractSetup(t, base)
-			r := &Response{outputs: tc.tar, lim: fuzzLimits}
-			err := r.ExtractOutputs(dir)
-			if tc.errHas == "" && err != nil || err != nil && !strings.Contains(err.Error(), tc.errHas) || tc.errHas != "" && err == nil {
-				t.Errorf("error %v, want %q", err, tc.errHas)
-			}
-			checkExtraction(t, base, outside, err)
-		})
+		for _, existed := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, empty dir %v", tc.name, existed), func(t *testing.T) {
+				base := t.TempDir()
+				dir, outside := extractSetup(t, base)
+				if existed {
+					os.Mkdir(dir, 0o755)
+				}
+				r := &Response{outputs: tc.tar, lim: fuzzLimits}
+				err := r.ExtractOutputs(dir)
+				if tc.errHas == "" && err != nil || err != nil && !strings.Contains(err.Error(), tc.errHas) || tc.errHas != "" && err == nil {
+					t.Errorf("error %v, want %q", err, tc.errHas)
+				}
+				checkExtraction(t, base, outside, existed, err)
+			})
+		}
 	}
 	umask := processUmask()
 	t.Run("modes and content", func(t *testing.T) {
@@ -313,10 +318,16 @@ func TestExtractOutputs(t *testing.T) {
 			})
 		}
 	})
-	t.Run("an empty directory keeps its mode", func(t *testing.T) {
+	t.Run("an empty directory stays itself", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "out")
 		os.Mkdir(dir, 0o700)
 		os.Chmod(dir, 0o701)
+		before, _ := os.Stat(dir)
+		defer func() {
+			if after, _ := os.Stat(dir); !os.SameFile(before, after) {
+				t.Errorf("the output directory was replaced by another")
+			}
+		}()
 		if err := (&Response{outputs: tarOf(file("f", "x")), lim: fuzzLimits}).ExtractOutputs(dir); err != nil {
 			t.Fatal(err)
 		}
@@ -402,9 +413,10 @@ func extractSetup(t testing.TB, base string) (dir, outside string) {
 	return dir, outside
 }
 
-// checkExtraction checks an extraction into base/out that ended with err:
-// nothing beside it, nothing outside, and on error no base/out either.
-func checkExtraction(t testing.TB, base, outside string, err error) {
+// checkExtraction checks an extraction into base/out (which existed,
+// empty, or not) that ended with err: nothing beside it, nothing outside,
+// and on error base/out as it was.
+func checkExtraction(t testing.TB, base, outside string, existed bool, err error) {
 	t.Helper()
 	entries, _ := os.ReadDir(base)
 	var names []string
@@ -412,8 +424,13 @@ func checkExtraction(t testing.TB, base, outside string, err error) {
 		names = append(names, e.Name())
 	}
 	want := []string{"out", "outside"}
-	if err != nil {
+	if err != nil && !existed {
 		want = []string{"outside"}
+	}
+	if err != nil && existed {
+		if left, _ := os.ReadDir(filepath.Join(base, "out")); len(left) > 0 {
+			t.Errorf("left in the output directory after an error: %v", left)
+		}
 	}
 	if diff := cmp.Diff(want, names); diff != "" {
 		t.Errorf("beside the output directory (-want +got):\n%s", diff)
@@ -436,9 +453,14 @@ func FuzzExtractOutputs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		base := t.TempDir()
 		dir, outside := extractSetup(t, base)
+		// Odd lengths go into an empty directory, even ones into none.
+		existed := len(data)%2 == 1
+		if existed {
+			os.Mkdir(dir, 0o755)
+		}
 		r := &Response{outputs: data, lim: fuzzLimits}
 		err := r.ExtractOutputs(dir)
-		checkExtraction(t, base, outside, err)
+		checkExtraction(t, base, outside, existed, err)
 		var total int64
 		n := 0
 		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

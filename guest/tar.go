@@ -204,15 +204,18 @@ func CheckOutputDir(dir string) error {
 
 // ExtractOutputs unpacks the guest's output archive into dir, which must
 // not exist or be an empty directory ([CheckOutputDir]): pe never changes
-// files that were there. The archive goes into a new directory beside dir,
-// renamed to dir once complete, so on error nothing is left. The archive is
-// hostile: entries with absolute or ".." paths, hard links, devices and
-// other types are refused; no entry is written through a symlink (symlinks
-// are created as they are, never followed); the entries (counting the
-// directories their paths imply), their total size (the Limits given to
-// [ReadResult]) and their depth ([MaxOutputDepth]) are capped. Modes are
-// kept without setuid, setgid and sticky bits and less the process's umask;
-// directories stay open to their owner (u+rwx).
+// files that were there. The archive goes into a new directory, beside dir
+// when dir does not exist (then renamed to dir), inside it when dir is an
+// empty directory (then its entries are moved up: dir itself, its mode, a
+// mount on it, a shell's working directory in it, stay as they were); so on
+// error nothing is left. The archive is hostile: entries with absolute or
+// ".." paths, hard links, devices and other types are refused; no entry is
+// written through a symlink (symlinks are created as they are, never
+// followed); the entries (counting the directories their paths imply),
+// their total size (the Limits given to [ReadResult]) and their depth
+// ([MaxOutputDepth]) are capped, with errors wrapping [ErrOutputLimit].
+// Modes are kept without setuid, setgid and sticky bits and less the
+// process's umask; directories stay open to their owner (u+rwx).
 func (r *Response) ExtractOutputs(dir string) (err error) {
 	defer func() {
 		if err != nil {
@@ -222,23 +225,22 @@ func (r *Response) ExtractOutputs(dir string) (err error) {
 	if err := CheckOutputDir(dir); err != nil {
 		return err
 	}
-	// A symlink named by the caller is the caller's choice: follow it, so
-	// that the new directory lands where it points and the rename replaces
-	// the empty directory rather than the link.
-	target := dir
-	if t, err := filepath.EvalSymlinks(dir); err == nil {
-		target = t
-	}
-	parent := filepath.Dir(target)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return err
-	}
 	umask := processUmask()
-	mode := 0o755 &^ umask
-	if fi, err := os.Stat(target); err == nil {
-		mode = fi.Mode().Perm() // the empty directory's, which this one replaces
+	_, statErr := os.Stat(dir)
+	exists := statErr == nil
+	var tmp string
+	if exists {
+		tmp, err = os.MkdirTemp(dir, ".pe-output-")
+	} else {
+		parent := filepath.Dir(filepath.Clean(dir))
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return err
+		}
+		tmp, err = os.MkdirTemp(parent, "."+filepath.Base(dir)+".pe-output-")
+		if err == nil {
+			err = os.Chmod(tmp, 0o755&^umask)
+		}
 	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(target)+".pe-output-")
 	if err != nil {
 		return err
 	}
@@ -247,9 +249,6 @@ func (r *Response) ExtractOutputs(dir string) (err error) {
 			os.RemoveAll(tmp)
 		}
 	}()
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
 	if len(r.outputs) > 0 {
 		lim := r.lim.withDefaults()
 		o := extractOptions{maxFiles: lim.MaxFiles, maxBytes: lim.MaxOutput, maxDepth: MaxOutputDepth, umask: uint32(umask), ownerDirs: true}
@@ -257,15 +256,62 @@ func (r *Response) ExtractOutputs(dir string) (err error) {
 			return err
 		}
 	}
-	// rename(2) replaces an empty directory, and fails on one that was
-	// filled meanwhile. (os.Rename refuses any directory.)
-	if err := unix.Rename(tmp, target); err != nil {
-		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
-			return fmt.Errorf("%w: %s", ErrOutputNotEmpty, dir)
+	if !exists {
+		// RENAME_NOREPLACE: a dir made meanwhile is not replaced.
+		if err := renameNoReplace(tmp, dir); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: %s (made during the run)", ErrOutputNotEmpty, dir)
+			}
+			return fmt.Errorf("rename %s to %s: %w", tmp, dir, err)
 		}
-		return fmt.Errorf("rename %s to %s: %w", tmp, target, err)
+		return nil
 	}
-	return nil
+	return moveUp(tmp, dir)
+}
+
+// moveUp moves the entries of tmp into dir, its parent, never replacing
+// one, and removes tmp. On error, what it moved is removed too.
+func moveUp(tmp, dir string) error {
+	names, err := readDirNames(tmp)
+	if err != nil {
+		return err
+	}
+	var moved []string
+	for _, name := range names {
+		if err := renameNoReplace(filepath.Join(tmp, name), filepath.Join(dir, name)); err != nil {
+			for _, m := range moved {
+				os.RemoveAll(filepath.Join(dir, m))
+			}
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: %s (%s was made during the run)", ErrOutputNotEmpty, dir, name)
+			}
+			return err
+		}
+		moved = append(moved, name)
+	}
+	return os.Remove(tmp)
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// renameNoReplace renames old to new unless new exists (EEXIST).
+func renameNoReplace(old, new string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, old, unix.AT_FDCWD, new, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		// A file system without RENAME_NOREPLACE: check, then rename.
+		if _, lerr := os.Lstat(new); lerr == nil {
+			return unix.EEXIST
+		}
+		err = unix.Rename(old, new)
+	}
+	return err
 }
 
 // processUmask reads the umask from /proc (umask(2) would change it, for
