@@ -240,7 +240,9 @@ type RunRequest struct {
 	Stdin io.Reader
 	// InputDir is copied to /run/pe/input ("" for none).
 	InputDir string
-	// OutputDir receives /run/pe/output ("" to drop it).
+	// OutputDir receives /run/pe/output ("" to drop it). It must not
+	// exist or be empty (guest.CheckOutputDir): a run never changes what
+	// was there. On an error extracting the outputs, it is left as it was.
 	OutputDir string
 	// Timeout is the program's wall-time limit (0: DefaultTimeout).
 	Timeout time.Duration
@@ -278,6 +280,13 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 	}
 	if req.MaxOutput < 0 || req.MaxOutput > lim.MaxOutput {
 		return nil, fmt.Errorf("max output %d: want 1 to %d bytes", req.MaxOutput, lim.MaxOutput)
+	}
+	// Checked again when the outputs come back; now, so that a run that
+	// could not deliver them does not start.
+	if req.OutputDir != "" {
+		if err := guest.CheckOutputDir(req.OutputDir); err != nil {
+			return nil, fmt.Errorf("output: %w", err)
+		}
 	}
 
 	snap := req.Snapshot
@@ -364,8 +373,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 		return nil, err
 	}
 	if snap != nil {
-		// The restored guest knows the I/O disk's size from the snapshot.
-		if err := padIOFile(ioPath, snap.Manifest.IOSize); err != nil {
+		if err := checkIOFileFits(ioPath, snap.Manifest.IOSize); err != nil {
 			return nil, err
 		}
 	}
@@ -516,9 +524,14 @@ func waitVM(ctx context.Context, m vmm.Machine, resultReady <-chan struct{}) err
 	}
 }
 
-// padIOFile grows an I/O file to size (with a hole); an I/O file already
-// larger (big inputs or stdin) does not fit the snapshot's I/O disk.
-func padIOFile(path string, size int64) error {
+// checkIOFileFits checks that a run's I/O file fits the I/O disk a
+// snapshot's guest knows: its kernel learnt the disk's size (size) before
+// the snapshot and reads no further. The file is not grown to that size:
+// QEMU refuses (EIO) every request past the end of a raw file, so the
+// file's own size, the run's inputs and output areas, bounds what the
+// guest can make pe write on the host's disk, whatever size it believes
+// the disk has.
+func checkIOFileFits(path string, size int64) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err
@@ -526,7 +539,7 @@ func padIOFile(path string, size int64) error {
 	if fi.Size() > size {
 		return fmt.Errorf("the run's I/O file (inputs, stdin and output areas) needs %d bytes; a snapshot's VMs have an I/O disk of %d", fi.Size(), size)
 	}
-	return os.Truncate(path, size)
+	return nil
 }
 
 // process opens the image's root file system (for /etc/passwd) and merges

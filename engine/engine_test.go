@@ -228,6 +228,10 @@ func TestRunFake(t *testing.T) {
 // and returns the right error.
 func TestRunErrorPaths(t *testing.T) {
 	env := newFakeEnv(t)
+	nonEmpty := t.TempDir()
+	if err := os.WriteFile(filepath.Join(nonEmpty, "mine"), []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		desc    string
 		b       *fakeBackend
@@ -246,6 +250,8 @@ func TestRunErrorPaths(t *testing.T) {
 			func(err error) bool { return err != nil }, "/nonexistent/in"},
 		{"max output too big", &fakeBackend{}, RunRequest{Image: "img", Overrides: Overrides{Cmd: []string{"echo"}}, MaxOutput: 1 << 40}, Options{},
 			func(err error) bool { return err != nil }, "max output"},
+		{"output dir not empty", &fakeBackend{startErr: errors.New("the VM must not start")}, RunRequest{Image: "img", Overrides: Overrides{Cmd: []string{"echo"}}, OutputDir: nonEmpty}, Options{},
+			func(err error) bool { return errors.Is(err, guest.ErrOutputNotEmpty) }, nonEmpty},
 		{"VM does not start", &fakeBackend{startErr: errors.New("qemu: no")}, RunRequest{Image: "img", Overrides: Overrides{Cmd: []string{"echo"}}}, Options{},
 			func(err error) bool { return err != nil }, "qemu: no"},
 		{"VM crashes", &fakeBackend{mode: guestCrash}, RunRequest{Image: "img", Overrides: Overrides{Cmd: []string{"echo"}}}, Options{},

@@ -33,9 +33,12 @@ const SnapshotFormat = 1
 // SnapshotManifestFile is the manifest's name in a snapshot directory.
 const SnapshotManifestFile = "manifest.json"
 
-// SnapshotIOSize is the size of the I/O disk of a snapshot's VMs. The guest
-// kernel learnt the disk's size before the snapshot, so every restored VM
-// gets an I/O file of this size: a sparse file, whose holes cost nothing.
+// SnapshotIOSize is the size of the I/O disk a snapshot's VM boots with (a
+// sparse file, removed once the snapshot is made). The guest kernel keeps
+// the disk's size it learnt then, so a restored VM takes I/O files of up to
+// this size. Each gets its own I/O file at its own size, not this one:
+// QEMU refuses what the guest writes past the end of the file, so a run's
+// host disk stays bounded by its inputs and output areas.
 const SnapshotIOSize = 16 << 30
 
 // snapshotCreateLimit bounds the boot of a VM to be saved (TCG is slow).

@@ -316,3 +316,43 @@ func TestOutputsTruncated(t *testing.T) {
 		})
 	}
 }
+
+// TestOutputsTooDeep: the guest leaves out, as truncated, what lies deeper
+// than MaxOutputDepth, so that an honest archive always extracts.
+func TestOutputsTooDeep(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	deep := filepath.Join(out, strings.Repeat("d/", MaxOutputDepth-1))
+	if err := os.MkdirAll(filepath.Join(deep, "e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(deep, "kept"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(deep, "e", "dropped"), []byte("x"), 0o644)
+	f, err := os.Create(filepath.Join(t.TempDir(), "area"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n, truncated, err := writeOutputs(f, 0, 1<<20, out)
+	if err != nil || !truncated {
+		t.Fatalf("writeOutputs: truncated %v, %v; want truncated", truncated, err)
+	}
+	x := filepath.Join(t.TempDir(), "x")
+	if err := (&Response{outputs: mustRead(t, f, n)}).ExtractOutputs(x); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(x, strings.Repeat("d/", MaxOutputDepth-1), "kept")); err != nil {
+		t.Errorf("the file at the depth limit: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(x, strings.Repeat("d/", MaxOutputDepth-1), "e", "dropped")); err == nil {
+		t.Errorf("the file past the depth limit was archived")
+	}
+}
+
+func mustRead(t *testing.T, f *os.File, n int64) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // fuzzLimits are small so fuzzing reaches the caps.
@@ -209,7 +211,7 @@ func hostileArchives() []struct {
 		{"absolute", "absolute path", tarOf(file("/tmp/escape", "x"))},
 		{"through own symlink", "symlink", tarOf(symlink("s", ".."), file("s/escape", "x"))},
 		{"through absolute symlink", "symlink", tarOf(symlink("s", "/tmp"), file("s/escape", "x"))},
-		{"over pre-existing symlink dir", "symlink", tarOf(file("pre/escape", "x"))},
+		{"through own symlink, deeper", "symlink", tarOf(dirEntry("d/", 0o755), symlink("d/s", "../.."), file("d/s/escape", "x"))},
 		{"replace a symlink by a file", "", tarOf(symlink("s", "../outside/victim"), file("s", "new"))},
 		{"hard link", "unsupported entry type", tarOf(tarEntry{tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "top"}, ""})},
 		{"device", "unsupported entry type", tarOf(tarEntry{tar.Header{Name: "dev", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}, ""})},
@@ -222,6 +224,10 @@ func hostileArchives() []struct {
 			}
 			return es
 		}()...)},
+		{"implied parents count", "more than 16 entries", tarOf(file(strings.Repeat("d/", 16)+"f", "x"))},
+		{"too deep", "the limit on depth is 128", tarOf(file(strings.Repeat("d/", 128)+"f", "x"))},
+		{"deep enough", "", tarOf(file(strings.Repeat("d/", 8)+"f", "x"))},
+		{"setuid and world-writable", "", tarOf(tarEntry{tar.Header{Name: "suid", Typeflag: tar.TypeReg, Mode: 0o6777}, "s"}, dirEntry("sticky/", 0o1777))},
 		{"file over dir", "a directory is in the way", tarOf(dirEntry("x/", 0o755), file("x", "x"))},
 		{"dir over file", "exists and is not a directory", tarOf(file("x", "x"), dirEntry("x/", 0o755))},
 		{"empty symlink", "bad symlink target", tarOf(symlink("s", ""))},
@@ -233,66 +239,213 @@ func hostileArchives() []struct {
 
 func TestExtractOutputs(t *testing.T) {
 	for _, tc := range hostileArchives() {
-		t.Run(tc.name, func(t *testing.T) {
-			base := t.TempDir()
-			dir, outside := extractSetup(t, base)
-			r := &Response{outputs: tc.tar, lim: fuzzLimits}
-			err := r.ExtractOutputs(dir)
-			if tc.errHas == "" && err != nil || err != nil && !strings.Contains(err.Error(), tc.errHas) || tc.errHas != "" && err == nil {
-				t.Errorf("error %v, want %q", err, tc.errHas)
-			}
-			checkOutside(t, base, outside)
-		})
+		for _, existed := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, empty dir %v", tc.name, existed), func(t *testing.T) {
+				base := t.TempDir()
+				dir, outside := extractSetup(t, base)
+				if existed {
+					os.Mkdir(dir, 0o755)
+				}
+				r := &Response{outputs: tc.tar, lim: fuzzLimits}
+				err := r.ExtractOutputs(dir)
+				if tc.errHas == "" && err != nil || err != nil && !strings.Contains(err.Error(), tc.errHas) || tc.errHas != "" && err == nil {
+					t.Errorf("error %v, want %q", err, tc.errHas)
+				}
+				checkExtraction(t, base, outside, existed, err)
+			})
+		}
 	}
+	umask := processUmask()
 	t.Run("modes and content", func(t *testing.T) {
-		dir := t.TempDir()
-		r := &Response{outputs: tarOf(dirEntry("ro/", 0o555), file("ro/f", "x"), tarEntry{tar.Header{Name: "suid", Typeflag: tar.TypeReg, Mode: 0o4755}, "s"}), lim: fuzzLimits}
+		dir := filepath.Join(t.TempDir(), "out")
+		r := &Response{outputs: tarOf(
+			dirEntry("ro/", 0o555), file("ro/f", "x"), dirEntry("shut/", 0),
+			tarEntry{tar.Header{Name: "suid", Typeflag: tar.TypeReg, Mode: 0o4755}, "s"},
+			tarEntry{tar.Header{Name: "open", Typeflag: tar.TypeReg, Mode: 0o777}, "o"},
+			tarEntry{tar.Header{Name: "sticky/", Typeflag: tar.TypeDir, Mode: 0o1777}, ""},
+		), lim: fuzzLimits}
 		if err := r.ExtractOutputs(dir); err != nil {
 			t.Fatal(err)
 		}
-		for p, want := range map[string]fs.FileMode{"ro": fs.ModeDir | 0o555, "ro/f": 0o644, "suid": 0o755} {
-			fi, err := os.Lstat(filepath.Join(dir, p))
-			if err != nil || fi.Mode() != want {
-				t.Errorf("%s: mode %v (%v), want %v", p, fi.Mode(), err, want)
-			}
+		want := map[string]fs.FileMode{
+			".":      fs.ModeDir | 0o755&^umask,
+			"ro":     fs.ModeDir | (0o555|0o700)&^umask,
+			"ro/f":   0o644 &^ umask,
+			"shut":   fs.ModeDir | (0o644|0o700)&^umask, // tarOf's mode 0 is 0644
+			"suid":   0o755 &^ umask,
+			"open":   0o777 &^ umask,
+			"sticky": fs.ModeDir | 0o777&^umask,
 		}
-		os.Chmod(filepath.Join(dir, "ro"), 0o755) // let TempDir clean up
+		got := map[string]fs.FileMode{}
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil {
+				fi, _ := d.Info()
+				rel, _ := filepath.Rel(dir, p)
+				got[rel] = fi.Mode()
+			}
+			return err
+		})
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("modes (-want +got):\n%s", diff)
+		}
+	})
+	// The attack of issue 14: entries 1000 directories deep, with none of
+	// their parents in the archive, made 20,021 directories.
+	t.Run("deep trees", func(t *testing.T) {
+		for _, c := range []struct {
+			name          string
+			entries, deep int
+			want          string
+		}{
+			{"20 entries 1000 deep", 20, 1000, "1000 path components, the limit on depth is 128"},
+			{"50 entries 100 deep", 50, 100, "more than 4096 entries (directories that deeper paths imply count too)"},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				var es []tarEntry
+				for i := range c.entries {
+					es = append(es, file(fmt.Sprintf("e%d/", i)+strings.Repeat("d/", c.deep-2)+"f", "x"))
+				}
+				base := t.TempDir()
+				dir := filepath.Join(base, "out")
+				r := &Response{outputs: tarOf(es...), lim: DefaultLimits()}
+				err := r.ExtractOutputs(dir)
+				if !errors.Is(err, ErrOutputLimit) || !strings.Contains(err.Error(), c.want) {
+					t.Errorf("error %v, want ErrOutputLimit saying %q", err, c.want)
+				}
+				if left, _ := os.ReadDir(base); len(left) != 0 {
+					t.Errorf("left after the error: %v", left)
+				}
+			})
+		}
+	})
+	t.Run("an empty directory stays itself", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "out")
+		os.Mkdir(dir, 0o700)
+		os.Chmod(dir, 0o701)
+		before, _ := os.Stat(dir)
+		defer func() {
+			if after, _ := os.Stat(dir); !os.SameFile(before, after) {
+				t.Errorf("the output directory was replaced by another")
+			}
+		}()
+		if err := (&Response{outputs: tarOf(file("f", "x")), lim: fuzzLimits}).ExtractOutputs(dir); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := os.Stat(dir); err != nil || fi.Mode() != fs.ModeDir|0o701 {
+			t.Errorf("%v, %v; want mode 0701", fi.Mode(), err)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "f")); string(b) != "x" {
+			t.Errorf("f: %q, %v", b, err)
+		}
+	})
+	t.Run("a symlink to an empty directory", func(t *testing.T) {
+		base := t.TempDir()
+		os.Mkdir(filepath.Join(base, "real"), 0o755)
+		os.Symlink("real", filepath.Join(base, "link"))
+		if err := (&Response{outputs: tarOf(file("f", "x")), lim: fuzzLimits}).ExtractOutputs(filepath.Join(base, "link")); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(base, "real", "f")); string(b) != "x" {
+			t.Errorf("real/f: %q, %v", b, err)
+		}
+		if l, err := os.Readlink(filepath.Join(base, "link")); l != "real" {
+			t.Errorf("link: %q, %v; want it unchanged", l, err)
+		}
+	})
+	t.Run("no outputs", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "a", "out")
+		if err := (&Response{lim: fuzzLimits}).ExtractOutputs(dir); err != nil {
+			t.Fatal(err)
+		}
+		if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+			t.Errorf("%v, %v; want an empty directory", ents, err)
+		}
 	})
 }
 
-// extractSetup makes base/out (the extraction dir, holding a symlink "pre"
-// to base/outside) and base/outside (which must stay as it is: one file).
+// TestExtractOutputsNonEmpty: extraction into a directory that has
+// entries is refused, and leaves every file, mode and time as it was (a
+// repository used as --output keeps its hooks).
+func TestExtractOutputsNonEmpty(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "repo")
+	os.MkdirAll(filepath.Join(dir, ".git", "hooks"), 0o700)
+	os.WriteFile(filepath.Join(dir, "README"), []byte("mine"), 0o600)
+	snapshot := func() map[string]string {
+		m := map[string]string{}
+		filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
+			if err == nil {
+				fi, _ := d.Info()
+				b, _ := os.ReadFile(p)
+				m[p] = fmt.Sprintf("%v %v %q", fi.Mode(), fi.ModTime(), b)
+			}
+			return nil
+		})
+		return m
+	}
+	before := snapshot()
+	archive := tarOf(
+		dirEntry(".git/", 0o777), dirEntry(".git/hooks/", 0o777),
+		tarEntry{tar.Header{Name: ".git/hooks/pre-commit", Typeflag: tar.TypeReg, Mode: 0o755}, "#!/bin/sh\nevil\n"},
+		tarEntry{tar.Header{Name: "README", Typeflag: tar.TypeReg, Mode: 0o777}, "replaced"},
+	)
+	err := (&Response{outputs: archive, lim: fuzzLimits}).ExtractOutputs(dir)
+	if !errors.Is(err, ErrOutputNotEmpty) {
+		t.Errorf("error %v, want ErrOutputNotEmpty", err)
+	}
+	if diff := cmp.Diff(before, snapshot()); diff != "" {
+		t.Errorf("the directory changed (-before +after):\n%s", diff)
+	}
+	if err := CheckOutputDir(dir); !errors.Is(err, ErrOutputNotEmpty) {
+		t.Errorf("CheckOutputDir: %v, want ErrOutputNotEmpty", err)
+	}
+	if err := CheckOutputDir(filepath.Join(dir, "README")); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Errorf("CheckOutputDir of a file: %v", err)
+	}
+}
+
+// extractSetup makes base/outside (which must stay as it is: one file)
+// and names base/out, the extraction directory, which does not exist.
 func extractSetup(t testing.TB, base string) (dir, outside string) {
 	dir, outside = filepath.Join(base, "out"), filepath.Join(base, "outside")
-	os.Mkdir(dir, 0o755)
 	os.Mkdir(outside, 0o755)
 	os.WriteFile(filepath.Join(outside, "victim"), []byte("untouched"), 0o644)
-	os.Symlink("../outside", filepath.Join(dir, "pre"))
 	return dir, outside
 }
 
-func checkOutside(t testing.TB, base, outside string) {
+// checkExtraction checks an extraction into base/out (which existed,
+// empty, or not) that ended with err: nothing beside it, nothing outside,
+// and on error base/out as it was.
+func checkExtraction(t testing.TB, base, outside string, existed bool, err error) {
+	t.Helper()
 	entries, _ := os.ReadDir(base)
-	if len(entries) != 2 {
-		t.Errorf("extraction created %d entries beside the output dir", len(entries)-2)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	want := []string{"out", "outside"}
+	if err != nil && !existed {
+		want = []string{"outside"}
+	}
+	if err != nil && existed {
+		if left, _ := os.ReadDir(filepath.Join(base, "out")); len(left) > 0 {
+			t.Errorf("left in the output directory after an error: %v", left)
+		}
+	}
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Errorf("beside the output directory (-want +got):\n%s", diff)
 	}
 	entries, _ = os.ReadDir(outside)
 	b, _ := os.ReadFile(filepath.Join(outside, "victim"))
 	if len(entries) != 1 || string(b) != "untouched" {
 		t.Errorf("extraction wrote outside its dir: %d entries, victim %q", len(entries), b)
 	}
-	// Let TempDir remove read-only directories the archive made.
-	filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(p, 0o755)
-		}
-		return nil
-	})
 }
 
 // FuzzExtractOutputs feeds arbitrary archives to ExtractOutputs: it must
-// never panic, write outside its directory or through a symlink, or pass
-// the caps.
+// never panic, write outside its directory or through a symlink, pass the
+// caps (entries with every directory counted, bytes, depth), make special
+// files or setuid, setgid or sticky modes, or leave anything on error.
 func FuzzExtractOutputs(f *testing.F) {
 	for _, tc := range hostileArchives() {
 		f.Add(tc.tar)
@@ -300,20 +453,38 @@ func FuzzExtractOutputs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		base := t.TempDir()
 		dir, outside := extractSetup(t, base)
+		// Odd lengths go into an empty directory, even ones into none.
+		existed := len(data)%2 == 1
+		if existed {
+			os.Mkdir(dir, 0o755)
+		}
 		r := &Response{outputs: data, lim: fuzzLimits}
-		r.ExtractOutputs(dir)
-		checkOutside(t, base, outside)
+		err := r.ExtractOutputs(dir)
+		checkExtraction(t, base, outside, existed, err)
 		var total int64
 		n := 0
 		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.Type().IsRegular() {
-				fi, _ := d.Info()
-				total += fi.Size()
+			if err != nil || p == dir {
+				return nil
 			}
 			n++
+			fi, _ := d.Info()
+			switch {
+			case fi.Mode().IsRegular():
+				total += fi.Size()
+			case fi.IsDir(), fi.Mode()&fs.ModeSymlink != 0:
+			default:
+				t.Errorf("%s: a %v", p, fi.Mode().Type())
+			}
+			if fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
+				t.Errorf("%s: mode %v", p, fi.Mode())
+			}
+			if rel, _ := filepath.Rel(dir, p); strings.Count(rel, "/") >= MaxOutputDepth {
+				t.Errorf("%s: deeper than %d", p, MaxOutputDepth)
+			}
 			return nil
 		})
-		if total > fuzzLimits.MaxOutput || n > fuzzLimits.MaxFiles+2 { // + dir and pre
+		if total > fuzzLimits.MaxOutput || n > fuzzLimits.MaxFiles {
 			t.Errorf("extracted %d bytes in %d entries, caps %d and %d", total, n, fuzzLimits.MaxOutput, fuzzLimits.MaxFiles)
 		}
 	})

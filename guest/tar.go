@@ -2,6 +2,7 @@ package guest
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -27,6 +29,9 @@ type treeOptions struct {
 	// maxFiles caps the entries written (0 = no cap); past it the archive
 	// is cut and reported truncated.
 	maxFiles int
+	// maxDepth leaves out, as truncated, entries with more path
+	// components (0 = no cap).
+	maxDepth int
 }
 
 // writeTree writes the contents of root (not root itself) as a tar archive
@@ -88,6 +93,14 @@ func writeTree(aw *areaWriter, root string, o treeOptions) (truncated bool, err 
 			}
 			return nil
 		}
+		if o.maxDepth > 0 && strings.Count(filepath.ToSlash(rel), "/") >= o.maxDepth {
+			// Deeper than the host extracts: left out, and said so.
+			truncated = true
+			if info.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
 		count++
 		if o.maxFiles > 0 && count > o.maxFiles {
 			truncated = true
@@ -139,41 +152,197 @@ func writeEntry(w io.Writer, hdr *tar.Header, p string) error {
 }
 
 // writeOutputs archives dir into the outputs area at off, at most limit
-// bytes and DefaultLimits().MaxFiles entries.
+// bytes, DefaultLimits().MaxFiles entries and MaxOutputDepth components.
 func writeOutputs(w io.WriterAt, off, limit int64, dir string) (n int64, truncated bool, err error) {
 	aw := &areaWriter{w: w, off: off, limit: limit}
-	truncated, err = writeTree(aw, dir, treeOptions{maxFiles: DefaultLimits().MaxFiles})
+	truncated, err = writeTree(aw, dir, treeOptions{maxFiles: DefaultLimits().MaxFiles, maxDepth: MaxOutputDepth})
 	return aw.pos, truncated, err
 }
 
-// ExtractOutputs unpacks the guest's output archive into dir, creating dir if
-// needed. The archive is hostile: entries with absolute or ".." paths, hard
-// links, devices and other types are refused; no entry is written through a
-// symlink, whether the archive made it or it was already in dir (symlinks
-// are created as they are, never followed); an entry replaces a file or
-// symlink of the same name but not a directory; the entry count and total
-// size are capped by the Limits given to [ReadResult]. Permission bits are
-// kept without setuid, setgid and sticky bits. On error, entries already
-// written stay.
-func (r *Response) ExtractOutputs(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("extract outputs: %w", err)
-	}
-	if len(r.outputs) == 0 {
+// MaxOutputDepth bounds how deep a path of the output archive may go, in
+// path components: the guest archives no deeper, the host refuses deeper.
+const MaxOutputDepth = 128
+
+// Errors of [Response.ExtractOutputs] callers may branch on.
+var (
+	// ErrOutputNotEmpty means the output directory has entries already:
+	// pe never changes what was there.
+	ErrOutputNotEmpty = errors.New("the output directory is not empty")
+	// ErrOutputLimit means the output archive passes a limit: entries
+	// (counting the directories its paths imply), bytes or depth.
+	ErrOutputLimit = errors.New("the output archive is over a limit")
+)
+
+// CheckOutputDir checks that dir can receive a run's outputs: it does not
+// exist (its parent may not either), or it is an empty directory.
+// Otherwise the error wraps [ErrOutputNotEmpty], or says what dir is.
+func CheckOutputDir(dir string) error {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	lim := r.lim.withDefaults()
-	err := extractTar(strings.NewReader(string(r.outputs)), dir, extractOptions{maxFiles: lim.MaxFiles, maxBytes: lim.MaxOutput})
 	if err != nil {
-		return fmt.Errorf("extract outputs: %w", err)
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: not a directory", dir)
+	}
+	names, err := f.Readdirnames(1)
+	if len(names) > 0 {
+		return fmt.Errorf("%w: %s (pe writes outputs only into a new or empty directory)", ErrOutputNotEmpty, dir)
+	}
+	if err != nil && err != io.EOF {
+		return err
 	}
 	return nil
 }
 
+// ExtractOutputs unpacks the guest's output archive into dir, which must
+// not exist or be an empty directory ([CheckOutputDir]): pe never changes
+// files that were there. The archive goes into a new directory, beside dir
+// when dir does not exist (then renamed to dir), inside it when dir is an
+// empty directory (then its entries are moved up: dir itself, its mode, a
+// mount on it, a shell's working directory in it, stay as they were); so on
+// error nothing is left. The archive is hostile: entries with absolute or
+// ".." paths, hard links, devices and other types are refused; no entry is
+// written through a symlink (symlinks are created as they are, never
+// followed); the entries (counting the directories their paths imply),
+// their total size (the Limits given to [ReadResult]) and their depth
+// ([MaxOutputDepth]) are capped, with errors wrapping [ErrOutputLimit].
+// Modes are kept without setuid, setgid and sticky bits and less the
+// process's umask; directories stay open to their owner (u+rwx).
+func (r *Response) ExtractOutputs(dir string) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("extract outputs: %w", err)
+		}
+	}()
+	if err := CheckOutputDir(dir); err != nil {
+		return err
+	}
+	umask := processUmask()
+	_, statErr := os.Stat(dir)
+	exists := statErr == nil
+	var tmp string
+	if exists {
+		tmp, err = os.MkdirTemp(dir, ".pe-output-")
+	} else {
+		parent := filepath.Dir(filepath.Clean(dir))
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return err
+		}
+		tmp, err = os.MkdirTemp(parent, "."+filepath.Base(dir)+".pe-output-")
+		if err == nil {
+			err = os.Chmod(tmp, 0o755&^umask)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if len(r.outputs) > 0 {
+		lim := r.lim.withDefaults()
+		o := extractOptions{maxFiles: lim.MaxFiles, maxBytes: lim.MaxOutput, maxDepth: MaxOutputDepth, umask: uint32(umask), ownerDirs: true}
+		if err := extractTar(bytes.NewReader(r.outputs), tmp, o); err != nil {
+			return err
+		}
+	}
+	if !exists {
+		// RENAME_NOREPLACE: a dir made meanwhile is not replaced.
+		if err := renameNoReplace(tmp, dir); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: %s (made during the run)", ErrOutputNotEmpty, dir)
+			}
+			return fmt.Errorf("rename %s to %s: %w", tmp, dir, err)
+		}
+		return nil
+	}
+	return moveUp(tmp, dir)
+}
+
+// moveUp moves the entries of tmp into dir, its parent, never replacing
+// one, and removes tmp. On error, what it moved is removed too.
+func moveUp(tmp, dir string) error {
+	names, err := readDirNames(tmp)
+	if err != nil {
+		return err
+	}
+	var moved []string
+	for _, name := range names {
+		if err := renameNoReplace(filepath.Join(tmp, name), filepath.Join(dir, name)); err != nil {
+			for _, m := range moved {
+				os.RemoveAll(filepath.Join(dir, m))
+			}
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: %s (%s was made during the run)", ErrOutputNotEmpty, dir, name)
+			}
+			return err
+		}
+		moved = append(moved, name)
+	}
+	return os.Remove(tmp)
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// renameNoReplace renames old to new unless new exists (EEXIST).
+func renameNoReplace(old, new string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, old, unix.AT_FDCWD, new, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		// A file system without RENAME_NOREPLACE: check, then rename.
+		if _, lerr := os.Lstat(new); lerr == nil {
+			return unix.EEXIST
+		}
+		err = unix.Rename(old, new)
+	}
+	return err
+}
+
+// processUmask reads the umask from /proc (umask(2) would change it, for
+// every thread, while reading it); 022 if /proc says nothing.
+func processUmask() fs.FileMode {
+	b, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+				if n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+					return fs.FileMode(n) & 0o777
+				}
+			}
+		}
+	}
+	return 0o022
+}
+
 // extractOptions bounds extractTar.
 type extractOptions struct {
+	// maxFiles caps what is created: entries and the directories their
+	// paths imply.
 	maxFiles int
 	maxBytes int64
+	// maxDepth caps path components (0: no cap).
+	maxDepth int
+	// umask is cleared from every mode.
+	umask uint32
+	// ownerDirs keeps directories open to their owner (u+rwx), so that
+	// the user can always remove what pe wrote.
+	ownerDirs bool
 }
 
 // ExtractError names the archive entry that could not be extracted.
@@ -182,7 +351,7 @@ type ExtractError struct {
 	Err  error
 }
 
-func (e *ExtractError) Error() string { return fmt.Sprintf("entry %q: %v", e.Name, e.Err) }
+func (e *ExtractError) Error() string { return fmt.Sprintf("entry %.200q: %v", e.Name, e.Err) }
 func (e *ExtractError) Unwrap() error { return e.Err }
 
 // extractTar unpacks r beneath dir. Every path is resolved with openat2
@@ -202,8 +371,9 @@ func extractTar(r io.Reader, dir string, o extractOptions) error {
 	}
 	var dirs []dirAttr
 	var total int64
+	x := &extractor{root: root, max: o.maxFiles}
 	tr := tar.NewReader(r)
-	for n := 0; ; n++ {
+	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			break
@@ -211,8 +381,10 @@ func extractTar(r io.Reader, dir string, o extractOptions) error {
 		if err != nil {
 			return fmt.Errorf("read archive: %w", err)
 		}
-		if n >= o.maxFiles {
-			return fmt.Errorf("more than %d entries", o.maxFiles)
+		// Every entry counts, even one that creates nothing (a directory
+		// again), so the loop is bounded too.
+		if err := x.count(); err != nil {
+			return err
 		}
 		rel, err := cleanEntryName(hdr.Name)
 		if err != nil {
@@ -224,26 +396,32 @@ func extractTar(r io.Reader, dir string, o extractOptions) error {
 			}
 			return &ExtractError{hdr.Name, errors.New("names the extraction directory itself")}
 		}
-		mode := uint32(hdr.Mode) & 0o777
+		if d := strings.Count(rel, "/") + 1; o.maxDepth > 0 && d > o.maxDepth {
+			return &ExtractError{hdr.Name, fmt.Errorf("%w: %d path components, the limit on depth is %d", ErrOutputLimit, d, o.maxDepth)}
+		}
+		mode := uint32(hdr.Mode) & 0o777 &^ o.umask
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if err := extractDir(root, rel); err != nil {
+			if o.ownerDirs {
+				mode |= 0o700
+			}
+			if err := x.dir(rel); err != nil {
 				return &ExtractError{hdr.Name, err}
 			}
 			dirs = append(dirs, dirAttr{rel, mode, hdr.ModTime})
 		case tar.TypeReg, tar.TypeRegA:
 			if hdr.Size > o.maxBytes-total {
-				return &ExtractError{hdr.Name, fmt.Errorf("%d bytes would pass the %d-byte limit on extracted data", hdr.Size, o.maxBytes)}
+				return &ExtractError{hdr.Name, fmt.Errorf("%w: %d bytes would pass the %d-byte limit on extracted data", ErrOutputLimit, hdr.Size, o.maxBytes)}
 			}
 			total += hdr.Size
-			if err := extractFile(root, rel, tr, hdr.Size, mode, hdr.ModTime); err != nil {
+			if err := x.file(rel, tr, hdr.Size, mode, hdr.ModTime); err != nil {
 				return &ExtractError{hdr.Name, err}
 			}
 		case tar.TypeSymlink:
 			if hdr.Linkname == "" || len(hdr.Linkname) > 4095 || strings.IndexByte(hdr.Linkname, 0) >= 0 {
 				return &ExtractError{hdr.Name, fmt.Errorf("bad symlink target %.100q", hdr.Linkname)}
 			}
-			if err := extractSymlink(root, rel, hdr.Linkname); err != nil {
+			if err := x.symlink(rel, hdr.Linkname); err != nil {
 				return &ExtractError{hdr.Name, err}
 			}
 		default:
@@ -267,6 +445,22 @@ func extractTar(r io.Reader, dir string, o extractOptions) error {
 			return &ExtractError{d.rel, err}
 		}
 	}
+	return nil
+}
+
+// extractor creates entries beneath root, counting what it creates.
+type extractor struct {
+	root int
+	n    int // entries and implied directories so far
+	max  int
+}
+
+// count accounts for one more entry or directory made.
+func (x *extractor) count() error {
+	if x.n >= x.max {
+		return fmt.Errorf("%w: more than %d entries (directories that deeper paths imply count too)", ErrOutputLimit, x.max)
+	}
+	x.n++
 	return nil
 }
 
@@ -304,27 +498,32 @@ func openBeneath(root int, rel string, flags int) (int, error) {
 }
 
 // parentDir opens the directory that will hold rel, creating missing
-// directories on the way (mode 0755), and returns it with rel's last element.
-func parentDir(root int, rel string) (int, string, error) {
+// directories on the way (mode 0755, each counted), and returns it with
+// rel's last element.
+func (x *extractor) parentDir(rel string) (int, string, error) {
 	dir, base := path.Split(rel)
 	dir = strings.TrimSuffix(dir, "/")
 	if dir == "" {
-		fd, err := unix.Dup(root)
+		fd, err := unix.Dup(x.root)
 		return fd, base, err
 	}
-	cur, err := unix.Dup(root)
+	cur, err := unix.Dup(x.root)
 	if err != nil {
 		return -1, "", err
 	}
 	for _, c := range strings.Split(dir, "/") {
-		if err := unix.Mkdirat(cur, c, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
-			unix.Close(cur)
-			return -1, "", err
-		}
 		next, err := openBeneath(cur, c, unix.O_PATH|unix.O_DIRECTORY)
+		if errors.Is(err, unix.ENOENT) {
+			if err = x.count(); err == nil {
+				err = unix.Mkdirat(cur, c, 0o755)
+			}
+			if err == nil {
+				next, err = openBeneath(cur, c, unix.O_PATH|unix.O_DIRECTORY)
+			}
+		}
 		unix.Close(cur)
 		if err != nil {
-			return -1, "", fmt.Errorf("%s: %w", c, err)
+			return -1, "", fmt.Errorf("%.100s: %w", c, err)
 		}
 		cur = next
 	}
@@ -348,8 +547,8 @@ func clearName(dirfd int, name string) error {
 	return unix.Unlinkat(dirfd, name, 0)
 }
 
-func extractDir(root int, rel string) error {
-	pfd, base, err := parentDir(root, rel)
+func (x *extractor) dir(rel string) error {
+	pfd, base, err := x.parentDir(rel)
 	if err != nil {
 		return err
 	}
@@ -369,8 +568,8 @@ func extractDir(root int, rel string) error {
 	return err
 }
 
-func extractFile(root int, rel string, r io.Reader, size int64, mode uint32, mtime time.Time) error {
-	pfd, base, err := parentDir(root, rel)
+func (x *extractor) file(rel string, r io.Reader, size int64, mode uint32, mtime time.Time) error {
+	pfd, base, err := x.parentDir(rel)
 	if err != nil {
 		return err
 	}
@@ -395,8 +594,8 @@ func extractFile(root int, rel string, r io.Reader, size int64, mode uint32, mti
 	return setTimes(fd, mtime)
 }
 
-func extractSymlink(root int, rel, target string) error {
-	pfd, base, err := parentDir(root, rel)
+func (x *extractor) symlink(rel, target string) error {
+	pfd, base, err := x.parentDir(rel)
 	if err != nil {
 		return err
 	}

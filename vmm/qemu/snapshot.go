@@ -194,7 +194,7 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 			if err := q.WaitMigration(ctx); err != nil {
 				return fmt.Errorf("loading the device state: %w", exitReason(ctx, l.Machine, err))
 			}
-			return nil
+			return resizeDisks(ctx, q, l.Config.Disks)
 		}},
 		vmm.Step{Name: StepResumeName, Fn: func(ctx context.Context, l *vmm.Launch) error {
 			_, err := q.Execute(ctx, "cont", nil)
@@ -213,6 +213,29 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 		return nil, err
 	}
 	return m, nil
+}
+
+// resizeDisks tells a restored guest the size of each of its writable
+// disks, which may be other files than the snapshot's, of other sizes: its
+// kernel kept the sizes it saw before the snapshot. block_resize to the
+// file's own size changes no file, and raises a virtio config change, on
+// which the guest kernel reads the capacity again. (QEMU refuses requests
+// past the end of a file anyway; told, the guest refuses them itself, and
+// no failed write-back spoils its later writes.)
+func resizeDisks(ctx context.Context, q *QMP, disks []vmm.Disk) error {
+	for i, d := range disks {
+		if d.ReadOnly {
+			continue
+		}
+		fi, err := os.Stat(d.Path)
+		if err != nil {
+			return err
+		}
+		if _, err := q.Execute(ctx, "block_resize", map[string]any{"device": "disk" + strconv.Itoa(i), "size": fi.Size()}); err != nil {
+			return fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+	}
+	return nil
 }
 
 // Version implements vmm.Snapshotter: QEMU's version ("7.2.22").

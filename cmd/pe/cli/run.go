@@ -146,7 +146,7 @@ raises GitHub's rate limit.`,
 	fs.BoolVarP(&f.interactive, "interactive", "i", false, "give pe's standard input to the program (read whole before the VM starts)")
 	fs.StringVar(&f.stdinFile, "stdin", "", "give this file to the program as standard input")
 	fs.StringVar(&f.inputDir, "input", "", "copy this directory to /run/pe/input in the VM (modes and symlinks kept)")
-	fs.StringVar(&f.outputDir, "output", "", "copy /run/pe/output from the VM into this directory afterwards")
+	fs.StringVar(&f.outputDir, "output", "", "copy /run/pe/output from the VM into this directory afterwards (a new or empty one: pe never changes what is there)")
 	fs.DurationVar(&f.timeout, "timeout", engine.DefaultTimeout, "the program's time limit")
 	fs.StringVar(&f.memory, "memory", "512M", "the VM's memory")
 	fs.IntVar(&f.cpus, "cpus", 1, "the VM's vCPUs")
