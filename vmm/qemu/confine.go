@@ -234,6 +234,53 @@ func sealedCopy(name string, src *os.File) (*os.File, error) {
 	return dst, nil
 }
 
+// startSealedCopy is sealedCopy in the background: the memfd it returns
+// has its final size at once, so QEMU can map it while the data is still
+// being copied; wait returns once the copy is done and sealed (or failed),
+// and must be called before the guest or QEMU reads the memory. It takes
+// src over.
+func startSealedCopy(name string, src *os.File) (*os.File, func() error, error) {
+	fi, err := src.Stat()
+	if err != nil {
+		src.Close()
+		return nil, nil, err
+	}
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		src.Close()
+		return nil, nil, fmt.Errorf("memfd: %w", err)
+	}
+	dst := os.NewFile(uintptr(fd), name)
+	if err := dst.Truncate(fi.Size()); err != nil {
+		src.Close()
+		dst.Close()
+		return nil, nil, err
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer src.Close()
+		if err := copySparse(dst, src, fi.Size()); err != nil {
+			done <- err
+			return
+		}
+		seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+		if _, err := unix.FcntlInt(dst.Fd(), unix.F_ADD_SEALS, seals); err != nil {
+			done <- fmt.Errorf("sealing the memfd: %w", err)
+			return
+		}
+		done <- nil
+	}()
+	var result error
+	waited := false
+	wait := func() error {
+		if !waited {
+			result, waited = <-done, true
+		}
+		return result
+	}
+	return dst, wait, nil
+}
+
 // copySparse makes dst a copy of the first size bytes of src, writing only
 // the pages of src's data extents that are not all zeros.
 func copySparse(dst, src *os.File, size int64) error {

@@ -219,10 +219,11 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 	}
 	defer pr.Close() // QEMU has its own copy once started
 	var (
-		conn    *net.UnixConn
-		theirs  *os.File
-		stateFD int
-		q       *QMP
+		conn      *net.UnixConn
+		theirs    *os.File
+		stateFD   int
+		q         *QMP
+		memCopied func() error
 	)
 	defer func() {
 		if q != nil {
@@ -251,12 +252,15 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 			if err != nil {
 				return fmt.Errorf("snapshot: %w", err)
 			}
-			cp, err := sealedCopy("pe-mem", src)
-			src.Close()
+			// The copy runs while QEMU starts; the incoming step waits
+			// for it before QEMU reads the memory.
+			cp, wait, err := startSealedCopy("pe-mem", src)
 			if err != nil {
 				return fmt.Errorf("snapshot memory: %w", err)
 			}
 			mem = procFD(t.add(cp))
+			memCopied = wait
+			l.OnCleanup(func() { wait() }) // before cp is closed
 		}
 		l.Args = append(b.prefix(), snapshotArgs(argsWith(l.Config, b.tsc(), a), l.Config, mem, false, qfd, true)...)
 		return nil
@@ -269,6 +273,13 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 			}
 			if _, err := q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 				return err
+			}
+			// Loading the device state reads guest memory (virtio
+			// rings): the copy must be complete and sealed.
+			if memCopied != nil {
+				if err := memCopied(); err != nil {
+					return fmt.Errorf("snapshot memory: %w", err)
+				}
 			}
 			if _, err := q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(stateFD)}); err != nil {
 				return err
