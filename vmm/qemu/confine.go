@@ -68,7 +68,7 @@ func confineOff() bool {
 // Confinement returns what confines this backend's QEMU processes.
 func (b *Backend) Confinement() Confinement {
 	if b.NoConfine {
-		return Confinement{Reason: "turned off (" + ConfineEnv + "=0)"}
+		return Confinement{Reason: "turned off by " + ConfineEnv + "=0"}
 	}
 	if err := jail.Available(); err != nil {
 		return Confinement{Sandbox: true, Reason: err.Error()}
