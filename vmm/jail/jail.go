@@ -65,6 +65,11 @@ type Spec struct {
 	UID    int   `json:"uid"`
 	GID    int   `json:"gid"`
 	Groups []int `json:"groups,omitempty"`
+	// UserNS runs the VMM in a new user namespace too, where pe's user is
+	// root (mapped to itself outside): how unprivileged pe gets the other
+	// namespaces. The VMM then keeps pe's user but loses every capability
+	// before it starts (UID and GID must be 0).
+	UserNS bool `json:"userns,omitempty"`
 	// AliveFD is the read end of a pipe whose write end pe holds while the
 	// VMM runs: the trampoline gives up when it reads end-of-file, since
 	// pe died before the parent-death signal was armed again after the
@@ -72,12 +77,46 @@ type Spec struct {
 	AliveFD int `json:"alive_fd"`
 }
 
-// Available reports whether pe can confine a VMM fully here (namespaces,
-// private root, another user): it needs root. When it cannot, callers fall
-// back to what works unprivileged and say so.
-func Available() error {
-	if os.Geteuid() != 0 {
-		return errors.New("pe is not root: QEMU runs as pe's user, in the host's namespaces, with only its seccomp sandbox")
+// Level is how far pe can confine a VMM here.
+type Level int
+
+// Levels of confinement.
+const (
+	// LevelNone: no namespaces (the VMM's own sandbox only).
+	LevelNone Level = iota
+	// LevelUserNS: the namespaces and private root, inside a user
+	// namespace, as pe's user without capabilities (pe is not root).
+	LevelUserNS
+	// LevelFull: the namespaces, private root and another user (pe is
+	// root).
+	LevelFull
+)
+
+// Available says how far pe can confine a VMM here, and why not further:
+// fully as root; else in a user namespace where the kernel lets
+// unprivileged users make one; else not at all.
+func Available() (Level, string) {
+	if os.Geteuid() == 0 {
+		return LevelFull, ""
+	}
+	if err := userNSAllowed(); err != nil {
+		return LevelNone, "pe is not root and " + err.Error()
+	}
+	return LevelUserNS, "pe is not root: QEMU keeps pe's user, in a user namespace"
+}
+
+// userNSAllowed checks the sysctls that stop unprivileged users from
+// making user namespaces (Debian's, the upstream limit, Ubuntu's
+// AppArmor restriction).
+func userNSAllowed() error {
+	for _, c := range []struct{ path, bad, what string }{
+		{"/proc/sys/kernel/unprivileged_userns_clone", "0", "unprivileged user namespaces are off (kernel.unprivileged_userns_clone=0)"},
+		{"/proc/sys/user/max_user_namespaces", "0", "user namespaces are off (user.max_user_namespaces=0)"},
+		{"/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "AppArmor restricts unprivileged user namespaces"},
+	} {
+		if b, err := os.ReadFile(c.path); err == nil && strings.TrimSpace(string(b)) == c.bad {
+			return errors.New(c.what)
+		}
 	}
 	return nil
 }
@@ -100,6 +139,14 @@ func Command(s *Spec) (*exec.Cmd, error) {
 			Pdeathsig:  syscall.SIGKILL,
 			Cloneflags: Cloneflags,
 		},
+	}
+	if s.UserNS {
+		if s.UID != 0 || s.GID != 0 {
+			return nil, errors.New("jail spec: a user namespace keeps pe's user (uid and gid 0 inside)")
+		}
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}}
 	}
 	return cmd, nil
 }

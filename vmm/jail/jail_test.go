@@ -56,8 +56,8 @@ func TestBinaryDir(t *testing.T) {
 // TestTrampoline runs a shell through the trampoline (this test binary
 // re-executed) and looks at its world from inside.
 func TestTrampoline(t *testing.T) {
-	if err := Available(); err != nil {
-		t.Skip(err)
+	if level, why := Available(); level != LevelFull {
+		t.Skip(why)
 	}
 	sh, err := exec.LookPath("sh")
 	if err != nil {
@@ -98,8 +98,8 @@ func TestTrampoline(t *testing.T) {
 }
 
 func TestTrampolineGivesUpWhenPeIsGone(t *testing.T) {
-	if err := Available(); err != nil {
-		t.Skip(err)
+	if level, why := Available(); level != LevelFull {
+		t.Skip(why)
 	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -115,5 +115,56 @@ func TestTrampolineGivesUpWhenPeIsGone(t *testing.T) {
 	pr.Close()
 	if err == nil || !strings.Contains(string(out), "pe is gone") {
 		t.Errorf("trampoline: %v, %q; want it to give up", err, out)
+	}
+}
+
+// TestTrampolineUserNS runs the trampoline in a user namespace whose root
+// is nobody outside, as for unprivileged pe, and checks from inside that
+// the shell it starts has no capability left and its own root.
+func TestTrampolineUserNS(t *testing.T) {
+	if level, why := Available(); level != LevelFull {
+		t.Skip(why) // root plays the unprivileged user's part below
+	}
+	const nobody = 65534
+	// The mount point must be reachable by nobody, as pe's own work
+	// directory is by pe's user.
+	base, err := os.MkdirTemp("", "pe-jail-userns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+	root := filepath.Join(base, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(base, 0o755)
+	os.Chown(root, nobody, nobody)
+	cmd, err := Command(&Spec{Binary: "/bin/sh", Args: []string{"-c", `id -u; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status; ls /; echo $$`}, Root: root, Devices: Devices(false), UserNS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr.UidMappings[0].HostID = nobody
+	cmd.SysProcAttr.GidMappings[0].HostID = nobody
+	// Root's child keeps root's IDs, unmapped in the namespace, until it
+	// becomes the namespace's root; an unprivileged user's child is
+	// that already.
+	cmd.SysProcAttr.Credential = &syscall.Credential{NoSetGroups: true}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var top []string
+	for _, p := range []string{"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "usr"} {
+		if _, err := os.Lstat("/" + p); err == nil || p == "dev" || p == "proc" || p == "etc" {
+			top = append(top, p)
+		}
+	}
+	want := append([]string{"0", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"}, top...)
+	want = append(want, "1")
+	if diff := cmp.Diff(want, strings.Split(strings.TrimSpace(string(out)), "\n")); diff != "" {
+		t.Errorf("inside the jail (-want +got):\n%s", diff)
+	}
+	if _, err := Command(&Spec{Binary: "/bin/true", UserNS: true, UID: UID}); err == nil {
+		t.Error("a user namespace with another uid: no error")
 	}
 }

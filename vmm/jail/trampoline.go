@@ -45,6 +45,11 @@ func trampoline() error {
 	if err := dropPrivileges(&s); err != nil {
 		return err
 	}
+	if s.UserNS {
+		if err := dropCapabilities(); err != nil {
+			return err
+		}
+	}
 	// Changing user cleared the parent-death signal: arm it again, then
 	// make sure pe did not die in between.
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
@@ -115,6 +120,20 @@ func privateRoot(s *Spec) error {
 			return err
 		}
 	}
+	// /proc is mounted before the host's root goes: in a user namespace
+	// the kernel allows a new proc mount only while a full one is
+	// visible. subset=pid leaves out /proc/sys and the other system-wide
+	// files; kernels before 5.8 do not know it.
+	proc := filepath.Join(root, "proc")
+	if err := os.Mkdir(proc, 0o555); err != nil {
+		return err
+	}
+	const procFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if err := unix.Mount("proc", proc, "proc", procFlags, "subset=pid"); err != nil {
+		if err := unix.Mount("proc", proc, "proc", procFlags, ""); err != nil {
+			return fmt.Errorf("mounting /proc: %w", err)
+		}
+	}
 	old := filepath.Join(root, ".old")
 	if err := os.Mkdir(old, 0o700); err != nil {
 		return fmt.Errorf("private root: %w", err)
@@ -130,17 +149,6 @@ func privateRoot(s *Spec) error {
 	}
 	if err := os.Remove("/.old"); err != nil {
 		return err
-	}
-	if err := os.Mkdir("/proc", 0o555); err != nil {
-		return err
-	}
-	// subset=pid leaves out /proc/sys and the other system-wide files;
-	// kernels before 5.8 do not know it.
-	const procFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
-	if err := unix.Mount("proc", "/proc", "proc", procFlags, "subset=pid"); err != nil {
-		if err := unix.Mount("proc", "/proc", "proc", procFlags, ""); err != nil {
-			return fmt.Errorf("mounting /proc: %w", err)
-		}
 	}
 	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID, ""); err != nil {
 		return fmt.Errorf("making the private root read-only: %w", err)
@@ -177,8 +185,42 @@ func bind(src, dst string, ro bool) error {
 	if ro {
 		flags |= unix.MS_RDONLY | unix.MS_NODEV
 	}
+	// Keep the flags the source mount has: in a user namespace they are
+	// locked, and a remount that drops one fails. (The ST_ flags have the
+	// MS_ flags' values.)
+	var st unix.Statfs_t
+	if err := unix.Statfs(dst, &st); err == nil {
+		keep := int64(unix.ST_RDONLY | unix.ST_NOSUID | unix.ST_NODEV | unix.ST_NOEXEC | unix.ST_NOATIME | unix.ST_NODIRATIME | unix.ST_RELATIME)
+		flags |= uintptr(st.Flags & keep)
+	}
 	if err := unix.Mount("", dst, "", flags, ""); err != nil {
 		return fmt.Errorf("binding %s read-only: %w", src, err)
+	}
+	return nil
+}
+
+// Securebits (linux/securebits.h) that stop uid 0 from regaining
+// capabilities at execve, and ambient capabilities from being raised,
+// for good.
+const (
+	secbitNoRoot                = 1 << 0
+	secbitNoRootLocked          = 1 << 1
+	secbitNoCapAmbientRaise     = 1 << 6
+	secbitNoCapAmbientRaiseLock = 1 << 7
+)
+
+// dropCapabilities makes the user namespace's root an ordinary user for
+// what it executes: the VMM starts with no capability, even in the
+// namespace.
+func dropCapabilities() error {
+	bits := secbitNoRoot | secbitNoRootLocked | secbitNoCapAmbientRaise | secbitNoCapAmbientRaiseLock
+	if err := unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(bits), 0, 0, 0); err != nil {
+		return fmt.Errorf("securebits: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("dropping capabilities: %w", err)
 	}
 	return nil
 }

@@ -35,6 +35,9 @@ type Confinement struct {
 	// IPC and UTS namespaces, a private root, user jail.UID, files passed
 	// as descriptors. It needs pe to run as root.
 	Jail bool
+	// UserNS says the jail is in a user namespace, as pe's user without
+	// capabilities, instead of as jail.UID (pe is not root).
+	UserNS bool
 	// Reason says why something is off, "" when everything is on.
 	Reason string
 }
@@ -43,6 +46,8 @@ type Confinement struct {
 func (c Confinement) String() string {
 	var s string
 	switch {
+	case c.Jail && c.UserNS:
+		s = "seccomp sandbox, own user/mount/PID/network/IPC/UTS namespaces, private root, no capabilities"
 	case c.Jail && c.Sandbox:
 		s = fmt.Sprintf("seccomp sandbox, own mount/PID/network/IPC/UTS namespaces, private root, uid %d", jail.UID)
 	case c.Sandbox:
@@ -70,10 +75,14 @@ func (b *Backend) Confinement() Confinement {
 	if b.NoConfine {
 		return Confinement{Reason: "turned off by " + ConfineEnv + "=0"}
 	}
-	if err := jail.Available(); err != nil {
-		return Confinement{Sandbox: true, Reason: err.Error()}
+	switch level, why := jail.Available(); level {
+	case jail.LevelFull:
+		return Confinement{Sandbox: true, Jail: true}
+	case jail.LevelUserNS:
+		return Confinement{Sandbox: true, Jail: true, UserNS: true, Reason: why}
+	default:
+		return Confinement{Sandbox: true, Reason: why}
 	}
-	return Confinement{Sandbox: true, Jail: true}
 }
 
 // access says how QEMU reaches the files of a machine: the paths or
@@ -178,13 +187,17 @@ func fdAccess(cfg *vmm.Config, t fdTable) (access, error) {
 
 // jailSpec returns the jail for a machine of cfg, its mount point a new
 // directory in the work directory (removed with the machine).
-func jailSpec(l *vmm.Launch) (*jail.Spec, error) {
+func jailSpec(l *vmm.Launch, userNS bool) (*jail.Spec, error) {
 	root, err := os.MkdirTemp(l.WorkDir, "root-")
 	if err != nil {
 		return nil, fmt.Errorf("jail root: %w", err)
 	}
 	l.OnCleanup(func() { os.RemoveAll(root) })
 	devices := jail.Devices(l.Config.Accel == vmm.AccelKVM)
+	if userNS {
+		// pe's own user and groups: /dev/kvm works if pe could open it.
+		return &jail.Spec{Root: root, Devices: devices, UserNS: true}, nil
+	}
 	return &jail.Spec{Root: root, Devices: devices, UID: jail.UID, GID: jail.GID, Groups: jail.DeviceGroups(devices)}, nil
 }
 

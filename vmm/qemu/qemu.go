@@ -164,7 +164,7 @@ func (b *Backend) confine(l *vmm.Launch) (access, error) {
 	if !c.Jail {
 		return pathAccess(l.Config), nil
 	}
-	spec, err := jailSpec(l)
+	spec, err := jailSpec(l, c.UserNS)
 	if err != nil {
 		return access{}, err
 	}
