@@ -95,17 +95,20 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 	memPath := filepath.Join(dir, vmm.SnapshotMemFile)
 	statePath := filepath.Join(dir, vmm.SnapshotStateFile)
 	var (
-		conn    *net.UnixConn
-		theirs  *os.File
-		reclaim bool
+		conn   *net.UnixConn
+		theirs *os.File
+		// made: pe made the memory file; lent: to QEMU's user.
+		made, lent bool
 	)
 	defer func() {
 		// Runs after the Kill below: QEMU is gone.
-		if reclaim {
+		if lent {
 			if cerr := os.Chown(memPath, os.Geteuid(), os.Getegid()); cerr != nil && err == nil {
 				err = fmt.Errorf("taking the memory file back: %w", cerr)
 			}
-			os.Chmod(memPath, 0o644)
+		}
+		if made {
+			os.Chmod(memPath, 0o644) // as QEMU makes it, unconfined
 		}
 	}()
 	steps := b.stepsWith(vmm.Step{Name: StepSnapshotArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
@@ -125,8 +128,9 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 			if err != nil {
 				return fmt.Errorf("snapshot memory: %w", err)
 			}
+			made = true
 			if l.Jail.UID != 0 {
-				reclaim = true
+				lent = true
 				if err := f.Chown(l.Jail.UID, l.Jail.GID); err != nil {
 					f.Close()
 					return fmt.Errorf("snapshot memory: %w", err)
