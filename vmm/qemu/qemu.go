@@ -4,7 +4,14 @@
 //
 // The guest console is the machine's 8250 serial port (ttyS0), wired to
 // QEMU's standard output, which the machine keeps. QEMU exits when the
-// guest powers off or reboots (-no-reboot), so no QMP monitor is needed.
+// guest powers off or reboots (-no-reboot), so no QMP monitor is needed
+// (snapshots use one, on an inherited socket).
+//
+// QEMU runs confined unless PE_QEMU_CONFINE=0 (see Confinement and
+// docs/security.md): its seccomp sandbox always; when pe is root, or can
+// make a user namespace, also the vmm/jail trampoline (own namespaces, a
+// private root, another user or no capabilities), with every file of the
+// machine passed as an inherited descriptor.
 package qemu
 
 import (
