@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pe-project/pe/vmm/jail"
 )
 
 // stderrKept is how much of a VMM's standard error a Process keeps.
@@ -56,7 +59,10 @@ func StartProcess(l *Launch) (*Process, error) {
 		consoleFile: l.ConsoleFile,
 		done:        make(chan struct{}),
 	}
-	cmd := exec.Command(l.Binary, l.Args...)
+	cmd, alive, err := command(l)
+	if err != nil {
+		return nil, err
+	}
 	var out io.Writer = p.console
 	if l.Config != nil && l.Config.Console != nil {
 		out = io.MultiWriter(p.console, &forgiving{w: l.Config.Console})
@@ -66,20 +72,56 @@ func StartProcess(l *Launch) (*Process, error) {
 	}
 	cmd.Stderr = p.stderr
 	cmd.Stdin = l.Stdin
-	cmd.ExtraFiles = l.ExtraFiles
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A VMM's children (none expected) must not keep Wait waiting for the
 	// output pipes once the VMM itself is gone.
 	cmd.WaitDelay = 2 * time.Second
 	p.cmd = cmd
 	p.start = time.Now()
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	if alive != nil {
+		// The trampoline holds the read end now; pe keeps the write end
+		// open until the VMM has exited.
+		cmd.ExtraFiles[len(cmd.ExtraFiles)-1].Close()
+		if err != nil {
+			alive.Close()
+		} else {
+			l.OnCleanup(func() { alive.Close() })
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	p.cleanups = l.takeCleanups()
 	go p.wait(out)
 	l.Log.Debug("vmm started", "vmm", l.VMM, "pid", cmd.Process.Pid, "args", l.Args)
 	return p, nil
+}
+
+// command returns the command running the VMM: directly, or through the
+// jail's trampoline when l.Jail is set, with the write end of the pipe
+// that tells the trampoline pe is alive.
+func command(l *Launch) (*exec.Cmd, *os.File, error) {
+	if l.Jail == nil {
+		cmd := exec.Command(l.Binary, l.Args...)
+		cmd.ExtraFiles = l.ExtraFiles
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		return cmd, nil, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	s := *l.Jail
+	s.Binary, s.Args = l.Binary, l.Args
+	s.AliveFD = 3 + len(l.ExtraFiles)
+	cmd, err := jail.Command(&s)
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return nil, nil, err
+	}
+	cmd.ExtraFiles = append(slices.Clip(l.ExtraFiles), pr)
+	return cmd, pw, nil
 }
 
 // wait reaps the process, keeps the end of a console file and runs the

@@ -68,6 +68,12 @@ func BootImage(k *Kernel, cacheDir string) (string, error) {
 		return k.Vmlinuz, err
 	}
 	_, werr := tmp.Write(elfImage)
+	if werr == nil {
+		// Readable by all, like the kernel it comes from: a confined
+		// QEMU, running as another user, opens it again by its
+		// descriptor's /proc link, which checks the mode.
+		werr = tmp.Chmod(0o644)
+	}
 	cerr := tmp.Close()
 	if werr == nil {
 		werr = cerr

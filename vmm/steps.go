@@ -8,6 +8,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/pe-project/pe/vmm/jail"
 )
 
 // Launch is the state a [Steps] chain builds up while starting one machine.
@@ -32,6 +34,9 @@ type Launch struct {
 	// ExtraFiles are open files the VMM inherits as descriptors 3, 4 and
 	// so on.
 	ExtraFiles []*os.File
+	// Jail, when set, confines the VMM (see package jail): StartProcess
+	// runs it through the trampoline, with Binary and Args copied into it.
+	Jail *jail.Spec
 	// Machine is set by the step that starts the VMM.
 	Machine Machine
 	// Log receives debug messages.

@@ -4,7 +4,14 @@
 //
 // The guest console is the machine's 8250 serial port (ttyS0), wired to
 // QEMU's standard output, which the machine keeps. QEMU exits when the
-// guest powers off or reboots (-no-reboot), so no QMP monitor is needed.
+// guest powers off or reboots (-no-reboot), so no QMP monitor is needed
+// (snapshots use one, on an inherited socket).
+//
+// QEMU runs confined unless PE_QEMU_CONFINE=0 (see Confinement and
+// docs/security.md): its seccomp sandbox always; when pe is root, or can
+// make a user namespace, also the vmm/jail trampoline (own namespaces, a
+// private root, another user or no capabilities), with every file of the
+// machine passed as an inherited descriptor.
 package qemu
 
 import (
@@ -41,16 +48,20 @@ type Backend struct {
 	// TSCKHz returns the host TSC frequency given to TCG guests; nil means
 	// vmm.HostTSCKHz.
 	TSCKHz func() int64
+	// NoConfine runs QEMU as pe's user, in pe's namespaces, without its
+	// seccomp sandbox: a debugging aid (see Confinement).
+	NoConfine bool
 }
 
-// New returns a QEMU backend using binary ("" for DefaultBinary from PATH).
-func New(binary string) *Backend { return &Backend{Binary: binary} }
+// New returns a QEMU backend using binary ("" for DefaultBinary from
+// PATH), confined unless the environment variable ConfineEnv says 0.
+func New(binary string) *Backend { return &Backend{Binary: binary, NoConfine: confineOff()} }
 
 // Name implements vmm.Backend.
 func (b *Backend) Name() string { return Name }
 
-// DefaultSteps is the start-up chain: check the config, find QEMU, build
-// its arguments, start it.
+// DefaultSteps is the start-up chain: check the config, find QEMU, make
+// the work directory, build its arguments (and its confinement), start it.
 func (b *Backend) DefaultSteps() vmm.Steps {
 	return vmm.Steps{
 		vmm.StepValidate,
@@ -62,12 +73,13 @@ func (b *Backend) DefaultSteps() vmm.Steps {
 			l.Binary = path
 			return nil
 		}},
+		vmm.StepWorkDir,
 		{Name: StepArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-			tsc := vmm.HostTSCKHz
-			if b.TSCKHz != nil {
-				tsc = b.TSCKHz
+			a, err := b.confine(l)
+			if err != nil {
+				return err
 			}
-			l.Args = Args(l.Config, tsc())
+			l.Args = append(b.prefix(), argsWith(l.Config, b.tsc(), a)...)
 			return nil
 		}},
 		vmm.StepStartProcess,
@@ -147,6 +159,37 @@ func Cmdline(cfg *vmm.Config, tscKHz int64) string {
 // virtio-blk-device. Read-write disks use cache=unsafe: the guest's flushes
 // are skipped, since the file is only read once QEMU has exited.
 func Args(cfg *vmm.Config, tscKHz int64) []string {
+	return argsWith(cfg, tscKHz, pathAccess(cfg))
+}
+
+// confine prepares the confinement of l's QEMU (b.Confinement): with the
+// jail, the files go as descriptors and l.Jail is set; otherwise QEMU gets
+// host paths.
+func (b *Backend) confine(l *vmm.Launch) (access, error) {
+	c := b.Confinement()
+	l.Log.Debug("qemu confinement", "confinement", c.String())
+	if !c.Jail {
+		return pathAccess(l.Config), nil
+	}
+	spec, err := jailSpec(l, c.UserNS)
+	if err != nil {
+		return access{}, err
+	}
+	l.Jail = spec
+	return fdAccess(l.Config, fdTable{l})
+}
+
+// prefix returns the arguments that come before the machine's: the
+// sandbox, when on.
+func (b *Backend) prefix() []string {
+	if b.Confinement().Sandbox {
+		return []string{"-sandbox", SandboxOptions}
+	}
+	return nil
+}
+
+// argsWith returns QEMU's arguments for cfg reaching its files as a says.
+func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 	accel, cpu := "tcg", "max"
 	if cfg.Accel == vmm.AccelKVM {
 		accel, cpu = "kvm", "host"
@@ -158,10 +201,11 @@ func Args(cfg *vmm.Config, tscKHz int64) []string {
 		"-smp", strconv.Itoa(cfg.CPUs),
 		"-m", strconv.Itoa(cfg.MemoryMiB) + "M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-kernel", cfg.Kernel,
 	}
-	if cfg.Initramfs != "" {
-		args = append(args, "-initrd", cfg.Initramfs)
+	args = append(args, a.addFD...)
+	args = append(args, "-kernel", a.kernel)
+	if a.initramfs != "" {
+		args = append(args, "-initrd", a.initramfs)
 	}
 	args = append(args,
 		"-append", Cmdline(cfg, tscKHz),
@@ -170,7 +214,7 @@ func Args(cfg *vmm.Config, tscKHz int64) []string {
 	)
 	for i, d := range cfg.Disks {
 		id := "disk" + strconv.Itoa(i)
-		drive := "id=" + id + ",file=" + escape(d.Path) + ",format=raw,if=none"
+		drive := "id=" + id + ",file=" + escape(a.disks[i]) + ",format=raw,if=none"
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		} else {

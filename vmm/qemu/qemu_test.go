@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +99,7 @@ func TestStepsCanBeEdited(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "record") {
 		t.Fatalf("Start: %v", err)
 	}
-	if len(seen) == 0 || seen[0] != "-M" {
+	if !slices.Contains(seen, "-M") {
 		t.Errorf("the args step did not run before the replaced one: %q", seen)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -47,6 +49,13 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+	return NewQMP(ctx, conn)
+}
+
+// NewQMP starts a QMP session on conn, a connection to QEMU's monitor:
+// it reads the greeting and enters command mode. It closes conn when it
+// fails.
+func NewQMP(ctx context.Context, conn net.Conn) (*QMP, error) {
 	q := &QMP{conn: conn, r: bufio.NewReader(conn)}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -83,6 +92,19 @@ func (q *QMP) read(m *qmpMessage) error {
 // Execute runs a QMP command with arguments (nil for none) and returns its
 // "return" value; a QMP error is returned as an error naming the command.
 func (q *QMP) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	return q.execute(ctx, command, args, nil)
+}
+
+// SendFile hands f to QEMU under name (QMP getfd, the descriptor passed
+// with SCM_RIGHTS): commands then refer to it as "fd:name". The
+// connection must be a Unix socket.
+func (q *QMP) SendFile(ctx context.Context, name string, f *os.File) error {
+	_, err := q.execute(ctx, "getfd", map[string]any{"fdname": name}, f)
+	return err
+}
+
+// execute runs a command, sending f's descriptor with it when f is set.
+func (q *QMP) execute(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { q.conn.SetDeadline(time.Unix(1, 0)) })
@@ -95,7 +117,17 @@ func (q *QMP) Execute(ctx context.Context, command string, args any) (json.RawMe
 	if err != nil {
 		return nil, err
 	}
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	b = append(b, '\n')
+	if f != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("QMP %s: passing a file needs a Unix socket", command)
+		}
+		_, _, err = uc.WriteMsgUnix(b, syscall.UnixRights(int(f.Fd())), nil)
+	} else {
+		_, err = q.conn.Write(b)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("QMP %s: %w", command, ctxErr(ctx, err))
 	}
 	for {

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pe-project/pe/vmm"
@@ -33,17 +35,20 @@ const (
 	StepWakeName         = "qemu.Wake"
 )
 
-// qmpSocketName is the QMP socket in the work directory.
-const qmpSocketName = "qmp.sock"
-
 // memObjectID names the memory backend object.
 const memObjectID = "pe-mem"
 
-// SnapshotArgs returns QEMU's arguments for a VM whose RAM is the file
-// memPath, shared (written through, share=on) or private (copy-on-write),
-// with a QMP monitor on qmpSocket; incoming adds -S and -incoming defer.
-func SnapshotArgs(cfg *vmm.Config, tscKHz int64, memPath string, share bool, qmpSocket string, incoming bool) []string {
-	args := Args(cfg, tscKHz)
+// SnapshotArgs returns QEMU's arguments, unconfined, for a VM whose RAM is
+// the file memPath, shared (written through, share=on) or private
+// (copy-on-write), with a QMP monitor on the inherited socket qmpFD;
+// incoming adds -S and -incoming defer.
+func SnapshotArgs(cfg *vmm.Config, tscKHz int64, memPath string, share bool, qmpFD int, incoming bool) []string {
+	return snapshotArgs(Args(cfg, tscKHz), cfg, memPath, share, qmpFD, incoming)
+}
+
+// snapshotArgs adds to a machine's arguments args its RAM in memPath and
+// the QMP monitor.
+func snapshotArgs(args []string, cfg *vmm.Config, memPath string, share bool, qmpFD int, incoming bool) []string {
 	for i := range args {
 		if i > 0 && args[i-1] == "-M" {
 			args[i] += ",memory-backend=" + memObjectID
@@ -55,16 +60,16 @@ func SnapshotArgs(cfg *vmm.Config, tscKHz int64, memPath string, share bool, qmp
 	}
 	args = append(args,
 		"-object", "memory-backend-file,id="+memObjectID+",size="+strconv.Itoa(cfg.MemoryMiB)+"M,mem-path="+escape(memPath)+",share="+shareOpt,
-		"-qmp", "unix:"+escape(qmpSocket)+",server=on,wait=off",
+		// A connected socket QEMU inherits: no socket file to create,
+		// nothing for a confined QEMU to see.
+		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(qmpFD)+",server=off",
+		"-mon", "chardev=qmp,mode=control",
 	)
 	if incoming {
 		args = append(args, "-S", "-incoming", "defer")
 	}
 	return args
 }
-
-// shellQuote quotes s for /bin/sh, which runs QEMU's exec: migrations.
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // ignoreShared is the migration capability that leaves shared RAM out of
 // the stream.
@@ -73,6 +78,12 @@ var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability"
 // SaveSnapshot implements vmm.Snapshotter: it boots cfg with its RAM in
 // dir/mem, waits for ready on the console, stops the VM, migrates its
 // device state into dir/state and kills it.
+//
+// The device state goes to a descriptor pe passes over QMP (getfd): an
+// exec: migration would need a shell, which the sandbox forbids. A
+// confined QEMU maps dir/mem through a descriptor too, and owns the file
+// while it saves (it opens it again, for writing, as its own user); pe
+// takes it back afterwards.
 func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string, ready []byte) (err error) {
 	c := cfg.WithDefaults()
 	marker := vmm.NewMarkerWriter(ready)
@@ -83,10 +94,51 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 	}
 	memPath := filepath.Join(dir, vmm.SnapshotMemFile)
 	statePath := filepath.Join(dir, vmm.SnapshotStateFile)
-	var qmpPath string
+	var (
+		conn   *net.UnixConn
+		theirs *os.File
+		// made: pe made the memory file; lent: to QEMU's user.
+		made, lent bool
+	)
+	defer func() {
+		// Runs after the Kill below: QEMU is gone.
+		if lent {
+			if cerr := os.Chown(memPath, os.Geteuid(), os.Getegid()); cerr != nil && err == nil {
+				err = fmt.Errorf("taking the memory file back: %w", cerr)
+			}
+		}
+		if made {
+			os.Chmod(memPath, 0o644) // as QEMU makes it, unconfined
+		}
+	}()
 	steps := b.stepsWith(vmm.Step{Name: StepSnapshotArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-		qmpPath = filepath.Join(l.WorkDir, qmpSocketName)
-		l.Args = SnapshotArgs(l.Config, b.tsc(), memPath, true, qmpPath, false)
+		a, err := b.confine(l)
+		if err != nil {
+			return err
+		}
+		t := fdTable{l}
+		qfd, qc, th, err := qmpPair(t)
+		if err != nil {
+			return err
+		}
+		conn, theirs = qc, th
+		mem := memPath
+		if l.Jail != nil {
+			f, err := os.OpenFile(memPath, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
+			if err != nil {
+				return fmt.Errorf("snapshot memory: %w", err)
+			}
+			made = true
+			if l.Jail.UID != 0 {
+				lent = true
+				if err := f.Chown(l.Jail.UID, l.Jail.GID); err != nil {
+					f.Close()
+					return fmt.Errorf("snapshot memory: %w", err)
+				}
+			}
+			mem = procFD(t.add(f))
+		}
+		l.Args = append(b.prefix(), snapshotArgs(argsWith(l.Config, b.tsc(), a), l.Config, mem, true, qfd, false)...)
 		return nil
 	}})
 	m, err := steps.Run(ctx, &vmm.Launch{Config: c, VMM: Name, Log: c.Log})
@@ -94,7 +146,8 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 		return err
 	}
 	defer m.Kill()
-	q, err := dialMachineQMP(ctx, qmpPath, m)
+	theirs.Close()
+	q, err := connectQMP(ctx, conn, m)
 	if err != nil {
 		return err
 	}
@@ -117,7 +170,15 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 	if _, err := q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 		return err
 	}
-	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(statePath)}); err != nil {
+	state, err := os.OpenFile(statePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("device state: %w", err)
+	}
+	defer state.Close()
+	if err := q.SendFile(ctx, "state", state); err != nil {
+		return err
+	}
+	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:state"}); err != nil {
 		return err
 	}
 	if err := q.WaitMigration(ctx); err != nil {
@@ -127,7 +188,7 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 	if err := m.Kill(); err != nil {
 		return err
 	}
-	fi, err := os.Stat(statePath)
+	fi, err := state.Stat()
 	if err != nil {
 		return fmt.Errorf("device state: %w", err)
 	}
@@ -137,13 +198,16 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 	return nil
 }
 
-// stateFD is the descriptor a restoring QEMU reads the device state from:
-// its first inherited file.
-const stateFD = 3
-
 // RestoreSnapshot implements vmm.Snapshotter: it starts QEMU paused with
 // dir/mem mapped privately, loads dir/state, resumes the VM and writes wake
 // to the serial console (QEMU's standard input).
+//
+// QEMU 7.2 opens the memory file for writing even to map it privately, so
+// a confined QEMU, whose user may not write the snapshot, gets a sealed
+// in-memory copy of it (sealedCopy: the pages that are not zero), which it
+// can map but never change; the snapshot itself stays out of its reach.
+// The device state comes in through an inherited descriptor: no shell and
+// cat to start, as an exec: URI would.
 func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir string, wake []byte) (vmm.Machine, error) {
 	c := cfg.WithDefaults()
 	memPath := filepath.Join(dir, vmm.SnapshotMemFile)
@@ -158,35 +222,68 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 		return nil, err
 	}
 	defer pr.Close() // QEMU has its own copy once started
-	var qmpPath string
-	var q *QMP
+	var (
+		conn      *net.UnixConn
+		theirs    *os.File
+		stateFD   int
+		q         *QMP
+		memCopied func() error
+	)
 	defer func() {
 		if q != nil {
 			q.Close()
 		}
 	}()
 	steps := b.stepsWith(vmm.Step{Name: StepRestoreArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-		qmpPath = filepath.Join(l.WorkDir, qmpSocketName)
-		l.Args = SnapshotArgs(l.Config, b.tsc(), memPath, false, qmpPath, true)
+		a, err := b.confine(l)
+		if err != nil {
+			return err
+		}
+		t := fdTable{l}
 		l.Stdin = pr
 		l.OnCleanup(func() { pw.Close() })
-		// QEMU reads the device state from an inherited descriptor: no
-		// shell and cat to start, as an exec: URI would.
-		state, err := os.Open(statePath)
+		qfd, qc, th, err := qmpPair(t)
 		if err != nil {
+			return err
+		}
+		conn, theirs = qc, th
+		if stateFD, err = t.open(statePath, os.O_RDONLY); err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
-		l.ExtraFiles = []*os.File{state}
-		l.OnCleanup(func() { state.Close() })
+		mem := memPath
+		if l.Jail != nil {
+			src, err := os.Open(memPath)
+			if err != nil {
+				return fmt.Errorf("snapshot: %w", err)
+			}
+			// The copy runs while QEMU starts; the incoming step waits
+			// for it before QEMU reads the memory.
+			cp, wait, err := startSealedCopy("pe-mem", src)
+			if err != nil {
+				return fmt.Errorf("snapshot memory: %w", err)
+			}
+			mem = procFD(t.add(cp))
+			memCopied = wait
+			l.OnCleanup(func() { wait() }) // before cp is closed
+		}
+		l.Args = append(b.prefix(), snapshotArgs(argsWith(l.Config, b.tsc(), a), l.Config, mem, false, qfd, true)...)
 		return nil
 	}}).Append(
 		vmm.Step{Name: StepIncomingName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+			theirs.Close()
 			var err error
-			if q, err = dialMachineQMP(ctx, qmpPath, l.Machine); err != nil {
+			if q, err = connectQMP(ctx, conn, l.Machine); err != nil {
 				return err
 			}
 			if _, err := q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 				return err
+			}
+			// Loading the device state reads guest memory (virtio
+			// rings): the copy must be complete and sealed.
+			if memCopied != nil {
+				if err := memCopied(); err != nil {
+					return fmt.Errorf("snapshot memory: %w", err)
+				}
 			}
 			if _, err := q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(stateFD)}); err != nil {
 				return err
@@ -247,35 +344,24 @@ func (b *Backend) Version(ctx context.Context) (string, error) {
 	return Version(ctx, path)
 }
 
-// dialMachineQMP dials the QMP socket of m, giving up at once when m's
-// QEMU exits (a kernel it cannot load, bad arguments) with its error.
-func dialMachineQMP(ctx context.Context, path string, m vmm.Machine) (*QMP, error) {
-	dctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	exited := make(chan error, 1)
-	go func() {
-		err := m.Wait(dctx)
-		if dctx.Err() == nil {
-			exited <- err
-			cancel()
-		}
-	}()
-	q, err := DialQMP(dctx, path)
+// connectQMP starts a QMP session on conn, QEMU's monitor, giving up at
+// once when m's QEMU exits (a kernel it cannot load, bad arguments) with
+// its error.
+func connectQMP(ctx context.Context, conn *net.UnixConn, m vmm.Machine) (*QMP, error) {
+	q, err := NewQMP(ctx, conn)
 	if err == nil {
 		return q, nil
 	}
-	// A connection QEMU reset may be QEMU dying: give it a moment to say so.
-	select {
-	case werr := <-exited:
+	// End-of-file is QEMU dying: give it a moment to say why.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if werr := m.Wait(wctx); wctx.Err() == nil {
 		if werr == nil {
 			werr = errors.New("QEMU exited")
 		}
-		return nil, fmt.Errorf("QEMU stopped before its QMP socket answered: %w; console: %s", werr, tail(m.ConsoleLog()))
-	case <-ctx.Done():
-		return nil, err
-	case <-time.After(2 * time.Second):
-		return nil, err
+		return nil, fmt.Errorf("QEMU stopped before its monitor answered: %w; console: %s", werr, tail(m.ConsoleLog()))
 	}
+	return nil, err
 }
 
 // exitReason returns the exit error of m when m exits within a moment

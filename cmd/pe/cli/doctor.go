@@ -109,6 +109,15 @@ func doctor(ctx context.Context, vf *vmFlags, cacheDir string) *doctorReport {
 			v = verr.Error()
 		}
 		add(doctorCheck{Name: "qemu", OK: true, Required: true, Detail: fmt.Sprintf("%s, version %s", qemuPath, v)})
+		c := qemu.New(qemuPath).Confinement()
+		fix := ""
+		switch {
+		case !c.Sandbox:
+			fix = "unset " + qemu.ConfineEnv
+		case !c.Jail:
+			fix = "run pe as root for the full confinement (docs/security.md)"
+		}
+		add(doctorCheck{Name: "qemu confinement", OK: c.Jail, Detail: c.String(), Fix: fix})
 	}
 	chPath, err := cloudhypervisor.Find("")
 	if err != nil {
