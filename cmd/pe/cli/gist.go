@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -264,20 +265,46 @@ func loadExample(cmd *cobra.Command, a *app, f *runFlags) (*example, error) {
 	return ex, nil
 }
 
+// What a gist's pe.toml may ask of `pe run` without the user's say: a gist
+// is someone else's, and its timeout and memory are spent on this machine.
+// Asking for more is an error that names the flag that allows it, not a
+// silent cut, so that the run is never a different one from what the gist
+// meant. --files is the user's own directory and has no such bound.
+const (
+	gistMaxTimeout   = 10 * time.Minute
+	gistMaxMemoryMiB = 4 << 10
+)
+
 // applyDefaults sets the flags pe.toml gives and the command line did not:
-// --timeout, --memory, --platform.
-func (ex *example) applyDefaults(cmd *cobra.Command, f *runFlags) {
+// --timeout, --memory, --platform. A gist's timeout and memory must be
+// within gistMaxTimeout and gistMaxMemoryMiB unless the flag is given.
+func (ex *example) applyDefaults(cmd *cobra.Command, f *runFlags) error {
 	c := ex.config
 	changed := cmd.Flags().Changed
 	if c.Timeout > 0 && !changed("timeout") {
+		if f.gist != "" && c.Timeout > gistMaxTimeout {
+			return fmt.Errorf("%s: %s asks for timeout %v, more than a gist may without --timeout (%v): give --timeout %v to allow it",
+				ex.what, gist.ConfigName, c.Timeout, gistMaxTimeout, c.Timeout)
+		}
 		f.timeout = c.Timeout
 	}
 	if c.Memory != "" && !changed("memory") {
+		if f.gist != "" {
+			mem, err := parseSize(c.Memory)
+			if err != nil {
+				return fmt.Errorf("%s: %s: memory %q: %w", ex.what, gist.ConfigName, c.Memory, err)
+			}
+			if mem > gistMaxMemoryMiB<<20 {
+				return fmt.Errorf("%s: %s asks for memory %s, more than a gist may without --memory (%dMiB): give --memory %s to allow it",
+					ex.what, gist.ConfigName, c.Memory, gistMaxMemoryMiB, c.Memory)
+			}
+		}
 		f.memory = c.Memory
 	}
 	if c.Platform != "" && !changed("platform") {
 		f.platform = c.Platform
 	}
+	return nil
 }
 
 // stdin opens the file pe.toml names as standard input, inside the

@@ -352,6 +352,30 @@ func TestRunExampleErrors(t *testing.T) {
 		t.Errorf("gist naming a local image, with --image: %v", err)
 	}
 
+	// A gist may ask for at most gistMaxTimeout and gistMaxMemoryMiB unless
+	// the user gives the flag; --files, the user's own, may ask for more.
+	s.AddGist(t, "9ee0d9ee0d9ee0d9ee0d", strings.Repeat("3", 40), map[string]string{"pe.toml": "image = \"busybox\"\ntimeout = \"1h\"\n"})
+	s.AddGist(t, "3e3e3e3e3e3e3e3e3e3e", strings.Repeat("4", 40), map[string]string{"pe.toml": "image = \"busybox\"\nmemory = \"20GiB\"\n"})
+	for _, c := range []struct {
+		args []string
+		want string // "" for success
+	}{
+		{[]string{"run", "--gist", "9ee0d9ee0d9ee0d9ee0d"}, "asks for timeout 1h0m0s, more than a gist may without --timeout"},
+		{[]string{"run", "--gist", "3e3e3e3e3e3e3e3e3e3e"}, "asks for memory 20GiB, more than a gist may without --memory"},
+		{[]string{"run", "--gist", "9ee0d9ee0d9ee0d9ee0d", "--timeout", "1h"}, ""},
+		{[]string{"run", "--gist", "3e3e3e3e3e3e3e3e3e3e", "--memory", "1G"}, ""},
+	} {
+		_, _, err := runCaptured(t, c.args...)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("pe %q: %v, want %q", c.args, err, c.want)
+		}
+	}
+	greedy := t.TempDir()
+	os.WriteFile(filepath.Join(greedy, "pe.toml"), []byte("image = \"busybox\"\ntimeout = \"1h\"\nmemory = \"20GiB\"\n"), 0o644)
+	if got, _, err := runCaptured(t, "run", "--files", greedy); err != nil || got.req.Timeout != time.Hour || got.req.MemoryMiB != 20<<10 {
+		t.Errorf("--files asking for 1h and 20GiB: %+v, %v", got, err)
+	}
+
 	// Without a pe.toml, --image is enough.
 	got, _, err := runCaptured(t, "run", "--files", empty, "--image", "busybox", "ls")
 	if err != nil || got.req.Image != "busybox" || !cmp.Equal(got.req.Cmd, []string{"ls"}) || got.req.Workdir != "/run/pe/input" {

@@ -112,7 +112,8 @@ stderr (stdout_b64, stderr_b64 when not UTF-8), the truncation flags, image
 --gist ID[/REVISION] runs a gist, --files DIR a directory, as their pe.toml
 says (docs/pe-toml.md): its image (--image overrides it), cmd (the arguments
 override it), entrypoint, env (-e and --env-file add to it), stdin (-i and
---stdin override it), timeout, memory and platform (the flags override them).
+--stdin override it), timeout, memory and platform (the flags override them;
+a gist may ask for at most 10m and 4GiB without them).
 The files (pe.toml too) are copied to /run/pe/input, the working directory
 unless -w says otherwise. Gists are fetched from GitHub (--github-api for
 another server) and cached; GITHUB_TOKEN, GH_TOKEN or the GitHub CLI's token
@@ -182,7 +183,9 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 			return err
 		}
 		defer ex.cleanup()
-		ex.applyDefaults(cmd, f)
+		if err := ex.applyDefaults(cmd, f); err != nil {
+			return err
+		}
 		// The arguments are the command: put the image in front, as
 		// without --gist.
 		img := ex.config.Image
