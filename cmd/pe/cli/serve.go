@@ -91,6 +91,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.BoolVar(&f.snapshots, "snapshots", false, "keep a VM snapshot of each preset (in the cache directory) and restore it for the preset's runs instead of booting")
 	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress may take to finish")
 	registerGitHubAPI(fs, &f.githubAPI)
+	f.pullFlags.defLimits = image.ServeLimits()
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
