@@ -80,6 +80,11 @@ type PullOptions struct {
 	// (zero fields: no limit). A conversion that goes over one stops with
 	// a *LimitError, and nothing of it stays in the cache.
 	Limits Limits
+	// Convert, when set, is called before an image the cache lacks is
+	// fetched and converted, to bound how many conversions run at once: it
+	// may wait, or refuse with an error that Get then returns; done is
+	// called when the conversion is over. Cache hits never call it.
+	Convert func(ctx context.Context) (done func(), err error)
 	// Keychain finds registry credentials; nil means authn.DefaultKeychain
 	// (docker's config.json and credential helpers; anonymous otherwise).
 	Keychain authn.Keychain
