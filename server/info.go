@@ -115,6 +115,9 @@ func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
 					ip.Error = err.Error()
 				} else {
 					ip.Digest = img.Digest
+					if img.Release != nil {
+						img.Release()
+					}
 				}
 			}
 			resp.Images = append(resp.Images, ip)

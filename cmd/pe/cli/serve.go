@@ -36,6 +36,9 @@ type serveFlags struct {
 	drain                    time.Duration
 	snapshots                bool
 	cold                     bool
+	maxConversions           int
+	pullTimeout              time.Duration
+	cacheMaxSize             string
 }
 
 // newServeCmd returns "pe serve".
@@ -90,6 +93,9 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.BoolVar(&f.cold, "cold", false, "boot a VM for every run instead of restoring pe's boot snapshot (made by the first run, in the cache)")
 	fs.BoolVar(&f.snapshots, "snapshots", false, "keep a VM snapshot of each preset (in the cache directory) and restore it for the preset's runs instead of booting")
 	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress may take to finish")
+	fs.IntVar(&f.maxConversions, "max-conversions", engine.DefaultMaxConversions, "images pulled and converted at once, outside the VM slots (more get 503)")
+	fs.DurationVar(&f.pullTimeout, "pull-timeout", engine.DefaultPullTimeout, "the longest pulling and converting an image may take")
+	fs.StringVar(&f.cacheMaxSize, "cache-max-size", "50GiB", "evict least recently used images (never one in use) after each conversion until the image cache takes at most this (0: no limit)")
 	registerGitHubAPI(fs, &f.githubAPI)
 	f.pullFlags.defLimits = image.ServeLimits()
 	f.pullFlags.register(fs, true)
@@ -109,6 +115,13 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	maxOut, err := parseSize(f.maxOut)
 	if err != nil || maxOut < 1 {
 		return usageErrorf(cmd, "--max-output %q: want a size such as 1MiB", f.maxOut)
+	}
+	cacheMax, err := parseSize(f.cacheMaxSize)
+	if err != nil || cacheMax < 0 {
+		return usageErrorf(cmd, "--cache-max-size %q: want a size such as 20GiB (0: no limit)", f.cacheMaxSize)
+	}
+	if f.maxConversions < 1 || f.pullTimeout <= 0 {
+		return usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
 	}
 	if f.slots < 1 {
 		return usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
@@ -149,7 +162,10 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	if len(presets) == 0 {
 		log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
 	}
-	source := &engine.CacheSource{Cache: cache, Options: popts}
+	// Images are pulled and converted before a run takes a VM slot, a
+	// few at a time, each within --pull-timeout.
+	source := &engine.Converter{Cache: cache, Options: popts, MaxConversions: f.maxConversions,
+		Timeout: f.pullTimeout, CacheMaxSize: cacheMax, Log: log}
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
 	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
