@@ -80,10 +80,10 @@ func sparseBomb(name string, size int64) []byte {
 	return append(b, make([]byte, 1024)...)
 }
 
-// paxChain is a tar stream of n PAX headers of about 64 KiB each that
-// never reach an entry: work for the reader, nothing for the image.
-func paxChain(n int) []byte {
-	pax := paxRecords("comment", strings.Repeat("x", 64<<10))
+// paxChain is a tar stream of n PAX headers of about size bytes each
+// that never reach an entry: work for the reader, nothing for the image.
+func paxChain(n, size int) []byte {
+	pax := paxRecords("comment", strings.Repeat("x", size))
 	var b []byte
 	for range n {
 		b = append(b, rawHeader("PaxHeaders/x", 'x', int64(len(pax)))...)
@@ -190,7 +190,7 @@ func bombCases() []bombCase {
 			})
 		}, lim: small, want: LimitUnpacked, stream: true},
 		{name: "chain of PAX headers", layer: func(t testing.TB) []byte {
-			return gzipBytes(t, func(w io.Writer) error { _, err := w.Write(paxChain(64)); return err })
+			return gzipBytes(t, func(w io.Writer) error { _, err := w.Write(paxChain(64, 64<<10)); return err })
 		}, lim: small, want: LimitUnpacked, stream: true},
 		{name: "million-entry layer", layer: func(t testing.TB) []byte { return gzipBytes(t, manyEntries(1_000_000)) }, lim: small,
 			want: LimitEntries, entry: "d1/0"},
