@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -200,5 +201,25 @@ func TestRunHostileImages(t *testing.T) {
 				t.Errorf("left in TMPDIR: %s", de.Name())
 			}
 		})
+	}
+}
+
+// TestImageLimitDefaults checks each command's defaults: finite entries
+// and depth everywhere, the original's limits for pe serve.
+func TestImageLimitDefaults(t *testing.T) {
+	got := map[string][]string{}
+	for _, path := range [][]string{{"serve"}, {"run"}, {"image", "pull"}, {"image", "build-erofs"}} {
+		cmd, _, err := New().Find(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"max-image-size", "max-image-unpacked", "max-image-entries", "max-image-depth"} {
+			got[strings.Join(path, " ")] = append(got[strings.Join(path, " ")], cmd.Flags().Lookup(f).DefValue)
+		}
+	}
+	cli := []string{"0", "64GiB", "2000000", "256"}
+	want := map[string][]string{"serve": {"2GB", "3GiB", "500000", "256"}, "run": cli, "image pull": cli, "image build-erofs": cli}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("defaults of --max-image-size, -unpacked, -entries, -depth (-want +got):\n%s", diff)
 	}
 }

@@ -39,7 +39,8 @@ type pullFlags struct {
 	maxSize  string
 	pull     string
 	// The limits on what a conversion unpacks; defLimits holds their
-	// defaults (zero: image.DefaultLimits), set before register.
+	// defaults (zero: image.DefaultLimits), set before register; pe serve
+	// sets it, which also gives --max-image-size a default of 2GB.
 	maxUnpacked string
 	maxEntries  int64
 	maxDepth    int
@@ -52,7 +53,11 @@ func (f *pullFlags) register(fs *pflag.FlagSet, withPolicy bool) {
 	fs.StringVar(&f.compress, "image-compress", "", "compress the EROFS images converted into the cache: lz4 or lz4hc[:LEVEL] (default: uncompressed; cached images keep their form)")
 	fs.StringVar(&f.platform, "platform", "", "the platform to choose from multi-platform images, os/arch[/variant] (default "+image.DefaultPlatform()+")")
 	fs.BoolVar(&f.insecure, "insecure", false, "talk plain HTTP to the registry (a local registry)")
-	fs.StringVar(&f.maxSize, "max-image-size", "0", "refuse images whose compressed layers add up to more than this, such as 2GiB or 500MB (0: no limit)")
+	defSize := "0"
+	if f.defLimits != (image.Limits{}) {
+		defSize = "2GB" // pe serve: the original's limit on compressed layers
+	}
+	fs.StringVar(&f.maxSize, "max-image-size", defSize, "refuse images whose compressed layers add up to more than this, such as 2GiB or 500MB (0: no limit)")
 	def := f.defLimits
 	if def == (image.Limits{}) {
 		def = image.DefaultLimits()

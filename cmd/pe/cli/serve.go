@@ -67,8 +67,9 @@ it keeps a VM snapshot of each preset and restores it instead of booting.
 
 Images are pulled and converted before a run waits for a VM slot, at most
 --max-conversions at once (more get 503 with Retry-After), each within
---pull-timeout, under the image limits (--max-image-unpacked 3GiB,
---max-image-entries 500000, --max-image-depth 256 by default here). After each
+--pull-timeout, under the image limits (--max-image-size 2GB of compressed
+layers, --max-image-unpacked 3GiB, --max-image-entries 500000,
+--max-image-depth 256 by default here). After each
 conversion the least recently used images are evicted until the cache takes at
 most --cache-max-size; an image a run uses (here or in a pe run sharing the
 cache) is never evicted.
