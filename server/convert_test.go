@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,10 +31,10 @@ func TestRunPullsOutsideSlots(t *testing.T) {
 	t.Setenv("DOCKER_CONFIG", t.TempDir())
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	stalled := make(chan struct{}, 10)
-	configs := map[string]bool{}
+	var configs sync.Map // config digests: resolving fetches them, never stalled
 	rs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		last := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
-		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v2/slow/blobs/") && !configs[last] {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v2/slow/blobs/") && !isConfig(&configs, last) {
 			stalled <- struct{}{}
 			<-r.Context().Done()
 			return
@@ -48,7 +49,7 @@ func TestRunPullsOutsideSlots(t *testing.T) {
 			t.Fatal(err)
 		}
 		cf, _ := img.ConfigName()
-		configs[cf.String()] = true
+		configs.Store(cf.String(), true)
 		n, err := name.ParseReference(host+"/"+repo+":1", name.Insecure)
 		if err != nil {
 			t.Fatal(err)
@@ -110,4 +111,9 @@ func TestRunPullsOutsideSlots(t *testing.T) {
 			t.Errorf("left in the cache: %s/%s", d, de.Name())
 		}
 	}
+}
+
+func isConfig(configs *sync.Map, digest string) bool {
+	_, ok := configs.Load(digest)
+	return ok
 }
