@@ -21,6 +21,9 @@
 // exactly as a cold run does (same I/O file, limits, time-outs, clean-up).
 //
 // An Engine runs at most Options.MaxConcurrent VMs at once; other runs wait
-// for a slot. Each RunResult carries the program's exit status and output
+// for a slot. A run holds its cached image (image.Lease) until its VM is
+// gone, so no prune removes it meanwhile. A server resolves images with a
+// Converter before its runs wait for a slot: pulls and conversions go a few
+// at a time, within a deadline, and the cache is kept under a size. Each RunResult carries the program's exit status and output
 // and the time each phase took, guest-side phases included.
 package engine

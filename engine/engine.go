@@ -257,6 +257,11 @@ type RunRequest struct {
 	// receives the guest console as it is written.
 	Debug   bool
 	Console io.Writer
+	// Resolved, when set, is the image already resolved (by a caller
+	// that pulls and converts images outside its run slots, see
+	// Converter): Image is then not resolved again. The caller keeps
+	// Resolved.Release.
+	Resolved *ResolvedImage
 	// Snapshot, when set, runs the program in a VM restored from this
 	// snapshot (see OpenSnapshot) instead of a VM booted for Image: Image
 	// is ignored, the snapshot's image is used, MemoryMiB and CPUs must be
@@ -306,11 +311,15 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 			return nil, fmt.Errorf("%w: %s is a boot snapshot, which pe restores by itself for runs of any image", ErrSnapshotMismatch, snap.Dir)
 		}
 		img = snap.Image()
+	} else if req.Resolved != nil {
+		img = req.Resolved
 	} else {
 		img, err = e.opts.Images.Resolve(ctx, req.Image)
 		if err != nil {
 			return nil, err
 		}
+		// The cache keeps the image until the VM is gone.
+		defer img.release()
 	}
 	proc, err := e.process(img, req.Overrides)
 	if err != nil {

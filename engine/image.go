@@ -28,6 +28,17 @@ type ResolvedImage struct {
 	// Converted is set when resolving it pulled and converted the image
 	// (a cache miss).
 	Converted bool
+	// Release, when set, ends the hold the source keeps on the image
+	// (see image.Lease) so that the cache does not evict it while it is
+	// used: whoever resolved the image calls it once done with it.
+	Release func()
+}
+
+// release calls img.Release if there is one.
+func (img *ResolvedImage) release() {
+	if img != nil && img.Release != nil {
+		img.Release()
+	}
 }
 
 // ImageSource resolves the IMAGE argument of a run.
@@ -48,17 +59,22 @@ func (s *CacheSource) Resolve(ctx context.Context, ref string) (*ResolvedImage, 
 	if err != nil {
 		return nil, err
 	}
-	img, err := s.Cache.Get(ctx, r, s.Options)
+	img, lease, err := s.Cache.Acquire(ctx, r, s.Options)
 	if err != nil {
 		return nil, err
 	}
+	return resolvedImage(img, lease), nil
+}
+
+func resolvedImage(img *image.CachedImage, lease *image.Lease) *ResolvedImage {
 	return &ResolvedImage{
 		Reference: img.Reference,
 		Digest:    img.Digest.String(),
 		EROFSPath: img.EROFSPath,
 		Config:    img.Config,
 		Converted: img.Converted,
-	}, nil
+		Release:   lease.Release,
+	}
 }
 
 // FileSource resolves references that name an existing EROFS file

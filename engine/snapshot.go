@@ -245,6 +245,7 @@ func (e *Engine) CreateSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if err != nil {
 		return nil, err
 	}
+	defer img.release()
 	return e.createSnapshot(ctx, img, dir, r, snapshotCreateLimit)
 }
 
@@ -511,6 +512,9 @@ func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 	if err != nil {
 		return nil, err
 	}
+	// Only its digest and path are compared: CreateSnapshot holds it
+	// again while it makes the snapshot.
+	img.release()
 	snap, err := e.OpenSnapshot(ctx, r.Dir)
 	if err == nil {
 		m := &snap.Manifest

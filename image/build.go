@@ -23,6 +23,9 @@ type BuildOptions struct {
 	// entries want it; a one-off output file, like mkfs.erofs's, does not
 	// pay for it.
 	Durable bool
+	// Limits bound what a tar source may unpack to (zero: no limits). A
+	// directory on the host is taken as it is.
+	Limits Limits
 }
 
 // BuildEROFS builds the EROFS image out from source: a directory (see
@@ -72,7 +75,7 @@ func buildEROFS(ctx context.Context, source, out string, opts BuildOptions) erro
 
 	return writeEROFSFile(ctx, out, opts, func(w *erofs.Writer, tmp *os.File) error {
 		if srcDir == "" {
-			return AddTar(ctx, w, tarStream)
+			return AddTarLimited(ctx, w, tarStream, opts.Limits)
 		}
 		var skip map[fileID]bool
 		if fi, err := tmp.Stat(); err == nil {

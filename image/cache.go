@@ -212,6 +212,12 @@ func (c *Cache) Pull(ctx context.Context, ref Reference, opts PullOptions) (*Cac
 // younger than opts.TagTTL. Imported images are always taken from the
 // cache. Get is what `pe run` calls.
 func (c *Cache) Get(ctx context.Context, ref Reference, opts PullOptions) (*CachedImage, error) {
+	return c.get(ctx, ref, opts, nil)
+}
+
+// get is Get; hold, when set, is called with the image before the cache
+// lock is released, and its error is get's.
+func (c *Cache) get(ctx context.Context, ref Reference, opts PullOptions, hold func(*CachedImage) error) (*CachedImage, error) {
 	o, err := opts.config()
 	if err != nil {
 		return nil, err
@@ -225,14 +231,16 @@ func (c *Cache) Get(ctx context.Context, ref Reference, opts PullOptions) (*Cach
 	if err != nil {
 		return nil, err
 	}
+	var img *CachedImage
 	if res.src == nil {
-		return c.use(ctx, ref, res.digest, o)
+		img, err = c.use(ctx, ref, res.digest, o)
+	} else if img, err = c.ensure(ctx, res.src, o); err == nil {
+		err = c.recordRef(ref, o.platform.String(), res.src)
 	}
-	img, err := c.ensure(ctx, res.src, o)
+	if err == nil && hold != nil {
+		err = hold(img)
+	}
 	if err != nil {
-		return nil, err
-	}
-	if err := c.recordRef(ref, o.platform.String(), res.src); err != nil {
 		return nil, err
 	}
 	return img, nil
@@ -438,6 +446,13 @@ func (c *Cache) ensure(ctx context.Context, src *source, o *pullConfig) (*Cached
 		return nil, kindErrorf(ErrTooLarge, "%s is too large: %d bytes of layers, over the limit of %d bytes (--max-image-size)",
 			src.ref.Familiar(), src.size, o.MaxSize)
 	}
+	if o.Convert != nil {
+		done, err := o.Convert(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+	}
 	lock, err := c.lockImage(ctx, src.digest, o)
 	if err != nil {
 		return nil, err
@@ -477,7 +492,7 @@ func (c *Cache) ensure(ctx context.Context, src *source, o *pullConfig) (*Cached
 // digest as Flatten reads it.
 func flattenSource(ctx context.Context, w *erofs.Writer, src *source, o *pullConfig) error {
 	layers, _, check := src.flattenLayers(o, src.ref.Familiar(), 0)
-	err := Flatten(ctx, w, layers)
+	err := FlattenLimited(ctx, w, layers, o.Limits)
 	if err != nil {
 		err = fmt.Errorf("converting %s: %w", src.ref.Familiar(), err)
 	} else if err = check(); err == nil {

@@ -24,5 +24,10 @@
 //     digest, once, even when several processes ask at the same time;
 //   - Cache.Import and Cache.BuildImportEROFS lay a tarball over a base
 //     image's layers (Compiler Explorer's compiler builds);
-//   - Cache.List, Cache.Remove and Cache.Prune manage what is cached.
+//   - Cache.List, Cache.Remove and Cache.Prune manage what is cached;
+//     Cache.Acquire is Get with a Lease that keeps the image from being
+//     removed while a run uses it, whichever process prunes;
+//   - Limits bound what a conversion may unpack (bytes, entries, path
+//     depth), checked while the layers stream, and stop it with a
+//     LimitError.
 package image

@@ -90,11 +90,22 @@ type FlattenLayer struct {
 // do to the layers below them (see flag), and hard links whose target is in
 // a layer not read yet (see inode).
 func Flatten(ctx context.Context, w *erofs.Writer, layers []FlattenLayer) error {
+	return FlattenLimited(ctx, w, layers, Limits{})
+}
+
+// FlattenLimited is Flatten within lim, counted over all the layers: an
+// entry that would take them over one of the limits stops the conversion
+// with a *LimitError naming the layer, the entry and the limit.
+func FlattenLimited(ctx context.Context, w *erofs.Writer, layers []FlattenLayer, lim Limits) error {
+	if err := lim.check(); err != nil {
+		return err
+	}
 	f := &flattener{
 		ctx:     ctx,
 		w:       w,
 		root:    &pnode{inWriter: true},
 		pending: map[string]*inode{},
+		budget:  &budget{lim: lim},
 	}
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := f.readLayer(i, &layers[i]); err != nil {
@@ -218,6 +229,7 @@ type flattener struct {
 	// the layers below, by target path.
 	pending map[string]*inode
 	seq     uint64
+	budget  *budget
 
 	// The layer being read.
 	layer      *FlattenLayer
@@ -248,6 +260,7 @@ func (f *flattener) readLayer(i int, l *FlattenLayer) error {
 			f.prefix = strings.Split(clean, "/")
 		}
 	}
+	f.budget.layer, f.budget.depthBase = f.name, len(f.prefix)
 	if l.StripComponents < 0 {
 		return fmt.Errorf("%s: negative StripComponents %d", f.name, l.StripComponents)
 	}
@@ -281,12 +294,13 @@ func (f *flattener) readStream(fn func(hdr *tar.Header, data io.Reader) error) e
 	if f.layer.Tarball {
 		end = tarStrict
 	}
-	err = walkTar(f.ctx, rc, end, fn)
+	err = walkTar(f.ctx, rc, end, f.budget, fn)
 	if cerr := rc.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("closing: %w", cerr)
 	}
 	if err != nil {
-		if ctxErr := f.ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
+		var le *LimitError
+		if ctxErr := f.ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) || errors.As(err, &le) {
 			return err
 		}
 		return fmt.Errorf("%s: %w", f.name, err)
@@ -882,6 +896,9 @@ func (f *flattener) merge(from, to *inode) {
 func (f *flattener) reread(ids []*inode) error {
 	sortBy(ids, func(id *inode) uint64 { return uint64(id.ordinal) })
 	ord, i := 0, 0
+	// The layer was counted when it was first read.
+	f.budget.paused = true
+	defer func() { f.budget.paused = false }()
 	err := f.readStream(func(hdr *tar.Header, data io.Reader) error {
 		defer func() { ord++ }()
 		if i == len(ids) || ord != ids[i].ordinal {

@@ -2,11 +2,14 @@ package image
 
 import (
 	"archive/tar"
+	"bytes"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/pe-project/pe/erofs"
 )
 
 // FuzzFlatten turns the fuzzer's bytes into a stack of one to four layers
@@ -175,4 +178,39 @@ func fmtData(s string) string {
 		return s[:8] + "…"
 	}
 	return "\"" + s + "\""
+}
+
+// FuzzFlattenRaw feeds arbitrary bytes to FlattenLimited as the upper of
+// two layers, with small limits: errors are fine; panics, hangs and
+// limits exceeded without an error are not, and an image Flatten accepts
+// must open. The seed corpus (testdata/fuzz/FuzzFlattenRaw) holds the
+// hostile layers of the limit tests: a sparse bomb, a chain of PAX
+// headers, a deep path, whiteouts.
+func FuzzFlattenRaw(f *testing.F) {
+	lim := Limits{MaxUnpacked: 4 << 20, MaxEntries: 2000, MaxDepth: 32}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var o opener
+		layers := o.layers(t, []testLayer{
+			{name: "base", ents: []lent{tDir("etc/"), tFile("etc/hello", "hi"), tHard("etc/hard", "etc/hello")}},
+			{name: "fuzz", raw: data},
+		})
+		out := new(memFile)
+		w, err := erofs.NewWriter(out, erofs.WriterOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := FlattenLimited(t.Context(), w, layers, lim); err != nil {
+			w.Discard()
+			return
+		}
+		if err := w.Close(); err != nil {
+			t.Fatalf("Close after a successful Flatten: %v", err)
+		}
+		if int64(len(out.b)) > 2*lim.MaxUnpacked+int64(lim.MaxEntries)*4096 {
+			t.Errorf("an image of %d bytes within %+v", len(out.b), lim)
+		}
+		if _, err := erofs.Open(bytes.NewReader(out.b)); err != nil {
+			t.Fatalf("opening the image: %v", err)
+		}
+	})
 }

@@ -26,6 +26,9 @@ type RemoveReport struct {
 	Blobs int
 	// Bytes is the disk space given back, in bytes.
 	Bytes int64
+	// InUse are the images that would have been removed but that a run
+	// is using (see Lease): they stay.
+	InUse []v1.Hash
 }
 
 // cachedEntry is an image directory found on disk.
@@ -264,6 +267,12 @@ func (c *Cache) collect(report *RemoveReport, candidates map[string]v1.Hash) err
 		if !ok || referenced[h.Hex] {
 			continue
 		}
+		if c.inUse(h) {
+			// No reference points to it any more: a later prune removes
+			// it once the run is over.
+			report.InUse = append(report.InUse, h)
+			continue
+		}
 		if err := c.deleteImage(h); err != nil {
 			return err
 		}
@@ -335,7 +344,10 @@ type PruneOptions struct {
 // on), and as opts asks, images unused for a while, every image, or the
 // least recently used ones until the cache fits in a size. Then it removes
 // the blobs no remaining image needs, records of removed images, and what
-// interrupted pe processes left behind.
+// interrupted pe processes left behind. Images in use (see Lease) are never
+// removed: they are listed in the report's InUse, and with MaxSize they
+// count against the size, so the cache may stay over it while they are
+// used.
 func (c *Cache) Prune(ctx context.Context, opts PruneOptions) (*RemoveReport, error) {
 	gc, err := c.lockGC(ctx, false, nil)
 	if err != nil {
@@ -388,23 +400,38 @@ func (c *Cache) Prune(ctx context.Context, opts PruneOptions) (*RemoveReport, er
 	gone := map[string]bool{}
 	cutoff := c.now().Add(-opts.OlderThan)
 	var keep []*cachedEntry
+	inUse := map[string]bool{}
 	for hex, e := range images {
-		if opts.All || !referenced[hex] || (opts.OlderThan > 0 && e.img.LastUsed.Before(cutoff)) {
+		if c.inUse(e.img.Digest) {
+			inUse[hex] = true
+		}
+		if !inUse[hex] && (opts.All || !referenced[hex] || (opts.OlderThan > 0 && e.img.LastUsed.Before(cutoff))) {
 			gone[hex] = true
 		} else {
 			keep = append(keep, e)
 		}
 	}
 	if opts.MaxSize > 0 {
-		// Least recently used first.
+		// Least recently used first; images in use stay, and count.
 		slices.SortFunc(keep, func(a, b *cachedEntry) int {
 			return cmp.Or(a.img.LastUsed.Compare(b.img.LastUsed), strings.Compare(a.img.Digest.Hex, b.img.Digest.Hex))
 		})
-		for len(keep) > 0 && c.footprint(keep) > opts.MaxSize {
-			gone[keep[0].img.Digest.Hex] = true
-			keep = keep[1:]
+		for i := 0; i < len(keep) && c.footprint(keep) > opts.MaxSize; {
+			if inUse[keep[i].img.Digest.Hex] {
+				i++
+				continue
+			}
+			gone[keep[i].img.Digest.Hex] = true
+			keep = slices.Delete(keep, i, i+1)
 		}
 	}
+	for hex := range inUse {
+		if opts.All || !referenced[hex] || opts.MaxSize > 0 && c.footprint(keep) > opts.MaxSize ||
+			opts.OlderThan > 0 && images[hex].img.LastUsed.Before(cutoff) {
+			report.InUse = append(report.InUse, images[hex].img.Digest)
+		}
+	}
+	slices.SortFunc(report.InUse, func(a, b v1.Hash) int { return strings.Compare(a.Hex, b.Hex) })
 	for hex := range gone {
 		e := images[hex]
 		if err := c.deleteImage(e.img.Digest); err != nil {

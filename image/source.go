@@ -76,6 +76,15 @@ type PullOptions struct {
 	// MaxSize refuses images whose compressed layers add up to more than
 	// this many bytes, before any layer is downloaded; 0 means no limit.
 	MaxSize int64
+	// Limits bound what the layers unpack to while they are converted
+	// (zero fields: no limit). A conversion that goes over one stops with
+	// a *LimitError, and nothing of it stays in the cache.
+	Limits Limits
+	// Convert, when set, is called before an image the cache lacks is
+	// fetched and converted, to bound how many conversions run at once: it
+	// may wait, or refuse with an error that Get then returns; done is
+	// called when the conversion is over. Cache hits never call it.
+	Convert func(ctx context.Context) (done func(), err error)
 	// Keychain finds registry credentials; nil means authn.DefaultKeychain
 	// (docker's config.json and credential helpers; anonymous otherwise).
 	Keychain authn.Keychain
@@ -160,6 +169,9 @@ func (o PullOptions) config() (*pullConfig, error) {
 	}
 	if o.MaxSize < 0 {
 		return nil, fmt.Errorf("maximum image size %d is negative", o.MaxSize)
+	}
+	if err := o.Limits.check(); err != nil {
+		return nil, err
 	}
 	return &pullConfig{PullOptions: o, platform: p}, nil
 }

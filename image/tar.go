@@ -38,20 +38,16 @@ import (
 //
 // AddTar checks ctx between entries and while copying file data.
 func AddTar(ctx context.Context, w *erofs.Writer, r io.Reader) error {
-	return addTar(ctx, w, r, 0)
+	return AddTarLimited(ctx, w, r, Limits{})
 }
 
-// addTar is AddTar with a cap on the total size of regular file data
-// (0: none), which the fuzz target uses to stay fast.
-func addTar(ctx context.Context, w *erofs.Writer, r io.Reader, maxData int64) error {
-	var total int64 // regular file bytes so far
-	return walkTar(ctx, r, tarStrict, func(hdr *tar.Header, data io.Reader) error {
-		if isRegular(hdr.Typeflag) {
-			total += hdr.Size
-			if maxData > 0 && total > maxData {
-				return fmt.Errorf("tar entry %q: file data over the limit of %d bytes", hdr.Name, maxData)
-			}
-		}
+// AddTarLimited is AddTar within lim: an entry that would take the stream
+// over one of the limits stops it with a *LimitError.
+func AddTarLimited(ctx context.Context, w *erofs.Writer, r io.Reader, lim Limits) error {
+	if err := lim.check(); err != nil {
+		return err
+	}
+	return walkTar(ctx, r, tarStrict, &budget{lim: lim}, func(hdr *tar.Header, data io.Reader) error {
 		return addTarEntry(ctx, w, data, hdr)
 	})
 }
@@ -82,8 +78,9 @@ const (
 // are errors. After the end-of-archive marker walkTar reads r to its end,
 // so that a corrupt compressed stream is noticed and whoever checks the
 // digest of r sees all of it. walkTar checks ctx between entries and on
-// every read.
-func walkTar(ctx context.Context, r io.Reader, end tarEnd, fn func(hdr *tar.Header, data io.Reader) error) error {
+// every read, and counts every entry and the decompressed stream against
+// b (nil: no limits), stopping with its *LimitError.
+func walkTar(ctx context.Context, r io.Reader, end tarEnd, b *budget, fn func(hdr *tar.Header, data io.Reader) error) (err error) {
 	stream, format, closeStream, err := decompress(ctxReader{ctx, r})
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
@@ -92,6 +89,17 @@ func walkTar(ctx context.Context, r io.Reader, end tarEnd, fn func(hdr *tar.Head
 		return err
 	}
 	defer closeStream()
+	if b != nil {
+		stream = budgetReader{stream, b}
+		// A limit reached inside the tar reader or the writer comes back
+		// wrapped in their messages: it is the cause, and says it all.
+		defer func() {
+			var le *LimitError
+			if errors.As(err, &le) {
+				err = le
+			}
+		}()
+	}
 	blocks := &blockTracker{r: stream}
 	tr := tar.NewReader(blocks)
 	var last string // name of the last entry read
@@ -127,6 +135,9 @@ func walkTar(ctx context.Context, r io.Reader, end tarEnd, fn func(hdr *tar.Head
 			}
 		}
 		last = hdr.Name
+		if err := b.entry(hdr); err != nil {
+			return err
+		}
 		if err := fn(hdr, tr); err != nil {
 			return err
 		}
@@ -177,15 +188,6 @@ func checkTarEnd(off, next int64, last, format string) error {
 		return fmt.Errorf("tar ends after entry %q without its end-of-archive marker: truncated?", last)
 	}
 	return nil
-}
-
-// isRegular reports whether a tar type flag stands for a regular file.
-func isRegular(typ byte) bool {
-	switch typ {
-	case tar.TypeReg, '\x00', tar.TypeCont, tar.TypeGNUSparse:
-		return true
-	}
-	return false
 }
 
 // addTarEntry adds the entry hdr, whose data tr is positioned at, to w.

@@ -21,7 +21,7 @@ func FuzzAddTar(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := addTar(t.Context(), w, bytes.NewReader(data), 16<<20); err != nil {
+		if err := AddTarLimited(t.Context(), w, bytes.NewReader(data), Limits{MaxUnpacked: 16 << 20, MaxEntries: 10000, MaxDepth: 64}); err != nil {
 			w.Discard()
 			return
 		}

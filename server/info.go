@@ -174,6 +174,9 @@ func (s *Server) refreshImages() {
 			continue
 		}
 		digests[p.Name] = img.Digest
+		if img.Release != nil {
+			img.Release()
+		}
 	}
 	a := s.renderImages(digests)
 	a.expires = time.Now().Add(imagesTTL)

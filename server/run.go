@@ -170,6 +170,19 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 
+	// Pull and convert before taking a run slot: a slow pull never holds
+	// a VM slot (Config.Images bounds conversions and their time).
+	if s.cfg.Images != nil && s.cfg.Snapshots.snapshot(preset) == nil {
+		img, err := s.cfg.Images.Resolve(r.Context(), source)
+		if err != nil {
+			return runError(r.Context(), err)
+		}
+		if img.Release != nil {
+			defer img.Release()
+		}
+		run.Resolved = img
+	}
+
 	waitStart := time.Now()
 	release, err := s.queue.acquire(r.Context(), s.cfg.MaxWait)
 	if err != nil {
@@ -404,6 +417,10 @@ func runError(ctx context.Context, err error) error {
 		return badRequest("ImageTooLarge", "%v", err)
 	case errors.Is(err, image.ErrUnsupported):
 		return badRequest("UnsupportedImage", "%v", err)
+	case errors.Is(err, engine.ErrConversionsBusy):
+		return &apiError{http.StatusServiceUnavailable, "ConversionsBusy", err.Error()}
+	case errors.Is(err, engine.ErrPullTimeout):
+		return &apiError{http.StatusGatewayTimeout, "PullTimeout", err.Error()}
 	case errors.Is(err, engine.ErrNoCommand), errors.Is(err, engine.ErrUnknownUser):
 		return badRequest("OciSpec", "%v", err)
 	case errors.Is(err, image.ErrRateLimited):

@@ -51,8 +51,12 @@ var DefaultAllowedImages = []string{"docker.io/", "ghcr.io/"}
 type Config struct {
 	// Runner runs the programs. Required.
 	Runner Runner
-	// Images resolves preset images for GET /api/v2/images (their digests);
-	// nil lists them without digests.
+	// Images resolves preset images for GET /api/v2/images (their digests)
+	// and each run's image before the run waits for a slot, so that pulls
+	// and conversions happen outside the slots (an *engine.Converter
+	// bounds them and their time; its ErrConversionsBusy is a 503, its
+	// ErrPullTimeout a 504). nil lists presets without digests and leaves
+	// resolving to the Runner.
 	Images engine.ImageSource
 	// Presets are the images the page offers; the first is the default.
 	Presets []Preset

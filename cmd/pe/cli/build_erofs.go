@@ -108,7 +108,9 @@ moment.`,
 			case imp.tar != "":
 				err = buildImport(cmd, a, &f, &imp, out, opts)
 			case kind == "path":
-				err = image.BuildEROFS(cmd.Context(), source, out, opts)
+				if opts.Limits, err = f.limits(cmd); err == nil {
+					err = image.BuildEROFS(cmd.Context(), source, out, opts)
+				}
 			default:
 				err = buildFromImage(cmd, a, &f, source, out, opts, custom)
 			}
@@ -177,8 +179,14 @@ func buildFromImage(cmd *cobra.Command, a *app, f *pullFlags, source, out string
 }
 
 // looksLikePath reports whether a source that does not exist was meant as
-// a path rather than an image reference.
+// a path rather than an image reference. A source naming its transport
+// (docker-archive:PATH.tar, oci:PATH) is an image whatever its suffix.
 func looksLikePath(s string) bool {
+	for _, t := range []image.Transport{image.TransportOCI, image.TransportDockerArchive} {
+		if strings.HasPrefix(s, string(t)+":") {
+			return false
+		}
+	}
 	for _, p := range []string{"/", "./", "../", "~"} {
 		if strings.HasPrefix(s, p) {
 			return true

@@ -219,6 +219,9 @@ too.`,
 			for _, h := range rep.Deleted {
 				fmt.Fprintf(out, "Deleted: %s\n", h)
 			}
+			for _, h := range rep.InUse {
+				fmt.Fprintf(out, "Kept (in use by a run): %s\n", h)
+			}
 			fmt.Fprintf(out, "Total reclaimed space: %s\n", humanBytes(rep.Bytes))
 			return nil
 		},

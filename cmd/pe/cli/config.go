@@ -19,7 +19,7 @@ import (
 // Flags given on the command line win over both, the environment over the
 // file. The list is short on purpose: per-run flags (-o, --tar) would
 // surprise anyone if an environment variable set them.
-var configKeys = []string{"log-level", "cache-dir", "platform", "insecure", "max-image-size", "image-compress", "vmm", "accel", "kernel", "github-api"}
+var configKeys = []string{"log-level", "cache-dir", "platform", "insecure", "max-image-size", "max-image-unpacked", "max-image-entries", "max-image-depth", "image-compress", "vmm", "accel", "kernel", "github-api"}
 
 // configFile returns the path of pe's config file: $PE_CONFIG, else
 // $XDG_CONFIG_HOME/pe/config.toml or ~/.config/pe/config.toml.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -37,6 +38,13 @@ type pullFlags struct {
 	insecure bool
 	maxSize  string
 	pull     string
+	// The limits on what a conversion unpacks; defLimits holds their
+	// defaults (zero: image.DefaultLimits), set before register; pe serve
+	// sets it, which also gives --max-image-size a default of 2GB.
+	maxUnpacked string
+	maxEntries  int64
+	maxDepth    int
+	defLimits   image.Limits
 }
 
 // register adds the flags; withPolicy adds --pull too.
@@ -45,7 +53,18 @@ func (f *pullFlags) register(fs *pflag.FlagSet, withPolicy bool) {
 	fs.StringVar(&f.compress, "image-compress", "", "compress the EROFS images converted into the cache: lz4 or lz4hc[:LEVEL] (default: uncompressed; cached images keep their form)")
 	fs.StringVar(&f.platform, "platform", "", "the platform to choose from multi-platform images, os/arch[/variant] (default "+image.DefaultPlatform()+")")
 	fs.BoolVar(&f.insecure, "insecure", false, "talk plain HTTP to the registry (a local registry)")
-	fs.StringVar(&f.maxSize, "max-image-size", "0", "refuse images whose compressed layers add up to more than this, such as 2GiB or 500MB (0: no limit)")
+	defSize := "0"
+	if f.defLimits != (image.Limits{}) {
+		defSize = "2GB" // pe serve: the original's limit on compressed layers
+	}
+	fs.StringVar(&f.maxSize, "max-image-size", defSize, "refuse images whose compressed layers add up to more than this, such as 2GiB or 500MB (0: no limit)")
+	def := f.defLimits
+	if def == (image.Limits{}) {
+		def = image.DefaultLimits()
+	}
+	fs.StringVar(&f.maxUnpacked, "max-image-unpacked", sizeString(def.MaxUnpacked), "stop converting an image whose layers unpack to more than this (declared sizes, sparse files in full; 0: no limit)")
+	fs.Int64Var(&f.maxEntries, "max-image-entries", def.MaxEntries, "stop converting an image whose layers hold more entries (files, directories, links) than this (0: no limit)")
+	fs.IntVar(&f.maxDepth, "max-image-depth", def.MaxDepth, "stop converting an image with a path deeper than this many components (0: no limit)")
 	if withPolicy {
 		fs.StringVar(&f.pull, "pull", "missing", "when to look the image up in its registry: always, missing (when not cached, or a tag record is over an hour old), never")
 	}
@@ -81,12 +100,40 @@ func (f *pullFlags) options(cmd *cobra.Command, a *app) (image.PullOptions, erro
 		return opts, usageErrorf(cmd, "--max-image-size: %v", err)
 	}
 	opts.MaxSize = n
+	if opts.Limits, err = f.limits(cmd); err != nil {
+		return opts, err
+	}
 	if f.pull != "" {
 		if opts.Policy, err = image.ParsePullPolicy(f.pull); err != nil {
 			return opts, usageErrorf(cmd, "--pull: %v", err)
 		}
 	}
 	return opts, nil
+}
+
+// limits returns the limits the flags set.
+func (f *pullFlags) limits(cmd *cobra.Command) (image.Limits, error) {
+	n, err := parseSize(f.maxUnpacked)
+	if err != nil || n < 0 {
+		return image.Limits{}, usageErrorf(cmd, "--max-image-unpacked %q: want a size such as 3GiB (0: no limit)", f.maxUnpacked)
+	}
+	if f.maxEntries < 0 || f.maxDepth < 0 {
+		return image.Limits{}, usageErrorf(cmd, "--max-image-entries and --max-image-depth: want 0 (no limit) or more")
+	}
+	return image.Limits{MaxUnpacked: n, MaxEntries: f.maxEntries, MaxDepth: f.maxDepth}, nil
+}
+
+// sizeString writes a size the way parseSize reads it: "3GiB", "64GiB".
+func sizeString(n int64) string {
+	for _, u := range []struct {
+		name  string
+		shift uint
+	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // newProgress returns a progress reporter: a bar per phase when w is a

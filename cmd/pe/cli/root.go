@@ -64,9 +64,11 @@ inside them. pe gist fetches and creates gists holding a pe.toml, pe's
 shareable examples, which pe run --gist runs.
 
 Settings come from flags, then PE_* environment variables (PE_CACHE_DIR,
-PE_PLATFORM, PE_INSECURE, PE_MAX_IMAGE_SIZE, PE_IMAGE_COMPRESS, PE_LOG_LEVEL,
+PE_PLATFORM, PE_INSECURE, PE_MAX_IMAGE_SIZE, PE_MAX_IMAGE_UNPACKED,
+PE_MAX_IMAGE_ENTRIES, PE_MAX_IMAGE_DEPTH, PE_IMAGE_COMPRESS, PE_LOG_LEVEL,
 PE_VMM, PE_ACCEL, PE_KERNEL, PE_GITHUB_API), then ~/.config/pe/config.toml
-(keys: cache-dir, platform, insecure, max-image-size, image-compress,
+(keys: cache-dir, platform, insecure, max-image-size, max-image-unpacked,
+max-image-entries, max-image-depth, image-compress,
 log-level, vmm, accel, kernel, github-api), then defaults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,

@@ -41,6 +41,9 @@ type serveFlags struct {
 	registryAuth             bool
 	githubTokenFile          string
 	gistsPerHour             int
+	maxConversions           int
+	pullTimeout              time.Duration
+	cacheMaxSize             string
 }
 
 // newServeCmd returns "pe serve".
@@ -73,6 +76,15 @@ start --rate runs a second, in bursts of --burst. On SIGINT or SIGTERM pe serve
 stops accepting requests and lets the runs in progress finish. With --snapshots
 it keeps a VM snapshot of each preset and restores it instead of booting.
 
+Images are pulled and converted before a run waits for a VM slot, at most
+--max-conversions at once (more get 503 with Retry-After), each within
+--pull-timeout, under the image limits (--max-image-size 2GB of compressed
+layers, --max-image-unpacked 3GiB, --max-image-entries 500000,
+--max-image-depth 256 by default here). After each
+conversion the least recently used images are evicted until the cache takes at
+most --cache-max-size; an image a run uses (here or in a pe run sharing the
+cache) is never evicted.
+
 Logs are JSON lines on standard error, one per request with its request id.`,
 		Example: `  pe serve
   pe serve --listen :8080 --preset busybox=docker.io/library/busybox:1.36 --preset gcc:14
@@ -104,7 +116,11 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.BoolVar(&f.registryAuth, "registry-auth", false, "pull with the operator's registry credentials (docker's config.json and helpers); by default pulls are anonymous, so visitors reach public images only")
 	fs.StringVar(&f.githubTokenFile, "github-token-file", "", "fetch gists with the GitHub token in this file (by default without one: 60 requests an hour for the whole server)")
 	fs.IntVar(&f.gistsPerHour, "gists-per-hour", 30, "gists a client may have the server fetch from GitHub per hour (cached ones are free; 0: no limit)")
+	fs.IntVar(&f.maxConversions, "max-conversions", engine.DefaultMaxConversions, "images pulled and converted at once, outside the VM slots (more get 503)")
+	fs.DurationVar(&f.pullTimeout, "pull-timeout", engine.DefaultPullTimeout, "the longest pulling and converting an image may take")
+	fs.StringVar(&f.cacheMaxSize, "cache-max-size", "50GiB", "evict least recently used images (never one in use) after each conversion until the image cache takes at most this (0: no limit)")
 	registerGitHubAPI(fs, &f.githubAPI)
+	f.pullFlags.defLimits = image.ServeLimits()
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
@@ -122,6 +138,13 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	maxOut, err := parseSize(f.maxOut)
 	if err != nil || maxOut < 1 {
 		return usageErrorf(cmd, "--max-output %q: want a size such as 1MiB", f.maxOut)
+	}
+	cacheMax, err := parseSize(f.cacheMaxSize)
+	if err != nil || cacheMax < 0 {
+		return usageErrorf(cmd, "--cache-max-size %q: want a size such as 20GiB (0: no limit)", f.cacheMaxSize)
+	}
+	if f.maxConversions < 1 || f.pullTimeout <= 0 {
+		return usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
 	}
 	if f.slots < 1 {
 		return usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
@@ -184,7 +207,11 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 			log.Warn("no preset images: pass --preset (the cached images are presets only on a loopback --listen address)")
 		}
 	}
-	source := serveSource(cache, popts, presets, !f.registryAuth)
+	// Images are pulled and converted before a run takes a VM slot, a
+	// few at a time, each within --pull-timeout.
+	conv := &engine.Converter{Cache: cache, Options: popts, MaxConversions: f.maxConversions,
+		Timeout: f.pullTimeout, CacheMaxSize: cacheMax, Log: log}
+	source := serveSource(conv, popts, presets, !f.registryAuth)
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, maxOut)
 	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
@@ -280,8 +307,7 @@ func listenIsLoopback(listen string) bool {
 // reaches the file system even should that check fail. With publicOnly,
 // a reference that is not a preset's must be readable anonymously in its
 // registry, cached or not (server.PublicOnly).
-func serveSource(cache *image.Cache, popts image.PullOptions, presets []server.Preset, publicOnly bool) engine.ImageSource {
-	var source engine.ImageSource = &engine.CacheSource{Cache: cache, Options: popts}
+func serveSource(source engine.ImageSource, popts image.PullOptions, presets []server.Preset, publicOnly bool) engine.ImageSource {
 	files := presetFiles{}
 	exempt := map[string]bool{}
 	for _, p := range presets {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/pe-project/pe/engine"
 	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/server"
 )
@@ -111,7 +112,7 @@ func TestServeSourceEROFSPreset(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, publicOnly := range []bool{false, true} {
-		src := serveSource(cache, image.PullOptions{Policy: image.PullNever}, presets, publicOnly)
+		src := serveSource(&engine.Converter{Cache: cache, Options: image.PullOptions{Policy: image.PullNever}}, image.PullOptions{Policy: image.PullNever}, presets, publicOnly)
 		img, err := src.Resolve(t.Context(), preset)
 		if err != nil || img.EROFSPath != preset {
 			t.Errorf("public only %v: the preset's file resolved to %+v, %v", publicOnly, img, err)
