@@ -309,3 +309,74 @@ func TestVMRefusals(t *testing.T) {
 		})
 	}
 }
+
+// TestVMOverload is the overload test over real VMs: ten times --slots
+// clients for a bounded time, each request answered with its own result
+// or a 429/503 carrying Retry-After, and afterwards no VM (TestMain checks
+// the processes), no work file and no queued run left. The fake-runner
+// TestOverload does the same at a rate VMs under TCG cannot reach.
+func TestVMOverload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs for several seconds; skipped with -short")
+	}
+	work := t.TempDir()
+	f := enginetest.Setup(t)
+	e := newTestEngine(t, f)
+	const slots = 2
+	s, err := New(Config{
+		Runner: e, Slots: slots, MaxQueue: slots, MaxWait: 2 * time.Second,
+		Presets: []Preset{{Name: "busybox"}}, RunTimeout: 30 * time.Second,
+		RatePerSecond: -1, TempDir: work,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s)
+	defer ts.Close()
+	url := ts.URL + "/api/v2/runi/amd64/linux/busybox"
+	deadline := time.Now().Add(8 * time.Second)
+	var mu sync.Mutex
+	counts := map[int]int{}
+	var wg sync.WaitGroup
+	for i := range 10 * slots {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(deadline) && n < 50; n++ {
+				want := fmt.Sprintf("client %d run %d\n", i, n)
+				// Every other run also floods its output past the limit.
+				cmd := fmt.Sprintf(`echo "client %d run %d"`, i, n)
+				if n%2 == 1 {
+					cmd += "; yes >&2"
+				}
+				body, _ := json.Marshal(map[string]any{"cmd": []string{"sh", "-c", cmd}, "timeout_ms": 3000})
+				resp, b := post(t, url, "application/json", body)
+				mu.Lock()
+				counts[resp.StatusCode]++
+				mu.Unlock()
+				switch resp.StatusCode {
+				case 200:
+					var got RunResponse
+					if err := json.Unmarshal(b, &got); err != nil || got.Stdout == nil || *got.Stdout != want {
+						t.Errorf("client %d run %d: %s, want stdout %q", i, n, b, want)
+					}
+				case 429, 503:
+					if resp.Header.Get("Retry-After") == "" {
+						t.Errorf("client %d: %d without Retry-After", i, resp.StatusCode)
+					}
+				default:
+					t.Errorf("client %d run %d: status %d: %s", i, n, resp.StatusCode, b)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("answers by status: %v", counts)
+	if counts[200] == 0 || counts[503]+counts[429] == 0 {
+		t.Errorf("statuses %v: want both results and refusals", counts)
+	}
+	if q, r := s.queue.counts(); q != 0 || r != 0 {
+		t.Errorf("after the load: %d queued, %d running", q, r)
+	}
+	if left, _ := os.ReadDir(work); len(left) > 0 {
+		t.Errorf("left in the work directory: %v", left)
+	}
+}
