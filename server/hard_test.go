@@ -270,8 +270,12 @@ func (b *blockingImages) Resolve(ctx context.Context, ref string) (*engine.Resol
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if ref == "missing" {
+	switch ref {
+	case "missing":
 		return nil, fmt.Errorf("image %s: open /secret/path: no such file", ref)
+	case "/srv/file.erofs":
+		// An EROFS file resolves without a digest.
+		return &engine.ResolvedImage{Reference: ref, EROFSPath: ref}, nil
 	}
 	return &engine.ResolvedImage{Reference: ref, Digest: "sha256:" + strings.Repeat("a", 64)}, nil
 }
@@ -281,7 +285,7 @@ func (b *blockingImages) Resolve(ctx context.Context, ref string) (*engine.Resol
 // errors name no host path.
 func TestImagesNeverWait(t *testing.T) {
 	imgs := &blockingImages{release: make(chan struct{})}
-	_, url := testServer(t, Config{Images: imgs, Presets: []Preset{{Name: "demo"}, {Name: "gone", Source: "missing"}}})
+	_, url := testServer(t, Config{Images: imgs, Presets: []Preset{{Name: "demo"}, {Name: "gone", Source: "missing"}, {Name: "file", Source: "/srv/file.erofs"}}})
 	get := func() ImagesResponse {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
@@ -301,7 +305,7 @@ func TestImagesNeverWait(t *testing.T) {
 		return got
 	}
 	for range 3 {
-		if got := get(); len(got.Images) != 2 || got.Images[0].Digest != "" {
+		if got := get(); len(got.Images) != 3 || got.Images[0].Digest != "" {
 			t.Errorf("while resolving: %+v", got)
 		}
 	}
@@ -313,6 +317,9 @@ func TestImagesNeverWait(t *testing.T) {
 	got := get()
 	if got.Images[1].Digest != "" || got.Images[1].Error == "" {
 		t.Errorf("the missing preset: %+v", got.Images[1])
+	}
+	if got.Images[2].Error != "" || strings.Contains(got.Images[2].Reference, "/srv") {
+		t.Errorf("the EROFS file preset: %+v", got.Images[2])
 	}
 }
 

@@ -190,7 +190,10 @@ func (s *Server) renderImages(digests map[string]string) *imagesAnswer {
 	for _, p := range s.cfg.Presets {
 		ip := ImagePreset{Reference: p.Name, Description: p.Description}
 		if digests != nil {
-			if ip.Digest = digests[p.Name]; ip.Digest == "" {
+			// A preset that resolved without a digest (an EROFS file)
+			// is available all the same.
+			d, ok := digests[p.Name]
+			if ip.Digest = d; !ok {
 				ip.Error = "not available now"
 			}
 		}
