@@ -63,6 +63,18 @@ func vmSetup(t *testing.T) *vmFixture {
 // extra files (path: content) with opts, and returns its path.
 func writeImage(t *testing.T, f *vmFixture, opts erofs.WriterOptions, extra map[string][]byte) string {
 	t.Helper()
+	return writeImageWith(t, f, opts, func(add func(erofs.Entry, []byte)) {
+		for name, data := range extra {
+			add(erofs.Entry{Path: name, Mode: 0o644}, data)
+		}
+	})
+}
+
+// writeImageWith writes an EROFS image of the fixture's busybox tree with
+// opts, then the entries more adds (the entry's size is its data's), and
+// returns its path.
+func writeImageWith(t *testing.T, f *vmFixture, opts erofs.WriterOptions, more func(add func(erofs.Entry, []byte))) string {
+	t.Helper()
 	img := filepath.Join(t.TempDir(), "image.erofs")
 	out, err := os.Create(img)
 	if err != nil {
@@ -76,11 +88,13 @@ func writeImage(t *testing.T, f *vmFixture, opts erofs.WriterOptions, extra map[
 	if err := image.AddDir(t.Context(), w, f.rootfs); err != nil {
 		t.Fatal(err)
 	}
-	for name, data := range extra {
-		if err := w.Add(erofs.Entry{Path: name, Mode: 0o644, Size: int64(len(data))}, bytes.NewReader(data)); err != nil {
+	more(func(e erofs.Entry, data []byte) {
+		t.Helper()
+		e.Size = int64(len(data))
+		if err := w.Add(e, bytes.NewReader(data)); err != nil {
 			t.Fatal(err)
 		}
-	}
+	})
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/pe-project/pe/erofs"
-	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 	"github.com/pe-project/pe/vmm/qemu"
 )
@@ -82,34 +80,14 @@ func (w *diskWatch) end() (maxSize, maxUse int64, biggest string) {
 // and here stands for any guest writing its disks.
 func diskBombImage(t *testing.T, f *vmFixture) string {
 	t.Helper()
-	img := filepath.Join(t.TempDir(), "image.erofs")
-	out, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	w, err := erofs.NewWriter(out, erofs.WriterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := image.AddDir(t.Context(), w, f.rootfs); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Add(erofs.Entry{Path: "x", Mode: fs.ModeDir | 0o755}, nil); err != nil {
-		t.Fatal(err)
-	}
-	for _, major := range []uint32{252, 253, 254} {
-		for _, minor := range []uint32{0, 16} {
-			e := erofs.Entry{Path: fmt.Sprintf("x/blk-%d-%d", major, minor), Mode: fs.ModeDevice | 0o666, DevMajor: major, DevMinor: minor}
-			if err := w.Add(e, nil); err != nil {
-				t.Fatal(err)
+	return writeImageWith(t, f, erofs.WriterOptions{}, func(add func(erofs.Entry, []byte)) {
+		add(erofs.Entry{Path: "x", Mode: fs.ModeDir | 0o755}, nil)
+		for _, major := range []uint32{252, 253, 254} {
+			for _, minor := range []uint32{0, 16} {
+				add(erofs.Entry{Path: fmt.Sprintf("x/blk-%d-%d", major, minor), Mode: fs.ModeDevice | 0o666, DevMajor: major, DevMinor: minor}, nil)
 			}
 		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	})
 }
 
 // TestVMHostDiskBound runs a program that writes all it can to every disk

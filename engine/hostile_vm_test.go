@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"fmt"
 	"io/fs"
 	"os"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
-	"github.com/pe-project/pe/image"
 )
 
 // hostileDevice is a device node the hostile image ships, mode 0666.
@@ -104,43 +102,21 @@ func TestVMHostileImage(t *testing.T) {
 // hostileDevices in /x/dev, mode 0666.
 func hostileImage(t *testing.T, f *vmFixture, probe string) string {
 	t.Helper()
-	img := filepath.Join(t.TempDir(), "hostile.erofs")
-	out, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	w, err := erofs.NewWriter(out, erofs.WriterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := image.AddDir(t.Context(), w, f.rootfs); err != nil {
-		t.Fatal(err)
-	}
 	bin, err := os.ReadFile(probe)
 	if err != nil {
 		t.Fatal(err)
 	}
-	add := func(e erofs.Entry, data []byte) {
-		t.Helper()
-		e.Size = int64(len(data))
-		if err := w.Add(e, bytes.NewReader(data)); err != nil {
-			t.Fatal(err)
+	return writeImageWith(t, f, erofs.WriterOptions{}, func(add func(erofs.Entry, []byte)) {
+		add(erofs.Entry{Path: "x", Mode: fs.ModeDir | 0o755}, nil)
+		add(erofs.Entry{Path: "x/dev", Mode: fs.ModeDir | 0o755}, nil)
+		add(erofs.Entry{Path: "x/probe", Mode: 0o755}, bin)
+		add(erofs.Entry{Path: "x/suidprobe", Mode: fs.ModeSetuid | 0o755}, bin)
+		for _, d := range hostileDevices {
+			mode := fs.ModeDevice | 0o666
+			if !d.block {
+				mode |= fs.ModeCharDevice
+			}
+			add(erofs.Entry{Path: "x/dev/" + d.name, Mode: mode, DevMajor: d.major, DevMinor: d.minor}, nil)
 		}
-	}
-	add(erofs.Entry{Path: "x", Mode: fs.ModeDir | 0o755}, nil)
-	add(erofs.Entry{Path: "x/dev", Mode: fs.ModeDir | 0o755}, nil)
-	add(erofs.Entry{Path: "x/probe", Mode: 0o755}, bin)
-	add(erofs.Entry{Path: "x/suidprobe", Mode: fs.ModeSetuid | 0o755}, bin)
-	for _, d := range hostileDevices {
-		mode := fs.ModeDevice | 0o666
-		if !d.block {
-			mode |= fs.ModeCharDevice
-		}
-		add(erofs.Entry{Path: "x/dev/" + d.name, Mode: mode, DevMajor: d.major, DevMinor: d.minor}, nil)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	})
 }
