@@ -34,22 +34,30 @@ func bootMounts() error {
 	if err := unix.Chdir("/"); err != nil {
 		return err
 	}
-	for _, m := range []struct {
-		fstype, dir string
-		flags       uintptr
-		data        string
-	}{
-		{"proc", "/proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"sysfs", "/sys", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"devtmpfs", "/dev", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0755"},
-		{"tmpfs", "/run", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755,size=16m"},
-		{"cgroup2", CgroupRoot, unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-	} {
-		if err := mountAt(m.fstype, m.dir, m.fstype, m.flags, m.data); err != nil {
+	for _, m := range bootFileSystems {
+		if err := mountAt(m.source, m.dir, m.fstype, m.flags, m.data); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// mountSpec is one mount of a table: what mount(2) takes.
+type mountSpec struct {
+	source, dir, fstype string
+	flags               uintptr
+	data                string
+}
+
+// bootFileSystems are PID 1's own file systems, mounted in this order on
+// the bound initramfs root. nodev everywhere but on the devtmpfs, whose
+// nodes the init and the program's /dev binds use.
+var bootFileSystems = []mountSpec{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0755"},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755,size=16m"},
+	{"cgroup2", CgroupRoot, "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 }
 
 // cmdline is the parsed kernel command line.

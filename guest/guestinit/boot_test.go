@@ -4,7 +4,34 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
+
+// TestMountTablesNodev: every file system the init and the stage-2 child
+// mount from their tables is nosuid, and nodev but for those whose device
+// nodes are the point (the init's devtmpfs, the program's devpts).
+func TestMountTablesNodev(t *testing.T) {
+	type flags struct{ NoSuid, NoDev bool }
+	got := map[string]flags{}
+	for _, m := range bootFileSystems {
+		got[m.dir] = flags{m.flags&unix.MS_NOSUID != 0, m.flags&unix.MS_NODEV != 0}
+	}
+	for _, m := range devMounts(1 << 20) {
+		got["/dev/"+m.dir+" (program)"] = flags{m.flags&unix.MS_NOSUID != 0, m.flags&unix.MS_NODEV != 0}
+	}
+	want := map[string]flags{
+		"/proc":              {true, true},
+		"/sys":               {true, true},
+		"/dev":               {true, false},
+		"/run":               {true, true},
+		CgroupRoot:           {true, true},
+		"/dev/pts (program)": {true, false},
+		"/dev/shm (program)": {true, true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("mount flags (-want +got):\n%s", diff)
+	}
+}
 
 func TestParseCmdline(t *testing.T) {
 	for _, tc := range []struct {

@@ -4,7 +4,9 @@
 // initramfs), reads the request from the I/O disk, builds the container root
 // (the EROFS image read-only, idmapped so its root-owned files belong to the
 // container's root, under a tmpfs overlay), runs the program in a
-// [Sandbox] and writes the result back before powering the VM off.
+// [Sandbox] and writes the result back before powering the VM off. Those
+// are the phases of PID 1, one method each of its state (vmInit, main.go),
+// in the order docs/guest.md lists them.
 //
 // Booted for an image's snapshot (pe.snapshot=1 on the command line), the
 // init mounts the image and starts the sandbox; booted for a boot snapshot

@@ -19,6 +19,9 @@ const (
 	watchdogWrite   = 3 * time.Second  // for the watchdog's own report
 )
 
+// deviceWait bounds the wait for a disk to appear after its driver loaded.
+const deviceWait = 5 * time.Second
+
 // Main is the guest init's entry point: the stage-2 child when argv[1] is
 // [Stage2Arg], PID 1 of the VM otherwise. It never returns.
 func Main() {
@@ -41,30 +44,105 @@ func Main() {
 	in.powerOff()
 }
 
-// vmInit is the state of PID 1.
+// vmInit is PID 1 of the VM. Its methods are the phases of docs/guest.md
+// ("The init"), in the order run calls them; each leaves in the fields
+// what the later ones need.
 type vmInit struct {
-	log      *logger
-	iof      atomic.Pointer[guest.IOFile]
-	watchdog *time.Timer
-	timings  map[string]int64
+	// Set by boot.
+	log *logger
+	cmd cmdline
 	// hostStops: the host stops the VM on the result-ready line.
 	hostStops bool
+	watchdog  *time.Timer
+	// timings go into the result; mounts adds up the time spent mounting
+	// (the image, the container root), reported as "mounts". A snapshot's
+	// wake drops both: they belong to the snapshot, not to the run.
+	timings map[string]int64
+	mounts  time.Duration
+
+	// Set by prepare.
+	ioDev, imageDev string
+	memTotal        int64 // the VM's memory
+	// defaultMem is the program's memory limit for the default request:
+	// the sandbox is started, and the root sized, for it.
+	defaultMem   int64
+	sb           *Sandbox
+	imageMounted bool
+	// inputDir is the container's input directory, made with the root.
+	inputDir string
+
+	// Set by readRequest; read by the watchdog, from its own goroutine.
+	iof atomic.Pointer[guest.IOFile]
 	// nonce is the request's, once read: the result and the result-ready
-	// line carry it (the watchdog's too, from its own goroutine).
+	// line carry it.
 	nonce atomic.Pointer[string]
 }
 
+// run is PID 1's life, phase by phase. Until the I/O file is open a
+// failure can only be logged on the console (the host reports it); from
+// then on it is the run's result (fail).
 func (in *vmInit) run() {
+	if err := in.boot(); err != nil {
+		// No console log yet: the kernel points stderr at the console.
+		fmt.Fprintf(os.Stderr, "pe-init: %v\n", err)
+		return
+	}
+	in.loadModules()
+	if err := in.phases(); err != nil {
+		in.fail(err)
+	}
+}
+
+// phases runs what follows the modules: the same for a cold boot and a
+// restored VM, but for the branch a snapshot's boot takes before its
+// sleep.
+func (in *vmInit) phases() error {
+	if err := in.prepare(); err != nil {
+		return err
+	}
+	switch in.cmd.params[guest.CmdlineSnapshot] {
+	case guest.SnapshotBoot:
+		if err := in.prepareBootSnapshot(); err != nil {
+			return err
+		}
+		// Neither disk is read before the wake: a restored VM's are
+		// other files, the image disk the run's image.
+		if err := in.sleep(in.imageDev, in.ioDev); err != nil {
+			return err
+		}
+	case guest.SnapshotImage:
+		if err := in.prepareImageSnapshot(); err != nil {
+			return err
+		}
+		// The image stays: its mount and warmed cache are the point.
+		if err := in.sleep(in.ioDev); err != nil {
+			return err
+		}
+	}
+	req, err := in.readRequest()
+	if err != nil {
+		return err
+	}
+	res, err := in.runProgram(req)
+	if err != nil {
+		return err
+	}
+	in.finish(res)
+	return nil
+}
+
+// boot gives PID 1 its file systems, reads the kernel command line, opens
+// the console log and starts the boot watchdog.
+func (in *vmInit) boot() error {
 	in.timings = map[string]int64{"boot_to_init": 0}
 	if err := bootMounts(); err != nil {
-		fmt.Fprintf(os.Stderr, "pe-init: %v\n", err)
-		return // no I/O disk yet: the host reports the console
+		return err
 	}
 	in.timings["boot_to_init"] = uptimeMicros()
 	raw, _ := os.ReadFile("/proc/cmdline")
-	cmd := parseCmdline(string(raw))
-	in.log = newLogger(consoleWriter(), cmd.params[guest.CmdlineDebug] == "1")
-	in.hostStops = cmd.params[guest.CmdlineHostStop] == "1"
+	in.cmd = parseCmdline(string(raw))
+	in.log = newLogger(consoleWriter(), in.cmd.params[guest.CmdlineDebug] == "1")
+	in.hostStops = in.cmd.params[guest.CmdlineHostStop] == "1"
 	in.log.Debugf("started %.3fs after boot", float64(in.timings["boot_to_init"])/1e6)
 	in.watchdog = time.AfterFunc(bootWatchdog, func() { in.watchdogFired(bootWatchdog) })
 
@@ -75,168 +153,123 @@ func (in *vmInit) run() {
 	if err := loopbackUp(); err != nil {
 		in.log.Debugf("loopback: %v", err)
 	}
+	return nil
+}
 
+// loadModules loads the initramfs's kernel modules. A failure is only
+// logged: the module may be built in after all, and the disks will tell.
+func (in *vmInit) loadModules() {
 	t := time.Now()
-	n, err := loadModules(guest.ModulesDir, guest.ModulesOrder, cmd.moduleParams, in.log)
+	n, err := loadModules(guest.ModulesDir, guest.ModulesOrder, in.cmd.moduleParams, in.log)
 	in.timings["modules"] = time.Since(t).Microseconds()
 	if err != nil {
-		in.log.Infof("%v", err) // maybe built in after all: the disks will tell
+		in.log.Infof("%v", err)
 	}
 	in.log.Debugf("%d modules loaded in %v", n, time.Since(t).Round(time.Microsecond))
+}
 
-	ioDev := cmd.ioDevice()
-	if err := waitForDevice(ioDev, 5*time.Second); err != nil {
-		in.log.Infof("no I/O disk: %v", err)
-		return
-	}
-	var mounts time.Duration
-	imageMounted := false
-	mountImage := func() error {
-		t := time.Now()
-		defer func() { mounts += time.Since(t) }()
-		imageDev := cmd.imageDevice()
-		if err := waitForDevice(imageDev, 5*time.Second); err != nil {
-			return fmt.Errorf("image disk: %w", err)
-		}
-		if err := mountAt(imageDev, vmLayout.lower, "erofs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
-			return fmt.Errorf("image: %w", err)
-		}
-		imageMounted = true
-		return nil
+// prepare waits for the I/O disk and makes the sandbox, started with the
+// root sized for the VM's default memory limit and owned by the
+// container's root: runProgram adapts both to the request.
+func (in *vmInit) prepare() error {
+	in.ioDev, in.imageDev = in.cmd.ioDevice(), in.cmd.imageDevice()
+	if err := waitForDevice(in.ioDev, deviceWait); err != nil {
+		return fmt.Errorf("no I/O disk: %w", err)
 	}
 	total, err := memTotal()
 	if err != nil {
-		in.log.Infof("%v", err)
-		return
+		return err
 	}
-	// The sandbox is started with the root sized for the VM's default
-	// limit and owned by the container's root; Configure adapts both to
-	// the request.
-	defaultMem := programMemory(0, total)
-	var iof *guest.IOFile
-	var mem int64
-	var uid, gid int
-	var inputDir string
-	sb := &Sandbox{
+	in.memTotal, in.defaultMem = total, programMemory(0, total)
+	in.sb = &Sandbox{
 		Root:         vmLayout.root,
 		DevDir:       "/dev",
 		CgroupParent: CgroupRoot,
 		Self:         "/init",
-		MemoryMax:    defaultMem,
-		ShmSize:      defaultMem / 4,
+		MemoryMax:    in.defaultMem,
+		ShmSize:      in.defaultMem / 4,
 		Log:          in.log,
-		Prepare: func(usernsFD int) error {
-			t := time.Now()
-			defer func() { mounts += time.Since(t) }()
-			idmapped, err := mountRoot(vmLayout, rootOptions{tmpfsSize: defaultMem / 2, uid: IDBase, gid: IDBase}, usernsFD, in.log)
-			if err != nil {
-				return fmt.Errorf("container root: %w", err)
-			}
-			if inputDir, err = mkdirInRoot(vmLayout.root, guest.InputDir, 0o755, IDBase, IDBase); err != nil {
-				return err
-			}
-			in.log.Debugf("container root ready (idmapped: %v)", idmapped)
-			return nil
-		},
-		Configure: func(*guest.Request) error {
-			t := time.Now()
-			defer func() { mounts += time.Since(t) }()
-			if err := configureRoot(vmLayout, defaultMem/2, rootOptions{tmpfsSize: mem / 2, uid: uid, gid: gid}); err != nil {
-				return fmt.Errorf("container root: %w", err)
-			}
-			// What a snapshot holds is done already: the common run (the
-			// container's root, no input files) changes nothing here.
-			if iof.HasInputs() {
-				if err := iof.ExtractInputs(inputDir); err != nil {
-					return err
-				}
-				return chownTree(inputDir, uid, gid)
-			}
-			if uid != IDBase || gid != IDBase {
-				return os.Chown(inputDir, uid, gid)
-			}
-			return nil
-		},
+		Prepare:      in.makeRoot,
+		Configure:    in.configureRoot,
 	}
-	// sleep waits, once the snapshot's state is made, for the host to
-	// save the VM and wake a restored copy of it.
-	sleep := func(flush ...string) bool {
-		// A restored VM's disks are other files: nothing of the boot's
-		// may stay cached. The kernel drops a disk's cache at its last
-		// close (the partition scan's), but a flush costs nothing and
-		// does not depend on who has a disk open. Nothing reads the
-		// disks from here to the wake.
-		for _, dev := range flush {
-			if err := flushBlockDevice(dev); err != nil {
-				in.log.Infof("%v", err)
-				return false
-			}
-		}
-		// Timers would fire at once in a VM restored much later.
-		in.watchdog.Stop()
-		if err := waitForWake(in.log); err != nil {
-			in.log.Infof("snapshot: %v", err)
-			return false
-		}
-		in.watchdog.Reset(bootWatchdog)
-		in.log.Debugf("woken from a snapshot")
-		// Boot phases belong to the snapshot, not to this run.
-		in.timings = map[string]int64{}
-		mounts = 0
-		return true
+	return nil
+}
+
+// prepareBootSnapshot does what a run of any image needs before the boot
+// snapshot, whose image disk holds nothing: it finds the image disk and
+// spawns the sandbox's stage-2 child, which needs no image until its
+// setup, so a restored VM skips its fork, exec and Go runtime start.
+func (in *vmInit) prepareBootSnapshot() error {
+	if err := waitForDevice(in.imageDev, deviceWait); err != nil {
+		return fmt.Errorf("image disk: %w", err)
 	}
-	switch cmd.params[guest.CmdlineSnapshot] {
-	case guest.SnapshotBoot:
-		// Any image's run may follow: only what needs no image is done.
-		if err := waitForDevice(cmd.imageDevice(), 5*time.Second); err != nil {
-			in.log.Infof("image disk: %v", err)
-			return
-		}
-		// The stage-2 child needs no image until its setup: started now,
-		// a restored VM skips its fork, exec and Go runtime start.
-		if err := sb.Spawn(); err != nil {
-			in.log.Infof("%v", err) // Start will try again
-		}
-		warmCodecs()
-		if !sleep(cmd.imageDevice(), ioDev) {
-			return
-		}
-	case guest.SnapshotImage:
-		if err := mountImage(); err != nil {
-			in.log.Infof("%v", err) // no I/O file yet: the host sees the console
-			return
-		}
-		// A restored VM finds the container root made and the sandbox's
-		// child started: under emulation, where every restored VM
-		// translates afresh whatever code it runs, that work is the
-		// larger part of a run.
-		if err := sb.Start(); err != nil {
-			in.log.Infof("%v", err)
-			return
-		}
-		warmCodecs()
-		// The image's likely files in memory: see warmImage.
-		t = time.Now()
-		if ws, err := warmImage(vmLayout.lower, min(total/8, warmMaxBytes), t.Add(warmMaxTime)); err != nil {
-			in.log.Infof("warm the image: %v", err)
-		} else {
-			in.log.Debugf("warmed %d files, %d bytes, of the image in %v (cut short: %v)", len(ws.Paths), ws.Bytes, time.Since(t).Round(time.Millisecond), ws.Cut)
-		}
-		if !sleep(ioDev) {
-			return
-		}
+	if err := in.sb.Spawn(); err != nil {
+		in.log.Infof("%v", err) // Start will try again
 	}
-	t = time.Now()
-	iof, err = guest.OpenIOFile(ioDev)
+	warmCodecs()
+	return nil
+}
+
+// prepareImageSnapshot mounts the image and starts the sandbox before an
+// image's snapshot: a restored VM finds the container root made and the
+// child waiting, and the image's likely files in memory. Under emulation,
+// where every restored VM translates afresh whatever code it runs, that
+// work is the larger part of a run.
+func (in *vmInit) prepareImageSnapshot() error {
+	if err := in.mountImage(); err != nil {
+		return err
+	}
+	if err := in.sb.Start(); err != nil {
+		return err
+	}
+	warmCodecs()
+	t := time.Now()
+	ws, err := warmImage(vmLayout.lower, min(in.memTotal/8, warmMaxBytes), t.Add(warmMaxTime))
 	if err != nil {
-		in.log.Infof("%v", err)
-		return
+		in.log.Infof("warm the image: %v", err)
+		return nil
+	}
+	in.log.Debugf("warmed %d files, %d bytes, of the image in %v (cut short: %v)", len(ws.Paths), ws.Bytes, time.Since(t).Round(time.Millisecond), ws.Cut)
+	return nil
+}
+
+// sleep waits, once the snapshot's state is made, for the host to save
+// the VM and wake a restored copy of it. flush are the disks whose cache
+// goes first: a restored VM's disks are other files, so nothing of the
+// boot's may stay cached. The kernel drops a disk's cache at its last
+// close (the partition scan's), but a flush costs nothing and does not
+// depend on who has a disk open.
+func (in *vmInit) sleep(flush ...string) error {
+	for _, dev := range flush {
+		if err := flushBlockDevice(dev); err != nil {
+			return err
+		}
+	}
+	// Timers would fire at once in a VM restored much later.
+	in.watchdog.Stop()
+	if err := waitForWake(in.log); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	in.watchdog.Reset(bootWatchdog)
+	in.log.Debugf("woken from a snapshot")
+	// Boot phases belong to the snapshot, not to this run.
+	in.timings = map[string]int64{}
+	in.mounts = 0
+	return nil
+}
+
+// readRequest opens the I/O file and reads the request, then sets the
+// watchdog for the request's time limit, the clock and the RNG from it.
+func (in *vmInit) readRequest() (*guest.Request, error) {
+	t := time.Now()
+	iof, err := guest.OpenIOFile(in.ioDev)
+	if err != nil {
+		return nil, err
 	}
 	in.iof.Store(iof)
 	req, err := iof.Request()
 	if err != nil {
-		in.fail(err)
-		return
+		return nil, err
 	}
 	in.nonce.Store(&req.Nonce)
 	in.timings["request"] = time.Since(t).Microseconds()
@@ -251,28 +284,86 @@ func (in *vmInit) run() {
 	if err := seedRNG(req.Seed); err != nil {
 		in.log.Infof("warning: %v", err)
 	}
+	return req, nil
+}
 
-	if !imageMounted {
-		if err := mountImage(); err != nil {
-			in.fail(err)
-			return
+// runProgram mounts the image unless a snapshot holds it mounted and runs
+// the request in the sandbox, with the memory limit the VM allows.
+func (in *vmInit) runProgram(req *guest.Request) (*guest.Result, error) {
+	if !in.imageMounted {
+		if err := in.mountImage(); err != nil {
+			return nil, err
 		}
 	}
-	mem = programMemory(req.MemoryLimit, total)
-	req.MemoryLimit = mem
-	uid, gid = outerID(req.UID), outerID(req.GID)
-	sb.ShmSize = mem / 4
-
-	var stdin = iof.Stdin()
+	req.MemoryLimit = programMemory(req.MemoryLimit, in.memTotal)
+	in.sb.ShmSize = req.MemoryLimit / 4
+	iof := in.iof.Load()
+	stdin := iof.Stdin()
 	if !req.HasStdin {
 		stdin = nil
 	}
-	res := sb.Run(req, stdin, iof.Stdout(), iof.Stderr())
-	in.timings["mounts"] = mounts.Microseconds()
-	in.finish(res)
+	res := in.sb.Run(req, stdin, iof.Stdout(), iof.Stderr())
+	in.timings["mounts"] = in.mounts.Microseconds()
+	return res, nil
 }
 
-// finish writes res with the timings and the output directory.
+// mountImage mounts the EROFS image disk read-only.
+func (in *vmInit) mountImage() error {
+	defer in.timeMounts(time.Now())
+	if err := waitForDevice(in.imageDev, deviceWait); err != nil {
+		return fmt.Errorf("image disk: %w", err)
+	}
+	if err := mountAt(in.imageDev, vmLayout.lower, "erofs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	in.imageMounted = true
+	return nil
+}
+
+// makeRoot is the sandbox's Prepare: the container root, idmapped for the
+// stage-2 child's user namespace, and its input directory, both owned by
+// the container's root until configureRoot knows the request's user.
+func (in *vmInit) makeRoot(usernsFD int) error {
+	defer in.timeMounts(time.Now())
+	idmapped, err := mountRoot(vmLayout, rootOptions{tmpfsSize: in.defaultMem / 2, uid: IDBase, gid: IDBase}, usernsFD, in.log)
+	if err != nil {
+		return fmt.Errorf("container root: %w", err)
+	}
+	if in.inputDir, err = mkdirInRoot(vmLayout.root, guest.InputDir, 0o755, IDBase, IDBase); err != nil {
+		return err
+	}
+	in.log.Debugf("container root ready (idmapped: %v)", idmapped)
+	return nil
+}
+
+// configureRoot is the sandbox's Configure: it resizes the root's tmpfs
+// for req's memory limit and gives the input directory, with the inputs,
+// to req's user, where those differ from what makeRoot made.
+func (in *vmInit) configureRoot(req *guest.Request) error {
+	defer in.timeMounts(time.Now())
+	uid, gid := outerID(req.UID), outerID(req.GID)
+	if err := configureRoot(vmLayout, in.defaultMem/2, rootOptions{tmpfsSize: req.MemoryLimit / 2, uid: uid, gid: gid}); err != nil {
+		return fmt.Errorf("container root: %w", err)
+	}
+	// What a snapshot holds is done already: the common run (the
+	// container's root, no input files) changes nothing here.
+	if iof := in.iof.Load(); iof.HasInputs() {
+		if err := iof.ExtractInputs(in.inputDir); err != nil {
+			return err
+		}
+		return chownTree(in.inputDir, uid, gid)
+	}
+	if uid != IDBase || gid != IDBase {
+		return os.Chown(in.inputDir, uid, gid)
+	}
+	return nil
+}
+
+// timeMounts adds the time since t to the mounts timing (deferred).
+func (in *vmInit) timeMounts(t time.Time) { in.mounts += time.Since(t) }
+
+// finish writes res with the timings and the output directory, then the
+// result-ready line, and leaves the host time to stop the VM.
 func (in *vmInit) finish(res *guest.Result) {
 	iof := in.iof.Load()
 	if iof == nil {
@@ -313,7 +404,8 @@ func (in *vmInit) requestNonce() string {
 	return ""
 }
 
-// fail reports an error of pe's guest side as the run's result.
+// fail reports an error of pe's guest side as the run's result (only on
+// the console before the I/O file is open).
 func (in *vmInit) fail(err error) {
 	in.log.Infof("%v", err)
 	in.finish(&guest.Result{ExitCode: ExitSetupFailed, Error: err.Error()})

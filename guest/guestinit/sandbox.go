@@ -383,6 +383,9 @@ func (s *Sandbox) Close() {
 	s.retired = nil
 }
 
+// run runs req in the started child (starting one when Start did not):
+// limits and streams, the configuration, the wait, then what the program
+// left. The child and its cgroup are kept for Close.
 func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Writer) (*guest.Result, error) {
 	res := &guest.Result{}
 	if s.child == nil {
@@ -396,21 +399,50 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 		c.closePipes()
 		s.retired = append(s.retired, c)
 	}()
-	cmd, cg, exited := c.cmd, c.cg, c.exited
-	outR, errR, failR := c.outR, c.errR, c.failR
-	abort := func(err error) (*guest.Result, error) {
+	if err := c.limit(req); err != nil {
 		c.kill()
 		return res, err
 	}
-	if cg != nil {
-		pids := req.PidsLimit
-		if pids == 0 {
-			pids = guest.DefaultPidsLimit
-		}
-		if err := cg.limit(req.MemoryLimit, pids); err != nil {
-			return abort(err)
-		}
+	drained := c.connect(stdin, stdout, stderr)
+	sendErr, err := s.configure(c, req, stdin == nil)
+	if err != nil {
+		c.kill()
+		return res, err
 	}
+	start := time.Now()
+	s.Log.Debugf("program started: %q", req.Argv)
+	var waitErr error
+	waitErr, res.TimedOut = s.wait(c, req.Timeout)
+	elapsed := time.Since(start)
+	res.Timings = map[string]int64{"program": elapsed.Microseconds()}
+	defer func() { res.Timings["collect"] = (time.Since(start) - elapsed).Microseconds() }()
+	s.settle(c, drained)
+	if err := c.status(res, waitErr); err != nil {
+		return res, err
+	}
+	if err := c.failure(res, sendErr); err != nil {
+		return res, err
+	}
+	s.Log.Debugf("program ended after %v: exit %d %s", elapsed.Round(time.Millisecond), res.ExitCode, res.Signal)
+	return res, nil
+}
+
+// limit writes req's memory and pids limits to the child's cgroup.
+func (c *stage2Child) limit(req *guest.Request) error {
+	if c.cg == nil {
+		return nil
+	}
+	pids := req.PidsLimit
+	if pids == 0 {
+		pids = guest.DefaultPidsLimit
+	}
+	return c.cg.limit(req.MemoryLimit, pids)
+}
+
+// connect copies stdin (nil: none) to the child and its output streams to
+// stdout and stderr, as they come; drained gets a value as each output
+// stream ends.
+func (c *stage2Child) connect(stdin io.Reader, stdout, stderr io.Writer) (drained chan struct{}) {
 	if stdin != nil {
 		go func(w *os.File) {
 			io.Copy(w, stdin) // EPIPE when the program stops reading: fine
@@ -421,65 +453,73 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	c.inW = nil // closed by its writer
 
-	drained := make(chan struct{}, 2)
+	drained = make(chan struct{}, 2)
 	drain := func(r *os.File, w io.Writer) {
 		io.Copy(w, r)
 		drained <- struct{}{}
 	}
-	go drain(outR, stdout)
-	go drain(errR, stderr)
+	go drain(c.outR, stdout)
+	go drain(c.errR, stderr)
+	return drained
+}
 
+// configure runs Configure and sends the child the program. A failure to
+// send (sendErr) is not yet an error: the child is gone, and its failure
+// report, read after its end, says why.
+func (s *Sandbox) configure(c *stage2Child, req *guest.Request, nullStdin bool) (sendErr, err error) {
 	if s.Configure != nil {
 		if err := s.Configure(req); err != nil {
-			return abort(err)
+			return nil, err
 		}
 	}
 	cfg, err := s.stage2Config(req)
 	if err != nil {
-		return abort(err)
+		return nil, err
 	}
-	cfg.NullStdin = stdin == nil
-	sendErr := json.NewEncoder(c.cfgW).Encode(cfg)
+	cfg.NullStdin = nullStdin
+	sendErr = json.NewEncoder(c.cfgW).Encode(cfg)
 	if sendErr != nil {
-		// The child is gone (it closes fd 3 only once it has read this):
-		// its failure report, read below, says why, if it wrote one.
+		// The child closes fd 3 only once it has read this.
 		s.Log.Debugf("send the sandbox its configuration: %v", sendErr)
 	}
 	c.cfgW.Close()
 	c.cfgW = nil
-	start := time.Now()
-	s.Log.Debugf("program started: %q", req.Argv)
+	return sendErr, nil
+}
 
+// wait waits for the child's end, killing it at the time limit (0: none).
+func (s *Sandbox) wait(c *stage2Child, limit time.Duration) (waitErr error, timedOut bool) {
 	var timeout <-chan time.Time
-	if req.Timeout > 0 {
-		t := time.NewTimer(req.Timeout)
+	if limit > 0 {
+		t := time.NewTimer(limit)
 		defer t.Stop()
 		timeout = t.C
 	}
-	var waitErr error
 	select {
-	case waitErr = <-exited:
+	case waitErr = <-c.exited:
+		return waitErr, false
 	case <-timeout:
-		res.TimedOut = true
-		s.Log.Debugf("time limit %v reached: killing the program", req.Timeout)
-		if cg != nil {
-			cg.kill()
-		}
-		// The child is the init of the program's PID namespace: killing it
-		// kills everything in there.
-		cmd.Process.Kill()
-		waitErr = <-exited
 	}
-	elapsed := time.Since(start)
-	res.Timings = map[string]int64{"program": elapsed.Microseconds()}
-	defer func() { res.Timings["collect"] = (time.Since(start) - elapsed).Microseconds() }()
+	s.Log.Debugf("time limit %v reached: killing the program", limit)
+	if c.cg != nil {
+		c.cg.kill()
+	}
+	// The child is the init of the program's PID namespace: killing it
+	// kills everything in there.
+	c.cmd.Process.Kill()
+	return <-c.exited, true
+}
+
+// settle waits, after the child's end, for its cgroup to empty and its
+// output streams to end, forcing both when they do not.
+func (s *Sandbox) settle(c *stage2Child, drained chan struct{}) {
 	// The program was the init of its PID namespace, whose end took every
 	// process in there with it: the cgroup is empty, unless something got
 	// out, which is then killed.
-	if cg != nil && !cg.waitEmpty(0) {
+	if c.cg != nil && !c.cg.waitEmpty(0) {
 		s.Log.Infof("processes left in the program's cgroup after its end: killing them")
-		cg.kill()
-		cg.waitEmpty(drainGrace)
+		c.cg.kill()
+		c.cg.waitEmpty(drainGrace)
 	}
 	deadline := time.After(drainGrace)
 	for range 2 {
@@ -487,15 +527,19 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 		case <-drained:
 		case <-deadline:
 			s.Log.Infof("output pipes still open %v after the program ended: closing them", drainGrace)
-			outR.Close()
-			errR.Close()
+			c.outR.Close()
+			c.errR.Close()
 			<-drained
 		}
 	}
+}
 
-	st := cmd.ProcessState
+// status fills res with the ended child's exit code or signal, its
+// resource usage and its cgroup's.
+func (c *stage2Child) status(res *guest.Result, waitErr error) error {
+	st := c.cmd.ProcessState
 	if st == nil {
-		return res, fmt.Errorf("wait for the program: %w", waitErr)
+		return fmt.Errorf("wait for the program: %w", waitErr)
 	}
 	ws := st.Sys().(syscall.WaitStatus)
 	switch {
@@ -518,28 +562,33 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 			InvoluntaryCtxSw: ru.Nivcsw,
 		}
 	}
-	if cg != nil {
-		cs := cg.stats()
+	if c.cg != nil {
+		cs := c.cg.stats()
 		res.Rusage.MemoryPeakKB = cs.memoryPeak / 1024
 		res.Rusage.OOMKills = cs.oomKills
 	}
+	return nil
+}
+
+// failure reads the child's failure report, if it wrote one: then the
+// program never ran, and res says why. sendErr is the configure's.
+func (c *stage2Child) failure(res *guest.Result, sendErr error) error {
 	var fail stage2Failure
-	if b, _ := io.ReadAll(io.LimitReader(failR, 64<<10)); len(b) > 0 {
+	if b, _ := io.ReadAll(io.LimitReader(c.failR, 64<<10)); len(b) > 0 {
 		if err := json.Unmarshal(b, &fail); err != nil {
-			return res, fmt.Errorf("sandbox: unreadable failure report %.200q", b)
+			return fmt.Errorf("sandbox: unreadable failure report %.200q", b)
 		}
 		res.ExitCode = fail.Code
 		res.Signal = ""
-		return res, errors.New(fail.Message)
+		return errors.New(fail.Message)
 	}
 	if sendErr != nil {
 		// Ended (killed, most likely) while it waited for the program,
 		// which never ran: not the program's status.
 		res.ExitCode, res.Signal = ExitSetupFailed, ""
-		return res, fmt.Errorf("sandbox: the stage-2 child ended before it got the program (%v): %w", st, sendErr)
+		return fmt.Errorf("sandbox: the stage-2 child ended before it got the program (%v): %w", c.cmd.ProcessState, sendErr)
 	}
-	s.Log.Debugf("program ended after %v: exit %d %s", elapsed.Round(time.Millisecond), res.ExitCode, res.Signal)
-	return res, nil
+	return nil
 }
 
 // stage2Setup resolves the mount points inside the root, creating them

@@ -62,6 +62,8 @@ func Stage2() {
 	os.Exit(code)
 }
 
+// stage2 runs the child's two halves: the program's mount namespace from
+// the setup, then, once the configuration comes, the program.
 func stage2() error {
 	// What decoding the two messages builds on first use (encoding/json's
 	// field lists, by reflection) is built now, while a snapshot can
@@ -76,6 +78,28 @@ func stage2() error {
 	if err := dec.Decode(&setup); err != nil {
 		return setupErr("sandbox: read the setup: %v", err)
 	}
+	if err := enterRoot(&setup); err != nil {
+		return err
+	}
+	if _, err := unix.Write(4, []byte{stage2Ready}); err != nil {
+		return setupErr("sandbox: report ready: %v", err)
+	}
+
+	// Ready: a snapshot may be taken here, and the program comes later.
+	var cfg stage2Config
+	if err := dec.Decode(&cfg); err != nil {
+		return setupErr("sandbox: read configuration: %v", err)
+	}
+	cfgFile.Close()
+	if err := configureChild(&setup, &cfg); err != nil {
+		return err
+	}
+	return execAs(&cfg)
+}
+
+// enterRoot makes the program's mount namespace, mounts its /proc and
+// /dev and pivots into the container root.
+func enterRoot(setup *stage2Setup) error {
 	// The init runs with oom_score_adj -1000, which the program must not
 	// inherit: the OOM killer would have nothing to kill in its cgroup.
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("0"), 0); err != nil {
@@ -87,7 +111,7 @@ func stage2() error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return setupErr("sandbox: make mounts private: %v", err)
 	}
-	if err := mountProcDev(&setup); err != nil {
+	if err := mountProcDev(setup); err != nil {
 		return err
 	}
 	// The root came from the init's namespace, so it is locked here and
@@ -109,16 +133,12 @@ func stage2() error {
 	if err := unix.Chdir("/"); err != nil {
 		return setupErr("sandbox: %v", err)
 	}
-	if _, err := unix.Write(4, []byte{stage2Ready}); err != nil {
-		return setupErr("sandbox: report ready: %v", err)
-	}
+	return nil
+}
 
-	// Ready: a snapshot may be taken here, and the program comes later.
-	var cfg stage2Config
-	if err := dec.Decode(&cfg); err != nil {
-		return setupErr("sandbox: read configuration: %v", err)
-	}
-	cfgFile.Close()
+// configureChild applies what the configuration changes of the setup:
+// /dev/shm's size, the hostname, standard input.
+func configureChild(setup *stage2Setup, cfg *stage2Config) error {
 	if cfg.ShmSize != setup.ShmSize && cfg.ShmSize > 0 {
 		if err := unix.Mount("", "/dev/shm", "", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size="+itoa(cfg.ShmSize)); err != nil {
 			return setupErr("sandbox: resize /dev/shm: %v", err)
@@ -139,7 +159,12 @@ func stage2() error {
 			return setupErr("sandbox: standard input: %v", err)
 		}
 	}
+	return nil
+}
 
+// execAs puts the seccomp filter on, drops to the program's user and
+// executes the program. It returns only on failure.
+func execAs(cfg *stage2Config) error {
 	env := cfg.Env
 	if lookupEnv(env, "HOME") == "" {
 		env = append(env, "HOME="+homeDir(cfg.UID))
@@ -192,33 +217,43 @@ func mountProcDev(cfg *stage2Setup) error {
 			return setupErr("sandbox: bind /dev/%s: %v", d, err)
 		}
 	}
-	for _, d := range []string{"pts", "shm"} {
-		if err := os.Mkdir(filepath.Join(dev, d), 0o755); err != nil {
-			return setupErr("sandbox: /dev/%s: %v", d, err)
+	for _, m := range devMounts(cfg.ShmSize) {
+		if err := os.Mkdir(filepath.Join(dev, m.dir), 0o755); err != nil {
+			return setupErr("sandbox: /dev/%s: %v", m.dir, err)
+		}
+		if err := unix.Mount(m.source, filepath.Join(dev, m.dir), m.fstype, m.flags, m.data); err != nil {
+			return setupErr("sandbox: mount /dev/%s: %v", m.dir, err)
 		}
 	}
-	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
-		return setupErr("sandbox: mount /dev/pts: %v", err)
-	}
-	shm := "mode=1777"
-	if cfg.ShmSize > 0 {
-		shm += ",size=" + itoa(cfg.ShmSize)
-	}
-	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, shm); err != nil {
-		return setupErr("sandbox: mount /dev/shm: %v", err)
-	}
-	for name, target := range map[string]string{
-		"ptmx":   "pts/ptmx",
-		"fd":     "/proc/self/fd",
-		"stdin":  "/proc/self/fd/0",
-		"stdout": "/proc/self/fd/1",
-		"stderr": "/proc/self/fd/2",
-	} {
-		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
-			return setupErr("sandbox: /dev/%s: %v", name, err)
+	for _, l := range devLinks {
+		if err := os.Symlink(l.target, filepath.Join(dev, l.name)); err != nil {
+			return setupErr("sandbox: /dev/%s: %v", l.name, err)
 		}
 	}
 	return nil
+}
+
+// devMounts are the file systems of the program's /dev, dir relative to
+// it: a devpts of its own (a new instance: the init's pseudo-terminals
+// stay out of reach) and /dev/shm of shmSize bytes (0: tmpfs's default).
+func devMounts(shmSize int64) []mountSpec {
+	shm := "mode=1777"
+	if shmSize > 0 {
+		shm += ",size=" + itoa(shmSize)
+	}
+	return []mountSpec{
+		{"devpts", "pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
+		{"shm", "shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, shm},
+	}
+}
+
+// devLinks are the symbolic links of the program's /dev.
+var devLinks = []struct{ name, target string }{
+	{"ptmx", "pts/ptmx"},
+	{"fd", "/proc/self/fd"},
+	{"stdin", "/proc/self/fd/0"},
+	{"stdout", "/proc/self/fd/1"},
+	{"stderr", "/proc/self/fd/2"},
 }
 
 // lookupEnv returns the last value of key in env, as a shell would see it.
