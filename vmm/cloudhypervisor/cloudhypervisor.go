@@ -247,3 +247,22 @@ func value(s string) string {
 	}
 	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
 }
+
+// Info describes the cloud-hypervisor backend to the code that chooses and
+// reports VMMs (see vmm.BackendInfo): optional, KVM only.
+func Info() vmm.BackendInfo {
+	return vmm.BackendInfo{
+		Name:     Name,
+		Binary:   DefaultBinary,
+		Find:     Find,
+		Version:  Version,
+		New:      func(path string) vmm.Backend { return New(path) },
+		Install:  InstallHint,
+		Optional: "faster VMs where KVM works",
+		NeedsKVM: ErrNeedsKVM,
+		// Its devices are virtio-pci. The guest loads virtio_mmio as well,
+		// as it always has for cloud-hypervisor (the initramfs it boots
+		// is the one with both transports).
+		GuestModules: []string{"virtio_mmio", "virtio_pci", "virtio_blk"},
+	}
+}
