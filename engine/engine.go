@@ -22,7 +22,6 @@ import (
 	"github.com/pe-project/pe/guest"
 	"github.com/pe-project/pe/guest/initramfs"
 	"github.com/pe-project/pe/vmm"
-	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // Defaults of a run.
@@ -49,6 +48,8 @@ type Options struct {
 	Backend vmm.Backend
 	// VMM is auto, qemu or cloud-hypervisor; Accel auto, kvm or tcg.
 	VMM, Accel string
+	// Backends are the VMMs to choose from (nil: backends.All()).
+	Backends []vmm.BackendInfo
 	// Kernel is the guest kernel directory ("" finds it, see
 	// vmm.FindKernel); KernelInfo, when set, is used as is.
 	Kernel     string
@@ -102,9 +103,10 @@ type Engine struct {
 	bootSnapMu sync.Mutex
 }
 
-// New returns an engine. It finds the kernel and the guest init now, so
-// that a missing one is reported before any run; the VMM is chosen (and
-// KVM probed) at the first run, or by calling Choice.
+// New returns an engine. It finds the kernel and the guest init now (the
+// GuestOnly part of Inspect), so that a missing one is reported before any
+// run; the VMM is chosen (and KVM probed) at the first run, or by calling
+// Choice.
 func New(opts Options) (*Engine, error) {
 	if opts.Images == nil {
 		return nil, errors.New("engine: no image source")
@@ -121,28 +123,15 @@ func New(opts Options) (*Engine, error) {
 	if opts.Backend != nil && opts.Accel != vmm.AccelKVM && opts.Accel != vmm.AccelTCG {
 		return nil, fmt.Errorf("engine: a given backend needs Accel kvm or tcg, not %q", opts.Accel)
 	}
-	e := &Engine{opts: opts, log: opts.Log, sem: make(chan struct{}, opts.MaxConcurrent)}
-	e.kernel = opts.KernelInfo
-	if e.kernel == nil {
-		k, err := vmm.FindKernel(opts.Kernel)
-		if err != nil {
-			return nil, err
-		}
-		e.kernel = k
-	}
-	e.bootKernel = e.kernel.Vmlinuz
-	if !opts.NoPVH {
-		p, err := vmm.BootImage(e.kernel, opts.CacheDir)
-		if err != nil {
-			e.log.Debug("booting the kernel image as it is", "reason", err)
-		}
-		e.bootKernel = p
-	}
-	init, err := FindInit(opts.InitBinary)
-	if err != nil {
+	host := Inspect(context.Background(), InspectOptions{
+		Kernel: opts.Kernel, KernelInfo: opts.KernelInfo, InitBinary: opts.InitBinary, NoPVH: opts.NoPVH,
+		CacheDir: opts.CacheDir, Log: opts.Log, GuestOnly: true,
+	})
+	if err := host.Err(); err != nil {
 		return nil, err
 	}
-	e.init = init
+	e := &Engine{opts: opts, log: opts.Log, sem: make(chan struct{}, opts.MaxConcurrent)}
+	e.kernel, e.bootKernel, e.init = host.Kernel, host.KernelImage, host.InitBinary
 	sweepRunDirs(opts.TempDir, e.log)
 	return e, nil
 }
@@ -216,7 +205,7 @@ func (e *Engine) Choice(ctx context.Context) (*Choice, error) {
 		return e.choice, nil
 	}
 	c, err := Choose(ctx, ChooseOptions{
-		VMM: e.opts.VMM, Accel: e.opts.Accel, Kernel: e.kernel, CacheDir: e.opts.CacheDir, Log: e.log,
+		VMM: e.opts.VMM, Accel: e.opts.Accel, Kernel: e.kernel, Backends: e.opts.Backends, CacheDir: e.opts.CacheDir, Log: e.log,
 	})
 	if err != nil {
 		return nil, err
@@ -473,10 +462,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err er
 // initramfs returns the initramfs for the VMM of choice, building it
 // into the cache the first time.
 func (e *Engine) initramfs(choice *Choice) (string, error) {
-	var modules []string // nil: initramfs.DefaultModules
-	if choice.VMM == qemu.Name {
-		modules = initramfs.MMIOModules
-	}
+	modules := guestModules(e.opts.Backends, choice.VMM)
 	return initramfs.Path(filepath.Join(e.opts.CacheDir, "initramfs"), e.kernel.ID(), e.init, e.kernel.ModulesDir, modules)
 }
 

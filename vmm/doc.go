@@ -4,7 +4,10 @@
 // vCPUs, memory, acceleration) into a running [Machine]: a VMM process pe
 // can wait for, kill, and whose guest console it keeps (the last 64 KiB).
 // The backends live in subpackages: vmm/qemu (QEMU's microvm machine, KVM
-// or TCG) and vmm/cloudhypervisor (cloud-hypervisor, KVM only).
+// or TCG) and vmm/cloudhypervisor (cloud-hypervisor, KVM only). Each
+// describes itself with a [BackendInfo] (name, discovery, version,
+// constructor, the guest modules its machine needs), and vmm/backends lists
+// them: the one place above a backend's own package that names it.
 //
 // A backend starts a machine by running a [Steps] chain, a named, editable
 // list of [Step]s in the manner of firecracker-go-sdk's handler lists:

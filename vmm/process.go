@@ -36,8 +36,6 @@ type Process struct {
 	exitErr     error
 	killed      atomic.Bool
 	cleanups    []func()
-	start       time.Time
-	exited      time.Time
 }
 
 // StartProcess starts l.Binary with l.Args in a process group of its own,
@@ -76,7 +74,6 @@ func StartProcess(l *Launch) (*Process, error) {
 	// output pipes once the VMM itself is gone.
 	cmd.WaitDelay = 2 * time.Second
 	p.cmd = cmd
-	p.start = time.Now()
 	err = cmd.Start()
 	if alive != nil {
 		// The trampoline holds the read end now; pe keeps the write end
@@ -128,7 +125,6 @@ func command(l *Launch) (*exec.Cmd, *os.File, error) {
 // cleanups.
 func (p *Process) wait(out io.Writer) {
 	err := p.cmd.Wait()
-	p.exited = time.Now()
 	if p.consoleFile != "" {
 		if b, rerr := readTail(p.consoleFile, ConsoleLogSize); rerr == nil {
 			out.Write(b)
@@ -202,16 +198,6 @@ func (p *Process) Stderr() []byte { return p.stderr.Bytes() }
 
 // PID implements Machine.
 func (p *Process) PID() int { return p.cmd.Process.Pid }
-
-// Runtime returns how long the process ran (so far, if it still runs).
-func (p *Process) Runtime() time.Duration {
-	select {
-	case <-p.done:
-		return p.exited.Sub(p.start)
-	default:
-		return time.Since(p.start)
-	}
-}
 
 // forgiving writes to w until w fails once, then drops everything: a
 // broken --debug terminal must not stop the console capture.

@@ -39,6 +39,11 @@ var DefaultModules = []string{"virtio_mmio", "virtio_pci", "virtio_blk", "erofs"
 // its machine has.
 var MMIOModules = []string{"virtio_mmio", "virtio_blk", "erofs", "overlay"}
 
+// RootModules are the file systems of the container root (the EROFS image
+// under a tmpfs overlay): the modules every guest loads after those its
+// machine's devices need (vmm.BackendInfo.GuestModules).
+var RootModules = []string{"erofs", "overlay"}
+
 // initramfsFormat changes whenever Build's output changes for the
 // same inputs, so cached initramfs files from older builds are not reused.
 const initramfsFormat = "pe-initramfs-2"

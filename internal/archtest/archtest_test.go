@@ -217,3 +217,56 @@ func TestGuestInitStaysSmall(t *testing.T) {
 		}
 	}
 }
+
+// TestOneRegistrationOfBackends keeps the concrete VMM backends behind
+// vmm/backends: the engine and the CLI choose, describe and start VMMs
+// through vmm.BackendInfo, so only that list (and tests, and test-support
+// packages such as engine/enginetest) may import a backend's package.
+func TestOneRegistrationOfBackends(t *testing.T) {
+	root := moduleRoot(t)
+	backendPkgs := []string{"vmm/qemu", "vmm/cloudhypervisor"}
+	allowed := append([]string{"vmm/backends"}, backendPkgs...)
+	fset := token.NewFileSet()
+	found := false
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if p != root && (strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "testdata" || name == "vendor" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+			return nil
+		}
+		rel, err := filepath.Rel(root, filepath.Dir(p))
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if slices.Contains(allowed, rel) || strings.HasSuffix(rel, "test") {
+			found = found || rel == "vmm/backends"
+			return nil
+		}
+		f, err := parser.ParseFile(fset, p, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, spec := range f.Imports {
+			path, _ := strconv.Unquote(spec.Path.Value)
+			if dep, ok := strings.CutPrefix(path, module+"/"); ok && slices.Contains(backendPkgs, dep) {
+				t.Errorf("%s/%s imports %s: reach backends through vmm/backends and vmm.BackendInfo", rel, name, dep)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Error("vmm/backends not found: the walk checked nothing")
+	}
+}

@@ -7,8 +7,7 @@
 // --disk, --console, --serial, --api-socket); the REST API on the
 // --api-socket (Client) tells when the VMM is up and can stop the VM. The
 // guest console is the 8250 serial port written to a file in the work
-// directory. APISteps is the alternative start-up that creates and boots
-// the VM through the API instead of flags.
+// directory.
 //
 // cloud-hypervisor reboots a guest that reboots (there is no -no-reboot),
 // so a guest kernel that panics with panic=-1 boots again until pe's
@@ -38,14 +37,12 @@ const DefaultBinary = "cloud-hypervisor"
 // package it).
 const InstallHint = "download the static binary from https://github.com/cloud-hypervisor/cloud-hypervisor/releases into PATH as cloud-hypervisor (it needs working KVM)"
 
-// Names of the steps of DefaultSteps and APISteps.
+// Names of the steps of DefaultSteps.
 const (
 	StepRequireKVMName = "cloudhypervisor.RequireKVM"
 	StepBinaryName     = "cloudhypervisor.Binary"
 	StepArgsName       = "cloudhypervisor.Args"
-	StepAPIArgsName    = "cloudhypervisor.APIArgs"
 	StepWaitAPIName    = "cloudhypervisor.WaitAPI"
-	StepCreateBootName = "cloudhypervisor.CreateBoot"
 )
 
 // Files the backend makes in the work directory.
@@ -101,32 +98,6 @@ func (b *Backend) DefaultSteps() vmm.Steps {
 		}},
 		vmm.StepStartProcess,
 		stepWaitAPI,
-	}
-}
-
-// APISteps is the start-up chain that gives cloud-hypervisor only
-// --api-socket and then creates and boots the VM with PUT vm.create and
-// PUT vm.boot.
-func (b *Backend) APISteps() vmm.Steps {
-	return vmm.Steps{
-		vmm.StepValidate,
-		stepRequireKVM,
-		b.stepBinary(),
-		vmm.StepWorkDir,
-		{Name: StepAPIArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-			l.ConsoleFile = filepath.Join(l.WorkDir, ConsoleFileName)
-			l.Args = []string{"--api-socket", "path=" + value(filepath.Join(l.WorkDir, APISocketName))}
-			return nil
-		}},
-		vmm.StepStartProcess,
-		stepWaitAPI,
-		{Name: StepCreateBootName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-			c := NewClient(filepath.Join(l.WorkDir, APISocketName))
-			if err := c.Create(ctx, NewVMConfig(l.Config, l.ConsoleFile)); err != nil {
-				return err
-			}
-			return c.Boot(ctx)
-		}},
 	}
 }
 
@@ -246,4 +217,23 @@ func value(s string) string {
 		return s
 	}
 	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+}
+
+// Info describes the cloud-hypervisor backend to the code that chooses and
+// reports VMMs (see vmm.BackendInfo): optional, KVM only.
+func Info() vmm.BackendInfo {
+	return vmm.BackendInfo{
+		Name:     Name,
+		Binary:   DefaultBinary,
+		Find:     Find,
+		Version:  Version,
+		New:      func(path string) vmm.Backend { return New(path) },
+		Install:  InstallHint,
+		Optional: "faster VMs where KVM works",
+		NeedsKVM: ErrNeedsKVM,
+		// Its devices are virtio-pci. The guest loads virtio_mmio as well,
+		// as it always has for cloud-hypervisor (the initramfs it boots
+		// is the one with both transports).
+		GuestModules: []string{"virtio_mmio", "virtio_pci", "virtio_blk"},
+	}
 }

@@ -2,6 +2,9 @@ package cloudhypervisor
 
 import (
 	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -77,10 +80,25 @@ func TestClientRestore(t *testing.T) {
 	}
 }
 
+// TestSnapshotNeedsKVM restores a snapshot under TCG: the restore stops at
+// the KVM check, before it looks for the binary or starts anything.
 func TestSnapshotNeedsKVM(t *testing.T) {
 	b := &Backend{Binary: "/nonexistent/cloud-hypervisor"}
 	_, err := b.RestoreSnapshot(t.Context(), &vmm.Config{Kernel: "/k", Accel: vmm.AccelTCG}, t.TempDir(), []byte("\n"))
 	if err == nil {
 		t.Error("RestoreSnapshot without a snapshot: no error")
+	}
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, SnapshotConfigFile), []byte(`{"payload":{"kernel":"/k"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kernel := filepath.Join(t.TempDir(), "vmlinuz")
+	if err := os.WriteFile(kernel, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.RestoreSnapshot(t.Context(), &vmm.Config{Kernel: kernel, Accel: vmm.AccelTCG}, dir, []byte("\n"))
+	if !errors.Is(err, ErrNeedsKVM) {
+		t.Errorf("RestoreSnapshot under TCG: %v, want ErrNeedsKVM", err)
 	}
 }

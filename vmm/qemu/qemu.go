@@ -227,3 +227,36 @@ func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 
 // escape doubles commas, QEMU's option separator, in a value.
 func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// Info describes the QEMU backend to the code that chooses and reports
+// VMMs (see vmm.BackendInfo). pe run needs QEMU: it is the VMM that works
+// on every host, with TCG where KVM does not.
+func Info() vmm.BackendInfo {
+	return vmm.BackendInfo{
+		Name:    Name,
+		Binary:  DefaultBinary,
+		Find:    Find,
+		Version: Version,
+		New:     func(path string) vmm.Backend { return New(path) },
+		Install: InstallHint,
+		// The microvm machine's devices are all virtio-mmio: the guest
+		// loads no PCI transport (each module costs boot time).
+		GuestModules: []string{"virtio_mmio", "virtio_blk"},
+		Facts: func(path string) []vmm.Fact {
+			return []vmm.Fact{New(path).Confinement().Fact()}
+		},
+	}
+}
+
+// Fact is c as pe doctor shows it: OK with the full confinement, else
+// with the step that gets it.
+func (c Confinement) Fact() vmm.Fact {
+	fix := ""
+	switch {
+	case !c.Sandbox:
+		fix = "unset " + ConfineEnv
+	case !c.Jail:
+		fix = "run pe as root for the full confinement (docs/security.md)"
+	}
+	return vmm.Fact{Name: "qemu confinement", OK: c.Jail, Detail: c.String(), Fix: fix}
+}

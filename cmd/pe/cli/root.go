@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pe-project/pe/engine"
+	"github.com/pe-project/pe/internal/human"
 )
 
 // Version is pe's version, sent to registries as the user agent
@@ -139,15 +140,4 @@ func isTerminal(f any) bool {
 }
 
 // humanBytes formats a size with binary units: 512 B, 1.5 KiB, 12.0 MiB.
-func humanBytes(n int64) string {
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	units := []string{"KiB", "MiB", "GiB", "TiB"}
-	f, i := float64(n)/1024, 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	return fmt.Sprintf("%.1f %s", f, units[i])
-}
+func humanBytes(n int64) string { return human.Bytes(n) }

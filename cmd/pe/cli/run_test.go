@@ -273,25 +273,3 @@ func TestDoctorMissing(t *testing.T) {
 		}
 	}
 }
-
-// TestDoctorBootSnapshots lists the boot snapshots in the cache, and only
-// those: an image's snapshot or a stray directory is not one.
-func TestDoctorBootSnapshots(t *testing.T) {
-	dir := t.TempDir()
-	if c := bootSnapshotsCheck(filepath.Join(dir, "missing")); !c.OK || !strings.Contains(c.Detail, "none yet") {
-		t.Errorf("no directory: %+v", c)
-	}
-	write := func(name, manifest string) {
-		os.MkdirAll(filepath.Join(dir, name), 0o755)
-		os.WriteFile(filepath.Join(dir, name, "manifest.json"), []byte(manifest), 0o644)
-		os.WriteFile(filepath.Join(dir, name, "mem"), bytes.Repeat([]byte("x"), 1<<20), 0o644)
-	}
-	write("512m-1c-a", `{"format":1,"boot":true,"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`)
-	write("1024m-2c-b", `{"format":1,"boot":true,"memory_mib":1024,"cpus":2,"io_size":1,"vmm":"qemu"}`)
-	write("image", `{"format":1,"image_file":{"path":"/i.erofs","size":1},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`)
-	os.Mkdir(filepath.Join(dir, "stray"), 0o755)
-	c := bootSnapshotsCheck(dir)
-	if want := "2 in " + dir + " (1024 MiB/2 vCPU, 512 MiB/1 vCPU; 2.0 MiB on disk)"; !c.OK || c.Detail != want {
-		t.Errorf("check %+v, want detail %q", c, want)
-	}
-}
