@@ -170,9 +170,14 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 
+	// A preset's run restores its snapshot, when there is one: the
+	// snapshot's machine is the run's.
+	if run.Snapshot = s.cfg.Snapshots.Snapshot(preset); run.Snapshot != nil {
+		run.MemoryMiB = 0
+	}
 	// Pull and convert before taking a run slot: a slow pull never holds
 	// a VM slot (Config.Images bounds conversions and their time).
-	if s.cfg.Images != nil && s.cfg.Snapshots.snapshot(preset) == nil {
+	if s.cfg.Images != nil && run.Snapshot == nil {
 		img, err := s.cfg.Images.Resolve(r.Context(), source)
 		if err != nil {
 			return runError(r.Context(), err)
@@ -193,8 +198,15 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.metrics.queueWait.Observe(time.Since(waitStart).Seconds())
 	runStart := time.Now()
-	res, err := s.runOnce(r.Context(), run, preset)
+	res, err := s.cfg.Runner.Run(r.Context(), run)
 	release()
+	if run.Snapshot != nil && res != nil {
+		label := "restored"
+		if res.Launch != engine.LaunchSnapshot {
+			label = "fallback" // the restore failed: the run booted
+		}
+		s.metrics.snapshotRuns.WithLabelValues(label).Inc()
+	}
 	if err != nil && res != nil && r.Context().Err() == nil {
 		// The program ran, but what it left in its output directory was
 		// refused on the way out (the engine's limits): the original
@@ -249,37 +261,6 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		s.cfg.Log.Info("client stopped reading the response", "request_id", r.Context().Value(requestIDKey), "error", err)
 	}
 	return nil
-}
-
-// runOnce runs run, from the preset's snapshot when there is one; when
-// the snapshot cannot be restored, it boots instead (and has the snapshot
-// made again).
-func (s *Server) runOnce(ctx context.Context, run *engine.RunRequest, preset string) (*engine.RunResult, error) {
-	snap := s.cfg.Snapshots.snapshot(preset)
-	if snap == nil {
-		return s.cfg.Runner.Run(ctx, run)
-	}
-	restore := *run
-	restore.Snapshot, restore.MemoryMiB = snap, 0
-	res, err := s.cfg.Runner.Run(ctx, &restore)
-	if err == nil || res != nil {
-		// With a result, the program ran (an error then is about its
-		// output files): not a snapshot to give up on.
-		s.metrics.snapshotRuns.WithLabelValues("restored").Inc()
-		return res, err
-	}
-	if ctx.Err() != nil || errors.Is(err, engine.ErrNoCommand) || errors.Is(err, engine.ErrUnknownUser) {
-		return nil, err
-	}
-	s.cfg.Log.Warn("restoring the preset's snapshot failed: booting", "preset", preset, "error", err)
-	s.metrics.snapshotRuns.WithLabelValues("fallback").Inc()
-	s.cfg.Snapshots.failed(preset, snap)
-	if seeker, ok := run.Stdin.(io.Seeker); ok {
-		if _, err := seeker.Seek(0, io.SeekStart); err != nil {
-			return nil, err
-		}
-	}
-	return s.cfg.Runner.Run(ctx, run)
 }
 
 // imageSource maps the reference a client sent to what pe resolves: a
