@@ -92,8 +92,8 @@ type runPlan struct {
 // chooses the VMM and decides how the VM comes up: restored from the
 // request's snapshot, restored from the boot snapshot (made first if
 // need be), or booted. It sets req's machine to the snapshot's.
-func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (p *runPlan, err error) {
-	p = &runPlan{release: func() {}}
+func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (_ *runPlan, err error) {
+	p := &runPlan{release: func() {}}
 	defer func() {
 		if err != nil {
 			p.release()
