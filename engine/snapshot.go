@@ -519,8 +519,8 @@ func makeSparse(path string, size int64) error {
 // another image digest or file (the reference now resolves to another
 // image), another pe build, kernel, guest init, VMM or acceleration
 // (ErrSnapshotMismatch), or damaged (ErrBadSnapshot). r.Force is implied.
-// A server keeps one snapshot per preset image with it, at start-up and
-// whenever a run reports ErrSnapshotMismatch.
+// A SnapshotPool keeps its snapshots with it, at start-up, every refresh
+// and after a run gave one back.
 func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapshot, error) {
 	img, err := e.opts.Images.Resolve(ctx, r.Image)
 	if err != nil {
