@@ -48,7 +48,11 @@ type SnapshotPool struct {
 
 	mu    sync.Mutex
 	snaps map[string]*Snapshot // by name
-	kick  chan struct{}
+	// held are the images of the snapshots Keep made last, by name: held
+	// in the cache (ResolvedImage.Release), as their VMs attach the very
+	// file, and a run whose restore fails boots it.
+	held map[string]*ResolvedImage
+	kick chan struct{}
 }
 
 // NewSnapshotPool returns a pool of this engine's snapshots, empty until
@@ -61,34 +65,18 @@ func (e *Engine) NewSnapshotPool(opts PoolOptions) *SnapshotPool {
 	if log == nil {
 		log = e.log
 	}
-	return &SnapshotPool{e: e, opts: opts, log: log, snaps: map[string]*Snapshot{}, kick: make(chan struct{}, 1)}
+	return &SnapshotPool{e: e, opts: opts, log: log, snaps: map[string]*Snapshot{}, held: map[string]*ResolvedImage{}, kick: make(chan struct{}, 1)}
 }
 
 // Keep makes a snapshot of each image, then keeps them fresh until ctx
 // is done: every Refresh, and soon after a run found one unusable.
 func (p *SnapshotPool) Keep(ctx context.Context, images []PoolImage) {
+	defer p.releaseAll()
 	for {
 		for _, img := range images {
-			start := time.Now()
-			snap, err := p.e.EnsureSnapshot(ctx, SnapshotRequest{
-				Image:     img.Image,
-				Dir:       filepath.Join(p.opts.Dir, snapshotDirName(img.Name)),
-				MemoryMiB: p.opts.MemoryMiB,
-				CPUs:      p.opts.CPUs,
-			})
-			if ctx.Err() != nil {
+			if !p.keep(ctx, img) {
 				return
 			}
-			p.mu.Lock()
-			if err != nil {
-				delete(p.snaps, img.Name)
-				p.log.Warn("no snapshot for an image: its runs boot", "name", img.Name, "error", err)
-			} else {
-				snap.pool, snap.name = p, img.Name
-				p.snaps[img.Name] = snap
-				p.log.Info("snapshot ready", "name", img.Name, "dir", snap.Dir, "duration", time.Since(start).Round(time.Millisecond))
-			}
-			p.mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():
@@ -96,6 +84,46 @@ func (p *SnapshotPool) Keep(ctx context.Context, images []PoolImage) {
 		case <-p.kick:
 		case <-time.After(p.opts.Refresh):
 		}
+	}
+}
+
+// keep makes or checks the snapshot of one image; it returns false once
+// ctx is done.
+func (p *SnapshotPool) keep(ctx context.Context, img PoolImage) bool {
+	start := time.Now()
+	snap, held, err := p.e.ensureSnapshot(ctx, SnapshotRequest{
+		Image:     img.Image,
+		Dir:       filepath.Join(p.opts.Dir, snapshotDirName(img.Name)),
+		MemoryMiB: p.opts.MemoryMiB,
+		CPUs:      p.opts.CPUs,
+	})
+	if ctx.Err() != nil {
+		held.release()
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.held[img.Name].release()
+	delete(p.held, img.Name)
+	if err != nil {
+		delete(p.snaps, img.Name)
+		p.log.Warn("no snapshot for an image: its runs boot", "name", img.Name, "error", err)
+		return true
+	}
+	snap.pool, snap.name = p, img.Name
+	p.snaps[img.Name], p.held[img.Name] = snap, held
+	p.log.Info("snapshot ready", "name", img.Name, "dir", snap.Dir, "duration", time.Since(start).Round(time.Millisecond))
+	return true
+}
+
+// releaseAll empties the pool and lets the cache have its images back.
+func (p *SnapshotPool) releaseAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, img := range p.held {
+		img.release()
+		delete(p.held, name)
+		delete(p.snaps, name)
 	}
 }
 

@@ -522,13 +522,33 @@ func makeSparse(path string, size int64) error {
 // A SnapshotPool keeps its snapshots with it, at start-up, every refresh
 // and after a run gave one back.
 func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapshot, error) {
-	img, err := e.opts.Images.Resolve(ctx, r.Image)
+	snap, img, err := e.ensureSnapshot(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	// Only its digest and path are compared: CreateSnapshot holds it
-	// again while it makes the snapshot.
 	img.release()
+	return snap, nil
+}
+
+// ensureSnapshot is EnsureSnapshot, and also returns the image the
+// snapshot's VMs attach, held (img.release) so that the cache keeps its
+// file: a SnapshotPool holds it as long as it keeps the snapshot.
+func (e *Engine) ensureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapshot, *ResolvedImage, error) {
+	img, err := e.opts.Images.Resolve(ctx, r.Image)
+	if err != nil {
+		return nil, nil, err
+	}
+	snap, err := e.openOrMakeSnapshot(ctx, r, img)
+	if err != nil {
+		img.release()
+		return nil, nil, err
+	}
+	return snap, img, nil
+}
+
+// openOrMakeSnapshot opens the snapshot in r.Dir if it was made for img
+// and r's machine, else makes it again (see EnsureSnapshot).
+func (e *Engine) openOrMakeSnapshot(ctx context.Context, r SnapshotRequest, img *ResolvedImage) (*Snapshot, error) {
 	snap, err := e.OpenSnapshot(ctx, r.Dir)
 	if err == nil {
 		m := &snap.Manifest
