@@ -19,6 +19,9 @@
 // the engine (ErrSnapshotMismatch, ErrBadSnapshot), and a RunRequest with
 // Snapshot set restores a copy of the VM instead of booting one, then runs
 // exactly as a cold run does (same I/O file, limits, time-outs, clean-up).
+// Each run's plan picks how its VM comes up (a boot, the boot snapshot, an
+// image's snapshot); a restore that fails falls back to a boot in one place
+// (see launch.go). A SnapshotPool keeps a server's per-preset snapshots.
 //
 // An Engine runs at most Options.MaxConcurrent VMs at once; other runs wait
 // for a slot. A run holds its cached image (image.Lease) until its VM is

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -254,209 +253,14 @@ type RunRequest struct {
 	// Snapshot, when set, runs the program in a VM restored from this
 	// snapshot (see OpenSnapshot) instead of a VM booted for Image: Image
 	// is ignored, the snapshot's image is used, MemoryMiB and CPUs must be
-	// zero or the snapshot's, and Debug is the snapshot's.
+	// zero or the snapshot's, and Debug is the snapshot's. A snapshot of a
+	// SnapshotPool that fails to restore is handed back to its pool and
+	// the run boots the snapshot's image instead; any other fails the run.
 	Snapshot *Snapshot
-}
-
-// Run runs one program in a new VM and returns its result. The error is
-// non-nil only when pe itself failed (image not found, VM died without a
-// result, ...): a program that fails or times out is a result. Whatever
-// happens, the VM is gone and its files removed when Run returns. A run
-// from a snapshot (RunRequest.Snapshot) restores the snapshot's VM instead
-// of booting one; the rest of the run is the same.
-func (e *Engine) Run(ctx context.Context, r *RunRequest) (res *RunResult, err error) {
-	start := time.Now()
-	t := &timer{last: start, d: map[string]time.Duration{}}
-	lim := e.limits()
-	req := *r
-	if req.Timeout <= 0 {
-		req.Timeout = DefaultTimeout
-	}
-	if req.MaxOutput < 0 || req.MaxOutput > lim.MaxOutput {
-		return nil, fmt.Errorf("max output %d: want 1 to %d bytes", req.MaxOutput, lim.MaxOutput)
-	}
-	// Checked again when the outputs come back; now, so that a run that
-	// could not deliver them does not start.
-	if req.OutputDir != "" {
-		if err := guest.CheckOutputDir(req.OutputDir); err != nil {
-			return nil, fmt.Errorf("output: %w", err)
-		}
-	}
-
-	snap := req.Snapshot
-	var img *ResolvedImage
-	if snap != nil {
-		m := &snap.Manifest
-		for _, c := range []struct {
-			what       string
-			asked, has int
-		}{{"MiB of memory", req.MemoryMiB, m.MemoryMiB}, {"vCPUs", req.CPUs, m.CPUs}} {
-			if c.asked != 0 && c.asked != c.has {
-				return nil, fmt.Errorf("%w: the run asks for %d %s, the snapshot %s has %d", ErrSnapshotMismatch, c.asked, c.what, snap.Dir, c.has)
-			}
-		}
-		req.MemoryMiB, req.CPUs = m.MemoryMiB, m.CPUs
-		if m.Boot {
-			return nil, fmt.Errorf("%w: %s is a boot snapshot, which pe restores by itself for runs of any image", ErrSnapshotMismatch, snap.Dir)
-		}
-		img = snap.Image()
-	} else if req.Resolved != nil {
-		img = req.Resolved
-	} else {
-		img, err = e.opts.Images.Resolve(ctx, req.Image)
-		if err != nil {
-			return nil, err
-		}
-		// The cache keeps the image until the VM is gone.
-		defer img.release()
-	}
-	proc, err := e.process(img, req.Overrides)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", img.Reference, err)
-	}
-	t.lap("image")
-
-	choice, err := e.Choice(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if snap == nil && e.opts.BootSnapshots && !req.Debug && fitsBootSnapshot(img) {
-		snap = e.tryBootSnapshot(ctx, req.MemoryMiB, req.CPUs)
-	}
-	var restorer vmm.Snapshotter
-	if snap != nil {
-		if choice.VMM != snap.Manifest.VMM || choice.Accel != snap.Manifest.Accel {
-			return nil, fmt.Errorf("%w: %s was made with %s (%s), this run uses %s (%s)", ErrSnapshotMismatch, snap.Dir, snap.Manifest.VMM, snap.Manifest.Accel, choice.VMM, choice.Accel)
-		}
-		if restorer, err = snapshotter(choice); err != nil {
-			return nil, err
-		}
-	}
-	t.lap("choose_vmm")
-
-	select {
-	case e.sem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { <-e.sem }()
-	t.lap("queue")
-
-	initramfs, err := e.initramfs(choice)
-	if err != nil {
-		return nil, err
-	}
-	if snap != nil && filepath.Base(initramfs) != snap.Manifest.Initramfs {
-		return nil, fmt.Errorf("%w: %s was made with another guest init or kernel modules", ErrSnapshotMismatch, snap.Dir)
-	}
-	t.lap("initramfs")
-
-	work, err := e.newWorkDir()
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(work)
-	ioPath := filepath.Join(work, "io.img")
-	greq := &guest.Request{
-		Argv: proc.Argv, Env: proc.Env, Cwd: proc.Cwd,
-		UID: proc.UID, GID: proc.GID, Groups: proc.Groups,
-		Timeout:   req.Timeout,
-		MaxOutput: req.MaxOutput,
-		Time:      time.Now(),
-		Seed:      make([]byte, guest.SeedSize),
-		Nonce:     rand.Text(),
-	}
-	rand.Read(greq.Seed)
-	if err := guest.WriteIOFile(ioPath, greq, req.Stdin, req.InputDir, lim); err != nil {
-		return nil, err
-	}
-	if snap != nil {
-		if err := checkIOFileFits(ioPath, snap.Manifest.IOSize); err != nil {
-			return nil, err
-		}
-	}
-	t.lap("io_file")
-
-	// Once the guest says its result is on the I/O disk, the VM has
-	// nothing more to give: stop it rather than wait for its power-off.
-	// Only the line with the run's nonce counts, which the program cannot
-	// know: a line it forged cannot end the run early.
-	ready := newLineWatch(req.Console, guest.ResultReadyLine(greq.Nonce))
-	cfg := e.vmConfig(choice, initramfs, img.EROFSPath, ioPath, work, req.MemoryMiB, req.CPUs, req.Debug, ready)
-	var m vmm.Machine
-	if snap != nil {
-		cfg.Cmdline = snap.Manifest.Cmdline
-		cfg.OnStep = func(step string, took time.Duration) { t.d["vm_start/"+step] = took }
-		m, err = restorer.RestoreSnapshot(ctx, cfg, snap.Dir, []byte(guest.SnapshotWake))
-		if err != nil && snap.Manifest.Boot && ctx.Err() == nil {
-			// The run needs no snapshot: it boots, and the next one makes
-			// a new snapshot (after the failure note expires).
-			e.log.Warn("restoring the boot snapshot failed: booting", "dir", snap.Dir, "error", err)
-			e.dropBootSnapshot(snap, err)
-			cfg = e.vmConfig(choice, initramfs, img.EROFSPath, ioPath, work, req.MemoryMiB, req.CPUs, req.Debug, ready)
-			m, err = choice.Backend.Start(ctx, cfg)
-		}
-	} else {
-		m, err = choice.Backend.Start(ctx, cfg)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer m.Kill()
-	t.lap("vm_start")
-
-	grace := e.grace(choice.Accel)
-	limit := req.Timeout + grace
-	wctx, cancel := context.WithTimeout(ctx, limit)
-	waitErr := waitVM(wctx, m, ready.seen)
-	expired := wctx.Err() != nil
-	cancel()
-	killed := false
-	if waitErr != nil && expired {
-		killed = true
-		m.Kill()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-	}
-	t.lap("vm")
-
-	resp, err := guest.ReadResult(ioPath, lim)
-	if err == nil && resp.Result.Nonce != greq.Nonce {
-		// Not the init's result for this request.
-		err = fmt.Errorf("%s: %w", ioPath, fmt.Errorf("%w: the result does not carry this run's nonce", guest.ErrBadResponse))
-	}
-	if err != nil {
-		return nil, &VMError{
-			VMM: choice.VMM, Accel: choice.Accel, Err: err, Exit: waitErr,
-			Killed: killed, Limit: limit, Console: m.ConsoleLog(),
-		}
-	}
-	res = &RunResult{
-		Result:  resp.Result,
-		Stdout:  resp.Stdout,
-		Stderr:  resp.Stderr,
-		Image:   ImageInfo{Reference: img.Reference, Digest: img.Digest, Converted: img.Converted},
-		VMM:     choice.VMM,
-		Accel:   choice.Accel,
-		Console: m.ConsoleLog(),
-	}
-	if killed && !res.TimedOut {
-		// The guest wrote a result but did not power off in time.
-		e.log.Warn("the VM did not power off by itself; killed", "limit", limit)
-	}
-	if req.OutputDir != "" {
-		if err := resp.ExtractOutputs(req.OutputDir); err != nil {
-			return res, fmt.Errorf("output directory %s: %w", req.OutputDir, err)
-		}
-	}
-	t.lap("result")
-	res.Durations = t.d
-	for k, us := range resp.Result.Timings {
-		res.Durations["guest_"+k] = time.Duration(us) * time.Microsecond
-	}
-	res.Durations["total"] = time.Since(start)
-	return res, nil
+	// SnapshotDir, when set (and Snapshot is not), is a snapshot
+	// directory the run opens (OpenSnapshot) and runs from, as Snapshot
+	// says; see ForSnapshot for the engine's options.
+	SnapshotDir string
 }
 
 // initramfs returns the initramfs for the VMM of choice, building it
@@ -479,28 +283,6 @@ func (e *Engine) newWorkDir() (string, error) {
 		return "", fmt.Errorf("run directory: %w", err)
 	}
 	return work, nil
-}
-
-// vmConfig is the machine of a run (or of a snapshot): the kernel, the
-// initramfs, the image disk (vda, read-only) and the I/O disk (vdb).
-func (e *Engine) vmConfig(choice *Choice, initramfs, imagePath, ioPath, work string, memMiB, cpus int, debug bool, console io.Writer) *vmm.Config {
-	// The engine stops the VM on the guest's result-ready line (waitVM).
-	cmdline := "quiet panic=-1 " + guest.CmdlineImage + "=/dev/vda " + guest.CmdlineIO + "=/dev/vdb " + guest.CmdlineHostStop + "=1"
-	if debug {
-		cmdline += " " + guest.CmdlineDebug + "=1"
-	}
-	return &vmm.Config{
-		Kernel:    e.bootKernel,
-		Initramfs: initramfs,
-		Cmdline:   cmdline,
-		Disks:     []vmm.Disk{{Path: imagePath, ReadOnly: true}, {Path: ioPath}},
-		CPUs:      cpus,
-		MemoryMiB: memMiB,
-		Accel:     choice.Accel,
-		WorkDir:   work,
-		Console:   console,
-		Log:       e.log,
-	}
 }
 
 // waitVM waits for m to exit, or kills it once resultReady is closed: the
@@ -584,8 +366,13 @@ func (e *Engine) grace(accel string) time.Duration {
 
 // timer measures the phases of a run.
 type timer struct {
-	last time.Time
-	d    map[string]time.Duration
+	start, last time.Time
+	d           map[string]time.Duration
+}
+
+func newTimer() *timer {
+	now := time.Now()
+	return &timer{start: now, last: now, d: map[string]time.Duration{}}
 }
 
 func (t *timer) lap(name string) {

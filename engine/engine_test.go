@@ -68,8 +68,10 @@ func (b *fakeBackend) Start(ctx context.Context, cfg *vmm.Config) (vmm.Machine, 
 	}
 	m := &fakeVM{done: make(chan struct{}), kill: make(chan struct{})}
 	go func() {
-		defer b.running.Add(-1)
+		// Deferred in this order, the count drops before Wait and Kill
+		// return: a test may read it as soon as Run has returned.
 		defer close(m.done)
+		defer b.running.Add(-1)
 		io := cfg.Disks[1].Path
 		switch b.mode {
 		case guestOK:

@@ -39,6 +39,9 @@ type RunResult struct {
 	Image ImageInfo
 	// VMM and Accel say how the VM ran.
 	VMM, Accel string
+	// Launch says how the VM came up: LaunchBoot, LaunchBootSnapshot or
+	// LaunchSnapshot (LaunchBoot for a run whose restore failed).
+	Launch string
 	// Durations holds the phases of the run: image (lookup and config
 	// merge), choose_vmm, queue (waiting for a VM slot), initramfs,
 	// io_file, vm_start, vm (boot, program and shutdown), result, total,

@@ -141,6 +141,10 @@ type Snapshot struct {
 	Dir string
 	// Manifest is its manifest.
 	Manifest SnapshotManifest
+
+	// pool, when set, is the SnapshotPool that keeps it, under name.
+	pool *SnapshotPool
+	name string
 }
 
 // Image returns the image the snapshot's VMs run.
@@ -310,7 +314,8 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 		return nil, err
 	}
 	mem, cpus := machineOrDefaults(r.MemoryMiB, r.CPUs)
-	cfg := e.vmConfig(env.choice, env.initramfs, imagePath, ioPath, work, mem, cpus, r.Debug, r.Console)
+	cfg := e.vmConfig(&machine{choice: env.choice, initramfs: env.initramfs, imagePath: imagePath, ioPath: ioPath,
+		work: work, memMiB: mem, cpus: cpus, debug: r.Debug, console: r.Console})
 	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=" + mode
 
 	sctx, cancel := context.WithTimeout(ctx, limit)
@@ -334,27 +339,36 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 	m.VMM, m.VMMVersion, m.Accel = env.choice.VMM, env.vmmVersion, env.choice.Accel
 	m.MemoryMiB, m.CPUs, m.Cmdline, m.IOSize = mem, cpus, cfg.Cmdline, SnapshotIOSize
 	m.Mem, m.State = *memFile, *state
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(tmp, SnapshotManifestFile), append(b, '\n'), 0o644); err != nil {
+	if err := writeManifest(tmp, m); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
-	}
-	// On disk before the rename: a crash must not leave a snapshot whose
-	// manifest vouches for a RAM file the kernel never wrote.
-	if err := os.Remove(filepath.Join(tmp, runDirOwner)); err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
-	}
-	for _, name := range []string{vmm.SnapshotMemFile, vmm.SnapshotStateFile, SnapshotManifestFile, "."} {
-		if err := syncFile(filepath.Join(tmp, name)); err != nil {
-			return nil, fmt.Errorf("snapshot: %w", err)
-		}
 	}
 	if err := replaceDir(tmp, dir, r.Force); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	return m, nil
+}
+
+// writeManifest writes m into the snapshot directory tmp, made by
+// createSnapshot, and flushes the directory to disk: a crash must not
+// leave a snapshot whose manifest vouches for a RAM file the kernel never
+// wrote.
+func writeManifest(tmp string, m *SnapshotManifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, SnapshotManifestFile), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(tmp, runDirOwner)); err != nil {
+		return err
+	}
+	for _, name := range []string{vmm.SnapshotMemFile, vmm.SnapshotStateFile, SnapshotManifestFile, "."} {
+		if err := syncFile(filepath.Join(tmp, name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // replaceDir renames tmp to dir; with force, an existing dir is moved
@@ -505,16 +519,36 @@ func makeSparse(path string, size int64) error {
 // another image digest or file (the reference now resolves to another
 // image), another pe build, kernel, guest init, VMM or acceleration
 // (ErrSnapshotMismatch), or damaged (ErrBadSnapshot). r.Force is implied.
-// A server keeps one snapshot per preset image with it, at start-up and
-// whenever a run reports ErrSnapshotMismatch.
+// A SnapshotPool keeps its snapshots with it, at start-up, every refresh
+// and after a run gave one back.
 func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapshot, error) {
-	img, err := e.opts.Images.Resolve(ctx, r.Image)
+	snap, img, err := e.ensureSnapshot(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	// Only its digest and path are compared: CreateSnapshot holds it
-	// again while it makes the snapshot.
 	img.release()
+	return snap, nil
+}
+
+// ensureSnapshot is EnsureSnapshot, and also returns the image the
+// snapshot's VMs attach, held (img.release) so that the cache keeps its
+// file: a SnapshotPool holds it as long as it keeps the snapshot.
+func (e *Engine) ensureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapshot, *ResolvedImage, error) {
+	img, err := e.opts.Images.Resolve(ctx, r.Image)
+	if err != nil {
+		return nil, nil, err
+	}
+	snap, err := e.openOrMakeSnapshot(ctx, r, img)
+	if err != nil {
+		img.release()
+		return nil, nil, err
+	}
+	return snap, img, nil
+}
+
+// openOrMakeSnapshot opens the snapshot in r.Dir if it was made for img
+// and r's machine, else makes it again (see EnsureSnapshot).
+func (e *Engine) openOrMakeSnapshot(ctx context.Context, r SnapshotRequest, img *ResolvedImage) (*Snapshot, error) {
 	snap, err := e.OpenSnapshot(ctx, r.Dir)
 	if err == nil {
 		m := &snap.Manifest
@@ -535,4 +569,24 @@ func (e *Engine) EnsureSnapshot(ctx context.Context, r SnapshotRequest) (*Snapsh
 		return nil, err
 	}
 	return e.OpenSnapshot(ctx, r.Dir)
+}
+
+// ForSnapshot returns opts for runs from the snapshot in dir
+// (RunRequest.SnapshotDir): where opts leave the VMM or the acceleration
+// to be chosen (auto), the snapshot's, which its restore needs. It reads
+// the manifest only; the run checks the rest (OpenSnapshot).
+func ForSnapshot(opts Options, dir string) (Options, error) {
+	m, err := ReadSnapshotManifest(dir)
+	if err != nil {
+		return opts, err
+	}
+	if opts.Backend == nil {
+		if opts.VMM == "" || opts.VMM == VMMAuto {
+			opts.VMM = m.VMM
+		}
+		if opts.Accel == "" || opts.Accel == vmm.AccelAuto {
+			opts.Accel = m.Accel
+		}
+	}
+	return opts, nil
 }

@@ -127,10 +127,87 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	if err := writeOwner(work); err != nil {
 		return fmt.Errorf("run directory: %w", err)
 	}
+	run, closeStdin, err := s.engineRequest(&req, source, work, archive, archiveMode)
+	if err != nil {
+		return err
+	}
+	defer closeStdin()
+
+	// A preset's run restores its snapshot, when there is one: the
+	// snapshot's machine is the run's.
+	if run.Snapshot = s.cfg.Snapshots.Snapshot(preset); run.Snapshot != nil {
+		run.MemoryMiB = 0
+	}
+	// Pull and convert before taking a run slot: a slow pull never holds
+	// a VM slot (Config.Images bounds conversions and their time).
+	if s.cfg.Images != nil && run.Snapshot == nil {
+		img, err := s.cfg.Images.Resolve(r.Context(), source)
+		if err != nil {
+			return runError(r.Context(), err)
+		}
+		if img.Release != nil {
+			defer img.Release()
+		}
+		run.Resolved = img
+	}
+
+	res, runStart, err := s.execute(r, run)
+	if err != nil {
+		return err
+	}
+	return s.respond(w, r, res, preset, run.OutputDir, archiveMode, runStart)
+}
+
+// execute waits for a run slot and runs run; it returns the result and
+// when the run started.
+func (s *Server) execute(r *http.Request, run *engine.RunRequest) (*engine.RunResult, time.Time, error) {
+	waitStart := time.Now()
+	release, err := s.queue.acquire(r.Context(), s.cfg.MaxWait)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return nil, time.Time{}, &apiError{499, "ClientGone", "the client went away while queued"}
+		}
+		return nil, time.Time{}, queueError(err)
+	}
+	s.metrics.queueWait.Observe(time.Since(waitStart).Seconds())
+	runStart := time.Now()
+	res, err := s.cfg.Runner.Run(r.Context(), run)
+	release()
+	if run.Snapshot != nil && res != nil {
+		label := "restored"
+		if res.Launch != engine.LaunchSnapshot {
+			label = "fallback" // the restore failed: the run booted
+		}
+		s.metrics.snapshotRuns.WithLabelValues(label).Inc()
+	}
+	if err != nil && res != nil && r.Context().Err() == nil {
+		// The program ran, but what it left in its output directory was
+		// refused on the way out (the engine's limits): the original
+		// answered such a run with a Panic, and so does pe, with the
+		// program's status and streams.
+		s.cfg.Log.Warn("the run's output files were refused", "request_id", requestID(r), "error", err)
+		res.Error = "the program's output files could not be returned: they are over this server's limits"
+		os.RemoveAll(run.OutputDir)
+		os.Mkdir(run.OutputDir, 0o755)
+		err = nil
+	}
+	if err != nil {
+		s.metrics.runDuration.WithLabelValues("error").Observe(time.Since(runStart).Seconds())
+		return nil, time.Time{}, runError(r.Context(), err)
+	}
+	return res, runStart, nil
+}
+
+// engineRequest is the engine's request for a client's run req of
+// source, with the run directory work holding its input and output
+// directories; archive is the input archive of an archiveMode request.
+// closeStdin closes the program's standard input, a file of the inputs.
+func (s *Server) engineRequest(req *RunRequest, source, work string, archive []byte, archiveMode bool) (*engine.RunRequest, func(), error) {
+	closeStdin := func() {}
 	inputDir, outputDir := work+"/input", work+"/output"
 	for _, d := range []string{inputDir, outputDir} {
 		if err := os.Mkdir(d, 0o755); err != nil {
-			return fmt.Errorf("run directory: %w", err)
+			return nil, nil, fmt.Errorf("run directory: %w", err)
 		}
 	}
 	run := &engine.RunRequest{
@@ -154,7 +231,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 	if archiveMode {
 		lim := pearchive.Limits{MaxBytes: s.cfg.MaxBody}
 		if err := pearchive.UnpackDir(bytes.NewReader(archive), inputDir, lim); err != nil {
-			return badRequest("BadRequest", "input archive: %v", err)
+			return nil, nil, badRequest("BadRequest", "input archive: %v", err)
 		}
 		run.InputDir = inputDir
 		if run.Workdir == "" {
@@ -163,53 +240,19 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		if req.Stdin != nil {
 			f, err := openInput(inputDir, *req.Stdin)
 			if err != nil {
-				return badRequest("BadRequest", "stdin: %v", err)
+				return nil, nil, badRequest("BadRequest", "stdin: %v", err)
 			}
-			defer f.Close()
+			closeStdin = func() { f.Close() }
 			run.Stdin = f
 		}
 	}
 
-	// Pull and convert before taking a run slot: a slow pull never holds
-	// a VM slot (Config.Images bounds conversions and their time).
-	if s.cfg.Images != nil && s.cfg.Snapshots.snapshot(preset) == nil {
-		img, err := s.cfg.Images.Resolve(r.Context(), source)
-		if err != nil {
-			return runError(r.Context(), err)
-		}
-		if img.Release != nil {
-			defer img.Release()
-		}
-		run.Resolved = img
-	}
+	return run, closeStdin, nil
+}
 
-	waitStart := time.Now()
-	release, err := s.queue.acquire(r.Context(), s.cfg.MaxWait)
-	if err != nil {
-		if r.Context().Err() != nil {
-			return &apiError{499, "ClientGone", "the client went away while queued"}
-		}
-		return queueError(err)
-	}
-	s.metrics.queueWait.Observe(time.Since(waitStart).Seconds())
-	runStart := time.Now()
-	res, err := s.runOnce(r.Context(), run, preset)
-	release()
-	if err != nil && res != nil && r.Context().Err() == nil {
-		// The program ran, but what it left in its output directory was
-		// refused on the way out (the engine's limits): the original
-		// answered such a run with a Panic, and so does pe, with the
-		// program's status and streams.
-		s.cfg.Log.Warn("the run's output files were refused", "request_id", requestID(r), "error", err)
-		res.Error = "the program's output files could not be returned: they are over this server's limits"
-		os.RemoveAll(outputDir)
-		os.Mkdir(outputDir, 0o755)
-		err = nil
-	}
-	if err != nil {
-		s.metrics.runDuration.WithLabelValues("error").Observe(time.Since(runStart).Seconds())
-		return runError(r.Context(), err)
-	}
+// respond answers a run that gave a result: JSON, or the response archive
+// with the output files for an archive request.
+func (s *Server) respond(w http.ResponseWriter, r *http.Request, res *engine.RunResult, preset, outputDir string, archiveMode bool, runStart time.Time) error {
 	if res.Image.Converted {
 		s.metrics.imageCache.WithLabelValues("miss").Inc()
 	} else {
@@ -249,37 +292,6 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		s.cfg.Log.Info("client stopped reading the response", "request_id", r.Context().Value(requestIDKey), "error", err)
 	}
 	return nil
-}
-
-// runOnce runs run, from the preset's snapshot when there is one; when
-// the snapshot cannot be restored, it boots instead (and has the snapshot
-// made again).
-func (s *Server) runOnce(ctx context.Context, run *engine.RunRequest, preset string) (*engine.RunResult, error) {
-	snap := s.cfg.Snapshots.snapshot(preset)
-	if snap == nil {
-		return s.cfg.Runner.Run(ctx, run)
-	}
-	restore := *run
-	restore.Snapshot, restore.MemoryMiB = snap, 0
-	res, err := s.cfg.Runner.Run(ctx, &restore)
-	if err == nil || res != nil {
-		// With a result, the program ran (an error then is about its
-		// output files): not a snapshot to give up on.
-		s.metrics.snapshotRuns.WithLabelValues("restored").Inc()
-		return res, err
-	}
-	if ctx.Err() != nil || errors.Is(err, engine.ErrNoCommand) || errors.Is(err, engine.ErrUnknownUser) {
-		return nil, err
-	}
-	s.cfg.Log.Warn("restoring the preset's snapshot failed: booting", "preset", preset, "error", err)
-	s.metrics.snapshotRuns.WithLabelValues("fallback").Inc()
-	s.cfg.Snapshots.failed(preset, snap)
-	if seeker, ok := run.Stdin.(io.Seeker); ok {
-		if _, err := seeker.Seek(0, io.SeekStart); err != nil {
-			return nil, err
-		}
-	}
-	return s.cfg.Runner.Run(ctx, run)
 }
 
 // imageSource maps the reference a client sent to what pe resolves: a

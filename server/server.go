@@ -65,9 +65,11 @@ type Config struct {
 	// nil: DefaultAllowedImages. Only registry references are ever
 	// allowed this way, never local paths.
 	AllowedImages []string
-	// Snapshots, when set, gives the presets' runs restored VMs
-	// (Snapshots.Keep makes them; until then runs boot).
-	Snapshots *Snapshots
+	// Snapshots, when set, gives the presets' runs restored VMs: the
+	// Runner's pool of snapshots, kept by its Keep (PresetImages); until
+	// a preset's snapshot is ready its runs boot, and a run whose restore
+	// fails boots too (the engine gives the snapshot back to its pool).
+	Snapshots *engine.SnapshotPool
 	// Gists serves GET /api/gh/gist/...; nil answers 404 there.
 	Gists *gist.Client
 	// GitHubAPI is the GitHub API base the page uses to save gists

@@ -146,12 +146,12 @@ func TestVMSnapshots(t *testing.T) {
 	f := enginetest.Setup(t)
 	eng := newTestEngine(t, f)
 	reg := prometheus.NewRegistry()
-	snaps := &Snapshots{Engine: eng, Dir: t.TempDir(), MemoryMiB: 512}
+	snaps := eng.NewSnapshotPool(engine.PoolOptions{Dir: t.TempDir(), MemoryMiB: 512})
 	url := vmServer(t, Config{Runner: eng, Snapshots: snaps, MemoryMiB: 512, Registry: reg})
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
 	kept := make(chan struct{})
-	go func() { snaps.Keep(ctx, []Preset{{Name: "busybox"}}); close(kept) }()
+	go func() { snaps.Keep(ctx, PresetImages([]Preset{{Name: "busybox"}})); close(kept) }()
 	defer func() { stop(); <-kept }()
 	deadline := time.Now().Add(5 * time.Minute)
 	for !snaps.Ready("busybox") {
@@ -175,7 +175,7 @@ func TestVMSnapshots(t *testing.T) {
 	run("one")
 	run("two")
 	// Damage the snapshot's device state: the next run boots.
-	snap := snaps.snapshot("busybox")
+	snap := snaps.Snapshot("busybox")
 	if err := os.WriteFile(filepath.Join(snap.Dir, "state"), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}

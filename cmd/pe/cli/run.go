@@ -202,23 +202,12 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		CPUs:      f.cpus,
 		Debug:     f.debug,
 	}
-	var manifest *engine.SnapshotManifest
 	if f.snapshot != "" {
-		m, err := engine.ReadSnapshotManifest(f.snapshot)
-		if err != nil {
-			return err
-		}
-		manifest = m
 		// The snapshot's machine, unless the flags ask for another one
 		// (which the engine refuses).
+		req.SnapshotDir = f.snapshot
 		if !cmd.Flags().Changed("cpus") {
 			req.CPUs = 0
-		}
-		if f.vmm == engine.VMMAuto {
-			f.vmm = m.VMM
-		}
-		if f.accel == vmm.AccelAuto {
-			f.accel = m.Accel
 		}
 		if len(args) > 0 {
 			req.Cmd = args
@@ -267,7 +256,7 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		return usageErrorf(cmd, "--memory %s: want at least 64MiB", f.memory)
 	}
 	req.MemoryMiB = int((mem + 1<<20 - 1) >> 20)
-	if manifest != nil && !cmd.Flags().Changed("memory") {
+	if f.snapshot != "" && !cmd.Flags().Changed("memory") {
 		req.MemoryMiB = 0
 	}
 	maxOut, err := parseSize(f.maxOutput)
@@ -324,23 +313,12 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) && !f.asJSON {
 		opts.Notice = func(msg string) { fmt.Fprintf(stderr, "pe: %s\n", msg) }
 	}
-	var res *engine.RunResult
 	if f.snapshot != "" {
-		e, err := engine.New(opts)
-		if err != nil {
+		if opts, err = engine.ForSnapshot(opts, f.snapshot); err != nil {
 			return err
 		}
-		snap, err := e.OpenSnapshot(cmd.Context(), f.snapshot)
-		if err != nil {
-			return err
-		}
-		req.Snapshot = snap
-		if res, err = e.Run(cmd.Context(), req); err != nil {
-			return err
-		}
-	} else {
-		res, err = a.runEngine(cmd.Context(), opts, req)
 	}
+	res, err := a.runEngine(cmd.Context(), opts, req)
 	if err != nil {
 		return err
 	}

@@ -239,11 +239,11 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 			}
 		}()
 	}
-	var snaps *server.Snapshots
+	var snaps *engine.SnapshotPool
 	if f.snapshots {
 		dir := filepath.Join(engineCacheDir(f.cacheDir), "snapshots")
-		snaps = &server.Snapshots{Engine: eng, Dir: dir, MemoryMiB: memMiB, Log: log}
-		go snaps.Keep(cmd.Context(), presets)
+		snaps = eng.NewSnapshotPool(engine.PoolOptions{Dir: dir, MemoryMiB: memMiB, Log: log})
+		go snaps.Keep(cmd.Context(), server.PresetImages(presets))
 	}
 	gists := newGistClient(f.githubAPI, f.cacheDir)
 	gists.Token = githubToken // never the environment's (gist.TokenFromEnv)
