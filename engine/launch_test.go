@@ -28,7 +28,7 @@ func TestForSnapshot(t *testing.T) {
 	}{
 		{"auto", VMMAuto, vmm.AccelAuto, "cloud-hypervisor", "kvm"},
 		{"unset", "", "", "cloud-hypervisor", "kvm"},
-		{"given", VMMQEMU, vmm.AccelTCG, VMMQEMU, vmm.AccelTCG},
+		{"given", "qemu", vmm.AccelTCG, "qemu", vmm.AccelTCG},
 		{"accel given", VMMAuto, vmm.AccelTCG, "cloud-hypervisor", vmm.AccelTCG},
 	} {
 		t.Run(c.name, func(t *testing.T) {
