@@ -439,17 +439,3 @@ func normalizeKey(s string) string {
 	}
 	return toml.Key(parts).String()
 }
-
-// IsLocalImage reports whether an image reference names something on the
-// machine that runs it (an .erofs file, erofs:PATH, oci:PATH,
-// docker-archive:PATH, a path) rather than a registry image. pe run
-// refuses such an image from a gist: a gist someone else wrote must not
-// choose which local files pe opens.
-func IsLocalImage(ref string) bool {
-	for _, p := range []string{"erofs:", "oci:", "docker-archive:", "/", "./", "../", "~"} {
-		if strings.HasPrefix(ref, p) {
-			return true
-		}
-	}
-	return strings.HasSuffix(ref, ".erofs") || ref == "." || ref == ".."
-}

@@ -257,7 +257,7 @@ func loadExample(cmd *cobra.Command, a *app, f *runFlags) (*example, error) {
 		ex.cleanup()
 		return nil, fmt.Errorf("%s: %w", ex.what, err)
 	}
-	if f.gist != "" && f.image == "" && gist.IsLocalImage(c.Image) {
+	if f.gist != "" && f.image == "" && image.IsLocal(c.Image) {
 		ex.cleanup()
 		return nil, fmt.Errorf("%s: %s: image %q is a local file, and a gist may only name registry images (give --image to run it anyway)", ex.what, gist.ConfigName, c.Image)
 	}

@@ -317,7 +317,7 @@ func serveSource(source engine.ImageSource, popts image.PullOptions, presets []s
 		}
 		exempt[src] = true
 		// What engine.FileSource takes for a file.
-		if strings.HasSuffix(src, ".erofs") || strings.HasPrefix(src, "erofs:") {
+		if _, ok := image.EROFSFile(src); ok {
 			files[src] = true
 		}
 	}
@@ -364,7 +364,8 @@ func servePresets(ctx context.Context, flags []string, cache *image.Cache, loopb
 			return nil, fmt.Errorf("--preset %q: want REFERENCE or NAME=SOURCE", p)
 		}
 		if source != "" {
-			if _, err := image.ParseReference(source); err != nil && !strings.HasSuffix(source, ".erofs") {
+			_, file := image.EROFSFile(source)
+			if _, err := image.ParseReference(source); err != nil && !file {
 				return nil, fmt.Errorf("--preset %q: %w", p, err)
 			}
 		}
