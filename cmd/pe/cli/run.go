@@ -61,17 +61,18 @@ func (f *vmFlags) engineOptions(a *app, images engine.ImageSource, cacheDir stri
 type runFlags struct {
 	pullFlags
 	vmFlags
-	env, envFiles     []string
-	workdir, user     string
-	entrypoint        string
-	interactive       bool
-	stdinFile         string
-	inputDir          string
-	outputDir         string
-	timeout           time.Duration
-	memory, maxOutput string
-	cpus              int
-	asJSON, debug     bool
+	env, envFiles []string
+	workdir, user string
+	entrypoint    string
+	interactive   bool
+	stdinFile     string
+	inputDir      string
+	outputDir     string
+	timeout       time.Duration
+	memory        memoryFlag
+	maxOutput     sizeFlag
+	cpus          cpusFlag
+	asJSON, debug bool
 	// gist and files run an example (a gist, a directory) with its
 	// pe.toml; image overrides pe.toml's image.
 	gist, files, image string
@@ -149,9 +150,9 @@ raises GitHub's rate limit.`,
 	fs.StringVar(&f.inputDir, "input", "", "copy this directory to /run/pe/input in the VM (modes and symlinks kept)")
 	fs.StringVar(&f.outputDir, "output", "", "copy /run/pe/output from the VM into this directory afterwards (a new or empty one: pe never changes what is there)")
 	fs.DurationVar(&f.timeout, "timeout", engine.DefaultTimeout, "the program's time limit")
-	fs.StringVar(&f.memory, "memory", "512M", "the VM's memory")
-	fs.IntVar(&f.cpus, "cpus", 1, "the VM's vCPUs")
-	fs.StringVar(&f.maxOutput, "max-output", "1MiB", "keep at most this much of stdout and of stderr each (and of the output directory)")
+	memoryVar(fs, &f.memory, "the VM's memory")
+	cpusVar(fs, &f.cpus, "the VM's vCPUs")
+	sizeVar(fs, &f.maxOutput, "max-output", "1MiB", maxOutputSpec, "keep at most this much of stdout and of stderr each (and of the output directory)")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the program's output")
 	fs.BoolVar(&f.debug, "debug", false, "show the guest console and the guest init's log on standard error")
 	fs.StringVar(&f.gist, "gist", "", "run the gist ID[/REVISION] (or its URL) as its pe.toml says; the arguments are the command")
@@ -199,7 +200,7 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		InputDir:  f.inputDir,
 		OutputDir: f.outputDir,
 		Timeout:   f.timeout,
-		CPUs:      f.cpus,
+		CPUs:      int(f.cpus),
 		Debug:     f.debug,
 	}
 	var manifest *engine.SnapshotManifest
@@ -256,24 +257,11 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	if f.timeout <= 0 {
 		return usageErrorf(cmd, "--timeout %v: want a positive duration", f.timeout)
 	}
-	if f.cpus < 1 || f.cpus > 255 {
-		return usageErrorf(cmd, "--cpus %d: want 1 to 255", f.cpus)
-	}
-	mem, err := parseSize(f.memory)
-	if err != nil {
-		return usageErrorf(cmd, "--memory: %v", err)
-	}
-	if mem < 64<<20 {
-		return usageErrorf(cmd, "--memory %s: want at least 64MiB", f.memory)
-	}
-	req.MemoryMiB = int((mem + 1<<20 - 1) >> 20)
+	req.MemoryMiB = f.memory.MiB()
 	if manifest != nil && !cmd.Flags().Changed("memory") {
 		req.MemoryMiB = 0
 	}
-	maxOut, err := parseSize(f.maxOutput)
-	if err != nil || maxOut < 1 {
-		return usageErrorf(cmd, "--max-output %q: want a size of at least one byte, such as 64KiB or 1MiB", f.maxOutput)
-	}
+	maxOut := f.maxOutput.Bytes()
 	req.MaxOutput = maxOut
 	switch {
 	case f.interactive && f.stdinFile != "":

@@ -32,7 +32,8 @@ type serveFlags struct {
 	maxWait                  time.Duration
 	bodyTimeout, writeTimout time.Duration
 	runTimeout               time.Duration
-	maxBody, memory, maxOut  string
+	maxBody, maxOut          sizeFlag
+	memory                   memoryFlag
 	rate                     float64
 	githubAPI                string
 	drain                    time.Duration
@@ -43,7 +44,7 @@ type serveFlags struct {
 	gistsPerHour             int
 	maxConversions           int
 	pullTimeout              time.Duration
-	cacheMaxSize             string
+	cacheMaxSize             sizeFlag
 }
 
 // newServeCmd returns "pe serve".
@@ -102,12 +103,12 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.IntVar(&f.slots, "slots", runtime.NumCPU(), "runs at once (VMs)")
 	fs.IntVar(&f.queue, "queue", 0, "requests that may wait for a slot (default 4 × --slots)")
 	fs.DurationVar(&f.maxWait, "max-wait", 30*time.Second, "the longest a request waits for a slot")
-	fs.StringVar(&f.maxBody, "max-body", "1MiB", "the largest request body (JSON and input files)")
+	sizeVar(fs, &f.maxBody, "max-body", "1MiB", sizeSpec{min: 1, want: "a size such as 1MiB", small: "want a size of at least one byte, such as 1MiB"}, "the largest request body (JSON and input files)")
 	fs.DurationVar(&f.bodyTimeout, "body-timeout", 10*time.Second, "the time a client has to send its request body")
 	fs.DurationVar(&f.writeTimout, "write-timeout", 30*time.Second, "the time a client has to read a response")
 	fs.DurationVar(&f.runTimeout, "run-timeout", engine.DefaultTimeout, "each program's time limit (a request may ask for less)")
-	fs.StringVar(&f.memory, "memory", "512M", "each VM's memory")
-	fs.StringVar(&f.maxOut, "max-output", "1MiB", "keep at most this much of stdout, of stderr and of the output directory of a run")
+	memoryVar(fs, &f.memory, "each VM's memory")
+	sizeVar(fs, &f.maxOut, "max-output", "1MiB", maxOutputSpec, "keep at most this much of stdout, of stderr and of the output directory of a run")
 	fs.Float64Var(&f.rate, "rate", 2, "runs and gist fetches a client may start per second (0: no limit)")
 	fs.IntVar(&f.burst, "burst", 4, "how many of them may come at once")
 	fs.BoolVar(&f.cold, "cold", false, "boot a VM for every run instead of restoring pe's boot snapshot (made by the first run, in the cache)")
@@ -118,7 +119,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.IntVar(&f.gistsPerHour, "gists-per-hour", 30, "gists a client may have the server fetch from GitHub per hour (cached ones are free; 0: no limit)")
 	fs.IntVar(&f.maxConversions, "max-conversions", engine.DefaultMaxConversions, "images pulled and converted at once, outside the VM slots (more get 503)")
 	fs.DurationVar(&f.pullTimeout, "pull-timeout", engine.DefaultPullTimeout, "the longest pulling and converting an image may take")
-	fs.StringVar(&f.cacheMaxSize, "cache-max-size", "50GiB", "evict least recently used images (never one in use) after each conversion until the image cache takes at most this (0: no limit)")
+	sizeVar(fs, &f.cacheMaxSize, "cache-max-size", "50GiB", sizeSpec{want: "a size such as 20GiB (0: no limit)"}, "evict least recently used images (never one in use) after each conversion until the image cache takes at most this (0: no limit)")
 	registerGitHubAPI(fs, &f.githubAPI)
 	f.pullFlags.defLimits = image.ServeLimits()
 	f.pullFlags.register(fs, true)
@@ -127,22 +128,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 }
 
 func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
-	maxBody, err := parseSize(f.maxBody)
-	if err != nil || maxBody < 1 {
-		return usageErrorf(cmd, "--max-body %q: want a size such as 1MiB", f.maxBody)
-	}
-	mem, err := parseSize(f.memory)
-	if err != nil || mem < 64<<20 {
-		return usageErrorf(cmd, "--memory %q: want a size of at least 64MiB", f.memory)
-	}
-	maxOut, err := parseSize(f.maxOut)
-	if err != nil || maxOut < 1 {
-		return usageErrorf(cmd, "--max-output %q: want a size such as 1MiB", f.maxOut)
-	}
-	cacheMax, err := parseSize(f.cacheMaxSize)
-	if err != nil || cacheMax < 0 {
-		return usageErrorf(cmd, "--cache-max-size %q: want a size such as 20GiB (0: no limit)", f.cacheMaxSize)
-	}
+	maxBody, maxOut, cacheMax := f.maxBody.Bytes(), f.maxOut.Bytes(), f.cacheMaxSize.Bytes()
 	if f.maxConversions < 1 || f.pullTimeout <= 0 {
 		return usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
 	}
@@ -230,7 +216,7 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 			allow = []string{}
 		}
 	}
-	memMiB := int((mem + 1<<20 - 1) >> 20)
+	memMiB := f.memory.MiB()
 	if !f.cold {
 		// Made now, the boot snapshot does not hold up the first request.
 		go func() {
