@@ -129,53 +129,22 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 
 func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	maxBody, maxOut, cacheMax := f.maxBody.Bytes(), f.maxOut.Bytes(), f.cacheMaxSize.Bytes()
-	if f.maxConversions < 1 || f.pullTimeout <= 0 {
-		return usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
-	}
-	if f.slots < 1 {
-		return usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
-	}
-	var trusted []netip.Prefix
-	for _, s := range f.trusted {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return usageErrorf(cmd, "--trusted-proxy %q: want a CIDR such as 127.0.0.1/32", s)
-		}
-		trusted = append(trusted, p)
+	trusted, err := serveChecks(cmd, f)
+	if err != nil {
+		return err
 	}
 	rate := f.rate
 	if rate == 0 {
 		rate = -1 // the server's "no limit"
 	}
-
-	level := slog.LevelInfo
-	if a.log.Enabled(cmd.Context(), slog.LevelDebug) {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-
-	popts, err := f.pullFlags.options(cmd, a)
+	log := serveLog(cmd, a)
+	popts, err := servePullOptions(cmd, a, f, log)
 	if err != nil {
 		return err
 	}
-	popts.Progress = nil // no progress bars in a server's log
-	popts.Log = log
-	if !f.registryAuth {
-		// No keychain at all: every pull is anonymous.
-		popts.Keychain = authn.NewMultiKeychain()
-	}
-	var githubToken string
-	if f.githubTokenFile != "" {
-		if githubToken, err = gist.TokenFromFile(f.githubTokenFile); err != nil {
-			return usageErrorf(cmd, "--github-token-file: %v", err)
-		}
-	}
-	gistsPerHour := f.gistsPerHour
-	if gistsPerHour < 0 {
-		return usageErrorf(cmd, "--gists-per-hour %d: want 0 (no limit) or more", gistsPerHour)
-	}
-	if gistsPerHour == 0 {
-		gistsPerHour = -1 // the server's "no limit"
+	githubToken, gistsPerHour, err := serveGists(cmd, f)
+	if err != nil {
+		return err
 	}
 	cache, err := f.open()
 	if err != nil {
@@ -187,35 +156,18 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		return usageErrorf(cmd, "%v", err)
 	}
 	if len(presets) == 0 {
-		if loopback {
-			log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
-		} else {
-			log.Warn("no preset images: pass --preset (the cached images are presets only on a loopback --listen address)")
-		}
+		warnNoPresets(log, loopback)
 	}
 	// Images are pulled and converted before a run takes a VM slot, a
 	// few at a time, each within --pull-timeout.
 	conv := &engine.Converter{Cache: cache, Options: popts, MaxConversions: f.maxConversions,
 		Timeout: f.pullTimeout, CacheMaxSize: cacheMax, Log: log}
 	source := serveSource(conv, popts, presets, !f.registryAuth)
-	lim := guest.DefaultLimits()
-	lim.MaxOutput = max(lim.MaxOutput, maxOut)
-	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
-	opts.MaxConcurrent, opts.Log = f.slots, log
-	opts.BootSnapshots = !f.cold
-	eng, err := engine.New(opts)
+	eng, err := serveEngine(a, f, source, log)
 	if err != nil {
 		return err
 	}
-	allow := f.allow
-	if !cmd.Flags().Changed("allow-image") {
-		allow = nil // the server's default
-	} else {
-		allow = slices.DeleteFunc(slices.Clone(allow), func(s string) bool { return s == "" })
-		if allow == nil {
-			allow = []string{}
-		}
-	}
+	allow := serveAllow(cmd, f)
 	memMiB := f.memory.MiB()
 	if !f.cold {
 		// Made now, the boot snapshot does not hold up the first request.
@@ -269,6 +221,105 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		log.Info("stopped")
 	}
 	return err
+}
+
+// serveChecks checks the flags that only pe serve has, and parses
+// --trusted-proxy.
+func serveChecks(cmd *cobra.Command, f *serveFlags) ([]netip.Prefix, error) {
+	if f.maxConversions < 1 || f.pullTimeout <= 0 {
+		return nil, usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
+	}
+	if f.slots < 1 {
+		return nil, usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
+	}
+	var trusted []netip.Prefix
+	for _, s := range f.trusted {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, usageErrorf(cmd, "--trusted-proxy %q: want a CIDR such as 127.0.0.1/32", s)
+		}
+		trusted = append(trusted, p)
+	}
+	return trusted, nil
+}
+
+// servePullOptions are the server's pull options: no progress bars, its
+// log, and anonymous pulls unless --registry-auth.
+func servePullOptions(cmd *cobra.Command, a *app, f *serveFlags, log *slog.Logger) (image.PullOptions, error) {
+	popts, err := f.pullFlags.options(cmd, a)
+	if err != nil {
+		return popts, err
+	}
+	popts.Progress = nil // no progress bars in a server's log
+	popts.Log = log
+	if !f.registryAuth {
+		// No keychain at all: every pull is anonymous.
+		popts.Keychain = authn.NewMultiKeychain()
+	}
+	return popts, nil
+}
+
+// serveEngine is the server's engine: --slots VMs at once, images from
+// source.
+func serveEngine(a *app, f *serveFlags, source engine.ImageSource, log *slog.Logger) (*engine.Engine, error) {
+	lim := guest.DefaultLimits()
+	lim.MaxOutput = max(lim.MaxOutput, f.maxOut.Bytes())
+	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
+	opts.MaxConcurrent, opts.Log = f.slots, log
+	opts.BootSnapshots = !f.cold
+	return engine.New(opts)
+}
+
+// serveLog is the server's log: JSON lines on standard error, at debug
+// level with --log-level debug.
+func serveLog(cmd *cobra.Command, a *app) *slog.Logger {
+	level := slog.LevelInfo
+	if a.log.Enabled(cmd.Context(), slog.LevelDebug) {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+}
+
+// serveGists reads --github-token-file and checks --gists-per-hour,
+// returned as the server takes it (-1: no limit).
+func serveGists(cmd *cobra.Command, f *serveFlags) (token string, perHour int, err error) {
+	if f.githubTokenFile != "" {
+		if token, err = gist.TokenFromFile(f.githubTokenFile); err != nil {
+			return "", 0, usageErrorf(cmd, "--github-token-file: %v", err)
+		}
+	}
+	perHour = f.gistsPerHour
+	if perHour < 0 {
+		return "", 0, usageErrorf(cmd, "--gists-per-hour %d: want 0 (no limit) or more", perHour)
+	}
+	if perHour == 0 {
+		perHour = -1 // the server's "no limit"
+	}
+	return token, perHour, nil
+}
+
+// warnNoPresets logs that the page has no preset image, and how to give
+// it one.
+func warnNoPresets(log *slog.Logger, loopback bool) {
+	if loopback {
+		log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
+	} else {
+		log.Warn("no preset images: pass --preset (the cached images are presets only on a loopback --listen address)")
+	}
+}
+
+// serveAllow is --allow-image as the server takes it: nil for the
+// server's default when not given, without empty entries (an empty one
+// alone means none but the presets).
+func serveAllow(cmd *cobra.Command, f *serveFlags) []string {
+	if !cmd.Flags().Changed("allow-image") {
+		return nil
+	}
+	allow := slices.DeleteFunc(slices.Clone(f.allow), func(s string) bool { return s == "" })
+	if allow == nil {
+		allow = []string{}
+	}
+	return allow
 }
 
 // listenIsLoopback reports whether a --listen address takes connections
