@@ -27,10 +27,7 @@ func (e *flagValueError) Error() string { return e.msg }
 type sizeFlag struct {
 	name string // the flag's name, for messages
 	text string // the value as written (String, the default in --help)
-	n    int64  // the value in bytes
-	// set reports whether a value is set: false only for a flag with an
-	// empty default that was never given one (see allowEmpty).
-	set bool
+	n    int64  // the value in bytes (0 when empty, see allowEmpty)
 	// min is the smallest size allowed; want says what to write ("a size
 	// such as 1MiB"); small is the message for a size under min.
 	min         int64
@@ -58,7 +55,7 @@ func sizeVar(fs *pflag.FlagSet, p *sizeFlag, name, def string, spec sizeSpec, us
 // Set implements pflag.Value.
 func (f *sizeFlag) Set(s string) error {
 	if s == "" && f.allowEmpty {
-		f.text, f.n, f.set = "", 0, false
+		f.text, f.n = "", 0
 		return nil
 	}
 	n, err := units.ParseSize(s)
@@ -68,7 +65,7 @@ func (f *sizeFlag) Set(s string) error {
 	if n < f.min {
 		return &flagValueError{fmt.Sprintf("--%s %s: %s", f.name, s, f.small)}
 	}
-	f.text, f.n, f.set = s, n, true
+	f.text, f.n = s, n
 	return nil
 }
 
@@ -78,11 +75,8 @@ func (f sizeFlag) String() string { return f.text }
 // Type implements pflag.Value.
 func (f *sizeFlag) Type() string { return "size" }
 
-// Bytes returns the size in bytes (0 when not set).
+// Bytes returns the size in bytes (0 when empty).
 func (f *sizeFlag) Bytes() int64 { return f.n }
-
-// IsSet reports whether the flag holds a size.
-func (f *sizeFlag) IsSet() bool { return f.set }
 
 // minMemory is the least memory a VM may have: less does not boot the
 // guest kernel and its init.
