@@ -56,9 +56,6 @@ func Create(path string, o Options) (*File, error) {
 	return &File{File: f, path: path, o: o}, nil
 }
 
-// Path returns the path the file is written in place of.
-func (f *File) Path() string { return f.path }
-
 // Commit sets the mode, syncs (Options.Sync), closes the temporary file
 // and renames it over the path. On an error the temporary file is removed
 // and the path is left as it was.
