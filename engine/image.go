@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -78,16 +77,16 @@ func resolvedImage(img *image.CachedImage, lease *image.Lease) *ResolvedImage {
 }
 
 // FileSource resolves references that name an existing EROFS file
-// ("./rootfs.erofs", a path ending in .erofs) to that file, with no image
-// config, and hands every other reference to Next (nil: an error).
+// ("./rootfs.erofs", a path ending in .erofs, erofs:PATH: image.EROFSFile)
+// to that file, with no image config, and hands every other reference to
+// Next (nil: an error).
 type FileSource struct {
 	Next ImageSource
 }
 
 // Resolve implements ImageSource.
 func (s *FileSource) Resolve(ctx context.Context, ref string) (*ResolvedImage, error) {
-	if strings.HasSuffix(ref, ".erofs") || strings.HasPrefix(ref, "erofs:") {
-		p := strings.TrimPrefix(ref, "erofs:")
+	if p, ok := image.EROFSFile(ref); ok {
 		fi, err := os.Stat(p)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", ref, err)

@@ -80,16 +80,6 @@ func splitXattrName(full string) (xattr, error) {
 	return xattr{}, fmt.Errorf("%w: %q has no prefix EROFS can store (user., trusted., security., system.posix_acl_*)", ErrUnsupportedXattr, full)
 }
 
-// fullXattrName joins a prefix index and a name back together.
-func fullXattrName(index uint8, name string) (string, bool) {
-	for _, p := range xattrPrefixes {
-		if p.index == index {
-			return p.prefix + name, true
-		}
-	}
-	return "", false
-}
-
 // inlineXattrSize is the inline area an inode needs with every attribute
 // inline: an upper bound of its final size, whatever gets shared.
 func inlineXattrSize(xs []xattr) int {

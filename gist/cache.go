@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/pe-project/pe/internal/atomicfile"
 )
 
 // The disk cache (Client.CacheDir) holds one JSON file per entry, under
@@ -160,24 +162,20 @@ func (c *Client) writeEntry(path string, e *cacheEntry) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return
 	}
-	f, err := os.CreateTemp(dir, ".tmp-"+strings.TrimSuffix(filepath.Base(path), ".json")+"-")
+	f, err := atomicfile.Create(path, atomicfile.Options{Pattern: ".tmp-" + strings.TrimSuffix(filepath.Base(path), ".json") + "-"})
 	if err != nil {
 		return
 	}
-	_, err = f.Write(b)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if _, err := f.Write(b); err != nil {
+		f.Abort()
+		return
 	}
-	if err == nil {
-		// Room is made once the entry is written (a failed write takes
-		// none), and before it appears: the temporary file is not an
-		// entry, so no scan counts or evicts it.
-		c.makeRoom(path, int64(len(b)))
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
+	// Room is made once the entry is written (a failed write takes none),
+	// and before it appears: the temporary file is not an entry, so no
+	// scan counts or evicts it. A failed Commit removes the temporary
+	// file.
+	c.makeRoom(path, int64(len(b)))
+	f.Commit()
 }
 
 // rescanEvery is how many writes a Client makes between scans of the

@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/pe-project/pe/internal/units"
 )
 
 // ConfigName is the name of the file holding a gist's run settings.
@@ -39,7 +41,7 @@ type Config struct {
 	// Timeout is the program's time limit (0: not set).
 	Timeout time.Duration
 	// Memory is the VM's memory, a size such as "512M" or "1GiB" ("": not
-	// set). It has been checked with ParseSize.
+	// set). It has been checked with units.ParseSize.
 	Memory string
 	// Platform is the image platform, os/arch[/variant] ("": not set).
 	Platform string
@@ -213,7 +215,7 @@ func (p *configParser) set(c *Config, name string, v any) error {
 		if !ok {
 			return p.wrongType(k, "a size string such as \"512M\" or \"1GiB\"")
 		}
-		n, err := ParseSize(s)
+		n, err := units.ParseSize(s)
 		if err != nil || n <= 0 {
 			return p.errorf(k, "%q: want a size such as \"512M\" or \"1GiB\"", s)
 		}
@@ -351,31 +353,6 @@ func validPlatform(s string) bool {
 	return true
 }
 
-// ParseSize parses a size in bytes: a number, optionally followed by a
-// unit. KB, MB, GB and TB are powers of 1000; KiB, MiB, GiB, TiB and the
-// single letters K, M, G, T (as in docker's --memory 512m) are powers of
-// 1024; units are case-insensitive. It accepts what pe run --memory does.
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
-	num, unit := t, ""
-	if i >= 0 {
-		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
-	}
-	mult, ok := map[string]float64{
-		"": 1, "b": 1,
-		"k": 1 << 10, "kib": 1 << 10, "kb": 1e3,
-		"m": 1 << 20, "mib": 1 << 20, "mb": 1e6,
-		"g": 1 << 30, "gib": 1 << 30, "gb": 1e9,
-		"t": 1 << 40, "tib": 1 << 40, "tb": 1e12,
-	}[unit]
-	f, err := strconv.ParseFloat(num, 64)
-	if !ok || err != nil || num == "" || f < 0 || f*mult > 1<<62 {
-		return 0, fmt.Errorf("size %q: want a number of bytes with an optional unit, such as 512M or 1GiB", s)
-	}
-	return int64(f * mult), nil
-}
-
 // keyLine finds the line (from 1) where key k is set in a TOML document,
 // or 0. The decoder knows but does not say, so this follows the lines: a
 // table header [a.b] sets the prefix of the keys below it, "a.b = ..."
@@ -438,18 +415,4 @@ func normalizeKey(s string) string {
 		parts = append(parts, p)
 	}
 	return toml.Key(parts).String()
-}
-
-// IsLocalImage reports whether an image reference names something on the
-// machine that runs it (an .erofs file, erofs:PATH, oci:PATH,
-// docker-archive:PATH, a path) rather than a registry image. pe run
-// refuses such an image from a gist: a gist someone else wrote must not
-// choose which local files pe opens.
-func IsLocalImage(ref string) bool {
-	for _, p := range []string{"erofs:", "oci:", "docker-archive:", "/", "./", "../", "~"} {
-		if strings.HasPrefix(ref, p) {
-			return true
-		}
-	}
-	return strings.HasSuffix(ref, ".erofs") || ref == "." || ref == ".."
 }

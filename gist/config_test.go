@@ -149,15 +149,3 @@ func TestSplitCommand(t *testing.T) {
 		}
 	}
 }
-
-func TestIsLocalImage(t *testing.T) {
-	for ref, want := range map[string]bool{
-		"busybox": false, "docker.io/library/gcc:14": false, "localhost:5000/x@sha256:ab": false, "ghcr.io/o/r:v1.erofsx": false,
-		"x.erofs": true, "/tmp/x": true, "./x": true, "../x": true, "oci:./layout": true, "docker-archive:img.tar": true,
-		"erofs:/dev/sda": true, "~/img": true,
-	} {
-		if got := gist.IsLocalImage(ref); got != want {
-			t.Errorf("IsLocalImage(%q) = %v, want %v", ref, got, want)
-		}
-	}
-}

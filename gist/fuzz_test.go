@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/pe-project/pe/gist"
+	"github.com/pe-project/pe/internal/units"
 )
 
 // FuzzParseConfig checks pe.toml parsing never panics, fails only with a
@@ -49,7 +50,7 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("timeout %v accepted", c.Timeout)
 		}
 		if c.Memory != "" {
-			if n, err := gist.ParseSize(c.Memory); err != nil || n <= 0 {
+			if n, err := units.ParseSize(c.Memory); err != nil || n <= 0 {
 				t.Fatalf("memory %q accepted", c.Memory)
 			}
 		}

@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// resolveArchive finds the image a docker-archive: reference names in a
+// archiveTransport reads docker-archive: references, images in a
 // "docker save" tarball.
 //
 // A docker archive has no registry manifest, so its image is keyed in the
@@ -24,67 +24,77 @@ import (
 // verified against it as it is read. The layers are read from the archive
 // in place, uncompressed by ggcr's tarball package when the archive holds
 // compressed ones.
-func resolveArchive(ref Reference, o *pullConfig) (*source, error) {
-	what := ref.String()
+type archiveTransport struct {
+	ref   Reference
+	what  string
+	img   v1.Image           // set by find
+	entry tarball.Descriptor // the image's entry of manifest.json
+}
+
+// find picks the archive's image (the one with the reference's tag, or
+// the only one); its manifest is its manifest.json entry.
+func (t *archiveTransport) find(src *source) error {
+	ref, what := t.ref, t.what
 	fi, err := os.Stat(ref.path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, &kindError{kind: ErrNotFound, msg: "docker archive " + ref.path + " not found", err: err}
+			return &kindError{kind: ErrNotFound, msg: "docker archive " + ref.path + " not found", err: err}
 		}
-		return nil, err
+		return err
 	}
 	opener := func() (io.ReadCloser, error) { return os.Open(ref.path) }
 	manifest, err := tarball.LoadManifest(opener)
 	if err != nil {
-		return nil, fmt.Errorf("reading docker archive %s: manifest.json: %w", ref.path, err)
+		return fmt.Errorf("reading docker archive %s: manifest.json: %w", ref.path, err)
 	}
 	var tag *name.Tag
-	if t, ok := ref.name.(name.Tag); ok {
-		tag = &t
+	if tg, ok := ref.name.(name.Tag); ok {
+		tag = &tg
 	}
-	entry, err := chooseArchiveEntry(manifest, tag, what)
+	if t.entry, err = chooseArchiveEntry(manifest, tag, what); err != nil {
+		return err
+	}
+	if t.img, err = tarball.Image(opener, tag); err != nil {
+		return fmt.Errorf("reading docker archive %s: %w", ref.path, err)
+	}
+	src.size = fi.Size()
+	if src.digest, err = t.img.ConfigName(); err != nil {
+		return fmt.Errorf("reading config of %s: %w", what, err)
+	}
+	src.manifest, err = json.Marshal(t.entry)
+	return err
+}
+
+func (t *archiveTransport) hasManifest() bool { return false }
+
+func (t *archiveTransport) config(*v1.Manifest) ([]byte, error) {
+	b, err := t.img.RawConfigFile()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading config of %s: %w", t.what, err)
 	}
-	img, err := tarball.Image(opener, tag)
-	if err != nil {
-		return nil, fmt.Errorf("reading docker archive %s: %w", ref.path, err)
+	return b, nil
+}
+
+func (t *archiveTransport) layers(_ *source, _ *v1.Manifest, cfg *v1.ConfigFile) ([]*layer, error) {
+	if len(cfg.RootFS.DiffIDs) != len(t.entry.Layers) {
+		return nil, fmt.Errorf("%s: the config lists %d layers, manifest.json %d", t.what, len(cfg.RootFS.DiffIDs), len(t.entry.Layers))
 	}
-	src := &source{ref: ref, size: fi.Size()}
-	if src.config, err = img.RawConfigFile(); err != nil {
-		return nil, fmt.Errorf("reading config of %s: %w", what, err)
-	}
-	if src.digest, err = img.ConfigName(); err != nil {
-		return nil, fmt.Errorf("reading config of %s: %w", what, err)
-	}
-	if src.manifest, err = json.Marshal(entry); err != nil {
-		return nil, err
-	}
-	cfg, err := v1.ParseConfigFile(strings.NewReader(string(src.config)))
-	if err != nil {
-		return nil, fmt.Errorf("reading config of %s: %w", what, err)
-	}
-	if src.platform, err = checkConfigPlatform(cfg, o.platform, what); err != nil {
-		return nil, err
-	}
-	if len(cfg.RootFS.DiffIDs) != len(entry.Layers) {
-		return nil, fmt.Errorf("%s: the config lists %d layers, manifest.json %d", what, len(cfg.RootFS.DiffIDs), len(entry.Layers))
-	}
+	var layers []*layer
 	for _, diffID := range cfg.RootFS.DiffIDs {
-		src.layers = append(src.layers, &layer{
+		layers = append(layers, &layer{
 			digest:    diffID,
 			size:      -1,
 			mediaType: types.DockerUncompressedLayer,
 			open: func() (io.ReadCloser, error) {
-				l, err := img.LayerByDiffID(diffID)
+				l, err := t.img.LayerByDiffID(diffID)
 				if err != nil {
-					return nil, fmt.Errorf("layer %s of %s: %w", diffID, what, err)
+					return nil, fmt.Errorf("layer %s of %s: %w", diffID, t.what, err)
 				}
 				return l.Uncompressed()
 			},
 		})
 	}
-	return src, nil
+	return layers, nil
 }
 
 // chooseArchiveEntry picks the image of a docker archive: the one with

@@ -21,6 +21,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pe-project/pe/erofs"
+	"github.com/pe-project/pe/internal/atomicfile"
 )
 
 // Cache is pe's content-addressed image cache, a directory laid out as:
@@ -676,7 +677,7 @@ func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []by
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
-	syncDir(tmp)
+	atomicfile.SyncDir(tmp)
 	final := c.imageDir(h)
 	// A directory left without a valid image (someone deleted files in
 	// it) is replaced.
@@ -686,7 +687,7 @@ func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []by
 	if err := os.Rename(tmp, final); err != nil {
 		return err
 	}
-	syncDir(parent)
+	atomicfile.SyncDir(parent)
 	return nil
 }
 
@@ -751,16 +752,12 @@ func (c *Cache) fetchBlobs(ctx context.Context, src *source, o *pullConfig) erro
 // downloadBlob streams one layer into blobs/, verifying its digest and
 // size before renaming it into place.
 func (c *Cache) downloadBlob(ctx context.Context, l *layer, what string, add func(int64)) (err error) {
-	tmp, err := os.CreateTemp(c.path(blobsDir), tmpPrefix+l.digest.Hex+"-*")
+	// The cache's other files are 0644.
+	tmp, err := atomicfile.Create(c.blobPath(l.digest), atomicfile.Options{Pattern: tmpPrefix + l.digest.Hex + "-*", Perm: 0o644, Sync: true})
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Abort()
 	rc, err := l.fetch()
 	if err != nil {
 		return registryError("fetching", what, err)
@@ -780,17 +777,7 @@ func (c *Cache) downloadBlob(ctx context.Context, l *layer, what string, add fun
 		}
 		return fmt.Errorf("fetching %s: %w", what, blobError(err))
 	}
-	// CreateTemp makes the file 0600; the cache's other files are 0644.
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), c.blobPath(l.digest))
+	return tmp.Commit()
 }
 
 // blobError marks ggcr's own digest and size checks, which it makes before
@@ -883,36 +870,7 @@ func (c *Cache) writeJSON(path string, v any, sync bool) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, b, sync)
-}
-
-// writeFileAtomic writes a file through a temporary file renamed over it.
-func writeFileAtomic(path string, b []byte, sync bool) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(b); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if sync {
-		if err := tmp.Sync(); err != nil {
-			return err
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, b, atomicfile.Options{Pattern: tmpPrefix + "*", Perm: 0o644, Sync: sync})
 }
 
 // writeFileSync creates path with b and syncs it.
@@ -930,12 +888,4 @@ func writeFileSync(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-// syncDir makes renames and creations in dir durable; best effort.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }

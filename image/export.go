@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/pe-project/pe/erofs"
+	"github.com/pe-project/pe/internal/atomicfile"
 )
 
 // ExportEROFS writes the EROFS image of ref to the file out, taking it
@@ -86,30 +86,27 @@ func writeEROFSFile(ctx context.Context, out string, build BuildOptions, fill fu
 	if err := checkOutput(out); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".pe-build-*")
+	tmp, err := createOutput(out, build.Durable)
 	if err != nil {
 		return err
 	}
+	defer tmp.Abort()
 	var w *erofs.Writer
 	defer func() {
-		if err != nil {
-			if w != nil {
-				w.Discard()
-			}
-			tmp.Close()
-			os.Remove(tmp.Name())
+		if err != nil && w != nil {
+			w.Discard()
 		}
 	}()
 	if w, err = erofs.NewWriter(tmp, build.Writer); err != nil {
 		return err
 	}
-	if err := fill(w, tmp); err != nil {
+	if err := fill(w, tmp.File); err != nil {
 		return err
 	}
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", out, err)
 	}
-	return finishFile(ctx, tmp, out, build.Durable)
+	return finishFile(ctx, tmp)
 }
 
 // checkOutput refuses an output path that is an existing directory before
@@ -122,27 +119,19 @@ func checkOutput(out string) error {
 	return nil
 }
 
-// finishFile makes the complete temporary file tmp the file out.
-func finishFile(ctx context.Context, tmp *os.File, out string, durable bool) error {
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if durable {
-		if err := tmp.Sync(); err != nil {
-			return err
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
+// createOutput starts writing the file out: 0644, synced before it
+// replaces out when durable, its directory synced after.
+func createOutput(out string, durable bool) (*atomicfile.File, error) {
+	return atomicfile.Create(out, atomicfile.Options{Pattern: ".pe-build-*", Perm: 0o644, Sync: durable, SyncDir: true})
+}
+
+// finishFile puts the complete file tmp in place, unless ctx is done.
+func finishFile(ctx context.Context, tmp *atomicfile.File) error {
 	if err := ctx.Err(); err != nil {
+		tmp.Abort()
 		return err
 	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return err
-	}
-	syncDir(filepath.Dir(out))
-	return nil
+	return tmp.Commit()
 }
 
 // copyFileAtomic copies src to dst through a temporary file.
@@ -155,16 +144,11 @@ func copyFileAtomic(ctx context.Context, src, dst string) (err error) {
 		return err
 	}
 	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".pe-build-*")
+	tmp, err := createOutput(dst, false)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Abort()
 	// A reflink shares the blocks: instant, and no extra space.
 	if unix.IoctlFileClone(int(tmp.Fd()), int(in.Fd())) != nil {
 		// io.Copy between two files uses copy_file_range: the kernel
@@ -173,5 +157,5 @@ func copyFileAtomic(ctx context.Context, src, dst string) (err error) {
 			return err
 		}
 	}
-	return finishFile(ctx, tmp, dst, false)
+	return finishFile(ctx, tmp)
 }

@@ -24,89 +24,84 @@ const refNameAnnotation = "org.opencontainers.image.ref.name"
 // practice, but some carry long histories).
 const maxManifestSize = 16 << 20
 
-// resolveLayout finds the image an oci: reference names in its layout
+// layoutTransport reads oci: references, images in an OCI layout
 // directory. The layout's blobs are read in place: they are not copied
 // into the cache, and are verified against their digests as they are read.
-func resolveLayout(ref Reference, o *pullConfig) (*source, error) {
-	what := ref.String()
-	dir := ref.path
+type layoutTransport struct {
+	ref       Reference
+	dir, what string
+	o         *pullConfig
+}
+
+// find picks the image index.json holds that the reference asks for, and
+// its platform's manifest when that is an index.
+func (t *layoutTransport) find(src *source) error {
+	dir, what := t.dir, t.what
 	if _, err := os.Stat(filepath.Join(dir, "oci-layout")); err != nil {
 		if _, derr := os.Stat(dir); derr != nil {
-			return nil, &kindError{kind: ErrNotFound, msg: "OCI layout " + dir + " not found", err: derr}
+			return &kindError{kind: ErrNotFound, msg: "OCI layout " + dir + " not found", err: derr}
 		}
-		return nil, fmt.Errorf("%s is not an OCI image layout (it has no oci-layout file)", dir)
+		return fmt.Errorf("%s is not an OCI image layout (it has no oci-layout file)", dir)
 	}
 	b, err := readSmall(filepath.Join(dir, "index.json"))
 	if err != nil {
-		return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+		return fmt.Errorf("reading OCI layout %s: %w", dir, err)
 	}
 	im, err := v1.ParseIndexManifest(bytes.NewReader(b))
 	if err != nil {
-		return nil, fmt.Errorf("reading OCI layout %s: index.json: %w", dir, err)
+		return fmt.Errorf("reading OCI layout %s: index.json: %w", dir, err)
 	}
-	d, err := chooseLayoutEntry(dir, im, ref)
+	d, err := chooseLayoutEntry(dir, im, t.ref)
 	if err != nil {
-		return nil, err
+		return err
 	}
-
-	src := &source{ref: ref}
 	if d.MediaType.IsIndex() {
 		ib, err := readLayoutBlob(dir, d.Digest, what)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		child, err := v1.ParseIndexManifest(bytes.NewReader(ib))
 		if err != nil {
-			return nil, fmt.Errorf("reading index %s of %s: %w", d.Digest, what, err)
+			return fmt.Errorf("reading index %s of %s: %w", d.Digest, what, err)
 		}
-		if d, err = choosePlatform(child, o.platform, what); err != nil {
-			return nil, err
+		if d, err = choosePlatform(child, t.o.platform, what); err != nil {
+			return err
 		}
 		src.platform = platformOf(d)
 	}
 	if !d.MediaType.IsImage() {
-		return nil, kindErrorf(ErrUnsupported, "%s: %s is a %q, not an image manifest", what, d.Digest, d.MediaType)
+		return kindErrorf(ErrUnsupported, "%s: %s is a %q, not an image manifest", what, d.Digest, d.MediaType)
 	}
 	src.digest = d.Digest
-	if src.manifest, err = readLayoutBlob(dir, d.Digest, what); err != nil {
-		return nil, err
-	}
-	m, err := v1.ParseManifest(bytes.NewReader(src.manifest))
-	if err != nil {
-		return nil, fmt.Errorf("reading manifest %s of %s: %w", d.Digest, what, err)
-	}
-	if err := checkManifest(m, what); err != nil {
-		return nil, err
-	}
-	if src.config, err = readLayoutBlob(dir, m.Config.Digest, what); err != nil {
-		return nil, err
-	}
-	cfg, err := v1.ParseConfigFile(bytes.NewReader(src.config))
-	if err != nil {
-		return nil, fmt.Errorf("reading config of %s: %w", what, err)
-	}
-	if src.platform == "" {
-		if src.platform, err = checkConfigPlatform(cfg, o.platform, what); err != nil {
-			return nil, err
-		}
-	}
+	src.manifest, err = readLayoutBlob(dir, d.Digest, what)
+	return err
+}
+
+func (t *layoutTransport) hasManifest() bool { return true }
+
+func (t *layoutTransport) config(m *v1.Manifest) ([]byte, error) {
+	return readLayoutBlob(t.dir, m.Config.Digest, t.what)
+}
+
+func (t *layoutTransport) layers(src *source, m *v1.Manifest, _ *v1.ConfigFile) ([]*layer, error) {
+	var layers []*layer
 	for _, l := range m.Layers {
 		src.size += l.Size
-		path := layoutBlobPath(dir, l.Digest)
-		src.layers = append(src.layers, &layer{
+		path := layoutBlobPath(t.dir, l.Digest)
+		layers = append(layers, &layer{
 			digest:    l.Digest,
 			size:      l.Size,
 			mediaType: l.MediaType,
 			open: func() (io.ReadCloser, error) {
 				f, err := os.Open(path)
 				if errors.Is(err, fs.ErrNotExist) {
-					return nil, kindErrorf(ErrNotFound, "layer %s of %s is missing from the layout", l.Digest, what)
+					return nil, kindErrorf(ErrNotFound, "layer %s of %s is missing from the layout", l.Digest, t.what)
 				}
 				return f, err
 			},
 		})
 	}
-	return src, nil
+	return layers, nil
 }
 
 // chooseLayoutEntry picks the descriptor of index.json the reference asks

@@ -1,7 +1,6 @@
 package image
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -58,90 +57,93 @@ func headRemote(ctx context.Context, ref Reference, o *pullConfig) (v1.Hash, err
 	return d.Digest, nil
 }
 
-// resolveRemote fetches the manifest (choosing the platform from an index)
-// and the config of a registry image. Layers are fetched later, and only if
-// the cache does not have the image.
-func resolveRemote(ctx context.Context, ref Reference, o *pullConfig) (*source, error) {
-	n, err := ref.registryName(o.Insecure)
+// registryTransport reads registry references. find fetches the manifest
+// (choosing the platform from an index) and config fetches the config;
+// layers are fetched later, and only if the cache does not have the
+// image.
+type registryTransport struct {
+	ctx  context.Context
+	ref  Reference
+	what string
+	o    *pullConfig
+	img  v1.Image // set by find
+}
+
+func (t *registryTransport) find(src *source) error {
+	what := t.what
+	n, err := t.ref.registryName(t.o.Insecure)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	what := ref.String()
-	opts := remoteOptions(ctx, o)
+	opts := remoteOptions(t.ctx, t.o)
 	desc, err := remote.Get(n, opts...)
 	if err != nil {
-		return nil, registryError("resolving", what, err)
+		return registryError("resolving", what, err)
 	}
-	src := &source{ref: ref, top: desc.Digest}
-	var img v1.Image
+	src.top = desc.Digest
 	switch {
 	case desc.MediaType.IsIndex():
 		idx, err := desc.ImageIndex()
 		if err != nil {
-			return nil, fmt.Errorf("reading index of %s: %w", what, err)
+			return fmt.Errorf("reading index of %s: %w", what, err)
 		}
 		im, err := idx.IndexManifest()
 		if err != nil {
-			return nil, fmt.Errorf("reading index of %s: %w", what, err)
+			return fmt.Errorf("reading index of %s: %w", what, err)
 		}
-		child, err := choosePlatform(im, o.platform, what)
+		child, err := choosePlatform(im, t.o.platform, what)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !child.MediaType.IsImage() {
-			return nil, kindErrorf(ErrUnsupported, "%s: the %s entry of its index is a %q, not an image manifest", what, platformOf(child), child.MediaType)
+			return kindErrorf(ErrUnsupported, "%s: the %s entry of its index is a %q, not an image manifest", what, platformOf(child), child.MediaType)
 		}
-		if img, err = remote.Image(n.Context().Digest(child.Digest.String()), opts...); err != nil {
-			return nil, registryError("resolving", fmt.Sprintf("%s (%s)", what, platformOf(child)), err)
+		if t.img, err = remote.Image(n.Context().Digest(child.Digest.String()), opts...); err != nil {
+			return registryError("resolving", fmt.Sprintf("%s (%s)", what, platformOf(child)), err)
 		}
 		src.platform = platformOf(child)
 	case desc.MediaType.IsImage():
-		if img, err = desc.Image(); err != nil {
-			return nil, fmt.Errorf("reading manifest of %s: %w", what, err)
+		if t.img, err = desc.Image(); err != nil {
+			return fmt.Errorf("reading manifest of %s: %w", what, err)
 		}
 	case desc.MediaType.IsSchema1():
-		return nil, kindErrorf(ErrUnsupported, "%s has an old schema 1 manifest, which pe does not read", what)
+		return kindErrorf(ErrUnsupported, "%s has an old schema 1 manifest, which pe does not read", what)
 	default:
-		return nil, kindErrorf(ErrUnsupported, "%s is a %q, not a container image", what, desc.MediaType)
+		return kindErrorf(ErrUnsupported, "%s is a %q, not a container image", what, desc.MediaType)
 	}
+	if src.manifest, err = t.img.RawManifest(); err != nil {
+		return registryError("reading", "manifest of "+what, err)
+	}
+	if src.digest, err = t.img.Digest(); err != nil {
+		return fmt.Errorf("reading manifest of %s: %w", what, err)
+	}
+	return nil
+}
 
-	if src.manifest, err = img.RawManifest(); err != nil {
-		return nil, registryError("reading", "manifest of "+what, err)
-	}
-	if src.digest, err = img.Digest(); err != nil {
-		return nil, fmt.Errorf("reading manifest of %s: %w", what, err)
-	}
-	m, err := v1.ParseManifest(bytes.NewReader(src.manifest))
+func (t *registryTransport) hasManifest() bool { return true }
+
+func (t *registryTransport) config(m *v1.Manifest) ([]byte, error) {
+	b, err := t.img.RawConfigFile()
 	if err != nil {
-		return nil, fmt.Errorf("reading manifest of %s: %w", what, err)
+		return nil, registryError("fetching", "config of "+t.what, err)
 	}
-	if err := checkManifest(m, what); err != nil {
+	if err := checkDigest(b, m.Config.Digest, "config of "+t.what); err != nil {
 		return nil, err
 	}
-	if src.config, err = img.RawConfigFile(); err != nil {
-		return nil, registryError("fetching", "config of "+what, err)
-	}
-	if err := checkDigest(src.config, m.Config.Digest, "config of "+what); err != nil {
-		return nil, err
-	}
-	cfg, err := v1.ParseConfigFile(bytes.NewReader(src.config))
-	if err != nil {
-		return nil, fmt.Errorf("reading config of %s: %w", what, err)
-	}
-	if src.platform == "" {
-		if src.platform, err = checkConfigPlatform(cfg, o.platform, what); err != nil {
-			return nil, err
-		}
-	}
+	return b, nil
+}
+
+func (t *registryTransport) layers(src *source, m *v1.Manifest, _ *v1.ConfigFile) ([]*layer, error) {
+	var layers []*layer
 	for _, d := range m.Layers {
 		src.size += d.Size
 		digest := d.Digest
-		src.layers = append(src.layers, &layer{
+		layers = append(layers, &layer{
 			digest:    d.Digest,
 			size:      d.Size,
 			mediaType: d.MediaType,
 			fetch: func() (io.ReadCloser, error) {
-				l, err := img.LayerByDigest(digest)
+				l, err := t.img.LayerByDigest(digest)
 				if err != nil {
 					return nil, err
 				}
@@ -149,7 +151,7 @@ func resolveRemote(ctx context.Context, ref Reference, o *pullConfig) (*source, 
 			},
 		})
 	}
-	return src, nil
+	return layers, nil
 }
 
 // remoteLayer returns a layer of a registry repository by digest. Its

@@ -415,19 +415,6 @@ func (c countReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// resolve finds the image ref names for the configured platform.
-func resolve(ctx context.Context, ref Reference, o *pullConfig) (*source, error) {
-	switch ref.transport {
-	case TransportRegistry:
-		return resolveRemote(ctx, ref, o)
-	case TransportOCI:
-		return resolveLayout(ref, o)
-	case TransportDockerArchive:
-		return resolveArchive(ref, o)
-	}
-	return nil, errors.New("no image reference given")
-}
-
 // gzipMagicBytes start a gzip stream.
 var gzipMagicBytes = []byte{0x1f, 0x8b}
 

@@ -314,11 +314,10 @@ func (s *Server) imageSource(ref string) (source, preset string, err error) {
 		}
 	}
 	parsed, err := image.ParseReference(ref)
-	// The engine takes "erofs:" and "*.erofs" for local files: never from
-	// a client.
-	local := strings.HasPrefix(ref, "erofs:") || strings.HasSuffix(ref, ".erofs") ||
-		err == nil && (strings.HasPrefix(parsed.String(), "erofs:") || strings.HasSuffix(parsed.String(), ".erofs"))
-	if err != nil || local || parsed.Transport() != image.TransportRegistry || strings.Contains(ref, "://") {
+	// Nothing on this machine (an EROFS file, a layout, an archive, a
+	// path) is named by a client, neither as it wrote it nor in the
+	// canonical form handed on to the engine.
+	if err != nil || image.IsLocal(ref) || parsed.IsLocal() || strings.Contains(ref, "://") {
 		return "", "", badRequest("BadReference", "%q is not an image reference this server accepts (a registry reference such as docker.io/library/busybox:latest, or a preset)", ref)
 	}
 	canon := parsed.String()

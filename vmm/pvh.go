@@ -17,6 +17,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 	"github.com/ulikunitz/xz"
+
+	"github.com/pe-project/pe/internal/atomicfile"
 )
 
 // maxVmlinux bounds the decompressed kernel.
@@ -63,27 +65,11 @@ func BootImage(k *Kernel, cacheDir string) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return k.Vmlinuz, err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".vmlinux-*")
-	if err != nil {
+	// Readable by all, like the kernel it comes from: a confined QEMU,
+	// running as another user, opens it again by its descriptor's /proc
+	// link, which checks the mode.
+	if err := atomicfile.Write(out, elfImage, atomicfile.Options{Pattern: ".vmlinux-*", Perm: 0o644}); err != nil {
 		return k.Vmlinuz, err
-	}
-	_, werr := tmp.Write(elfImage)
-	if werr == nil {
-		// Readable by all, like the kernel it comes from: a confined
-		// QEMU, running as another user, opens it again by its
-		// descriptor's /proc link, which checks the mode.
-		werr = tmp.Chmod(0o644)
-	}
-	cerr := tmp.Close()
-	if werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp.Name(), out)
-	}
-	if werr != nil {
-		os.Remove(tmp.Name())
-		return k.Vmlinuz, werr
 	}
 	return out, nil
 }

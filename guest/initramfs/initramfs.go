@@ -22,6 +22,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/internal/atomicfile"
 )
 
 // DefaultModules are the kernel modules the guest init needs, by module
@@ -380,16 +381,11 @@ func Build(out string, initBinary string, modulesTree string, modules []string) 
 		recs[i].NLink = 1
 	}
 
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".initramfs-*.tmp")
+	tmp, err := atomicfile.Create(out, atomicfile.Options{Pattern: ".initramfs-*.tmp", Perm: 0o644})
 	if err != nil {
 		return fmt.Errorf("build initramfs: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Abort()
 	bw := bufio.NewWriterSize(tmp, 1<<20)
 	w := cpio.Newc.Writer(bw)
 	if err := cpio.WriteRecords(w, recs); err != nil {
@@ -401,13 +397,7 @@ func Build(out string, initBinary string, modulesTree string, modules []string) 
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("build initramfs: %w", err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("build initramfs: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("build initramfs: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
+	if err := tmp.Commit(); err != nil {
 		return fmt.Errorf("build initramfs: %w", err)
 	}
 	return nil

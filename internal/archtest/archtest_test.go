@@ -18,14 +18,16 @@ const module = "github.com/pe-project/pe"
 // layers orders pe's top-level folders. A package may import packages of
 // its own folder and of folders in lower layers, nothing else of pe's
 // (DESIGN.md §1: cmd/pe, server → engine → image, guest, vmm → erofs,
-// pearchive). Layer 0 imports nothing of ours. cmd sits above server
-// because pe serve, a thin command like the others, starts it. A new top-level folder with
-// Go code must be placed here.
+// pearchive). Layer 0 imports nothing of ours but internal. cmd sits above server
+// because pe serve, a thin command like the others, starts it. internal
+// sits below everything: it holds the rules every part shares (the size
+// syntax, atomic file writes) and imports nothing of ours. A new
+// top-level folder with Go code must be placed here.
 var layers = map[string]int{
+	"internal":  -1,
 	"erofs":     0,
 	"pearchive": 0,
 	"gist":      0,
-	"internal":  0,
 	"image":     1,
 	"guest":     1,
 	"vmm":       1,
@@ -175,6 +177,8 @@ func TestLayersCheck(t *testing.T) {
 		{"image", "guest", false},
 		{"engine", "server", false},
 		{"pearchive", "erofs", false},
+		{"gist", "internal/units", true},
+		{"internal/units", "gist", false},
 	} {
 		if got := allowed(tt.from, tt.to); got != tt.want {
 			t.Errorf("%s importing %s allowed = %v, want %v", tt.from, tt.to, got, tt.want)

@@ -175,7 +175,7 @@ func removeOne(cmd *cobra.Command, c *image.Cache, arg string) (*image.RemoveRep
 func newPruneCmd(a *app) *cobra.Command {
 	var (
 		f         cacheFlags
-		maxSize   string
+		maxSize   sizeFlag
 		olderThan time.Duration
 		all       bool
 	)
@@ -194,16 +194,7 @@ too.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := image.PruneOptions{OlderThan: olderThan, All: all}
-			if maxSize != "" {
-				n, err := parseSize(maxSize)
-				if err != nil {
-					return usageErrorf(cmd, "--max-size: %v", err)
-				}
-				if n == 0 {
-					return usageErrorf(cmd, "--max-size 0: use --all to remove every image")
-				}
-				opts.MaxSize = n
-			}
+			opts.MaxSize = maxSize.Bytes()
 			if olderThan < 0 {
 				return usageErrorf(cmd, "--older-than %s is negative", olderThan)
 			}
@@ -227,7 +218,7 @@ too.`,
 		},
 	}
 	f.register(cmd.Flags())
-	cmd.Flags().StringVar(&maxSize, "max-size", "", "remove least recently used images until the cache takes at most this, such as 20GiB")
+	sizeVar(cmd.Flags(), &maxSize, "max-size", "", sizeSpec{min: 1, want: "a size such as 20GiB", small: "use --all to remove every image", allowEmpty: true}, "remove least recently used images until the cache takes at most this, such as 20GiB")
 	cmd.Flags().DurationVar(&olderThan, "older-than", 0, "remove images not used for this long, such as 720h")
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "remove every image")
 	return cmd

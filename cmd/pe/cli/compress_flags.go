@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pe-project/pe/erofs"
+	"github.com/pe-project/pe/internal/units"
 )
 
 // compressFlags are the EROFS compression flags of pe image build-erofs.
@@ -75,7 +76,7 @@ func parsePclusterSize(s string, blockSize int) (int, error) {
 	if blockSize == 0 {
 		blockSize = 4096
 	}
-	n, err := parseSize(s)
+	n, err := units.ParseSize(s)
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("%q is not a size such as 65536, 16K or 1MiB", s)
 	}

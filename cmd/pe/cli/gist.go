@@ -13,6 +13,7 @@ import (
 
 	"github.com/pe-project/pe/gist"
 	"github.com/pe-project/pe/image"
+	"github.com/pe-project/pe/internal/units"
 )
 
 // newGistCmd returns "pe gist", the group of gist commands.
@@ -257,7 +258,7 @@ func loadExample(cmd *cobra.Command, a *app, f *runFlags) (*example, error) {
 		ex.cleanup()
 		return nil, fmt.Errorf("%s: %w", ex.what, err)
 	}
-	if f.gist != "" && f.image == "" && gist.IsLocalImage(c.Image) {
+	if f.gist != "" && f.image == "" && image.IsLocal(c.Image) {
 		ex.cleanup()
 		return nil, fmt.Errorf("%s: %s: image %q is a local file, and a gist may only name registry images (give --image to run it anyway)", ex.what, gist.ConfigName, c.Image)
 	}
@@ -290,7 +291,7 @@ func (ex *example) applyDefaults(cmd *cobra.Command, f *runFlags) error {
 	}
 	if c.Memory != "" && !changed("memory") {
 		if f.gist != "" {
-			mem, err := parseSize(c.Memory)
+			mem, err := units.ParseSize(c.Memory)
 			if err != nil {
 				return fmt.Errorf("%s: %s: memory %q: %w", ex.what, gist.ConfigName, c.Memory, err)
 			}
@@ -299,7 +300,9 @@ func (ex *example) applyDefaults(cmd *cobra.Command, f *runFlags) error {
 					ex.what, gist.ConfigName, c.Memory, gistMaxMemoryMiB, c.Memory)
 			}
 		}
-		f.memory = c.Memory
+		if err := f.memory.Set(c.Memory); err != nil {
+			return &usageError{cmd: cmd.CommandPath(), err: err}
+		}
 	}
 	if c.Platform != "" && !changed("platform") {
 		f.platform = c.Platform

@@ -295,25 +295,6 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want int64
-	}{
-		{"0", 0}, {"1024", 1024}, {"2GiB", 2 << 30}, {"500MB", 500e6}, {"512m", 512 << 20}, {"1.5 KiB", 1536}, {"10b", 10},
-	} {
-		got, err := parseSize(tc.in)
-		if err != nil || got != tc.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
-		}
-	}
-	for _, in := range []string{"", "lots", "-1", "5XB", "1e30GB"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q): no error", in)
-		}
-	}
-}
-
 // TestImageCompressedCache converts an image into the cache with
 // --image-compress and checks the cached EROFS stores the compressible file
 // compressed, and still reads back.

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/image"
+	"github.com/pe-project/pe/internal/units"
 )
 
 // cacheFlags are the flags of every command that uses the image cache.
@@ -36,12 +36,12 @@ type pullFlags struct {
 	compress string
 	platform string
 	insecure bool
-	maxSize  string
+	maxSize  sizeFlag
 	pull     string
 	// The limits on what a conversion unpacks; defLimits holds their
 	// defaults (zero: image.DefaultLimits), set before register; pe serve
 	// sets it, which also gives --max-image-size a default of 2GB.
-	maxUnpacked string
+	maxUnpacked sizeFlag
 	maxEntries  int64
 	maxDepth    int
 	defLimits   image.Limits
@@ -57,12 +57,12 @@ func (f *pullFlags) register(fs *pflag.FlagSet, withPolicy bool) {
 	if f.defLimits != (image.Limits{}) {
 		defSize = "2GB" // pe serve: the original's limit on compressed layers
 	}
-	fs.StringVar(&f.maxSize, "max-image-size", defSize, "refuse images whose compressed layers add up to more than this, such as 2GiB or 500MB (0: no limit)")
+	sizeVar(fs, &f.maxSize, "max-image-size", defSize, sizeSpec{want: "a size such as 2GiB or 500MB (0: no limit)"}, "refuse images whose compressed layers add up to more than this, such as 2GiB or 500MB (0: no limit)")
 	def := f.defLimits
 	if def == (image.Limits{}) {
 		def = image.DefaultLimits()
 	}
-	fs.StringVar(&f.maxUnpacked, "max-image-unpacked", sizeString(def.MaxUnpacked), "stop converting an image whose layers unpack to more than this (declared sizes, sparse files in full; 0: no limit)")
+	sizeVar(fs, &f.maxUnpacked, "max-image-unpacked", units.FormatSize(def.MaxUnpacked), sizeSpec{want: "a size such as 3GiB (0: no limit)"}, "stop converting an image whose layers unpack to more than this (declared sizes, sparse files in full; 0: no limit)")
 	fs.Int64Var(&f.maxEntries, "max-image-entries", def.MaxEntries, "stop converting an image whose layers hold more entries (files, directories, links) than this (0: no limit)")
 	fs.IntVar(&f.maxDepth, "max-image-depth", def.MaxDepth, "stop converting an image with a path deeper than this many components (0: no limit)")
 	if withPolicy {
@@ -95,11 +95,8 @@ func (f *pullFlags) options(cmd *cobra.Command, a *app) (image.PullOptions, erro
 		Log:       a.log,
 		Progress:  newProgress(cmd.ErrOrStderr(), a.log),
 	}
-	n, err := parseSize(f.maxSize)
-	if err != nil {
-		return opts, usageErrorf(cmd, "--max-image-size: %v", err)
-	}
-	opts.MaxSize = n
+	opts.MaxSize = f.maxSize.Bytes()
+	var err error
 	if opts.Limits, err = f.limits(cmd); err != nil {
 		return opts, err
 	}
@@ -113,27 +110,10 @@ func (f *pullFlags) options(cmd *cobra.Command, a *app) (image.PullOptions, erro
 
 // limits returns the limits the flags set.
 func (f *pullFlags) limits(cmd *cobra.Command) (image.Limits, error) {
-	n, err := parseSize(f.maxUnpacked)
-	if err != nil || n < 0 {
-		return image.Limits{}, usageErrorf(cmd, "--max-image-unpacked %q: want a size such as 3GiB (0: no limit)", f.maxUnpacked)
-	}
 	if f.maxEntries < 0 || f.maxDepth < 0 {
 		return image.Limits{}, usageErrorf(cmd, "--max-image-entries and --max-image-depth: want 0 (no limit) or more")
 	}
-	return image.Limits{MaxUnpacked: n, MaxEntries: f.maxEntries, MaxDepth: f.maxDepth}, nil
-}
-
-// sizeString writes a size the way parseSize reads it: "3GiB", "64GiB".
-func sizeString(n int64) string {
-	for _, u := range []struct {
-		name  string
-		shift uint
-	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
-		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
-			return strconv.FormatInt(n>>u.shift, 10) + u.name
-		}
-	}
-	return strconv.FormatInt(n, 10)
+	return image.Limits{MaxUnpacked: f.maxUnpacked.Bytes(), MaxEntries: f.maxEntries, MaxDepth: f.maxDepth}, nil
 }
 
 // newProgress returns a progress reporter: a bar per phase when w is a

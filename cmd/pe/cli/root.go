@@ -90,6 +90,11 @@ log-level, vmm, accel, kernel, github-api), then defaults.`,
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "warn", "log messages from this level up to standard error: debug, info, warn or error")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		// A typed flag's message names the flag and the value already.
+		var fe *flagValueError
+		if errors.As(err, &fe) {
+			err = fe
+		}
 		return &usageError{cmd: cmd.CommandPath(), err: err}
 	})
 	root.AddCommand(newRunCmd(a), newDoctorCmd(a), newImageCmd(a), newGistCmd(a), newSnapshotCmd(a), newServeCmd(a))

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -61,17 +62,18 @@ func (f *vmFlags) engineOptions(a *app, images engine.ImageSource, cacheDir stri
 type runFlags struct {
 	pullFlags
 	vmFlags
-	env, envFiles     []string
-	workdir, user     string
-	entrypoint        string
-	interactive       bool
-	stdinFile         string
-	inputDir          string
-	outputDir         string
-	timeout           time.Duration
-	memory, maxOutput string
-	cpus              int
-	asJSON, debug     bool
+	env, envFiles []string
+	workdir, user string
+	entrypoint    string
+	interactive   bool
+	stdinFile     string
+	inputDir      string
+	outputDir     string
+	timeout       time.Duration
+	memory        memoryFlag
+	maxOutput     sizeFlag
+	cpus          cpusFlag
+	asJSON, debug bool
 	// gist and files run an example (a gist, a directory) with its
 	// pe.toml; image overrides pe.toml's image.
 	gist, files, image string
@@ -149,9 +151,9 @@ raises GitHub's rate limit.`,
 	fs.StringVar(&f.inputDir, "input", "", "copy this directory to /run/pe/input in the VM (modes and symlinks kept)")
 	fs.StringVar(&f.outputDir, "output", "", "copy /run/pe/output from the VM into this directory afterwards (a new or empty one: pe never changes what is there)")
 	fs.DurationVar(&f.timeout, "timeout", engine.DefaultTimeout, "the program's time limit")
-	fs.StringVar(&f.memory, "memory", "512M", "the VM's memory")
-	fs.IntVar(&f.cpus, "cpus", 1, "the VM's vCPUs")
-	fs.StringVar(&f.maxOutput, "max-output", "1MiB", "keep at most this much of stdout and of stderr each (and of the output directory)")
+	memoryVar(fs, &f.memory, "the VM's memory")
+	cpusVar(fs, &f.cpus, "the VM's vCPUs")
+	sizeVar(fs, &f.maxOutput, "max-output", "1MiB", maxOutputSpec, "keep at most this much of stdout and of stderr each (and of the output directory)")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the program's output")
 	fs.BoolVar(&f.debug, "debug", false, "show the guest console and the guest init's log on standard error")
 	fs.StringVar(&f.gist, "gist", "", "run the gist ID[/REVISION] (or its URL) as its pe.toml says; the arguments are the command")
@@ -167,39 +169,18 @@ raises GitHub's rate limit.`,
 
 // runRun is pe run.
 func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
-	var ex *example
-	switch {
-	case f.gist != "" && f.files != "":
-		return usageErrorf(cmd, "--gist and --files both give the files to run: choose one")
-	case (f.gist != "" || f.files != "") && f.inputDir != "":
-		return usageErrorf(cmd, "--gist and --files put their files at /run/pe/input: drop --input")
-	case f.snapshot != "" && (f.gist != "" || f.files != ""):
-		return usageErrorf(cmd, "--snapshot runs the snapshot's image: it does not go with --gist or --files")
-	case f.image != "" && f.gist == "" && f.files == "":
-		return usageErrorf(cmd, "--image goes with --gist or --files; otherwise IMAGE is the first argument")
-	case f.gist != "" || f.files != "":
-		var err error
-		if ex, err = loadExample(cmd, a, f); err != nil {
-			return err
-		}
+	ex, args, err := runExample(cmd, a, f, args)
+	if err != nil {
+		return err
+	}
+	if ex != nil {
 		defer ex.cleanup()
-		if err := ex.applyDefaults(cmd, f); err != nil {
-			return err
-		}
-		// The arguments are the command: put the image in front, as
-		// without --gist.
-		img := ex.config.Image
-		if f.image != "" {
-			img = f.image
-		}
-		args = append([]string{img}, args...)
-		f.inputDir = ex.dir
 	}
 	req := &engine.RunRequest{
 		InputDir:  f.inputDir,
 		OutputDir: f.outputDir,
 		Timeout:   f.timeout,
-		CPUs:      f.cpus,
+		CPUs:      int(f.cpus),
 		Debug:     f.debug,
 	}
 	if f.snapshot != "" {
@@ -220,98 +201,36 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 			req.Cmd = ex.config.Cmd
 		}
 	}
-	if ex != nil && ex.config.Entrypoint != nil && !cmd.Flags().Changed("entrypoint") {
-		req.Entrypoint = ex.config.Entrypoint
-	}
-	if cmd.Flags().Changed("entrypoint") {
-		req.Entrypoint = []string{}
-		if f.entrypoint != "" {
-			req.Entrypoint = []string{f.entrypoint}
-		}
-	}
+	req.Entrypoint = runEntrypoint(cmd, f, ex)
 	req.Workdir, req.User = f.workdir, f.user
 	if ex != nil && req.Workdir == "" {
 		req.Workdir = guest.InputDir
 	}
-	env, err := runEnv(f.envFiles, f.env, a.lookupEnv)
-	if err != nil {
+	if req.Env, err = exampleEnv(a, f, ex); err != nil {
 		return usageErrorf(cmd, "%v", err)
 	}
-	if ex != nil && len(ex.config.Env) > 0 {
-		// pe.toml's environment first: the flags' entries replace its.
-		env = append(append([]string{}, ex.config.Env...), env...)
-	}
-	req.Env = env
 	if f.timeout <= 0 {
 		return usageErrorf(cmd, "--timeout %v: want a positive duration", f.timeout)
 	}
-	if f.cpus < 1 || f.cpus > 255 {
-		return usageErrorf(cmd, "--cpus %d: want 1 to 255", f.cpus)
-	}
-	mem, err := parseSize(f.memory)
-	if err != nil {
-		return usageErrorf(cmd, "--memory: %v", err)
-	}
-	if mem < 64<<20 {
-		return usageErrorf(cmd, "--memory %s: want at least 64MiB", f.memory)
-	}
-	req.MemoryMiB = int((mem + 1<<20 - 1) >> 20)
+	req.MemoryMiB = f.memory.MiB()
 	if f.snapshot != "" && !cmd.Flags().Changed("memory") {
 		req.MemoryMiB = 0
 	}
-	maxOut, err := parseSize(f.maxOutput)
-	if err != nil || maxOut < 1 {
-		return usageErrorf(cmd, "--max-output %q: want a size of at least one byte, such as 64KiB or 1MiB", f.maxOutput)
+	req.MaxOutput = f.maxOutput.Bytes()
+	var closeStdin func()
+	if req.Stdin, closeStdin, err = runStdin(cmd, f, ex); err != nil {
+		return err
 	}
-	req.MaxOutput = maxOut
-	switch {
-	case f.interactive && f.stdinFile != "":
-		return usageErrorf(cmd, "-i and --stdin both give the program's standard input: choose one")
-	case f.interactive:
-		req.Stdin = cmd.InOrStdin()
-	case f.stdinFile != "":
-		in, err := os.Open(f.stdinFile)
-		if err != nil {
-			return fmt.Errorf("--stdin: %w", err)
-		}
-		defer in.Close()
-		req.Stdin = in
-	case ex != nil && ex.config.Stdin != "":
-		in, err := ex.stdin()
-		if err != nil {
-			return err
-		}
-		defer in.Close()
-		req.Stdin = in
-	}
-	for _, d := range []struct{ flag, dir string }{{"--input", f.inputDir}} {
-		if d.dir == "" {
-			continue
-		}
-		if fi, err := os.Stat(d.dir); err != nil {
-			return fmt.Errorf("%s: %w", d.flag, err)
-		} else if !fi.IsDir() {
-			return fmt.Errorf("%s %s: not a directory", d.flag, d.dir)
-		}
+	defer closeStdin()
+	if err := checkInputDir(f.inputDir); err != nil {
+		return err
 	}
 	if f.debug {
 		req.Console = cmd.ErrOrStderr()
 	}
-
-	popts, err := f.pullFlags.options(cmd, a)
+	opts, err := runEngineOptions(cmd, a, f)
 	if err != nil {
 		return err
-	}
-	cache, err := f.open()
-	if err != nil {
-		return err
-	}
-	lim := guest.DefaultLimits()
-	lim.MaxOutput = max(lim.MaxOutput, maxOut)
-	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}}, f.cacheDir, lim)
-	opts.BootSnapshots = !f.cold
-	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) && !f.asJSON {
-		opts.Notice = func(msg string) { fmt.Fprintf(stderr, "pe: %s\n", msg) }
 	}
 	if f.snapshot != "" {
 		if opts, err = engine.ForSnapshot(opts, f.snapshot); err != nil {
@@ -322,7 +241,131 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	return printRunResult(cmd, f, res)
+}
 
+// runExample checks the flags that go with --gist and --files, loads the
+// files they give, sets the flags pe.toml gives and the command line did
+// not, and puts the image in front of args (the arguments are the
+// command). ex is nil without --gist and --files; the caller cleans it up.
+func runExample(cmd *cobra.Command, a *app, f *runFlags, args []string) (ex *example, _ []string, err error) {
+	switch {
+	case f.gist != "" && f.files != "":
+		return nil, nil, usageErrorf(cmd, "--gist and --files both give the files to run: choose one")
+	case (f.gist != "" || f.files != "") && f.inputDir != "":
+		return nil, nil, usageErrorf(cmd, "--gist and --files put their files at /run/pe/input: drop --input")
+	case f.snapshot != "" && (f.gist != "" || f.files != ""):
+		return nil, nil, usageErrorf(cmd, "--snapshot runs the snapshot's image: it does not go with --gist or --files")
+	case f.image != "" && f.gist == "" && f.files == "":
+		return nil, nil, usageErrorf(cmd, "--image goes with --gist or --files; otherwise IMAGE is the first argument")
+	case f.gist != "" || f.files != "":
+		if ex, err = loadExample(cmd, a, f); err != nil {
+			return nil, nil, err
+		}
+		if err := ex.applyDefaults(cmd, f); err != nil {
+			ex.cleanup()
+			return nil, nil, err
+		}
+		// The arguments are the command: put the image in front, as
+		// without --gist.
+		img := ex.config.Image
+		if f.image != "" {
+			img = f.image
+		}
+		f.inputDir = ex.dir
+		return ex, append([]string{img}, args...), nil
+	}
+	return nil, args, nil
+}
+
+// runEntrypoint is the entrypoint the run asks for: --entrypoint's, else
+// pe.toml's, else nil (the image's).
+func runEntrypoint(cmd *cobra.Command, f *runFlags, ex *example) []string {
+	if cmd.Flags().Changed("entrypoint") {
+		if f.entrypoint != "" {
+			return []string{f.entrypoint}
+		}
+		return []string{}
+	}
+	if ex != nil && ex.config.Entrypoint != nil {
+		return ex.config.Entrypoint
+	}
+	return nil
+}
+
+// runStdin opens the program's standard input: pe's (-i), a file
+// (--stdin) or the file pe.toml names; nil for none. The caller calls
+// the returned function when the run is over.
+func runStdin(cmd *cobra.Command, f *runFlags, ex *example) (io.Reader, func(), error) {
+	var in *os.File
+	var err error
+	switch {
+	case f.interactive && f.stdinFile != "":
+		return nil, nil, usageErrorf(cmd, "-i and --stdin both give the program's standard input: choose one")
+	case f.interactive:
+		return cmd.InOrStdin(), func() {}, nil
+	case f.stdinFile != "":
+		if in, err = os.Open(f.stdinFile); err != nil {
+			return nil, nil, fmt.Errorf("--stdin: %w", err)
+		}
+	case ex != nil && ex.config.Stdin != "":
+		if in, err = ex.stdin(); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, func() {}, nil
+	}
+	return in, func() { in.Close() }, nil
+}
+
+// exampleEnv is the program's environment: pe.toml's first, then the
+// flags' entries, which replace its.
+func exampleEnv(a *app, f *runFlags, ex *example) ([]string, error) {
+	env, err := runEnv(f.envFiles, f.env, a.lookupEnv)
+	if err != nil || ex == nil || len(ex.config.Env) == 0 {
+		return env, err
+	}
+	return append(append([]string{}, ex.config.Env...), env...), nil
+}
+
+// checkInputDir checks that --input (or the example's directory) is a
+// directory, before the VM starts.
+func checkInputDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if fi, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("--input: %w", err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("--input %s: not a directory", dir)
+	}
+	return nil
+}
+
+// runEngineOptions are the engine's options for pe run: images from the
+// cache (or EROFS files), the flags' VMM and limits.
+func runEngineOptions(cmd *cobra.Command, a *app, f *runFlags) (engine.Options, error) {
+	popts, err := f.pullFlags.options(cmd, a)
+	if err != nil {
+		return engine.Options{}, err
+	}
+	cache, err := f.open()
+	if err != nil {
+		return engine.Options{}, err
+	}
+	lim := guest.DefaultLimits()
+	lim.MaxOutput = max(lim.MaxOutput, f.maxOutput.Bytes())
+	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}}, f.cacheDir, lim)
+	opts.BootSnapshots = !f.cold
+	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) && !f.asJSON {
+		opts.Notice = func(msg string) { fmt.Fprintf(stderr, "pe: %s\n", msg) }
+	}
+	return opts, nil
+}
+
+// printRunResult prints the program's output (or, with --json, the
+// result) and pe's notes, and returns the program's exit status.
+func printRunResult(cmd *cobra.Command, f *runFlags, res *engine.RunResult) error {
 	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	if f.asJSON {
 		b, err := json.Marshal(res)

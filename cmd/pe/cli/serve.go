@@ -32,7 +32,8 @@ type serveFlags struct {
 	maxWait                  time.Duration
 	bodyTimeout, writeTimout time.Duration
 	runTimeout               time.Duration
-	maxBody, memory, maxOut  string
+	maxBody, maxOut          sizeFlag
+	memory                   memoryFlag
 	rate                     float64
 	githubAPI                string
 	drain                    time.Duration
@@ -43,7 +44,7 @@ type serveFlags struct {
 	gistsPerHour             int
 	maxConversions           int
 	pullTimeout              time.Duration
-	cacheMaxSize             string
+	cacheMaxSize             sizeFlag
 }
 
 // newServeCmd returns "pe serve".
@@ -102,12 +103,12 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.IntVar(&f.slots, "slots", runtime.NumCPU(), "runs at once (VMs)")
 	fs.IntVar(&f.queue, "queue", 0, "requests that may wait for a slot (default 4 × --slots)")
 	fs.DurationVar(&f.maxWait, "max-wait", 30*time.Second, "the longest a request waits for a slot")
-	fs.StringVar(&f.maxBody, "max-body", "1MiB", "the largest request body (JSON and input files)")
+	sizeVar(fs, &f.maxBody, "max-body", "1MiB", sizeSpec{min: 1, want: "a size such as 1MiB", small: "want a size of at least one byte, such as 1MiB"}, "the largest request body (JSON and input files)")
 	fs.DurationVar(&f.bodyTimeout, "body-timeout", 10*time.Second, "the time a client has to send its request body")
 	fs.DurationVar(&f.writeTimout, "write-timeout", 30*time.Second, "the time a client has to read a response")
 	fs.DurationVar(&f.runTimeout, "run-timeout", engine.DefaultTimeout, "each program's time limit (a request may ask for less)")
-	fs.StringVar(&f.memory, "memory", "512M", "each VM's memory")
-	fs.StringVar(&f.maxOut, "max-output", "1MiB", "keep at most this much of stdout, of stderr and of the output directory of a run")
+	memoryVar(fs, &f.memory, "each VM's memory")
+	sizeVar(fs, &f.maxOut, "max-output", "1MiB", maxOutputSpec, "keep at most this much of stdout, of stderr and of the output directory of a run")
 	fs.Float64Var(&f.rate, "rate", 2, "runs and gist fetches a client may start per second (0: no limit)")
 	fs.IntVar(&f.burst, "burst", 4, "how many of them may come at once")
 	fs.BoolVar(&f.cold, "cold", false, "boot a VM for every run instead of restoring pe's boot snapshot (made by the first run, in the cache)")
@@ -118,7 +119,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.IntVar(&f.gistsPerHour, "gists-per-hour", 30, "gists a client may have the server fetch from GitHub per hour (cached ones are free; 0: no limit)")
 	fs.IntVar(&f.maxConversions, "max-conversions", engine.DefaultMaxConversions, "images pulled and converted at once, outside the VM slots (more get 503)")
 	fs.DurationVar(&f.pullTimeout, "pull-timeout", engine.DefaultPullTimeout, "the longest pulling and converting an image may take")
-	fs.StringVar(&f.cacheMaxSize, "cache-max-size", "50GiB", "evict least recently used images (never one in use) after each conversion until the image cache takes at most this (0: no limit)")
+	sizeVar(fs, &f.cacheMaxSize, "cache-max-size", "50GiB", sizeSpec{want: "a size such as 20GiB (0: no limit)"}, "evict least recently used images (never one in use) after each conversion until the image cache takes at most this (0: no limit)")
 	registerGitHubAPI(fs, &f.githubAPI)
 	f.pullFlags.defLimits = image.ServeLimits()
 	f.pullFlags.register(fs, true)
@@ -127,69 +128,23 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 }
 
 func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
-	maxBody, err := parseSize(f.maxBody)
-	if err != nil || maxBody < 1 {
-		return usageErrorf(cmd, "--max-body %q: want a size such as 1MiB", f.maxBody)
-	}
-	mem, err := parseSize(f.memory)
-	if err != nil || mem < 64<<20 {
-		return usageErrorf(cmd, "--memory %q: want a size of at least 64MiB", f.memory)
-	}
-	maxOut, err := parseSize(f.maxOut)
-	if err != nil || maxOut < 1 {
-		return usageErrorf(cmd, "--max-output %q: want a size such as 1MiB", f.maxOut)
-	}
-	cacheMax, err := parseSize(f.cacheMaxSize)
-	if err != nil || cacheMax < 0 {
-		return usageErrorf(cmd, "--cache-max-size %q: want a size such as 20GiB (0: no limit)", f.cacheMaxSize)
-	}
-	if f.maxConversions < 1 || f.pullTimeout <= 0 {
-		return usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
-	}
-	if f.slots < 1 {
-		return usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
-	}
-	var trusted []netip.Prefix
-	for _, s := range f.trusted {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return usageErrorf(cmd, "--trusted-proxy %q: want a CIDR such as 127.0.0.1/32", s)
-		}
-		trusted = append(trusted, p)
+	maxBody, maxOut, cacheMax := f.maxBody.Bytes(), f.maxOut.Bytes(), f.cacheMaxSize.Bytes()
+	trusted, err := serveChecks(cmd, f)
+	if err != nil {
+		return err
 	}
 	rate := f.rate
 	if rate == 0 {
 		rate = -1 // the server's "no limit"
 	}
-
-	level := slog.LevelInfo
-	if a.log.Enabled(cmd.Context(), slog.LevelDebug) {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-
-	popts, err := f.pullFlags.options(cmd, a)
+	log := serveLog(cmd, a)
+	popts, err := servePullOptions(cmd, a, f, log)
 	if err != nil {
 		return err
 	}
-	popts.Progress = nil // no progress bars in a server's log
-	popts.Log = log
-	if !f.registryAuth {
-		// No keychain at all: every pull is anonymous.
-		popts.Keychain = authn.NewMultiKeychain()
-	}
-	var githubToken string
-	if f.githubTokenFile != "" {
-		if githubToken, err = gist.TokenFromFile(f.githubTokenFile); err != nil {
-			return usageErrorf(cmd, "--github-token-file: %v", err)
-		}
-	}
-	gistsPerHour := f.gistsPerHour
-	if gistsPerHour < 0 {
-		return usageErrorf(cmd, "--gists-per-hour %d: want 0 (no limit) or more", gistsPerHour)
-	}
-	if gistsPerHour == 0 {
-		gistsPerHour = -1 // the server's "no limit"
+	githubToken, gistsPerHour, err := serveGists(cmd, f)
+	if err != nil {
+		return err
 	}
 	cache, err := f.open()
 	if err != nil {
@@ -201,36 +156,19 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		return usageErrorf(cmd, "%v", err)
 	}
 	if len(presets) == 0 {
-		if loopback {
-			log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
-		} else {
-			log.Warn("no preset images: pass --preset (the cached images are presets only on a loopback --listen address)")
-		}
+		warnNoPresets(log, loopback)
 	}
 	// Images are pulled and converted before a run takes a VM slot, a
 	// few at a time, each within --pull-timeout.
 	conv := &engine.Converter{Cache: cache, Options: popts, MaxConversions: f.maxConversions,
 		Timeout: f.pullTimeout, CacheMaxSize: cacheMax, Log: log}
 	source := serveSource(conv, popts, presets, !f.registryAuth)
-	lim := guest.DefaultLimits()
-	lim.MaxOutput = max(lim.MaxOutput, maxOut)
-	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
-	opts.MaxConcurrent, opts.Log = f.slots, log
-	opts.BootSnapshots = !f.cold
-	eng, err := engine.New(opts)
+	eng, err := serveEngine(a, f, source, log)
 	if err != nil {
 		return err
 	}
-	allow := f.allow
-	if !cmd.Flags().Changed("allow-image") {
-		allow = nil // the server's default
-	} else {
-		allow = slices.DeleteFunc(slices.Clone(allow), func(s string) bool { return s == "" })
-		if allow == nil {
-			allow = []string{}
-		}
-	}
-	memMiB := int((mem + 1<<20 - 1) >> 20)
+	allow := serveAllow(cmd, f)
+	memMiB := f.memory.MiB()
 	if !f.cold {
 		// Made now, the boot snapshot does not hold up the first request.
 		go func() {
@@ -285,6 +223,105 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	return err
 }
 
+// serveChecks checks the flags that only pe serve has, and parses
+// --trusted-proxy.
+func serveChecks(cmd *cobra.Command, f *serveFlags) ([]netip.Prefix, error) {
+	if f.maxConversions < 1 || f.pullTimeout <= 0 {
+		return nil, usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
+	}
+	if f.slots < 1 {
+		return nil, usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
+	}
+	var trusted []netip.Prefix
+	for _, s := range f.trusted {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, usageErrorf(cmd, "--trusted-proxy %q: want a CIDR such as 127.0.0.1/32", s)
+		}
+		trusted = append(trusted, p)
+	}
+	return trusted, nil
+}
+
+// servePullOptions are the server's pull options: no progress bars, its
+// log, and anonymous pulls unless --registry-auth.
+func servePullOptions(cmd *cobra.Command, a *app, f *serveFlags, log *slog.Logger) (image.PullOptions, error) {
+	popts, err := f.pullFlags.options(cmd, a)
+	if err != nil {
+		return popts, err
+	}
+	popts.Progress = nil // no progress bars in a server's log
+	popts.Log = log
+	if !f.registryAuth {
+		// No keychain at all: every pull is anonymous.
+		popts.Keychain = authn.NewMultiKeychain()
+	}
+	return popts, nil
+}
+
+// serveEngine is the server's engine: --slots VMs at once, images from
+// source.
+func serveEngine(a *app, f *serveFlags, source engine.ImageSource, log *slog.Logger) (*engine.Engine, error) {
+	lim := guest.DefaultLimits()
+	lim.MaxOutput = max(lim.MaxOutput, f.maxOut.Bytes())
+	opts := f.vmFlags.engineOptions(a, source, f.cacheDir, lim)
+	opts.MaxConcurrent, opts.Log = f.slots, log
+	opts.BootSnapshots = !f.cold
+	return engine.New(opts)
+}
+
+// serveLog is the server's log: JSON lines on standard error, at debug
+// level with --log-level debug.
+func serveLog(cmd *cobra.Command, a *app) *slog.Logger {
+	level := slog.LevelInfo
+	if a.log.Enabled(cmd.Context(), slog.LevelDebug) {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+}
+
+// serveGists reads --github-token-file and checks --gists-per-hour,
+// returned as the server takes it (-1: no limit).
+func serveGists(cmd *cobra.Command, f *serveFlags) (token string, perHour int, err error) {
+	if f.githubTokenFile != "" {
+		if token, err = gist.TokenFromFile(f.githubTokenFile); err != nil {
+			return "", 0, usageErrorf(cmd, "--github-token-file: %v", err)
+		}
+	}
+	perHour = f.gistsPerHour
+	if perHour < 0 {
+		return "", 0, usageErrorf(cmd, "--gists-per-hour %d: want 0 (no limit) or more", perHour)
+	}
+	if perHour == 0 {
+		perHour = -1 // the server's "no limit"
+	}
+	return token, perHour, nil
+}
+
+// warnNoPresets logs that the page has no preset image, and how to give
+// it one.
+func warnNoPresets(log *slog.Logger, loopback bool) {
+	if loopback {
+		log.Warn("no preset images: pass --preset, or put an image in the cache (make demo)")
+	} else {
+		log.Warn("no preset images: pass --preset (the cached images are presets only on a loopback --listen address)")
+	}
+}
+
+// serveAllow is --allow-image as the server takes it: nil for the
+// server's default when not given, without empty entries (an empty one
+// alone means none but the presets).
+func serveAllow(cmd *cobra.Command, f *serveFlags) []string {
+	if !cmd.Flags().Changed("allow-image") {
+		return nil
+	}
+	allow := slices.DeleteFunc(slices.Clone(f.allow), func(s string) bool { return s == "" })
+	if allow == nil {
+		allow = []string{}
+	}
+	return allow
+}
+
 // listenIsLoopback reports whether a --listen address takes connections
 // from this machine only: a loopback IP address or "localhost". An empty
 // host (all addresses) and other names are not.
@@ -317,7 +354,7 @@ func serveSource(source engine.ImageSource, popts image.PullOptions, presets []s
 		}
 		exempt[src] = true
 		// What engine.FileSource takes for a file.
-		if strings.HasSuffix(src, ".erofs") || strings.HasPrefix(src, "erofs:") {
+		if _, ok := image.EROFSFile(src); ok {
 			files[src] = true
 		}
 	}
@@ -364,7 +401,8 @@ func servePresets(ctx context.Context, flags []string, cache *image.Cache, loopb
 			return nil, fmt.Errorf("--preset %q: want REFERENCE or NAME=SOURCE", p)
 		}
 		if source != "" {
-			if _, err := image.ParseReference(source); err != nil && !strings.HasSuffix(source, ".erofs") {
+			_, file := image.EROFSFile(source)
+			if _, err := image.ParseReference(source); err != nil && !file {
 				return nil, fmt.Errorf("--preset %q: %w", p, err)
 			}
 		}

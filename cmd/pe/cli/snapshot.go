@@ -33,11 +33,12 @@ QEMU can save and restore VMs.`,
 type snapshotCreateFlags struct {
 	pullFlags
 	vmFlags
-	out, memory string
-	cpus        int
-	force       bool
-	asJSON      bool
-	debug       bool
+	out    string
+	memory memoryFlag
+	cpus   cpusFlag
+	force  bool
+	asJSON bool
+	debug  bool
 }
 
 // newSnapshotCreateCmd returns "pe snapshot create".
@@ -61,8 +62,8 @@ Runs from the snapshot have its --memory and --cpus.`,
 	}
 	fs := cmd.Flags()
 	fs.StringVarP(&f.out, "output", "o", "", "the snapshot directory to create (required)")
-	fs.StringVar(&f.memory, "memory", "512M", "the VM's memory, for every run from the snapshot")
-	fs.IntVar(&f.cpus, "cpus", 1, "the VM's vCPUs, for every run from the snapshot")
+	memoryVar(fs, &f.memory, "the VM's memory, for every run from the snapshot")
+	cpusVar(fs, &f.cpus, "the VM's vCPUs, for every run from the snapshot")
 	fs.BoolVar(&f.force, "force", false, "replace DIR if it exists")
 	fs.BoolVar(&f.asJSON, "json", false, "print the manifest as JSON")
 	fs.BoolVar(&f.debug, "debug", false, "show the guest console on standard error, and turn on the guest init's log in every run from the snapshot")
@@ -74,16 +75,6 @@ Runs from the snapshot have its --memory and --cpus.`,
 func runSnapshotCreate(cmd *cobra.Command, a *app, f *snapshotCreateFlags, ref string) error {
 	if f.out == "" {
 		return usageErrorf(cmd, "-o DIR is required")
-	}
-	if f.cpus < 1 || f.cpus > 255 {
-		return usageErrorf(cmd, "--cpus %d: want 1 to 255", f.cpus)
-	}
-	mem, err := parseSize(f.memory)
-	if err != nil {
-		return usageErrorf(cmd, "--memory: %v", err)
-	}
-	if mem < 64<<20 {
-		return usageErrorf(cmd, "--memory %s: want at least 64MiB", f.memory)
 	}
 	popts, err := f.pullFlags.options(cmd, a)
 	if err != nil {
@@ -101,8 +92,8 @@ func runSnapshotCreate(cmd *cobra.Command, a *app, f *snapshotCreateFlags, ref s
 		Image:     ref,
 		Dir:       f.out,
 		Force:     f.force,
-		MemoryMiB: int((mem + 1<<20 - 1) >> 20),
-		CPUs:      f.cpus,
+		MemoryMiB: f.memory.MiB(),
+		CPUs:      int(f.cpus),
 		Debug:     f.debug,
 	}
 	if f.debug {
