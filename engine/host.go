@@ -16,7 +16,7 @@ import (
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest/initramfs"
 	"github.com/pe-project/pe/image"
-	"github.com/pe-project/pe/internal/human"
+	"github.com/pe-project/pe/internal/units"
 	"github.com/pe-project/pe/vmm"
 )
 
@@ -253,7 +253,7 @@ func initramfsFact(cacheDir string, k *vmm.Kernel, initBinary string, modules []
 		size = fi.Size()
 	}
 	return vmm.Fact{Name: "initramfs", OK: true, Required: true,
-		Detail: fmt.Sprintf("%s (%s, ready in %v)", p, human.Bytes(size), time.Since(start).Round(time.Millisecond))}
+		Detail: fmt.Sprintf("%s (%s, ready in %v)", p, units.HumanSize(size), time.Since(start).Round(time.Millisecond))}
 }
 
 // imageCacheFact opens the image cache.
@@ -290,7 +290,7 @@ func bootSnapshotsFact(dir string) vmm.Fact {
 		f.Detail = fmt.Sprintf("none yet in %s: the first pe run makes one (about a second more than a boot)", dir)
 		return f
 	}
-	f.Detail = fmt.Sprintf("%d in %s (%s; %s on disk)", len(machines), dir, strings.Join(machines, ", "), human.Bytes(disk))
+	f.Detail = fmt.Sprintf("%d in %s (%s; %s on disk)", len(machines), dir, strings.Join(machines, ", "), units.HumanSize(disk))
 	return f
 }
 

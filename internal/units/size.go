@@ -52,3 +52,19 @@ func FormatSize(n int64) string {
 	}
 	return strconv.FormatInt(n, 10)
 }
+
+// HumanSize formats a size for people to read, in binary units with one
+// decimal: 512 B, 1.5 KiB, 12.0 MiB (listings, pe doctor). FormatSize is
+// the exact form flags take.
+func HumanSize(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	units := []string{"KiB", "MiB", "GiB", "TiB"}
+	f, i := float64(n)/1024, 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}

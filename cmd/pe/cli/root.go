@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pe-project/pe/engine"
-	"github.com/pe-project/pe/internal/human"
+	"github.com/pe-project/pe/internal/units"
 )
 
 // Version is pe's version, sent to registries as the user agent
@@ -145,4 +145,4 @@ func isTerminal(f any) bool {
 }
 
 // humanBytes formats a size with binary units: 512 B, 1.5 KiB, 12.0 MiB.
-func humanBytes(n int64) string { return human.Bytes(n) }
+func humanBytes(n int64) string { return units.HumanSize(n) }

@@ -1,8 +1,8 @@
-package human
+package units
 
 import "testing"
 
-func TestBytes(t *testing.T) {
+func TestHumanSize(t *testing.T) {
 	for _, c := range []struct {
 		n    int64
 		want string
@@ -15,8 +15,8 @@ func TestBytes(t *testing.T) {
 		{3 << 30, "3.0 GiB"},
 		{5 << 50, "5120.0 TiB"},
 	} {
-		if got := Bytes(c.n); got != c.want {
-			t.Errorf("Bytes(%d) = %q, want %q", c.n, got, c.want)
+		if got := HumanSize(c.n); got != c.want {
+			t.Errorf("HumanSize(%d) = %q, want %q", c.n, got, c.want)
 		}
 	}
 }
