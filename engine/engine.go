@@ -338,20 +338,8 @@ func (e *Engine) process(img *ResolvedImage, o Overrides) (*Process, error) {
 	return MergeConfig(cfg, o, rootfs)
 }
 
-func (e *Engine) limits() guest.Limits {
-	l := e.opts.Limits
-	d := guest.DefaultLimits()
-	if l.MaxOutput <= 0 {
-		l.MaxOutput = d.MaxOutput
-	}
-	if l.MaxFiles <= 0 {
-		l.MaxFiles = d.MaxFiles
-	}
-	if l.MaxRequest <= 0 {
-		l.MaxRequest = d.MaxRequest
-	}
-	return l
-}
+// limits are the guest limits of every run: the options', defaults filled in.
+func (e *Engine) limits() guest.Limits { return e.opts.Limits.WithDefaults() }
 
 // grace is how long past the time limit a VM may run.
 func (e *Engine) grace(accel string) time.Duration {

@@ -188,7 +188,7 @@ func roundUp(n int64) int64 { return (n + blockSize - 1) / blockSize * blockSize
 // an error because [ReadResult] would refuse what the guest writes. The
 // request written has HasStdin set from stdin. On error the file is removed.
 func WriteIOFile(path string, req *Request, stdin io.Reader, inputDir string, lim Limits) (err error) {
-	lim = lim.withDefaults()
+	lim = lim.WithDefaults()
 	r := *req
 	switch {
 	case r.MaxOutput == 0:
@@ -272,7 +272,7 @@ func WriteIOFile(path string, req *Request, stdin io.Reader, inputDir string, li
 // the guest never committed a result and [ErrBadResponse] when it wrote
 // something invalid. stdout and stderr need not be UTF-8.
 func ReadResult(path string, lim Limits) (*Response, error) {
-	lim = lim.withDefaults()
+	lim = lim.WithDefaults()
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read result: %w", err)

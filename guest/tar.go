@@ -250,7 +250,7 @@ func (r *Response) ExtractOutputs(dir string) (err error) {
 		}
 	}()
 	if len(r.outputs) > 0 {
-		lim := r.lim.withDefaults()
+		lim := r.lim.WithDefaults()
 		o := extractOptions{maxFiles: lim.MaxFiles, maxBytes: lim.MaxOutput, maxDepth: MaxOutputDepth, umask: uint32(umask), ownerDirs: true}
 		if err := extractTar(bytes.NewReader(r.outputs), tmp, o); err != nil {
 			return err

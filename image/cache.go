@@ -557,18 +557,8 @@ func (src *source) flattenLayers(o *pullConfig, ref string, extra int64) ([]Flat
 		}
 		total += l.size
 	}
-	var mu sync.Mutex
-	var done int64
-	add := func(n int64) {
-		mu.Lock()
-		done += n
-		d := done
-		mu.Unlock()
-		if total >= 0 {
-			d = min(d, total) // a layer read twice
-		}
-		o.progress(Progress{Reference: ref, Phase: PhaseConvert, Complete: d, Total: total})
-	}
+	counter := o.newProgressCounter(ref, PhaseConvert, total)
+	add := counter.add
 	// Flatten may open a layer twice (see FlattenLayer.Open): every
 	// stream it opens must have been read to its end and verified.
 	readers := make([][]*verifyReader, len(src.layers))
@@ -603,7 +593,7 @@ func (src *source) flattenLayers(o *pullConfig, ref string, extra int64) ([]Flat
 				}
 			}
 		}
-		o.progress(Progress{Reference: ref, Phase: PhaseConvert, Complete: max(total, done), Total: total, Done: true})
+		o.progress(Progress{Reference: ref, Phase: PhaseConvert, Complete: max(total, counter.done()), Total: total, Done: true})
 		return nil
 	}
 	return layers, add, check
@@ -715,15 +705,8 @@ func (c *Cache) fetchBlobs(ctx context.Context, src *source, o *pullConfig) erro
 	}
 	ref := src.ref.Familiar()
 	o.Log.Info("downloading layers", "reference", ref, "layers", len(missing), "bytes", total)
-	var mu sync.Mutex
-	var done int64
-	add := func(n int64) {
-		mu.Lock()
-		done += n
-		d := done
-		mu.Unlock()
-		o.progress(Progress{Reference: ref, Phase: PhaseDownload, Complete: d, Total: total})
-	}
+	counter := o.newProgressCounter(ref, PhaseDownload, total)
+	add := counter.add
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	sem := make(chan struct{}, 3)
@@ -745,7 +728,7 @@ func (c *Cache) fetchBlobs(ctx context.Context, src *source, o *pullConfig) erro
 	if err := context.Cause(ctx); err != nil {
 		return err
 	}
-	o.progress(Progress{Reference: ref, Phase: PhaseDownload, Complete: done, Total: total, Done: true})
+	o.progress(Progress{Reference: ref, Phase: PhaseDownload, Complete: counter.done(), Total: total, Done: true})
 	return nil
 }
 

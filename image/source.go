@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -180,6 +181,42 @@ func (o *pullConfig) progress(p Progress) {
 	if o.Progress != nil {
 		o.Progress(p)
 	}
+}
+
+// progressCounter adds up the bytes of one phase that concurrent readers
+// report, and reports the running total.
+type progressCounter struct {
+	o     *pullConfig
+	ref   string
+	phase Phase
+	total int64 // -1: unknown
+
+	mu  sync.Mutex
+	sum int64
+}
+
+func (o *pullConfig) newProgressCounter(ref string, phase Phase, total int64) *progressCounter {
+	return &progressCounter{o: o, ref: ref, phase: phase, total: total}
+}
+
+// add counts n more bytes and reports the total, at most the known total
+// (Flatten may read a layer twice).
+func (p *progressCounter) add(n int64) {
+	p.mu.Lock()
+	p.sum += n
+	d := p.sum
+	p.mu.Unlock()
+	if p.total >= 0 {
+		d = min(d, p.total)
+	}
+	p.o.progress(Progress{Reference: p.ref, Phase: p.phase, Complete: d, Total: p.total})
+}
+
+// done is the bytes counted so far.
+func (p *progressCounter) done() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sum
 }
 
 // source is an image resolved to the manifest of one platform: what the
