@@ -142,42 +142,31 @@ func matchLen(src []byte, a, b, limit int) int {
 func lz4Sequence(dst []byte, di int, lits []byte, off, ml int) int {
 	tok := di
 	di++
-	l := len(lits)
-	var t byte
-	if l >= 15 {
-		t = 15 << 4
-		for r := l - 15; ; r -= 255 {
-			if r < 255 {
-				dst[di] = byte(r)
-				di++
-				break
-			}
-			dst[di] = 255
-			di++
-		}
-	} else {
-		t = byte(l << 4)
-	}
+	var litNibble, matchNibble byte
+	litNibble, di = lz4Length(dst, di, len(lits))
 	di += copy(dst[di:], lits)
 	if ml > 0 {
 		binary.LittleEndian.PutUint16(dst[di:], uint16(off))
 		di += 2
-		m := ml - lz4MinMatch
-		if m >= 15 {
-			t |= 15
-			for r := m - 15; ; r -= 255 {
-				if r < 255 {
-					dst[di] = byte(r)
-					di++
-					break
-				}
-				dst[di] = 255
-				di++
-			}
-		} else {
-			t |= byte(m)
-		}
+		matchNibble, di = lz4Length(dst, di, ml-lz4MinMatch)
 	}
-	dst[tok] = t
+	dst[tok] = litNibble<<4 | matchNibble
 	return di
+}
+
+// lz4Length encodes a literal or match length n: the token's nibble (n,
+// or 15 when n does not fit), and for n ≥ 15 the extra bytes at dst[di:]
+// (255s, then the rest). It returns the nibble and the new di.
+func lz4Length(dst []byte, di, n int) (byte, int) {
+	if n < 15 {
+		return byte(n), di
+	}
+	for r := n - 15; ; r -= 255 {
+		if r < 255 {
+			dst[di] = byte(r)
+			return 15, di + 1
+		}
+		dst[di] = 255
+		di++
+	}
 }
