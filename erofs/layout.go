@@ -49,9 +49,61 @@ type dirInfo struct {
 	size      uint64
 }
 
+// finish lays out and writes everything that follows the file data, in the
+// order the steps depend on one another: inode numbers and link counts first
+// (every later step needs the full list), then the inode forms, the shared
+// xattrs and the directory blocks (all sized before nids exist), then the
+// inode metadata, the bytes in allocation order, and last the superblock,
+// which names where all of it went.
 func (w *Writer) finish() error {
-	// Walk the tree depth-first in name order: this numbers inodes, counts
-	// links and collects directories deterministically.
+	dirs, inodes, err := w.numberTree()
+	if err != nil {
+		return err
+	}
+	buildSec, buildNsec := w.buildTime(inodes)
+	chooseInodeForms(inodes, buildSec, buildNsec)
+	sharedBytes, err := w.shareXattrs(inodes)
+	if err != nil {
+		return err
+	}
+	w.placeDirs(dirs)
+	meta, err := w.placeMeta(inodes, sharedBytes)
+	if err != nil {
+		return err
+	}
+	if err := w.writeDirs(dirs); err != nil {
+		return err
+	}
+	if len(sharedBytes) > 0 {
+		if err := w.writeBlocks(sharedBytes); err != nil {
+			return err
+		}
+	}
+	if err := w.writeMeta(meta.blocks); err != nil {
+		return err
+	}
+	if err := w.buf.Flush(); err != nil {
+		return fmt.Errorf("erofs: writing image: %w", err)
+	}
+	return w.writeSuperBlock(superBlock{
+		Magic:         superMagic,
+		FeatureCompat: featureCompatSBChecksum,
+		BlkSzBits:     w.blkBits,
+		RootNid:       uint16(w.root.ino.nid),
+		Inos:          uint64(len(inodes)),
+		BuildTime:     buildSec,
+		BuildTimeNsec: buildNsec,
+		Blocks:        uint32(meta.total),
+		MetaBlkAddr:   uint32(meta.metaBlk),
+		XattrBlkAddr:  uint32(meta.xattrBlk),
+	}, meta.total)
+}
+
+// numberTree walks the tree depth-first in name order, so that inode numbers,
+// link counts and the list of directories come out the same for the same
+// tree: the image must be reproducible. It returns the directories and the
+// inodes (each hard-linked inode once) in walk order.
+func (w *Writer) numberTree() ([]*dirInfo, []*inode, error) {
 	var dirs []*dirInfo
 	var inodes []*inode
 	seen := map[*inode]bool{}
@@ -68,32 +120,9 @@ func (w *Writer) finish() error {
 		if !ino.isDir() {
 			return
 		}
-		d := &dirInfo{n: n, parent: parent}
+		d, subdirs := listDir(n, parent)
 		dirs = append(dirs, d)
-		names := make([]string, 0, len(n.children)+2)
-		for name := range n.children {
-			names = append(names, name)
-		}
-		names = append(names, ".", "..")
-		slices.Sort(names)
-		d.names = names
-		d.nodes = make([]*node, len(names))
-		subdirs := 0
-		for i, name := range names {
-			switch name {
-			case ".":
-				d.nodes[i] = n
-			case "..":
-				d.nodes[i] = parent
-			default:
-				c := n.children[name]
-				d.nodes[i] = c
-				if c.ino.isDir() {
-					subdirs++
-				}
-			}
-		}
-		for _, name := range names {
+		for _, name := range d.names {
 			if name != "." && name != ".." {
 				walk(n.children[name], n)
 			}
@@ -104,23 +133,59 @@ func (w *Writer) finish() error {
 	}
 	walk(w.root, w.root)
 	if uint64(len(inodes)) > 1<<32-1 {
-		return fmt.Errorf("erofs: %d inodes exceed the 32-bit inode number space", len(inodes))
+		return nil, nil, fmt.Errorf("erofs: %d inodes exceed the 32-bit inode number space", len(inodes))
 	}
+	return dirs, inodes, nil
+}
 
-	buildSec, buildNsec := w.buildTime(inodes)
+// listDir makes the layout record of directory n: its entries sorted by name
+// with "." and ".." among them, as EROFS directory blocks need them, and
+// how many subdirectories it has, which its link count needs.
+func listDir(n, parent *node) (*dirInfo, int) {
+	d := &dirInfo{n: n, parent: parent}
+	names := make([]string, 0, len(n.children)+2)
+	for name := range n.children {
+		names = append(names, name)
+	}
+	names = append(names, ".", "..")
+	slices.Sort(names)
+	d.names = names
+	d.nodes = make([]*node, len(names))
+	subdirs := 0
+	for i, name := range names {
+		switch name {
+		case ".":
+			d.nodes[i] = n
+		case "..":
+			d.nodes[i] = parent
+		default:
+			c := n.children[name]
+			d.nodes[i] = c
+			if c.ino.isDir() {
+				subdirs++
+			}
+		}
+	}
+	return d, subdirs
+}
+
+// chooseInodeForms marks the inodes that need the extended on-disk form: the
+// compact form has 16-bit owners and link count, a 32-bit size and no mtime of
+// its own (it takes the superblock's build time), so anything that does not
+// fit, or a different mtime, needs the extended one.
+func chooseInodeForms(inodes []*inode, buildSec uint64, buildNsec uint32) {
 	for _, ino := range inodes {
 		ino.extended = ino.uid > 0xFFFF || ino.gid > 0xFFFF || ino.nlink > 0xFFFF ||
 			ino.size > 0xFFFFFFFF || ino.mtime != int64(buildSec) || ino.mtimeNsec != buildNsec ||
 			ino.mtime < 0
 	}
+}
 
-	sharedBytes, err := w.shareXattrs(inodes)
-	if err != nil {
-		return err
-	}
-
-	// Directory sizes depend only on names, so their data blocks can be
-	// placed before nids are known.
+// placeDirs sizes each directory and allocates its data blocks, keeping a
+// last partial block inline after the inode when it fits there. Directory
+// sizes depend only on names, so their blocks can be placed before nids are
+// known.
+func (w *Writer) placeDirs(dirs []*dirInfo) {
 	for _, d := range dirs {
 		w.planDir(d)
 		ino := d.n.ino
@@ -144,73 +209,79 @@ func (w *Writer) finish() error {
 			w.nextBlk += ino.nblocks
 		}
 	}
+}
 
-	xattrBlk := uint64(0)
+// metaLayout is where the shared xattrs and the inode metadata go, and how
+// many blocks the image has in all.
+type metaLayout struct {
+	xattrBlk uint64 // first block of the shared xattrs, 0 if there are none
+	metaBlk  uint64 // first block of the inode metadata
+	blocks   []*metaBlock
+	total    uint64
+}
+
+// placeMeta allocates the shared xattr blocks after the directory blocks and
+// packs the inodes after them, which gives every inode its nid. It refuses a
+// layout whose addresses do not fit the superblock's fields.
+func (w *Writer) placeMeta(inodes []*inode, sharedBytes []byte) (metaLayout, error) {
+	var m metaLayout
 	if len(sharedBytes) > 0 {
-		xattrBlk = w.nextBlk
+		m.xattrBlk = w.nextBlk
 		w.nextBlk += uint64(align(int64(len(sharedBytes)), w.bs) / w.bs)
 	}
-	metaBlk := w.nextBlk
-	blocks := w.packInodes(inodes)
-	total := metaBlk + uint64(len(blocks))
-	if total > 1<<32-1 {
-		return fmt.Errorf("erofs: image of %d blocks exceeds the 32-bit block address space", total)
+	m.metaBlk = w.nextBlk
+	m.blocks = w.packInodes(inodes)
+	m.total = m.metaBlk + uint64(len(m.blocks))
+	if m.total > 1<<32-1 {
+		return m, fmt.Errorf("erofs: image of %d blocks exceeds the 32-bit block address space", m.total)
 	}
-	if metaBlk > 1<<32-1 {
-		return fmt.Errorf("erofs: metadata start block %d exceeds 32 bits", metaBlk)
+	if m.metaBlk > 1<<32-1 {
+		return m, fmt.Errorf("erofs: metadata start block %d exceeds 32 bits", m.metaBlk)
 	}
 	if w.root.ino.nid > 0xFFFF {
-		return fmt.Errorf("erofs: root nid %d does not fit the superblock", w.root.ino.nid)
+		return m, fmt.Errorf("erofs: root nid %d does not fit the superblock", w.root.ino.nid)
 	}
+	return m, nil
+}
 
-	// Directory blocks, in the order they were allocated.
+// writeDirs writes the directory blocks in the order placeDirs allocated
+// them, and keeps each inline tail for writeMeta to put after its inode.
+// Entries name nids, so this can only run after placeMeta.
+func (w *Writer) writeDirs(dirs []*dirInfo) error {
 	for _, d := range dirs {
 		ino := d.n.ino
 		data := w.dirData(d)
 		if ino.nblocks > 0 {
 			body := data[:min(uint64(len(data)), ino.nblocks*uint64(w.bs))]
-			if err := w.writeOut(body); err != nil {
+			if err := w.writeBlocks(body); err != nil {
 				return err
-			}
-			if pad := int64(len(body)) % w.bs; pad != 0 {
-				if err := w.writeOut(make([]byte, w.bs-pad)); err != nil {
-					return err
-				}
 			}
 		}
 		if ino.tailLen > 0 {
 			ino.dirTail = data[len(data)-ino.tailLen:]
 		}
 	}
-	if len(sharedBytes) > 0 {
-		if err := w.writeOut(sharedBytes); err != nil {
-			return err
-		}
-		if pad := int64(len(sharedBytes)) % w.bs; pad != 0 {
-			if err := w.writeOut(make([]byte, w.bs-pad)); err != nil {
-				return err
-			}
-		}
-	}
-	if err := w.writeMeta(blocks); err != nil {
+	return nil
+}
+
+// writeBlocks writes b and pads it with zeros to a block boundary, so that
+// what follows starts on the block it was allocated.
+func (w *Writer) writeBlocks(b []byte) error {
+	if err := w.writeOut(b); err != nil {
 		return err
 	}
-	if err := w.buf.Flush(); err != nil {
-		return fmt.Errorf("erofs: writing image: %w", err)
+	if pad := int64(len(b)) % w.bs; pad != 0 {
+		if err := w.writeOut(make([]byte, w.bs-pad)); err != nil {
+			return err
+		}
 	}
+	return nil
+}
 
-	sb := superBlock{
-		Magic:         superMagic,
-		FeatureCompat: featureCompatSBChecksum,
-		BlkSzBits:     w.blkBits,
-		RootNid:       uint16(w.root.ino.nid),
-		Inos:          uint64(len(inodes)),
-		BuildTime:     buildSec,
-		BuildTimeNsec: buildNsec,
-		Blocks:        uint32(total),
-		MetaBlkAddr:   uint32(metaBlk),
-		XattrBlkAddr:  uint32(xattrBlk),
-	}
+// writeSuperBlock completes sb with the compression features, checksums it
+// and writes it into block 0, which the layout left free; then it seeks to
+// the image's end, total blocks, so the output's length is the image's.
+func (w *Writer) writeSuperBlock(sb superBlock, total uint64) error {
 	// Block 0 (or the first 4 KiB for small blocks: the kernel reads the
 	// superblock through a page) carries the superblock.
 	head := make([]byte, superOffset+w.bs)

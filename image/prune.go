@@ -355,13 +355,45 @@ func (c *Cache) Prune(ctx context.Context, opts PruneOptions) (*RemoveReport, er
 	}
 	defer gc.unlock()
 	report := &RemoveReport{}
-	// Everyone else who writes holds the gc lock, so temporary files now
-	// are leftovers of killed processes, and lock files of absent images
-	// are unused.
+	if err := c.removeLeftovers(report); err != nil {
+		return nil, err
+	}
+	images, broken, err := c.scanImages()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.removeBroken(report, broken); err != nil {
+		return report, err
+	}
+	recs, err := c.scanRefs()
+	if err != nil {
+		return nil, err
+	}
+	referenced := referencedImages(recs)
+	cutoff := c.now().Add(-opts.OlderThan)
+	sel := c.selectPruned(images, referenced, opts, cutoff)
+	c.reportInUse(report, images, referenced, sel, opts, cutoff)
+	if err := c.deletePruned(report, images, sel.gone); err != nil {
+		return report, err
+	}
+	// Records pointing to images that are gone (removed now, or lost).
+	if dead := deadTargets(recs, images); len(dead) > 0 {
+		if err := c.untag(report, dead); err != nil {
+			return report, err
+		}
+	}
+	return report, c.removeUnusedBlobs(report, images)
+}
+
+// removeLeftovers removes temporary files and the lock files of absent
+// images. Everyone else who writes holds the gc lock, so temporary files now
+// are leftovers of killed processes, and lock files of absent images are
+// unused.
+func (c *Cache) removeLeftovers(report *RemoveReport) error {
 	for _, d := range []string{imagesDir, blobsDir, refsDir} {
 		des, err := os.ReadDir(c.path(d))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, de := range des {
 			path := c.path(d, de.Name())
@@ -375,74 +407,107 @@ func (c *Cache) Prune(ctx context.Context, opts PruneOptions) (*RemoveReport, er
 			}
 		}
 	}
-	images, broken, err := c.scanImages()
-	if err != nil {
-		return nil, err
-	}
+	return nil
+}
+
+// removeBroken removes the image directories scanImages could not read:
+// nothing can use them, and their space counts in the report.
+func (c *Cache) removeBroken(report *RemoveReport, broken []string) error {
 	for _, hex := range broken {
 		path := c.path(imagesDir, hex)
 		report.Bytes += dirSize(path)
 		if err := os.RemoveAll(path); err != nil {
-			return report, err
+			return err
 		}
 	}
-	recs, err := c.scanRefs()
-	if err != nil {
-		return nil, err
-	}
+	return nil
+}
+
+// referencedImages is the set of image digests (hex) some reference record
+// points to; the others are unreferenced, which Prune always removes.
+func referencedImages(recs []*refRecord) map[string]bool {
 	referenced := map[string]bool{}
 	for _, rec := range recs {
 		for _, h := range rec.targets() {
 			referenced[h.Hex] = true
 		}
 	}
+	return referenced
+}
 
-	gone := map[string]bool{}
-	cutoff := c.now().Add(-opts.OlderThan)
-	var keep []*cachedEntry
-	inUse := map[string]bool{}
+// pruneSelection is what Prune chose: the images to delete, the ones it
+// keeps, and those in use, which it keeps whatever opts say.
+type pruneSelection struct {
+	gone  map[string]bool
+	keep  []*cachedEntry
+	inUse map[string]bool
+}
+
+// selectPruned chooses the images to delete: unreferenced ones, all with
+// opts.All, those last used before cutoff with opts.OlderThan, then with
+// opts.MaxSize the least recently used until the rest fit. Images in use stay
+// and count against MaxSize.
+func (c *Cache) selectPruned(images map[string]*cachedEntry, referenced map[string]bool, opts PruneOptions, cutoff time.Time) pruneSelection {
+	sel := pruneSelection{gone: map[string]bool{}, inUse: map[string]bool{}}
 	for hex, e := range images {
 		if c.inUse(e.img.Digest) {
-			inUse[hex] = true
+			sel.inUse[hex] = true
 		}
-		if !inUse[hex] && (opts.All || !referenced[hex] || (opts.OlderThan > 0 && e.img.LastUsed.Before(cutoff))) {
-			gone[hex] = true
+		if !sel.inUse[hex] && (opts.All || !referenced[hex] || (opts.OlderThan > 0 && e.img.LastUsed.Before(cutoff))) {
+			sel.gone[hex] = true
 		} else {
-			keep = append(keep, e)
+			sel.keep = append(sel.keep, e)
 		}
 	}
 	if opts.MaxSize > 0 {
 		// Least recently used first; images in use stay, and count.
-		slices.SortFunc(keep, func(a, b *cachedEntry) int {
+		slices.SortFunc(sel.keep, func(a, b *cachedEntry) int {
 			return cmp.Or(a.img.LastUsed.Compare(b.img.LastUsed), strings.Compare(a.img.Digest.Hex, b.img.Digest.Hex))
 		})
-		for i := 0; i < len(keep) && c.footprint(keep) > opts.MaxSize; {
-			if inUse[keep[i].img.Digest.Hex] {
+		for i := 0; i < len(sel.keep) && c.footprint(sel.keep) > opts.MaxSize; {
+			if sel.inUse[sel.keep[i].img.Digest.Hex] {
 				i++
 				continue
 			}
-			gone[keep[i].img.Digest.Hex] = true
-			keep = slices.Delete(keep, i, i+1)
+			sel.gone[sel.keep[i].img.Digest.Hex] = true
+			sel.keep = slices.Delete(sel.keep, i, i+1)
 		}
 	}
-	for hex := range inUse {
-		if opts.All || !referenced[hex] || opts.MaxSize > 0 && c.footprint(keep) > opts.MaxSize ||
+	return sel
+}
+
+// reportInUse lists in the report, sorted, the images in use that Prune would
+// have removed, so the caller can say why the cache is not as asked.
+func (c *Cache) reportInUse(report *RemoveReport, images map[string]*cachedEntry, referenced map[string]bool, sel pruneSelection, opts PruneOptions, cutoff time.Time) {
+	for hex := range sel.inUse {
+		if opts.All || !referenced[hex] || opts.MaxSize > 0 && c.footprint(sel.keep) > opts.MaxSize ||
 			opts.OlderThan > 0 && images[hex].img.LastUsed.Before(cutoff) {
 			report.InUse = append(report.InUse, images[hex].img.Digest)
 		}
 	}
 	slices.SortFunc(report.InUse, func(a, b v1.Hash) int { return strings.Compare(a.Hex, b.Hex) })
+}
+
+// deletePruned deletes the images in gone, drops them from images (which
+// then lists what remains, for the record and blob sweeps that follow) and
+// lists them in the report, sorted.
+func (c *Cache) deletePruned(report *RemoveReport, images map[string]*cachedEntry, gone map[string]bool) error {
 	for hex := range gone {
 		e := images[hex]
 		if err := c.deleteImage(e.img.Digest); err != nil {
-			return report, err
+			return err
 		}
 		delete(images, hex)
 		report.Deleted = append(report.Deleted, e.img.Digest)
 		report.Bytes += e.bytes
 	}
 	slices.SortFunc(report.Deleted, func(a, b v1.Hash) int { return strings.Compare(a.Hex, b.Hex) })
-	// Records pointing to images that are gone (removed now, or lost).
+	return nil
+}
+
+// deadTargets is the set of image digests (hex) that reference records point
+// to but that are not among images: removed now, or lost.
+func deadTargets(recs []*refRecord, images map[string]*cachedEntry) map[string]bool {
 	dead := map[string]bool{}
 	for _, rec := range recs {
 		for _, h := range rec.targets() {
@@ -451,12 +516,7 @@ func (c *Cache) Prune(ctx context.Context, opts PruneOptions) (*RemoveReport, er
 			}
 		}
 	}
-	if len(dead) > 0 {
-		if err := c.untag(report, dead); err != nil {
-			return report, err
-		}
-	}
-	return report, c.removeUnusedBlobs(report, images)
+	return dead
 }
 
 // footprint is the disk space images and the blobs they use take.
