@@ -38,16 +38,10 @@ const (
 // memObjectID names the memory backend object.
 const memObjectID = "pe-mem"
 
-// SnapshotArgs returns QEMU's arguments, unconfined, for a VM whose RAM is
-// the file memPath, shared (written through, share=on) or private
-// (copy-on-write), with a QMP monitor on the inherited socket qmpFD;
-// incoming adds -S and -incoming defer.
-func SnapshotArgs(cfg *vmm.Config, tscKHz int64, memPath string, share bool, qmpFD int, incoming bool) []string {
-	return snapshotArgs(Args(cfg, tscKHz), cfg, memPath, share, qmpFD, incoming)
-}
-
-// snapshotArgs adds to a machine's arguments args its RAM in memPath and
-// the QMP monitor.
+// snapshotArgs adds to a machine's arguments args its RAM, the file
+// memPath, shared (written through, share=on) or private (copy-on-write),
+// and a QMP monitor on the inherited socket qmpFD; incoming adds -S and
+// -incoming defer.
 func snapshotArgs(args []string, cfg *vmm.Config, memPath string, share bool, qmpFD int, incoming bool) []string {
 	for i := range args {
 		if i > 0 && args[i-1] == "-M" {
