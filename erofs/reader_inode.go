@@ -31,7 +31,6 @@ type fsInode struct {
 
 func (in *fsInode) isDir() bool     { return in.di.Mode&sIFMT == sIFDIR }
 func (in *fsInode) isSymlink() bool { return in.di.Mode&sIFMT == sIFLNK }
-func (in *fsInode) isReg() bool     { return in.di.Mode&sIFMT == sIFREG }
 
 // dataOff is where inline data and chunk indexes start: after the inode and
 // its xattrs.

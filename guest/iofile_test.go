@@ -224,7 +224,7 @@ func TestNoStdinNoInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.HasOutputs() {
+	if len(resp.outputs) > 0 {
 		t.Error("outputs from a missing directory")
 	}
 }

@@ -250,6 +250,3 @@ type Response struct {
 	outputs []byte // tar of /run/pe/output, untrusted until ExtractOutputs
 	lim     Limits
 }
-
-// HasOutputs reports whether the guest sent back an output archive.
-func (r *Response) HasOutputs() bool { return len(r.outputs) > 0 }

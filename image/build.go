@@ -75,7 +75,7 @@ func buildEROFS(ctx context.Context, source, out string, opts BuildOptions) erro
 
 	return writeEROFSFile(ctx, out, opts, func(w *erofs.Writer, tmp *os.File) error {
 		if srcDir == "" {
-			return AddTarLimited(ctx, w, tarStream, opts.Limits)
+			return AddTar(ctx, w, tarStream, opts.Limits)
 		}
 		var skip map[fileID]bool
 		if fi, err := tmp.Stat(); err == nil {

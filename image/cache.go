@@ -493,7 +493,7 @@ func (c *Cache) ensure(ctx context.Context, src *source, o *pullConfig) (*Cached
 // digest as Flatten reads it.
 func flattenSource(ctx context.Context, w *erofs.Writer, src *source, o *pullConfig) error {
 	layers, _, check := src.flattenLayers(o, src.ref.Familiar(), 0)
-	err := FlattenLimited(ctx, w, layers, o.Limits)
+	err := Flatten(ctx, w, layers, o.Limits)
 	if err != nil {
 		err = fmt.Errorf("converting %s: %w", src.ref.Familiar(), err)
 	} else if err = check(); err == nil {

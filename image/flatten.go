@@ -89,14 +89,11 @@ type FlattenLayer struct {
 // wasted. The price is bookkeeping: for the layers read so far, what they
 // do to the layers below them (see flag), and hard links whose target is in
 // a layer not read yet (see inode).
-func Flatten(ctx context.Context, w *erofs.Writer, layers []FlattenLayer) error {
-	return FlattenLimited(ctx, w, layers, Limits{})
-}
-
-// FlattenLimited is Flatten within lim, counted over all the layers: an
-// entry that would take them over one of the limits stops the conversion
-// with a *LimitError naming the layer, the entry and the limit.
-func FlattenLimited(ctx context.Context, w *erofs.Writer, layers []FlattenLayer, lim Limits) error {
+//
+// Flatten stays within lim (Limits{}: no limits), counted over all the
+// layers: an entry that would take them over one of the limits stops the
+// conversion with a *LimitError naming the layer, the entry and the limit.
+func Flatten(ctx context.Context, w *erofs.Writer, layers []FlattenLayer, lim Limits) error {
 	if err := lim.check(); err != nil {
 		return err
 	}

@@ -180,7 +180,7 @@ func fmtData(s string) string {
 	return "\"" + s + "\""
 }
 
-// FuzzFlattenRaw feeds arbitrary bytes to FlattenLimited as the upper of
+// FuzzFlattenRaw feeds arbitrary bytes to Flatten as the upper of
 // two layers, with small limits: errors are fine; panics, hangs and
 // limits exceeded without an error are not, and an image Flatten accepts
 // must open. The seed corpus (testdata/fuzz/FuzzFlattenRaw) holds the
@@ -199,7 +199,7 @@ func FuzzFlattenRaw(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := FlattenLimited(t.Context(), w, layers, lim); err != nil {
+		if err := Flatten(t.Context(), w, layers, lim); err != nil {
 			w.Discard()
 			return
 		}

@@ -271,7 +271,7 @@ func flattenBytes(t testing.TB, layers []FlattenLayer) ([]byte, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Flatten(t.Context(), w, layers); err != nil {
+	if err := Flatten(t.Context(), w, layers, Limits{}); err != nil {
 		w.Discard()
 		return nil, err
 	}
@@ -1085,7 +1085,7 @@ func TestFlattenCanceled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Discard()
-	err = Flatten(ctx, w, o.layers(t, []testLayer{{ents: []lent{tFile("a", "a")}}}))
+	err = Flatten(ctx, w, o.layers(t, []testLayer{{ents: []lent{tFile("a", "a")}}}), Limits{})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Flatten = %v, want context.Canceled", err)
 	}

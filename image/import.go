@@ -380,7 +380,7 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 			return fastGunzip(readCloser{countReader{vr, add}, vr})
 		},
 	})
-	if err := FlattenLimited(ctx, w, layers, o.Limits); err != nil {
+	if err := Flatten(ctx, w, layers, o.Limits); err != nil {
 		return fmt.Errorf("converting %s over %s: %w", tarName, baseName(plan), err)
 	}
 	for _, vr := range vrs {

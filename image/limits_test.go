@@ -231,7 +231,7 @@ func TestFlattenLimits(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = FlattenLimited(t.Context(), w, layers, c.lim)
+			err = Flatten(t.Context(), w, layers, c.lim)
 			w.Discard()
 			checkLimitError(t, c, err)
 			if le := (*LimitError)(nil); errors.As(err, &le) && le.Layer != "layer 2" {
@@ -335,7 +335,7 @@ func TestServeLimitsMillionEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = FlattenLimited(t.Context(), w, layers, ServeLimits())
+	err = Flatten(t.Context(), w, layers, ServeLimits())
 	w.Discard()
 	checkLimitError(t, bombCase{want: LimitEntries, entry: fmt.Sprintf("d%x/%x", ServeMaxEntries/1000, 0)}, err)
 	t.Logf("stopped after %v", time.Since(start))
@@ -354,13 +354,13 @@ func TestLimitsLetRealImagesThrough(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := FlattenLimited(t.Context(), w, o.layers(t, []testLayer{{ents: ents, compress: compress}}), lim); err != nil {
+		if err := Flatten(t.Context(), w, o.layers(t, []testLayer{{ents: ents, compress: compress}}), lim); err != nil {
 			t.Errorf("%q: %v", compress, err)
 		}
 		w.Discard()
 		for _, tighter := range []Limits{{MaxUnpacked: 1023}, {MaxEntries: 3}, {MaxDepth: 2}} {
 			w, _ := erofs.NewWriter(new(memFile), erofs.WriterOptions{})
-			err := FlattenLimited(t.Context(), w, o.layers(t, []testLayer{{ents: ents, compress: compress}}), tighter)
+			err := Flatten(t.Context(), w, o.layers(t, []testLayer{{ents: ents, compress: compress}}), tighter)
 			w.Discard()
 			if !errors.Is(err, ErrTooLarge) {
 				t.Errorf("%q, %+v: %v, want ErrTooLarge", compress, tighter, err)

@@ -36,14 +36,10 @@ import (
 // one whose archive ends without its end-of-archive marker (cut short
 // exactly between two entries), is an error too.
 //
-// AddTar checks ctx between entries and while copying file data.
-func AddTar(ctx context.Context, w *erofs.Writer, r io.Reader) error {
-	return AddTarLimited(ctx, w, r, Limits{})
-}
-
-// AddTarLimited is AddTar within lim: an entry that would take the stream
-// over one of the limits stops it with a *LimitError.
-func AddTarLimited(ctx context.Context, w *erofs.Writer, r io.Reader, lim Limits) error {
+// AddTar checks ctx between entries and while copying file data, and
+// stays within lim (Limits{}: no limits): an entry that would take the
+// stream over one of the limits stops it with a *LimitError.
+func AddTar(ctx context.Context, w *erofs.Writer, r io.Reader, lim Limits) error {
 	if err := lim.check(); err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ func FuzzAddTar(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := AddTarLimited(t.Context(), w, bytes.NewReader(data), Limits{MaxUnpacked: 16 << 20, MaxEntries: 10000, MaxDepth: 64}); err != nil {
+		if err := AddTar(t.Context(), w, bytes.NewReader(data), Limits{MaxUnpacked: 16 << 20, MaxEntries: 10000, MaxDepth: 64}); err != nil {
 			w.Discard()
 			return
 		}

@@ -21,12 +21,6 @@ import (
 // not generated for.
 var ErrUnsupported = errors.New("seccomp: no filter for this architecture")
 
-// Program returns a copy of the filter's BPF program (nil where there is
-// none).
-func Program() []unix.SockFilter {
-	return append([]unix.SockFilter(nil), program...)
-}
-
 // Load puts the filter on the calling thread, and so on what it executes
 // next: the caller locks itself to its thread and executes the program
 // from it. The other threads of a Go process keep running unfiltered,

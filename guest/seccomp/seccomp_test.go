@@ -174,7 +174,7 @@ func TestProgramUpToDate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff(prog, Program()); d != "" {
+	if d := cmp.Diff(prog, program); d != "" {
 		t.Errorf("zprogram_amd64.go is stale: run go generate ./guest/seccomp (-generated +committed):\n%s", d)
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-
-	"github.com/pe-project/pe/vmm"
 )
 
 // APIBase is the base URL of cloud-hypervisor's REST API; the host part is
@@ -115,42 +113,6 @@ func (c *Client) Ping(ctx context.Context) (*PingResponse, error) {
 	return &r, nil
 }
 
-// VMInfo is the answer to vm.info.
-type VMInfo struct {
-	Config           *VMConfig `json:"config"`
-	State            string    `json:"state"` // Created, Running, Shutdown, Paused, BreakPoint
-	MemoryActualSize int64     `json:"memory_actual_size,omitempty"`
-}
-
-// Info returns the VM's configuration and state (GET vm.info).
-func (c *Client) Info(ctx context.Context) (*VMInfo, error) {
-	var r VMInfo
-	if err := c.call(ctx, http.MethodGet, "vm.info", nil, &r); err != nil {
-		return nil, err
-	}
-	return &r, nil
-}
-
-// Create creates the VM (PUT vm.create); Boot starts it.
-func (c *Client) Create(ctx context.Context, cfg *VMConfig) error {
-	return c.call(ctx, http.MethodPut, "vm.create", cfg, nil)
-}
-
-// Boot boots the created VM (PUT vm.boot).
-func (c *Client) Boot(ctx context.Context) error {
-	return c.call(ctx, http.MethodPut, "vm.boot", nil, nil)
-}
-
-// PowerButton presses the VM's ACPI power button (PUT vm.power-button).
-func (c *Client) PowerButton(ctx context.Context) error {
-	return c.call(ctx, http.MethodPut, "vm.power-button", nil, nil)
-}
-
-// Shutdown stops the VM (PUT vm.shutdown); the VMM keeps running.
-func (c *Client) Shutdown(ctx context.Context) error {
-	return c.call(ctx, http.MethodPut, "vm.shutdown", nil, nil)
-}
-
 // ShutdownVMM ends the VMM process (PUT vmm.shutdown).
 func (c *Client) ShutdownVMM(ctx context.Context) error {
 	return c.call(ctx, http.MethodPut, "vmm.shutdown", nil, nil)
@@ -170,62 +132,4 @@ func (c *Client) Resume(ctx context.Context) error {
 // directory (PUT vm.snapshot).
 func (c *Client) Snapshot(ctx context.Context, destinationURL string) error {
 	return c.call(ctx, http.MethodPut, "vm.snapshot", map[string]string{"destination_url": destinationURL}, nil)
-}
-
-// VMConfig is the body of vm.create: the subset of cloud-hypervisor's
-// VmConfig pe sets.
-type VMConfig struct {
-	Payload Payload        `json:"payload"`
-	CPUs    *CPUsConfig    `json:"cpus,omitempty"`
-	Memory  *MemoryConfig  `json:"memory,omitempty"`
-	Disks   []DiskConfig   `json:"disks,omitempty"`
-	Serial  *ConsoleConfig `json:"serial,omitempty"`
-	Console *ConsoleConfig `json:"console,omitempty"`
-}
-
-// Payload is what the VM boots.
-type Payload struct {
-	Kernel    string `json:"kernel,omitempty"`
-	Initramfs string `json:"initramfs,omitempty"`
-	Cmdline   string `json:"cmdline,omitempty"`
-}
-
-// CPUsConfig sets the vCPUs.
-type CPUsConfig struct {
-	BootVCPUs int `json:"boot_vcpus"`
-	MaxVCPUs  int `json:"max_vcpus"`
-}
-
-// MemoryConfig sets the RAM, in bytes.
-type MemoryConfig struct {
-	Size int64 `json:"size"`
-}
-
-// DiskConfig is one virtio block device.
-type DiskConfig struct {
-	Path     string `json:"path"`
-	Readonly bool   `json:"readonly,omitempty"`
-}
-
-// ConsoleConfig wires a console: Mode is Off, Pty, Tty, File, Socket or
-// Null; File is the file for File.
-type ConsoleConfig struct {
-	Mode string `json:"mode"`
-	File string `json:"file,omitempty"`
-}
-
-// NewVMConfig returns the vm.create body equivalent to Args(cfg,
-// consoleFile, ...): cfg should have its defaults applied.
-func NewVMConfig(cfg *vmm.Config, consoleFile string) *VMConfig {
-	v := &VMConfig{
-		Payload: Payload{Kernel: cfg.Kernel, Initramfs: cfg.Initramfs, Cmdline: Cmdline(cfg)},
-		CPUs:    &CPUsConfig{BootVCPUs: cfg.CPUs, MaxVCPUs: cfg.CPUs},
-		Memory:  &MemoryConfig{Size: int64(cfg.MemoryMiB) << 20},
-		Serial:  &ConsoleConfig{Mode: "File", File: consoleFile},
-		Console: &ConsoleConfig{Mode: "Off"},
-	}
-	for _, d := range cfg.Disks {
-		v.Disks = append(v.Disks, DiskConfig{Path: d.Path, Readonly: d.ReadOnly})
-	}
-	return v
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -56,20 +55,6 @@ func RestoreArgs(sourceDir, apiSocket string) []string {
 		"--restore", "source_url=" + value("file://"+sourceDir) + ",memory_restore_mode=ondemand,resume=false",
 		"--api-socket", "path=" + value(apiSocket),
 	}
-}
-
-// RestoreConfig is the body of vm.restore.
-type RestoreConfig struct {
-	SourceURL         string `json:"source_url"`
-	Prefault          bool   `json:"prefault,omitempty"`
-	MemoryRestoreMode string `json:"memory_restore_mode,omitempty"` // Copy or OnDemand
-	Resume            bool   `json:"resume,omitempty"`
-}
-
-// Restore restores a snapshot into a VMM started without a VM (PUT
-// vm.restore).
-func (c *Client) Restore(ctx context.Context, r *RestoreConfig) error {
-	return c.call(ctx, http.MethodPut, "vm.restore", r, nil)
 }
 
 // RewriteConfig returns a snapshot's config.json with the disks' paths

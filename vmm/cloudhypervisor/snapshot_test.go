@@ -68,20 +68,6 @@ func TestRewriteConfig(t *testing.T) {
 	}
 }
 
-func TestClientRestore(t *testing.T) {
-	f, sock := startFakeAPI(t)
-	err := NewClient(sock).Restore(t.Context(), &RestoreConfig{SourceURL: "file:///snap", MemoryRestoreMode: "OnDemand"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{`PUT /api/v1/vm.restore {"source_url":"file:///snap","memory_restore_mode":"OnDemand"}`}
-	if diff := cmp.Diff(want, f.reqs); diff != "" {
-		t.Errorf("requests (-want +got):\n%s", diff)
-	}
-}
-
-// TestSnapshotNeedsKVM restores a snapshot under TCG: the restore stops at
-// the KVM check, before it looks for the binary or starts anything.
 func TestSnapshotNeedsKVM(t *testing.T) {
 	b := &Backend{Binary: "/nonexistent/cloud-hypervisor"}
 	_, err := b.RestoreSnapshot(t.Context(), &vmm.Config{Kernel: "/k", Accel: vmm.AccelTCG}, t.TempDir(), []byte("\n"))

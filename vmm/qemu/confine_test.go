@@ -86,7 +86,7 @@ func TestConfinedArgs(t *testing.T) {
 		return errStop
 	}})
 	steps.Run(t.Context(), &vmm.Launch{Config: cfg, VMM: Name})
-	if diff := cmp.Diff(Args(cfg, 2445426), got.Args); diff != "" || got.Jail != nil || len(got.ExtraFiles) != 0 {
+	if diff := cmp.Diff(unconfinedArgs(cfg, 2445426), got.Args); diff != "" || got.Jail != nil || len(got.ExtraFiles) != 0 {
 		t.Errorf("unconfined: jail %v, %d files, args (-want +got):\n%s", got.Jail, len(got.ExtraFiles), diff)
 	}
 }

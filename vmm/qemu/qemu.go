@@ -151,17 +151,6 @@ func Cmdline(cfg *vmm.Config, tscKHz int64) string {
 	return strings.TrimSpace(strings.Join(extra, " ") + " " + cfg.Cmdline)
 }
 
-// Args returns QEMU's arguments for cfg (defaults applied), without
-// argv[0]: the microvm machine without option ROMs, with the ISA serial
-// port and the RTC (the guest's wall clock), KVM with the host CPU or TCG
-// with every emulated feature, no default devices, no network, the kernel
-// booted directly, the console on standard output, and each disk as a
-// virtio-blk-device. Read-write disks use cache=unsafe: the guest's flushes
-// are skipped, since the file is only read once QEMU has exited.
-func Args(cfg *vmm.Config, tscKHz int64) []string {
-	return argsWith(cfg, tscKHz, pathAccess(cfg))
-}
-
 // confine prepares the confinement of l's QEMU (b.Confinement): with the
 // jail, the files go as descriptors and l.Jail is set; otherwise QEMU gets
 // host paths.
@@ -188,7 +177,14 @@ func (b *Backend) prefix() []string {
 	return nil
 }
 
-// argsWith returns QEMU's arguments for cfg reaching its files as a says.
+// argsWith returns QEMU's arguments for cfg (defaults applied), reaching
+// its files as a says, without argv[0]: the microvm machine without option
+// ROMs, with the ISA serial port and the RTC (the guest's wall clock), KVM
+// with the host CPU or TCG with every emulated feature, no default
+// devices, no network, the kernel booted directly, the console on standard
+// output, and each disk as a virtio-blk-device. Read-write disks use
+// cache=unsafe: the guest's flushes are skipped, since the file is only
+// read once QEMU has exited.
 func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 	accel, cpu := "tcg", "max"
 	if cfg.Accel == vmm.AccelKVM {

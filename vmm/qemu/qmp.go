@@ -32,26 +32,6 @@ type qmpMessage struct {
 	Event string `json:"event,omitempty"`
 }
 
-// DialQMP connects to the QMP socket at path, retrying until QEMU has
-// created it or ctx is done, reads the greeting and enters command mode.
-func DialQMP(ctx context.Context, path string) (*QMP, error) {
-	var d net.Dialer
-	var conn net.Conn
-	for {
-		var err error
-		conn, err = d.DialContext(ctx, "unix", path)
-		if err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("QMP socket %s: %w (last error: %v)", path, ctx.Err(), err)
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	return NewQMP(ctx, conn)
-}
-
 // NewQMP starts a QMP session on conn, a connection to QEMU's monitor:
 // it reads the greeting and enters command mode. It closes conn when it
 // fails.

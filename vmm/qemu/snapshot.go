@@ -38,16 +38,10 @@ const (
 // memObjectID names the memory backend object.
 const memObjectID = "pe-mem"
 
-// SnapshotArgs returns QEMU's arguments, unconfined, for a VM whose RAM is
-// the file memPath, shared (written through, share=on) or private
-// (copy-on-write), with a QMP monitor on the inherited socket qmpFD;
-// incoming adds -S and -incoming defer.
-func SnapshotArgs(cfg *vmm.Config, tscKHz int64, memPath string, share bool, qmpFD int, incoming bool) []string {
-	return snapshotArgs(Args(cfg, tscKHz), cfg, memPath, share, qmpFD, incoming)
-}
-
-// snapshotArgs adds to a machine's arguments args its RAM in memPath and
-// the QMP monitor.
+// snapshotArgs adds to a machine's arguments args its RAM, the file
+// memPath, shared (written through, share=on) or private (copy-on-write),
+// and a QMP monitor on the inherited socket qmpFD; incoming adds -S and
+// -incoming defer.
 func snapshotArgs(args []string, cfg *vmm.Config, memPath string, share bool, qmpFD int, incoming bool) []string {
 	for i := range args {
 		if i > 0 && args[i-1] == "-M" {
@@ -85,77 +79,112 @@ var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability"
 // while it saves (it opens it again, for writing, as its own user); pe
 // takes it back afterwards.
 func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string, ready []byte) (err error) {
-	c := cfg.WithDefaults()
-	marker := vmm.NewMarkerWriter(ready)
-	if c.Console != nil {
-		c.Console = io.MultiWriter(marker, c.Console)
-	} else {
-		c.Console = marker
+	s := &save{
+		b:         b,
+		memPath:   filepath.Join(dir, vmm.SnapshotMemFile),
+		statePath: filepath.Join(dir, vmm.SnapshotStateFile),
+		marker:    vmm.NewMarkerWriter(ready),
 	}
-	memPath := filepath.Join(dir, vmm.SnapshotMemFile)
-	statePath := filepath.Join(dir, vmm.SnapshotStateFile)
-	var (
-		conn   *net.UnixConn
-		theirs *os.File
-		// made: pe made the memory file; lent: to QEMU's user.
-		made, lent bool
-	)
-	defer func() {
-		// Runs after the Kill below: QEMU is gone.
-		if lent {
-			if cerr := os.Chown(memPath, os.Geteuid(), os.Getegid()); cerr != nil && err == nil {
-				err = fmt.Errorf("taking the memory file back: %w", cerr)
-			}
-		}
-		if made {
-			os.Chmod(memPath, 0o644) // as QEMU makes it, unconfined
-		}
-	}()
-	steps := b.stepsWith(vmm.Step{Name: StepSnapshotArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-		a, err := b.confine(l)
-		if err != nil {
-			return err
-		}
-		t := fdTable{l}
-		qfd, qc, th, err := qmpPair(t)
-		if err != nil {
-			return err
-		}
-		conn, theirs = qc, th
-		mem := memPath
-		if l.Jail != nil {
-			f, err := os.OpenFile(memPath, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
-			if err != nil {
-				return fmt.Errorf("snapshot memory: %w", err)
-			}
-			made = true
-			if l.Jail.UID != 0 {
-				lent = true
-				if err := f.Chown(l.Jail.UID, l.Jail.GID); err != nil {
-					f.Close()
-					return fmt.Errorf("snapshot memory: %w", err)
-				}
-			}
-			mem = procFD(t.add(f))
-		}
-		l.Args = append(b.prefix(), snapshotArgs(argsWith(l.Config, b.tsc(), a), l.Config, mem, true, qfd, false)...)
-		return nil
-	}})
+	c := cfg.WithDefaults()
+	if c.Console != nil {
+		c.Console = io.MultiWriter(s.marker, c.Console)
+	} else {
+		c.Console = s.marker
+	}
+	defer s.takeMemBack(&err) // runs after the Kill below: QEMU is gone
+	steps := b.stepsWith(vmm.Step{Name: StepSnapshotArgsName, Fn: s.args})
 	m, err := steps.Run(ctx, &vmm.Launch{Config: c, VMM: Name, Log: c.Log})
 	if err != nil {
 		return err
 	}
 	defer m.Kill()
-	theirs.Close()
-	q, err := connectQMP(ctx, conn, m)
+	s.theirs.Close()
+	q, err := connectQMP(ctx, s.conn, m)
 	if err != nil {
 		return err
 	}
 	defer q.Close()
+	if err := s.waitReady(ctx, m); err != nil {
+		return err
+	}
+	return s.saveState(ctx, q, m)
+}
+
+// save is one SaveSnapshot: what its steps share.
+type save struct {
+	b                  *Backend
+	memPath, statePath string
+	// marker sees ready on the console.
+	marker *vmm.MarkerWriter
+	// conn is pe's end of the QMP socket pair, theirs QEMU's.
+	conn   *net.UnixConn
+	theirs *os.File
+	// made: pe made the memory file; lent: to QEMU's user.
+	made, lent bool
+}
+
+// args is the argument step: QEMU's arguments, its confinement, the QMP
+// socket pair and, confined, the memory file passed as a descriptor.
+func (s *save) args(ctx context.Context, l *vmm.Launch) error {
+	a, err := s.b.confine(l)
+	if err != nil {
+		return err
+	}
+	t := fdTable{l}
+	qfd, qc, th, err := qmpPair(t)
+	if err != nil {
+		return err
+	}
+	s.conn, s.theirs = qc, th
+	mem := s.memPath
+	if l.Jail != nil {
+		if mem, err = s.lendMem(t, l.Jail.UID, l.Jail.GID); err != nil {
+			return err
+		}
+	}
+	l.Args = append(s.b.prefix(), snapshotArgs(argsWith(l.Config, s.b.tsc(), a), l.Config, mem, true, qfd, false)...)
+	return nil
+}
+
+// lendMem makes the memory file for a confined QEMU, owned by its user
+// uid (unless root), and returns the path QEMU opens it by.
+func (s *save) lendMem(t fdTable, uid, gid int) (string, error) {
+	f, err := os.OpenFile(s.memPath, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("snapshot memory: %w", err)
+	}
+	s.made = true
+	if uid != 0 {
+		s.lent = true
+		if err := f.Chown(uid, gid); err != nil {
+			f.Close()
+			return "", fmt.Errorf("snapshot memory: %w", err)
+		}
+	}
+	return procFD(t.add(f)), nil
+}
+
+// takeMemBack gives the memory file back to pe's user, with the mode
+// QEMU gives it unconfined, once QEMU is gone; its error goes to *err
+// unless that is set.
+func (s *save) takeMemBack(err *error) {
+	if s.lent {
+		if cerr := os.Chown(s.memPath, os.Geteuid(), os.Getegid()); cerr != nil && *err == nil {
+			*err = fmt.Errorf("taking the memory file back: %w", cerr)
+		}
+	}
+	if s.made {
+		os.Chmod(s.memPath, 0o644) // as QEMU makes it, unconfined
+	}
+}
+
+// waitReady waits until the guest writes the ready marker on its console.
+func (s *save) waitReady(ctx context.Context, m vmm.Machine) error {
 	exited := make(chan error, 1)
 	go func() { exited <- m.Wait(ctx) }()
 	select {
-	case <-marker.Seen():
+	case <-s.marker.Seen():
+		return nil
 	case err := <-exited:
 		if err == nil {
 			err = errors.New("the VM stopped")
@@ -164,13 +193,18 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for the guest to be ready: %w; console: %s", ctx.Err(), tail(m.ConsoleLog()))
 	}
+}
+
+// saveState stops the VM, migrates its device state (without the shared
+// RAM) into the state file, and kills QEMU.
+func (s *save) saveState(ctx context.Context, q *QMP, m vmm.Machine) error {
 	if _, err := q.Execute(ctx, "stop", nil); err != nil {
 		return err
 	}
 	if _, err := q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 		return err
 	}
-	state, err := os.OpenFile(statePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	state, err := os.OpenFile(s.statePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return fmt.Errorf("device state: %w", err)
 	}
@@ -210,106 +244,154 @@ func (b *Backend) SaveSnapshot(ctx context.Context, cfg *vmm.Config, dir string,
 // cat to start, as an exec: URI would.
 func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir string, wake []byte) (vmm.Machine, error) {
 	c := cfg.WithDefaults()
-	memPath := filepath.Join(dir, vmm.SnapshotMemFile)
-	statePath := filepath.Join(dir, vmm.SnapshotStateFile)
-	for _, p := range []string{memPath, statePath} {
+	r := &restore{
+		b:         b,
+		memPath:   filepath.Join(dir, vmm.SnapshotMemFile),
+		statePath: filepath.Join(dir, vmm.SnapshotStateFile),
+		wake:      wake,
+	}
+	for _, p := range []string{r.memPath, r.statePath} {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("snapshot: %w", err)
 		}
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
+	var err error
+	if r.pr, r.pw, err = os.Pipe(); err != nil {
 		return nil, err
 	}
-	defer pr.Close() // QEMU has its own copy once started
-	var (
-		conn      *net.UnixConn
-		theirs    *os.File
-		stateFD   int
-		q         *QMP
-		memCopied func() error
-	)
-	defer func() {
-		if q != nil {
-			q.Close()
-		}
-	}()
-	steps := b.stepsWith(vmm.Step{Name: StepRestoreArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-		a, err := b.confine(l)
-		if err != nil {
-			return err
-		}
-		t := fdTable{l}
-		l.Stdin = pr
-		l.OnCleanup(func() { pw.Close() })
-		qfd, qc, th, err := qmpPair(t)
-		if err != nil {
-			return err
-		}
-		conn, theirs = qc, th
-		if stateFD, err = t.open(statePath, os.O_RDONLY); err != nil {
-			return fmt.Errorf("snapshot: %w", err)
-		}
-		mem := memPath
-		if l.Jail != nil {
-			src, err := os.Open(memPath)
-			if err != nil {
-				return fmt.Errorf("snapshot: %w", err)
-			}
-			// The copy runs while QEMU starts; the incoming step waits
-			// for it before QEMU reads the memory.
-			cp, wait, err := startSealedCopy("pe-mem", src)
-			if err != nil {
-				return fmt.Errorf("snapshot memory: %w", err)
-			}
-			mem = procFD(t.add(cp))
-			memCopied = wait
-			l.OnCleanup(func() { wait() }) // before cp is closed
-		}
-		l.Args = append(b.prefix(), snapshotArgs(argsWith(l.Config, b.tsc(), a), l.Config, mem, false, qfd, true)...)
-		return nil
-	}}).Append(
-		vmm.Step{Name: StepIncomingName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-			theirs.Close()
-			var err error
-			if q, err = connectQMP(ctx, conn, l.Machine); err != nil {
-				return err
-			}
-			if _, err := q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
-				return err
-			}
-			// Loading the device state reads guest memory (virtio
-			// rings): the copy must be complete and sealed.
-			if memCopied != nil {
-				if err := memCopied(); err != nil {
-					return fmt.Errorf("snapshot memory: %w", err)
-				}
-			}
-			if _, err := q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(stateFD)}); err != nil {
-				return err
-			}
-			if err := q.WaitMigration(ctx); err != nil {
-				return fmt.Errorf("loading the device state: %w", exitReason(ctx, l.Machine, err))
-			}
-			return resizeDisks(ctx, q, l.Config.Disks)
-		}},
-		vmm.Step{Name: StepResumeName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-			_, err := q.Execute(ctx, "cont", nil)
-			return err
-		}},
-		vmm.Step{Name: StepWakeName, Fn: func(ctx context.Context, l *vmm.Launch) error {
-			if _, err := pw.Write(wake); err != nil {
-				return fmt.Errorf("waking the guest: %w", err)
-			}
-			return nil
-		}},
-	)
-	m, err := steps.Run(ctx, &vmm.Launch{Config: c, VMM: Name, Log: c.Log})
+	defer r.close()
+	m, err := r.steps().Run(ctx, &vmm.Launch{Config: c, VMM: Name, Log: c.Log})
 	if err != nil {
-		pw.Close()
+		r.pw.Close()
 		return nil, err
 	}
 	return m, nil
+}
+
+// restore is one RestoreSnapshot: what its steps share.
+type restore struct {
+	b                  *Backend
+	memPath, statePath string
+	wake               []byte
+	// pr is QEMU's standard input, the guest's serial console; pe writes
+	// wake into pw.
+	pr, pw *os.File
+	// conn is pe's end of the QMP socket pair, theirs QEMU's; q is the
+	// QMP session on conn.
+	conn   *net.UnixConn
+	theirs *os.File
+	q      *QMP
+	// stateFD is QEMU's descriptor of the state file.
+	stateFD int
+	// memCopied, when set, waits for the sealed copy of the memory.
+	memCopied func() error
+}
+
+// steps is the restore chain: the start-up chain with the restore's
+// arguments, then the incoming migration, the resume and the wake-up.
+func (r *restore) steps() vmm.Steps {
+	return r.b.stepsWith(vmm.Step{Name: StepRestoreArgsName, Fn: r.args}).Append(
+		vmm.Step{Name: StepIncomingName, Fn: r.incoming},
+		vmm.Step{Name: StepResumeName, Fn: r.resume},
+		vmm.Step{Name: StepWakeName, Fn: r.wakeGuest},
+	)
+}
+
+// close releases what pe holds once the restore is done or has failed:
+// QEMU has its own copy of pr once started.
+func (r *restore) close() {
+	if r.q != nil {
+		r.q.Close()
+	}
+	r.pr.Close()
+}
+
+// args is the argument step: QEMU's arguments, its confinement, its
+// standard input, the QMP socket pair, the state file and, confined, the
+// sealed copy of the memory, all passed as descriptors.
+func (r *restore) args(ctx context.Context, l *vmm.Launch) error {
+	a, err := r.b.confine(l)
+	if err != nil {
+		return err
+	}
+	t := fdTable{l}
+	l.Stdin = r.pr
+	l.OnCleanup(func() { r.pw.Close() })
+	qfd, qc, th, err := qmpPair(t)
+	if err != nil {
+		return err
+	}
+	r.conn, r.theirs = qc, th
+	if r.stateFD, err = t.open(r.statePath, os.O_RDONLY); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	mem := r.memPath
+	if l.Jail != nil {
+		if mem, err = r.copyMem(t, l); err != nil {
+			return err
+		}
+	}
+	l.Args = append(r.b.prefix(), snapshotArgs(argsWith(l.Config, r.b.tsc(), a), l.Config, mem, false, qfd, true)...)
+	return nil
+}
+
+// copyMem starts the sealed copy of the memory for a confined QEMU and
+// returns the path QEMU opens it by. The copy runs while QEMU starts; the
+// incoming step waits for it before QEMU reads the memory.
+func (r *restore) copyMem(t fdTable, l *vmm.Launch) (string, error) {
+	src, err := os.Open(r.memPath)
+	if err != nil {
+		return "", fmt.Errorf("snapshot: %w", err)
+	}
+	cp, wait, err := startSealedCopy("pe-mem", src)
+	if err != nil {
+		return "", fmt.Errorf("snapshot memory: %w", err)
+	}
+	mem := procFD(t.add(cp))
+	r.memCopied = wait
+	l.OnCleanup(func() { wait() }) // before cp is closed
+	return mem, nil
+}
+
+// incoming is the incoming-migration step: it connects QMP, loads the
+// device state and tells the guest its disks' sizes.
+func (r *restore) incoming(ctx context.Context, l *vmm.Launch) error {
+	r.theirs.Close()
+	var err error
+	if r.q, err = connectQMP(ctx, r.conn, l.Machine); err != nil {
+		return err
+	}
+	if _, err := r.q.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return err
+	}
+	// Loading the device state reads guest memory (virtio rings): the
+	// copy must be complete and sealed.
+	if r.memCopied != nil {
+		if err := r.memCopied(); err != nil {
+			return fmt.Errorf("snapshot memory: %w", err)
+		}
+	}
+	if _, err := r.q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(r.stateFD)}); err != nil {
+		return err
+	}
+	if err := r.q.WaitMigration(ctx); err != nil {
+		return fmt.Errorf("loading the device state: %w", exitReason(ctx, l.Machine, err))
+	}
+	return resizeDisks(ctx, r.q, l.Config.Disks)
+}
+
+// resume is the resume step: the paused VM runs.
+func (r *restore) resume(ctx context.Context, l *vmm.Launch) error {
+	_, err := r.q.Execute(ctx, "cont", nil)
+	return err
+}
+
+// wakeGuest is the wake step: wake goes to the guest's serial console.
+func (r *restore) wakeGuest(ctx context.Context, l *vmm.Launch) error {
+	if _, err := r.pw.Write(r.wake); err != nil {
+		return fmt.Errorf("waking the guest: %w", err)
+	}
+	return nil
 }
 
 // resizeDisks tells a restored guest the size of each of its writable

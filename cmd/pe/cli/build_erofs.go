@@ -9,25 +9,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/image"
 )
 
-// newBuildEROFSCmd returns "pe image build-erofs".
-func newBuildEROFSCmd(a *app) *cobra.Command {
-	var (
-		out       string
-		mtime     string
-		blockSize int
-		f         pullFlags
-		imp       importFlags
-		zf        compressFlags
-	)
-	cmd := &cobra.Command{
-		Use:   "build-erofs SOURCE -o OUT.erofs",
-		Short: "Build an EROFS image from a directory, a tar file or an image",
-		Long: `Build an EROFS image from SOURCE:
+// buildEROFSLong is the help of "pe image build-erofs".
+const buildEROFSLong = `Build an EROFS image from SOURCE:
 
   - a directory, or a tar file (plain or compressed with gzip, zstd or xz,
     recognised by its contents), or '-' for a tar stream on standard input;
@@ -52,91 +41,155 @@ once the image is complete; on failure nothing is left behind.
 
 For reproducible images, --mtime sets every modification time. Without it, a
 SOURCE_DATE_EPOCH environment variable clamps modification times to that
-moment.`,
-		Example: `  pe image build-erofs ./rootfs -o rootfs.erofs
+moment.`
+
+// buildEROFSExample is the examples of "pe image build-erofs".
+const buildEROFSExample = `  pe image build-erofs ./rootfs -o rootfs.erofs
   pe image build-erofs layer.tar.gz -o layer.erofs --mtime 2024-01-01T00:00:00Z
   tar -C ./rootfs -c . | pe image build-erofs - -o rootfs.erofs
   pe image build-erofs busybox -o busybox.erofs --compress lz4hc --pcluster-size 16K
   pe image build-erofs oci:./layout:v1 -o image.erofs
-  pe image build-erofs --tar clang.tar.xz --strip-components 1 --prefix /usr --base ubuntu:22.04 -o clang.erofs`,
-		Args: usageArgs(cobra.MaximumNArgs(1)),
+  pe image build-erofs --tar clang.tar.xz --strip-components 1 --prefix /usr --base ubuntu:22.04 -o clang.erofs`
+
+// buildEROFSFlags are the flags of "pe image build-erofs".
+type buildEROFSFlags struct {
+	out       string
+	mtime     string
+	blockSize int
+	pull      pullFlags
+	imp       importFlags
+	zf        compressFlags
+}
+
+// register adds the flags to fs.
+func (f *buildEROFSFlags) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&f.out, "output", "o", "", "the image file to write (required)")
+	fs.StringVar(&f.mtime, "mtime", "", "set every modification time: RFC 3339 (2024-01-01T00:00:00Z) or unix seconds (@1700000000)")
+	fs.IntVar(&f.blockSize, "block-size", 4096, "file system block size: 4096, or 512, 1024, 2048")
+	f.pull.register(fs, true)
+	f.imp.register(fs)
+	f.zf.register(fs)
+}
+
+// newBuildEROFSCmd returns "pe image build-erofs".
+func newBuildEROFSCmd(a *app) *cobra.Command {
+	var f buildEROFSFlags
+	cmd := &cobra.Command{
+		Use:     "build-erofs SOURCE -o OUT.erofs",
+		Short:   "Build an EROFS image from a directory, a tar file or an image",
+		Long:    buildEROFSLong,
+		Example: buildEROFSExample,
+		Args:    usageArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			source := ""
-			if len(args) == 1 {
-				source = args[0]
-			}
-			switch {
-			case imp.tar != "" && source != "":
-				return usageErrorf(cmd, "give either SOURCE or --tar, not both")
-			case imp.tar == "" && source == "":
-				return usageErrorf(cmd, "SOURCE (a directory, tar file or image) or --tar is required")
-			case out == "":
-				return usageErrorf(cmd, "the output file (-o, --output) is required")
-			}
-			opts := image.BuildOptions{
-				Writer: erofs.WriterOptions{BlockSize: blockSize},
-				Stdin:  cmd.InOrStdin(),
-			}
-			custom := cmd.Flags().Changed("block-size") || zf.changed(cmd)
-			if err := zf.apply(cmd, &opts.Writer); err != nil {
-				return err
-			}
-			if cmd.Flags().Changed("mtime") {
-				t, err := parseMtime(mtime)
-				if err != nil {
-					return usageErrorf(cmd, "--mtime: %v", err)
-				}
-				opts.Writer.ModTime = &t
-				custom = true
-			} else if v, ok := a.lookupEnv("SOURCE_DATE_EPOCH"); ok && v != "" {
-				sec, err := strconv.ParseInt(v, 10, 64)
-				if err != nil {
-					return fmt.Errorf("SOURCE_DATE_EPOCH=%q is not a whole number of seconds", v)
-				}
-				t := time.Unix(sec, 0).UTC()
-				opts.Writer.ClampModTime = &t
-				custom = true
-			}
-			if (source == "-" || imp.tar == "-") && isTerminal(opts.Stdin) {
-				return usageErrorf(cmd, "refusing to read a tar stream from a terminal")
-			}
-			start := time.Now()
-			a.log.Debug("building EROFS image", "source", source, "tar", imp.tar, "output", out, "block_size", blockSize,
-				"mtime", opts.Writer.ModTime, "clamp_mtime", opts.Writer.ClampModTime)
-			var err error
-			switch kind := sourceKind(source); {
-			case imp.tar != "":
-				err = buildImport(cmd, a, &f, &imp, out, opts)
-			case kind == "path":
-				if opts.Limits, err = f.limits(cmd); err == nil {
-					err = image.BuildEROFS(cmd.Context(), source, out, opts)
-				}
-			default:
-				err = buildFromImage(cmd, a, &f, source, out, opts, custom)
-			}
-			if err != nil {
-				return err
-			}
-			elapsed := time.Since(start)
-			var size int64
-			if fi, err := os.Stat(out); err == nil {
-				size = fi.Size()
-			}
-			a.log.Info("built EROFS image", "output", out, "bytes", size, "duration", elapsed)
-			if stderr := cmd.ErrOrStderr(); isTerminal(stderr) {
-				fmt.Fprintf(stderr, "%s: %s EROFS image built in %.2fs\n", out, humanBytes(size), elapsed.Seconds())
-			}
-			return nil
+			return runBuildEROFS(cmd, a, &f, args)
 		},
 	}
-	fs := cmd.Flags()
-	fs.StringVarP(&out, "output", "o", "", "the image file to write (required)")
-	fs.StringVar(&mtime, "mtime", "", "set every modification time: RFC 3339 (2024-01-01T00:00:00Z) or unix seconds (@1700000000)")
-	fs.IntVar(&blockSize, "block-size", 4096, "file system block size: 4096, or 512, 1024, 2048")
-	f.register(fs, true)
-	imp.register(fs)
-	zf.register(fs)
+	f.register(cmd.Flags())
 	return cmd
+}
+
+// runBuildEROFS runs "pe image build-erofs": it checks the arguments,
+// gathers the writer's options, builds the image and reports it.
+func runBuildEROFS(cmd *cobra.Command, a *app, f *buildEROFSFlags, args []string) error {
+	source, err := buildEROFSSource(cmd, f, args)
+	if err != nil {
+		return err
+	}
+	opts := image.BuildOptions{
+		Writer: erofs.WriterOptions{BlockSize: f.blockSize},
+		Stdin:  cmd.InOrStdin(),
+	}
+	custom, err := buildEROFSWriterOptions(cmd, a, f, &opts.Writer)
+	if err != nil {
+		return err
+	}
+	if (source == "-" || f.imp.tar == "-") && isTerminal(opts.Stdin) {
+		return usageErrorf(cmd, "refusing to read a tar stream from a terminal")
+	}
+	start := time.Now()
+	a.log.Debug("building EROFS image", "source", source, "tar", f.imp.tar, "output", f.out, "block_size", f.blockSize,
+		"mtime", opts.Writer.ModTime, "clamp_mtime", opts.Writer.ClampModTime)
+	if err := buildEROFS(cmd, a, f, source, opts, custom); err != nil {
+		return err
+	}
+	reportBuiltEROFS(cmd, a, f.out, time.Since(start))
+	return nil
+}
+
+// buildEROFSSource returns the SOURCE argument ("" with --tar), checking
+// that exactly one of SOURCE and --tar is given, and an output.
+func buildEROFSSource(cmd *cobra.Command, f *buildEROFSFlags, args []string) (string, error) {
+	source := ""
+	if len(args) == 1 {
+		source = args[0]
+	}
+	switch {
+	case f.imp.tar != "" && source != "":
+		return "", usageErrorf(cmd, "give either SOURCE or --tar, not both")
+	case f.imp.tar == "" && source == "":
+		return "", usageErrorf(cmd, "SOURCE (a directory, tar file or image) or --tar is required")
+	case f.out == "":
+		return "", usageErrorf(cmd, "the output file (-o, --output) is required")
+	}
+	return source, nil
+}
+
+// buildEROFSWriterOptions sets the compression and modification times of
+// w from the flags and SOURCE_DATE_EPOCH; custom says they differ from
+// the cache's (so an image is converted straight into the output).
+func buildEROFSWriterOptions(cmd *cobra.Command, a *app, f *buildEROFSFlags, w *erofs.WriterOptions) (custom bool, err error) {
+	custom = cmd.Flags().Changed("block-size") || f.zf.changed(cmd)
+	if err := f.zf.apply(cmd, w); err != nil {
+		return false, err
+	}
+	if cmd.Flags().Changed("mtime") {
+		t, err := parseMtime(f.mtime)
+		if err != nil {
+			return false, usageErrorf(cmd, "--mtime: %v", err)
+		}
+		w.ModTime = &t
+		return true, nil
+	}
+	if v, ok := a.lookupEnv("SOURCE_DATE_EPOCH"); ok && v != "" {
+		sec, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return false, fmt.Errorf("SOURCE_DATE_EPOCH=%q is not a whole number of seconds", v)
+		}
+		t := time.Unix(sec, 0).UTC()
+		w.ClampModTime = &t
+		return true, nil
+	}
+	return custom, nil
+}
+
+// buildEROFS writes the image of source, or of --tar over its base, to
+// f.out.
+func buildEROFS(cmd *cobra.Command, a *app, f *buildEROFSFlags, source string, opts image.BuildOptions, custom bool) error {
+	switch kind := sourceKind(source); {
+	case f.imp.tar != "":
+		return buildImport(cmd, a, &f.pull, &f.imp, f.out, opts)
+	case kind == "path":
+		lim, err := f.pull.limits(cmd)
+		if err != nil {
+			return err
+		}
+		opts.Limits = lim
+		return image.BuildEROFS(cmd.Context(), source, f.out, opts)
+	default:
+		return buildFromImage(cmd, a, &f.pull, source, f.out, opts, custom)
+	}
+}
+
+// reportBuiltEROFS logs the image built in out, and tells a terminal.
+func reportBuiltEROFS(cmd *cobra.Command, a *app, out string, elapsed time.Duration) {
+	var size int64
+	if fi, err := os.Stat(out); err == nil {
+		size = fi.Size()
+	}
+	a.log.Info("built EROFS image", "output", out, "bytes", size, "duration", elapsed)
+	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) {
+		fmt.Fprintf(stderr, "%s: %s EROFS image built in %.2fs\n", out, humanBytes(size), elapsed.Seconds())
+	}
 }
 
 // sourceKind tells what a build-erofs SOURCE is: "path" for "-" and
