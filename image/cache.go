@@ -198,6 +198,21 @@ func (c *Cache) lockGC(ctx context.Context, shared bool, o *pullConfig) (*fileLo
 	})
 }
 
+// configAndShare completes opts and takes the cache's collection lock
+// shared, as every reader and writer of images does (prune takes it
+// exclusive); the caller unlocks it.
+func (c *Cache) configAndShare(ctx context.Context, opts PullOptions) (*pullConfig, *fileLock, error) {
+	o, err := opts.config()
+	if err != nil {
+		return nil, nil, err
+	}
+	gc, err := c.lockGC(ctx, true, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return o, gc, nil
+}
+
 // Pull resolves ref in its registry (or layout, or archive) even when the
 // cache has a record of it, fetches what the cache lacks and converts the
 // image into the cache, as `pe image pull` does. It is Get with
@@ -219,11 +234,7 @@ func (c *Cache) Get(ctx context.Context, ref Reference, opts PullOptions) (*Cach
 // get is Get; hold, when set, is called with the image before the cache
 // lock is released, and its error is get's.
 func (c *Cache) get(ctx context.Context, ref Reference, opts PullOptions, hold func(*CachedImage) error) (*CachedImage, error) {
-	o, err := opts.config()
-	if err != nil {
-		return nil, err
-	}
-	gc, err := c.lockGC(ctx, true, o)
+	o, gc, err := c.configAndShare(ctx, opts)
 	if err != nil {
 		return nil, err
 	}

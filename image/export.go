@@ -38,11 +38,7 @@ func (c *Cache) ExportEROFS(ctx context.Context, ref Reference, out string, opts
 // the options differ from the cache's defaults; otherwise ExportEROFS is
 // as good and leaves the image cached.
 func (c *Cache) BuildImageEROFS(ctx context.Context, ref Reference, out string, opts PullOptions, build BuildOptions) error {
-	o, err := opts.config()
-	if err != nil {
-		return err
-	}
-	gc, err := c.lockGC(ctx, true, o)
+	o, gc, err := c.configAndShare(ctx, opts)
 	if err != nil {
 		return err
 	}

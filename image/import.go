@@ -87,11 +87,7 @@ func (c *Cache) Import(ctx context.Context, opts ImportOptions) (*CachedImage, e
 	if opts.Tar == "" || opts.Tar == "-" {
 		return nil, errors.New("import needs a tarball file (standard input cannot be hashed before it is read)")
 	}
-	o, err := opts.Pull.config()
-	if err != nil {
-		return nil, err
-	}
-	gc, err := c.lockGC(ctx, true, o)
+	o, gc, err := c.configAndShare(ctx, opts.Pull)
 	if err != nil {
 		return nil, err
 	}
@@ -403,11 +399,7 @@ func baseName(plan *importPlan) string {
 // build's writer options: the tarball is streamed straight into out. Only
 // the base's blobs go through the cache. opts.Tag is ignored.
 func (c *Cache) BuildImportEROFS(ctx context.Context, out string, opts ImportOptions, build BuildOptions) error {
-	o, err := opts.Pull.config()
-	if err != nil {
-		return err
-	}
-	gc, err := c.lockGC(ctx, true, o)
+	o, gc, err := c.configAndShare(ctx, opts.Pull)
 	if err != nil {
 		return err
 	}
