@@ -464,3 +464,20 @@ func TestCheckNames(t *testing.T) {
 		}
 	}
 }
+
+func TestClockSkew(t *testing.T) {
+	g := startVersitygw(t)
+	bucket := g.bucket(t, "pe-test")
+	c := g.client(t, testSecret)
+	c.now = func() time.Time { return time.Now().Add(-time.Hour) }
+	_, err := c.HeadObject(t.Context(), bucket, "k")
+	if err == nil {
+		t.Fatal("HeadObject signed an hour ago succeeded")
+	}
+	t.Logf("versitygw's answer to a skewed clock: %v", err)
+	// HEAD answers carry no body, so only a GET shows the code.
+	_, err = c.ReadRange(t.Context(), bucket, "k", 0, 1)
+	if !errors.Is(err, ErrAccessDenied) || !strings.Contains(err.Error(), "fix the clock") {
+		t.Errorf("ReadRange signed an hour ago: err %v; want access denied saying to fix the clock", err)
+	}
+}

@@ -141,7 +141,7 @@ func LoadConfig() (Config, error) {
 func checkEndpoint(e string) error {
 	u, err := url.Parse(e)
 	if err != nil {
-		return fmt.Errorf("s3: endpoint %q: %w", e, err)
+		return fmt.Errorf("s3: endpoint %q is not an http:// or https:// URL: %w", e, err)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("s3: endpoint %q is not an http:// or https:// URL", e)

@@ -77,7 +77,12 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, ": %s", e.Message)
 	}
 	b.WriteString(")")
-	if errors.Is(e, ErrAccessDenied) {
+	switch {
+	case e.Code == "RequestTimeTooSkewed":
+		b.WriteString("; this machine's clock differs too much from the server's: fix the clock")
+	case e.Code == "AuthorizationHeaderMalformed" || e.Code == "PermanentRedirect" || e.Code == "IllegalLocationConstraintException":
+		b.WriteString("; the bucket is in another region: set AWS_REGION (or the profile's region) to it")
+	case errors.Is(e, ErrAccessDenied):
 		if e.Anonymous {
 			b.WriteString("; no credentials are configured: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
 		} else {
