@@ -43,6 +43,9 @@ type Client struct {
 	attempts int
 	// now is the clock signatures use; tests may skew it.
 	now func() time.Time
+	// listPageSize, when set, asks for listing pages this small (max-keys),
+	// so tests can cross page boundaries with a few keys.
+	listPageSize int
 }
 
 // NewTransport returns an http.Transport for S3: proxies from the

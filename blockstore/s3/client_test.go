@@ -481,3 +481,75 @@ func TestClockSkew(t *testing.T) {
 		t.Errorf("ReadRange signed an hour ago: err %v; want access denied saying to fix the clock", err)
 	}
 }
+
+func TestListPagesAndConditionalPut(t *testing.T) {
+	g := startVersitygw(t)
+	bucket := g.bucket(t, "pe-test")
+	var requests atomic.Int32
+	c, err := New(Config{Endpoint: g.endpoint, AccessKeyID: testAccess, SecretAccessKey: testSecret, PathStyle: true},
+		Options{HTTPClient: &http.Client{Transport: countingTransport{&requests, NewTransport()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.listPageSize = 2
+	ctx := t.Context()
+
+	var want []string
+	for _, k := range []string{"p/a", "p/b", "p/c", "p/d/e", "p/f", "q/x"} {
+		if _, err := c.PutObject(ctx, bucket, k, []byte(k), PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(k, "p/") {
+			want = append(want, k)
+		}
+	}
+	var got []string
+	requests.Store(0)
+	for o, err := range c.ListObjects(ctx, bucket, "p/") {
+		if err != nil {
+			t.Fatalf("ListObjects: %v", err)
+		}
+		if o.Size != int64(len(o.Key)) {
+			t.Errorf("%s: size %d; want %d", o.Key, o.Size, len(o.Key))
+		}
+		got = append(got, o.Key)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ListObjects p/ over pages of 2 (-want +got):\n%s", diff)
+	}
+	if n := requests.Load(); n != 3 {
+		t.Errorf("listing 5 keys in pages of 2 took %d requests; want 3", n)
+	}
+	// Stopping early stops the listing.
+	n := 0
+	for range c.ListObjects(ctx, bucket, "p/") {
+		n++
+		break
+	}
+	if n != 1 {
+		t.Errorf("broke out after %d objects", n)
+	}
+
+	// A conditional write of a new key succeeds, of an existing key fails.
+	if _, err := c.PutObject(ctx, bucket, "tags/latest", []byte("1"), PutOptions{IfNoneMatch: true}); err != nil {
+		t.Fatalf("conditional PutObject of a new key: %v", err)
+	}
+	_, err = c.PutObject(ctx, bucket, "tags/latest", []byte("2"), PutOptions{IfNoneMatch: true})
+	if !errors.Is(err, ErrExists) {
+		t.Errorf("conditional PutObject of an existing key: err %v; want ErrExists", err)
+	}
+	if got, _ := c.ReadAll(ctx, bucket, "tags/latest", 10); string(got) != "1" {
+		t.Errorf("tags/latest = %q after the refused write; want 1", got)
+	}
+}
+
+// countingTransport counts the requests it sends.
+type countingTransport struct {
+	n    *atomic.Int32
+	next http.RoundTripper
+}
+
+func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.next.RoundTrip(r)
+}

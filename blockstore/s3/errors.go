@@ -23,6 +23,9 @@ var (
 	ErrThrottled = errors.New("throttled")
 	// ErrInvalidRange: a ranged read starts at or past the object's end (416).
 	ErrInvalidRange = errors.New("range not satisfiable")
+	// ErrExists: a conditional write (PutOptions.IfNoneMatch) found the key
+	// already there (412).
+	ErrExists = errors.New("already exists")
 )
 
 // maxErrorBody bounds how much of an error response is read: S3's XML
@@ -66,6 +69,8 @@ func (e *Error) Error() string {
 		b.WriteString("not found")
 	case errors.Is(e, ErrThrottled):
 		b.WriteString("throttled by the server")
+	case errors.Is(e, ErrExists):
+		b.WriteString("already exists")
 	default:
 		b.WriteString("request failed")
 	}
@@ -103,6 +108,8 @@ func (e *Error) Is(target error) bool {
 	case ErrThrottled:
 		return e.Code == "SlowDown" || e.StatusCode == http.StatusTooManyRequests ||
 			e.StatusCode == http.StatusServiceUnavailable
+	case ErrExists:
+		return e.StatusCode == http.StatusPreconditionFailed
 	case ErrInvalidRange:
 		return e.StatusCode == http.StatusRequestedRangeNotSatisfiable || e.Code == "InvalidRange"
 	}

@@ -166,9 +166,10 @@ func parseContentRange(v string) (start, end, size int64, err error) {
 // PutOptions are optional settings of PutObject.
 type PutOptions struct {
 	ContentType string
-	// IfNoneMatch, when true, makes the write conditional: it fails (HTTP
-	// 412) if the key already exists, so two writers cannot both think they
-	// created it. Servers without conditional writes ignore it.
+	// IfNoneMatch, when true, makes the write conditional: it fails with
+	// ErrExists (HTTP 412) if the key already exists, so two writers cannot
+	// both think they created it. Servers without conditional writes ignore
+	// it.
 	IfNoneMatch bool
 }
 
@@ -288,6 +289,9 @@ func (c *Client) ListObjects(ctx context.Context, bucket, prefix string) iter.Se
 		token := ""
 		for {
 			q := url.Values{"list-type": {"2"}, "prefix": {prefix}}
+			if c.listPageSize > 0 {
+				q.Set("max-keys", strconv.Itoa(c.listPageSize))
+			}
 			if token != "" {
 				q.Set("continuation-token", token)
 			}
