@@ -553,3 +553,35 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.n.Add(1)
 	return c.next.RoundTrip(r)
 }
+
+func TestObjectFetch(t *testing.T) {
+	g := startVersitygw(t)
+	bucket := g.bucket(t, "pe-test")
+	c := g.client(t, testSecret)
+	data := randomBytes(t, 2<<20)
+	if _, err := c.PutObject(t.Context(), bucket, "img", data, PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	obj := c.Object(bucket, "img")
+	got, err := obj.Fetch(t.Context(), 512<<10, 512<<10)
+	if err != nil || !bytes.Equal(got, data[512<<10:1<<20]) {
+		t.Fatalf("Fetch of the second 512 KiB chunk: %d bytes, %v", len(got), err)
+	}
+	// The last chunk asked for longer than the object is: a short read.
+	_, err = obj.Fetch(t.Context(), 2<<20-10, 512<<10)
+	if !errors.Is(err, io.ErrUnexpectedEOF) || IsPermanent(err) {
+		t.Errorf("Fetch past the end: err %v; want io.ErrUnexpectedEOF", err)
+	}
+	for name, err := range map[string]error{
+		"missing key":  func() error { _, err := c.Object(bucket, "nope").Fetch(t.Context(), 0, 1); return err }(),
+		"wrong secret": func() error { _, err := g.client(t, "bad").Object(bucket, "img").Fetch(t.Context(), 0, 1); return err }(),
+		"past the end": func() error { _, err := obj.Fetch(t.Context(), 2<<20, 1); return err }(),
+	} {
+		if !IsPermanent(err) {
+			t.Errorf("%s: err %v is not permanent", name, err)
+		}
+	}
+	if IsPermanent(&Error{StatusCode: 503, Code: "SlowDown"}) || IsPermanent(context.DeadlineExceeded) {
+		t.Error("throttling or a timeout counted as permanent")
+	}
+}

@@ -1,7 +1,8 @@
 // Package s3 is pe's small client for S3 and S3-compatible object stores
 // (AWS S3, Ceph RGW, SeaweedFS, R2, versitygw): the calls lazy images need
-// and nothing more. HeadObject, ranged reads (ReadRange, the hot path of the
-// chunk store), whole reads, small PutObjects for indexes and tags, parallel
+// and nothing more. HeadObject, ranged reads (ReadRange, and Object.Fetch,
+// which has the shape of blockstore.Fetcher: the chunk store's hot path),
+// whole reads, small PutObjects for indexes and tags, parallel
 // multipart uploads for images, ListObjectsV2, DeleteObject and CreateBucket.
 //
 // It is net/http plus the SigV4 signer of aws-sdk-go-v2 (two small modules
