@@ -119,7 +119,8 @@ func (e *Error) Is(target error) bool {
 // Retriable reports whether trying the same request again may succeed: the
 // server was throttling or failed internally (5xx), not refusing it.
 func (e *Error) Retriable() bool {
-	return errors.Is(e, ErrThrottled) || e.StatusCode >= 500 || e.Code == "RequestTimeout"
+	return errors.Is(e, ErrThrottled) || e.StatusCode >= 500 || e.Code == "RequestTimeout" ||
+		e.Code == "InternalError" || e.Code == "ServiceUnavailable"
 }
 
 // IsRetriable reports whether err is an S3 error worth retrying.

@@ -119,6 +119,22 @@ func (c *Client) CompleteMultipartUpload(ctx context.Context, bucket, key, uploa
 	}
 	r := request{op: "CompleteMultipartUpload", method: http.MethodPost, bucket: bucket, key: key,
 		query: url.Values{"uploadId": {uploadID}}, body: body}
+	// S3 may answer 200 and then an InternalError body; its documentation
+	// says to retry those, which do's retries cannot see.
+	for attempt := 1; ; attempt++ {
+		etag, err := c.completeOnce(ctx, r)
+		if err == nil || attempt >= c.attempts || ctx.Err() != nil || !IsRetriable(err) {
+			return etag, err
+		}
+		select {
+		case <-ctx.Done():
+			return "", err
+		case <-time.After(time.Duration(100<<(attempt-1)) * time.Millisecond):
+		}
+	}
+}
+
+func (c *Client) completeOnce(ctx context.Context, r request) (string, error) {
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return "", err
