@@ -585,3 +585,36 @@ func TestObjectFetch(t *testing.T) {
 		t.Error("throttling or a timeout counted as permanent")
 	}
 }
+
+func TestRetryDroppedConnection(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			// Drop the connection without an answer, as a restarting server does.
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		w.Header().Set("Content-Length", "3")
+		w.Header().Set("Last-Modified", "Sun, 06 Dec 2026 08:00:00 GMT")
+	}))
+	defer srv.Close()
+	cfg := Config{Endpoint: srv.URL, AccessKeyID: "AK", SecretAccessKey: "SK", PathStyle: true}
+
+	once, _ := New(cfg, Options{MaxAttempts: 1})
+	if _, err := once.HeadObject(t.Context(), "bucket", "key"); err == nil || !strings.Contains(err.Error(), srv.URL) {
+		t.Fatalf("HeadObject over a dropped connection with no retry: err %v; want an error naming the endpoint", err)
+	}
+	calls.Store(0)
+	twice, _ := New(cfg, Options{MaxAttempts: 2})
+	info, err := twice.HeadObject(t.Context(), "bucket", "key")
+	if err != nil {
+		t.Fatalf("HeadObject with a retry: %v", err)
+	}
+	want := ObjectInfo{Key: "key", Size: 3, LastModified: time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC)}
+	if diff := cmp.Diff(want, info); diff != "" {
+		t.Errorf("HeadObject (-want +got):\n%s", diff)
+	}
+}

@@ -114,6 +114,17 @@ func LoadConfig() (Config, error) {
 		c.SessionToken = confSec["aws_session_token"]
 		c.CredentialSource = fmt.Sprintf("%s [%s]", confPath, confName)
 	}
+	if c.AccessKeyID == "" {
+		// Profiles that get keys from elsewhere (roles, SSO, a helper
+		// program) would otherwise fall through to unsigned requests and a
+		// puzzling 403; say what is missing instead.
+		for _, k := range []string{"credential_process", "role_arn", "sso_session", "sso_start_url", "web_identity_token_file"} {
+			if confSec[k] != "" || credSec[k] != "" {
+				return Config{}, fmt.Errorf("s3: AWS profile %q gets its keys through %s, which pe does not support: "+
+					"export them instead, e.g. eval \"$(aws configure export-credentials --profile %s --format env)\"", profile, k, profile)
+			}
+		}
+	}
 	if c.AccessKeyID != "" && c.SecretAccessKey == "" {
 		return Config{}, fmt.Errorf("s3: %s has aws_access_key_id but no aws_secret_access_key", c.CredentialSource)
 	}

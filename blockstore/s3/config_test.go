@@ -45,6 +45,10 @@ s3 =
   endpoint_url = http://127.0.0.1:8333
   addressing_style = path
 
+[profile sso]
+sso_session = corp
+region = us-east-2
+
 [profile virtual]
 aws_access_key_id = AKV
 aws_secret_access_key = SKV
@@ -131,6 +135,12 @@ s3 =
 			files:   true,
 			env:     map[string]string{"AWS_PROFILE": "nope"},
 			wantErr: `AWS profile "nope" is in neither`,
+		},
+		{
+			name:    "profile with keys from SSO",
+			files:   true,
+			env:     map[string]string{"AWS_PROFILE": "sso"},
+			wantErr: `AWS profile "sso" gets its keys through sso_session, which pe does not support`,
 		},
 		{
 			name:    "key id without secret",
