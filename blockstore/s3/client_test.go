@@ -106,6 +106,21 @@ func TestPutHeadGetRange(t *testing.T) {
 		t.Errorf("ListObjects images/ (-want +got):\n%s", diff)
 	}
 
+	// An empty object: HEAD says 0 bytes, a whole read gives nothing, a
+	// ranged read has nothing to give.
+	if _, err := c.PutObject(ctx, bucket, "empty", nil, PutOptions{}); err != nil {
+		t.Fatalf("PutObject of nothing: %v", err)
+	}
+	if info, err := c.HeadObject(ctx, bucket, "empty"); err != nil || info.Size != 0 {
+		t.Errorf("HeadObject of an empty object: %+v, %v", info, err)
+	}
+	if got, err := c.ReadAll(ctx, bucket, "empty", 10); err != nil || len(got) != 0 {
+		t.Errorf("ReadAll of an empty object: %q, %v", got, err)
+	}
+	if _, err := c.ReadRange(ctx, bucket, "empty", 0, 10); !errors.Is(err, ErrInvalidRange) {
+		t.Errorf("ReadRange of an empty object: err %v; want ErrInvalidRange", err)
+	}
+
 	if err := c.DeleteObject(ctx, bucket, key); err != nil {
 		t.Fatalf("DeleteObject: %v", err)
 	}
