@@ -404,6 +404,7 @@ func TestReadRangeAnswers(t *testing.T) {
 		{name: "206 without Content-Range", off: 4, length: 4, status: 206, body: "4567", wantErr: "got Content-Range"},
 		{name: "206 longer than asked", off: 4, length: 2, status: 206, contentRange: "bytes 4-7/10", body: "4567", wantErr: "asked for bytes 4-5"},
 		{name: "206 shorter at the end", off: 8, length: 4, status: 206, contentRange: "bytes 8-9/10", body: "89", want: "89"},
+		{name: "206 body longer than its range", off: 4, length: 2, status: 206, contentRange: "bytes 4-5/10", body: "456789", want: "45"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -114,7 +114,11 @@ func (c *Client) ReadRange(ctx context.Context, bucket, key string, off, length 
 			return nil, fmt.Errorf("s3: ReadRange s3://%s/%s at %s: asked for bytes %d-%d, got Content-Range %q",
 				bucket, key, c.Endpoint(), off, last, clean(resp.Header.Get("Content-Range")))
 		}
-		return resp.Body, nil
+		// Never more than the range announced, whatever Content-Length said.
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.LimitReader(resp.Body, end-start+1), resp.Body}, nil
 	case http.StatusOK:
 		// The server ignored Range and sends the whole object. From offset 0
 		// that still holds our bytes; elsewhere, skipping up to them could
