@@ -10,7 +10,7 @@ DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps deps-vm deps-web kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot fuzz clean
+.PHONY: all build deps deps-vm deps-web deps-s3 kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot fuzz clean
 
 all: build
 
@@ -20,7 +20,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -ldflags='-s -w' -o bin/pe-init ./guest/cmd/pe-init
 
 ## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the guest kernel, chromium, the page's npm packages), download Go modules
-deps: deps-vm deps-web kernel
+deps: deps-vm deps-web deps-s3 kernel
 	command -v mkfs.erofs >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y erofs-utils)
 	dpkg -s busybox-static >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) apt-get install -y busybox-static)
 	$(GO) mod download
@@ -28,6 +28,10 @@ deps: deps-vm deps-web kernel
 ## deps-vm: install QEMU when missing
 deps-vm:
 	command -v qemu-system-x86_64 >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y qemu-system-x86)
+
+## deps-s3: install versitygw when missing: the S3 server (it checks SigV4 signatures) that blockstore/s3's tests start
+deps-s3:
+	command -v versitygw >/dev/null || GOBIN=/usr/local/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 
 ## deps-web: install Debian's chromium (browser tests) and the page's npm packages (never a downloaded browser)
 deps-web:

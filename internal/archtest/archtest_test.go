@@ -35,6 +35,8 @@ var layers = map[string]int{
 	"server":    3,
 	"cmd":       4,
 	"scripts":   4, // benchmark helpers (scripts/mkimage), like commands
+
+	"blockstore": 0, // lazy images from object storage (DESIGN.md §6); imports nothing of ours
 }
 
 // moduleRoot finds the directory holding go.mod.
