@@ -35,6 +35,8 @@ var layers = map[string]int{
 	"server":    3,
 	"cmd":       4,
 	"scripts":   4, // benchmark helpers (scripts/mkimage), like commands
+
+	"blockstore": 0, // lazily read images (chunk store, NBD server), beside erofs
 }
 
 // moduleRoot finds the directory holding go.mod.
