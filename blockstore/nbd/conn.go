@@ -42,7 +42,13 @@ type conn struct {
 func (c *conn) serve() {
 	defer close(c.done)
 	defer c.nc.Close()
-	c.nc.SetDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
+	// Under c.mu, so that a Shutdown's drain, which may come first,
+	// is not undone.
+	c.mu.Lock()
+	if !c.draining {
+		c.nc.SetDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
+	}
+	c.mu.Unlock()
 	exp, err := c.s.negotiate(c.r, c.w)
 	if err == nil {
 		err = c.begin(exp)

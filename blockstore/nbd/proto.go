@@ -33,13 +33,12 @@ const (
 	optGo              = 7
 	optStructuredReply = 8
 
-	repAck         = 1
-	repServer      = 2
-	repInfo        = 3
-	repErrUnsup    = 1<<31 + 1
-	repErrInvalid  = 1<<31 + 3
-	repErrUnknown  = 1<<31 + 6
-	repErrShutdown = 1<<31 + 7
+	repAck        = 1
+	repServer     = 2
+	repInfo       = 3
+	repErrUnsup   = 1<<31 + 1
+	repErrInvalid = 1<<31 + 3
+	repErrUnknown = 1<<31 + 6
 
 	infoExport      = 0
 	infoName        = 1
@@ -56,11 +55,9 @@ const (
 	cmdBlockStatus = 7
 
 	// Error values of replies.
-	errPerm     = 1
-	errIO       = 5
-	errInvalid  = 22
-	errOverflow = 75
-	errShutdown = 108
+	errPerm    = 1
+	errIO      = 5
+	errInvalid = 22
 
 	// maxNameLength is the protocol's limit on strings (export names).
 	maxNameLength = 4096
