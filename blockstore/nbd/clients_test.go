@@ -117,6 +117,9 @@ func TestQemuIoReadError(t *testing.T) {
 	if logs := ts.logs.String(); !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, errInjected.Error()) {
 		t.Errorf("the read failure was not logged:\n%s", logs)
 	}
+	if st := ts.Stats(); st.ReadErrors == 0 || st.Reads < 2 {
+		t.Errorf("Stats after a failed read: %+v", st)
+	}
 }
 
 func TestNbdinfo(t *testing.T) {

@@ -78,6 +78,7 @@ func (c *conn) logEnd(err error) {
 	case aborted, draining:
 		c.log.Debug("nbd: connection ended by the server", "export", name, "reason", err)
 	case errors.As(err, &pe):
+		c.s.stats.protocolErrors.Add(1)
 		c.log.Warn("nbd: disconnecting a client that broke the protocol", "export", name, "err", err)
 	default:
 		c.log.Warn("nbd: connection failed", "export", name, "err", err)
@@ -362,6 +363,7 @@ func (c *conn) transmit(exp *Export) error {
 			errno = errInvalid
 		}
 		if errno != 0 {
+			c.s.stats.refused.Add(1)
 			c.log.Debug("nbd: refusing a request", "cmd", cmdName(req.typ), "offset", req.offset, "length", req.length, "flags", req.flags, "errno", errno)
 		}
 		if err := c.reply(req.handle, errno, nil); err != nil {
@@ -396,10 +398,13 @@ func (c *conn) read(exp *Export, req request) {
 		if err == nil {
 			err = io.ErrUnexpectedEOF
 		}
+		c.s.stats.readErrors.Add(1)
 		c.log.Error("nbd: reading the export failed; replying EIO", "export", exp.Name, "offset", req.offset, "length", req.length, "err", err)
 		c.reply(req.handle, errIO, nil)
 		return
 	}
+	c.s.stats.reads.Add(1)
+	c.s.stats.readBytes.Add(uint64(len(b)))
 	c.reply(req.handle, 0, b)
 }
 

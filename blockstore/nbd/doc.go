@@ -25,5 +25,5 @@
 // A client that breaks the protocol is disconnected and logged at Warn
 // with the reason; a failed ReadAt becomes an EIO reply, logged at Error.
 // Shutdown lets started requests finish; Close and RemoveExport end
-// connections at once.
+// connections at once. Stats counts connections, reads, bytes and errors.
 package nbd

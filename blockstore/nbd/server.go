@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -26,7 +27,10 @@ type Export struct {
 	// Data holds the disk's bytes. ReadAt is called concurrently, from
 	// several connections and for several requests of one connection.
 	Data io.ReaderAt
-	// Size is the disk's size in bytes; no read goes past it.
+	// Size is the disk's size in bytes; no read goes past it. Make it a
+	// multiple of 512 (EROFS images are of 4096): QEMU rounds a disk's
+	// size up to whole sectors, and qemu-img 7.2's convert hangs at the
+	// end of one that is not.
 	Size int64
 }
 
@@ -74,6 +78,43 @@ type Server struct {
 	closed    bool
 	nextID    uint64
 	wg        sync.WaitGroup // Serve loops and connections
+
+	stats struct {
+		conns, reads, readBytes, readErrors, refused, protocolErrors atomic.Uint64
+	}
+}
+
+// Stats are a server's counters since NewServer.
+type Stats struct {
+	// Connections is how many are open now; ConnectionsTotal how many
+	// were accepted in all.
+	Connections, ConnectionsTotal int
+	// Reads and ReadBytes count the read requests answered with data.
+	Reads, ReadBytes uint64
+	// ReadErrors counts reads the export failed (answered EIO).
+	ReadErrors uint64
+	// Refused counts requests answered with another error: writes,
+	// reads past the end or too long, unknown commands.
+	Refused uint64
+	// ProtocolErrors counts clients disconnected for breaking the
+	// protocol.
+	ProtocolErrors uint64
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	open := len(s.conns)
+	s.mu.Unlock()
+	return Stats{
+		Connections:      open,
+		ConnectionsTotal: int(s.stats.conns.Load()),
+		Reads:            s.stats.reads.Load(),
+		ReadBytes:        s.stats.readBytes.Load(),
+		ReadErrors:       s.stats.readErrors.Load(),
+		Refused:          s.stats.refused.Load(),
+		ProtocolErrors:   s.stats.protocolErrors.Load(),
+	}
 }
 
 // NewServer returns a server with no exports.
@@ -256,6 +297,7 @@ func (s *Server) startConn(nc net.Conn) {
 		return
 	}
 	s.nextID++
+	s.stats.conns.Add(1)
 	c := newConn(s, s.nextID, nc)
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)

@@ -277,6 +277,10 @@ func TestRequests(t *testing.T) {
 	}
 	rc.request(cmdDisc, 0, 0, 0, 0)
 	rc.closed()
+	want := Stats{ConnectionsTotal: 1, Reads: 3, ReadBytes: 64<<10 + 3 + 10, Refused: 12}
+	if diff := cmp.Diff(want, ts.Stats()); diff != "" {
+		t.Errorf("Stats (-want +got):\n%s", diff)
+	}
 }
 
 // TestBadClients: a client that breaks the protocol is disconnected, the
@@ -337,6 +341,9 @@ func TestBadClients(t *testing.T) {
 	}
 	if strings.Contains(ts.logs.String(), "level=ERROR") {
 		t.Errorf("bad clients logged errors:\n%s", ts.logs)
+	}
+	if got := ts.Stats().ProtocolErrors; got != 5 {
+		t.Errorf("Stats().ProtocolErrors = %d, want 5", got)
 	}
 	rc := open(t, ts, "img")
 	rc.request(cmdRead, 0, 1, 0, 4096)
