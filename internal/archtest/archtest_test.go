@@ -36,7 +36,7 @@ var layers = map[string]int{
 	"cmd":       4,
 	"scripts":   4, // benchmark helpers (scripts/mkimage), like commands
 
-	"blockstore": 0, // lazy images from object storage (DESIGN.md §6); imports nothing of ours
+	"blockstore": 0, // lazily read images (chunk store, NBD server, S3 client; DESIGN.md §6), beside erofs; imports nothing of ours
 }
 
 // moduleRoot finds the directory holding go.mod.
