@@ -1,0 +1,145 @@
+package blockstore
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// Image reads one image through its Store: cached chunks from disk,
+// missing ones fetched (once however many reads want them), verified and
+// cached. It implements io.ReaderAt and is safe for concurrent use.
+type Image struct {
+	s      *Store
+	ix     *Index
+	f      Fetcher
+	c      counters
+	both   pair
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+}
+
+// Size returns the image's length in bytes.
+func (im *Image) Size() int64 { return im.ix.Size }
+
+// Index returns the image's index.
+func (im *Image) Index() *Index { return im.ix }
+
+// Stats returns this image's counters.
+func (im *Image) Stats() Stats { return im.c.snapshot() }
+
+// Close ends the image's reads in progress (they return ErrClosed) and
+// makes later reads fail. Fetches other images wait for go on.
+func (im *Image) Close() error {
+	im.cancel()
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off, as io.ReaderAt; it waits for missing
+// chunks until they arrive, fail, or the image is closed.
+func (im *Image) ReadAt(p []byte, off int64) (int, error) {
+	return im.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext is ReadAt that also gives up when ctx ends. It returns
+// either all the bytes asked for (io.EOF with fewer only at the image's
+// end) or none: a *FetchError or *DigestError naming the chunk that could
+// not be read, ErrClosed, or ctx's error.
+func (im *Image) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	if im.ctx.Err() != nil {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("blockstore: read at negative offset %d", off)
+	}
+	if off >= im.ix.Size {
+		return 0, io.EOF
+	}
+	end := off + int64(len(p))
+	var eof error
+	if end > im.ix.Size {
+		end, eof = im.ix.Size, io.EOF
+	}
+	p = p[:end-off]
+	if len(p) == 0 {
+		return 0, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(im.ctx, cancel)
+	defer stop()
+
+	type pending struct {
+		i     int
+		fl    *flight
+		dst   []byte
+		inOff int64
+	}
+	var waits []pending
+	cs := im.ix.ChunkSize
+	for i := int(off / cs); int64(i)*cs < end; i++ {
+		cOff, cLen := im.ix.ChunkRange(i)
+		lo, hi := max(off, cOff), min(end, cOff+cLen)
+		dst := p[lo-off : hi-off]
+		if im.s.readCached(im, i, dst, lo-cOff) {
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
+			continue
+		}
+		waits = append(waits, pending{i, im.s.acquire(im, i), dst, lo - cOff})
+	}
+	if len(waits) == 0 {
+		return len(p), eof
+	}
+	start := time.Now()
+	defer func() {
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.stalled }, int64(time.Since(start)))
+	}()
+	for k, w := range waits {
+		digest := im.ix.Chunks[w.i]
+		if err := im.s.wait(ctx, digest, w.fl); err != nil {
+			for _, rest := range waits[k+1:] {
+				im.s.leave(im.ix.Chunks[rest.i], rest.fl)
+			}
+			if im.ctx.Err() != nil {
+				return 0, ErrClosed
+			}
+			if ctx.Err() != nil {
+				off, _ := im.ix.ChunkRange(w.i)
+				return 0, fmt.Errorf("blockstore: reading image %s chunk %d at %d: %w", im.ix.Digest, w.i, off, ctx.Err())
+			}
+			return 0, err
+		}
+		copy(w.dst, w.fl.data[w.inOff:])
+	}
+	return len(p), eof
+}
+
+// Prefetch makes chunk i cached, fetching it if it is missing, without
+// copying it anywhere: for trace-driven prefetch, which runs ahead of the
+// reads that will want the chunks. It counts as a hit, miss or join like a
+// read.
+func (im *Image) Prefetch(ctx context.Context, i int) error {
+	if i < 0 || i >= len(im.ix.Chunks) {
+		return fmt.Errorf("blockstore: prefetch of chunk %d, image has %d", i, len(im.ix.Chunks))
+	}
+	if im.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if im.s.readCached(im, i, nil, 0) {
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(im.ctx, cancel)
+	defer stop()
+	if err := im.s.wait(ctx, im.ix.Chunks[i], im.s.acquire(im, i)); err != nil {
+		if im.ctx.Err() != nil {
+			return ErrClosed
+		}
+		return err
+	}
+	return nil
+}
