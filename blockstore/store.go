@@ -269,10 +269,10 @@ func (s *Store) leave(digest string, fl *flight) {
 	}
 }
 
-// run fetches and verifies chunk i for fl's waiters, then writes it to
-// the cache. The waiters get the bytes before the write, and the flight
-// stays findable until the file is in place, so no read in between starts
-// a second fetch.
+// run fetches and verifies chunk i for fl's waiters and writes it to the
+// cache before it wakes them, so that a read that returned has its chunks
+// on disk (a run that ends right after leaves them for the next), and no
+// read finds neither the flight nor the file.
 func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 	digest := im.ix.Chunks[i]
 	defer func() {
@@ -284,11 +284,11 @@ func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 		fl.cancel()
 	}()
 	data, err := s.fetchVerified(ctx, im, i)
-	fl.data, fl.err = data, err
-	close(fl.done)
 	if err == nil {
 		s.write(im, digest, data)
 	}
+	fl.data, fl.err = data, err
+	close(fl.done)
 }
 
 // fetchVerified fetches chunk i with retries, and returns it once its
