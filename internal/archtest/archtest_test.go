@@ -35,6 +35,9 @@ var layers = map[string]int{
 	"server":    3,
 	"cmd":       4,
 	"scripts":   4, // benchmark helpers (scripts/mkimage), like commands
+
+	// The lazy-image chunk store; blockstore/nbd and blockstore/s3 build on it.
+	"blockstore": 0,
 }
 
 // moduleRoot finds the directory holding go.mod.
@@ -177,6 +180,9 @@ func TestLayersCheck(t *testing.T) {
 		{"image", "guest", false},
 		{"engine", "server", false},
 		{"pearchive", "erofs", false},
+		{"blockstore", "image", false},
+		{"blockstore/nbd", "blockstore", true},
+		{"engine", "blockstore/s3", true},
 		{"gist", "internal/units", true},
 		{"internal/units", "gist", false},
 	} {
