@@ -479,3 +479,29 @@ func TestSharedDirectory(t *testing.T) {
 	wg.Wait()
 	errs.Range(func(_, v any) bool { t.Error(v); return true })
 }
+
+// TestCacheWriteFailure: when a chunk cannot be written to the cache (a
+// full disk), the read still gets its verified bytes from memory.
+func TestCacheWriteFailure(t *testing.T) {
+	data, ix := testImage(t, 2*cs, cs)
+	s := newStore(t, Options{})
+	// A file where the temporary directory should be makes every write
+	// fail, as ENOSPC would.
+	s.tmpDir = filepath.Join(s.o.Dir, "not-a-dir")
+	if err := os.WriteFile(s.tmpDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeFetcher{data: data}
+	im := openImage(t, s, ix, f)
+	p := make([]byte, 2*cs)
+	for range 2 {
+		if _, err := im.ReadAtContext(t.Context(), p, 0); err != nil || !bytes.Equal(p, data) {
+			t.Fatalf("read with a failing cache: %v, bytes equal %v", err, bytes.Equal(p, data))
+		}
+	}
+	st := im.Stats()
+	// The second read's chunks may join the first's finished flights.
+	if st.CacheWriteErrors != st.Gets || st.Gets < 2 || st.Hits != 0 || st.Misses+st.Joins != 4 || len(chunkFiles(t, s.o.Dir)) != 0 {
+		t.Errorf("stats %+v: want a cache write error per GET, no hits, nothing cached", st)
+	}
+}
