@@ -24,11 +24,12 @@
 // # The cache directory
 //
 // Each verified chunk is one file, Dir/chunks/<first 2 hex>/<sha256 hex>,
-// written as a temporary file under Dir/tmp and renamed into place, so a
-// name never holds partial content unless the machine lost power before
-// the data reached the disk; the first use of a cached chunk in each
-// process hashes it, so such a torn file is dropped and fetched again, not
-// served. Naming chunks by content shares identical chunks between images
+// written as a temporary file under Dir/tmp, flushed to the disk and only
+// then renamed into place, so a name never holds partial or unverified
+// content, whatever crash happens; a cached file shorter than its chunk is
+// dropped and fetched again, and Options.VerifyCached also hashes each
+// cached file on its first use in a process, against a damaged disk.
+// Naming chunks by content shares identical chunks between images
 // (runs of zeros, common files) and lets any number of processes share the
 // directory without locks: two writers of a chunk write the same bytes.
 //

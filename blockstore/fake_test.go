@@ -86,6 +86,9 @@ func newStore(t testing.TB, o Options) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before the directory's removal (cleanups run last first): the
+	// writes of chunks fetched late go on after the test's reads return.
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 

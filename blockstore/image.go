@@ -83,11 +83,9 @@ func (im *Image) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 		cOff, cLen := im.ix.ChunkRange(i)
 		lo, hi := max(off, cOff), min(end, cOff+cLen)
 		dst := p[lo-off : hi-off]
-		if im.s.readCached(im, i, dst, lo-cOff) {
-			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
-			continue
+		if fl := im.cachedOrFlight(i, dst, lo-cOff); fl != nil {
+			waits = append(waits, pending{i, fl, dst, lo - cOff})
 		}
-		waits = append(waits, pending{i, im.s.acquire(im, i), dst, lo - cOff})
 	}
 	if len(waits) == 0 {
 		return len(p), eof
@@ -127,19 +125,35 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 	if im.ctx.Err() != nil {
 		return ErrClosed
 	}
-	if im.s.readCached(im, i, nil, 0) {
-		im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
+	fl := im.cachedOrFlight(i, nil, 0)
+	if fl == nil {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(im.ctx, cancel)
 	defer stop()
-	if err := im.s.wait(ctx, im.ix.Chunks[i], im.s.acquire(im, i)); err != nil {
+	if err := im.s.wait(ctx, im.ix.Chunks[i], fl); err != nil {
 		if im.ctx.Err() != nil {
 			return ErrClosed
 		}
 		return err
 	}
 	return nil
+}
+
+// cachedOrFlight copies chunk i's bytes from inOff into dst from the
+// cache and returns nil, or returns the flight to wait for.
+func (im *Image) cachedOrFlight(i int, dst []byte, inOff int64) *flight {
+	for attempt := 0; ; attempt++ {
+		if im.s.readCached(im, i, dst, inOff) {
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
+			return nil
+		}
+		// Look again once if the file appeared meanwhile; a file that
+		// is there but unreadable is fetched.
+		if fl := im.s.acquire(im, i, attempt == 0); fl != nil {
+			return fl
+		}
+	}
 }

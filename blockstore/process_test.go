@@ -45,6 +45,7 @@ func readRandomly(ctx context.Context, dir, image string, seed uint64) error {
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	f, err := os.Open(image)
 	if err != nil {
 		return err

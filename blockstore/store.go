@@ -57,6 +57,16 @@ type Options struct {
 	// identical request is sent; the first answer wins. Negative
 	// disables hedging.
 	HedgeAfter time.Duration
+	// VerifyCached hashes each cached chunk file the first time this
+	// process uses it, against damage to the disk or the directory
+	// after the chunk was written. Without it a cached chunk is trusted:
+	// it was verified before it was written, and it was written to a
+	// temporary file, flushed to the disk and only then renamed to its
+	// digest, so a crash cannot leave a partial chunk under that name;
+	// a file shorter than its chunk is still detected and fetched again.
+	// Hashing costs about 0.4 ms per 512 KiB chunk per process
+	// (docs/benchmarks.md), which a warm run would pay on every start.
+	VerifyCached bool
 }
 
 // Store is a bounded cache of verified chunks on local disk, one file per
@@ -79,6 +89,7 @@ type Store struct {
 
 	used    atomic.Int64 // bytes in chunk files, as of the last scan plus writes since
 	evictMu sync.Mutex
+	writes  sync.WaitGroup // cache writes in progress
 }
 
 // flight is one chunk's fetch, which every read of that chunk waits for.
@@ -147,6 +158,13 @@ func (s *Store) removeStaleTmp() error {
 	return nil
 }
 
+// Close waits for the cache writes in progress, so that every chunk
+// fetched so far is kept for the next run. The store stays usable.
+func (s *Store) Close() error {
+	s.writes.Wait()
+	return nil
+}
+
 // Stats returns the counters of every image the store opened.
 func (s *Store) Stats() Stats { return s.c.snapshot() }
 
@@ -174,15 +192,16 @@ func (s *Store) Open(ix *Index, f Fetcher) (*Image, error) {
 }
 
 // readCached copies chunk i's bytes from inOff into dst if the chunk is in
-// the cache and verified. A cached file is hashed the first time this
-// process uses it; one that does not match (a torn write, a damaged disk)
-// is removed and reported as missing.
+// the cache. A cached file shorter than its chunk, or with VerifyCached
+// one whose sha256 (checked the first time this process uses it) does not
+// match, is removed and reported as missing.
 func (s *Store) readCached(im *Image, i int, dst []byte, inOff int64) bool {
 	digest := im.ix.Chunks[i]
 	path := s.chunkPath(digest)
 	s.mu.Lock()
 	touched, verified := s.verified[digest]
 	s.mu.Unlock()
+	verified = verified || !s.o.VerifyCached
 	f, err := os.Open(path)
 	if err != nil {
 		return false
@@ -228,7 +247,11 @@ func (s *Store) touch(digest, path string, last time.Time) {
 }
 
 // acquire returns the flight fetching chunk i, starting one if none is.
-func (s *Store) acquire(im *Image, i int) *flight {
+// With recheck, it returns nil instead if the chunk's file exists: a read
+// that missed it may have raced the rename of a flight that finished
+// since (a flight leaves the map only after its file is in place), and
+// should look at the cache again rather than fetch a second time.
+func (s *Store) acquire(im *Image, i int, recheck bool) *flight {
 	digest := im.ix.Chunks[i]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -237,10 +260,16 @@ func (s *Store) acquire(im *Image, i int) *flight {
 		im.both.add(func(c *counters) *atomic.Int64 { return &c.joins }, 1)
 		return fl
 	}
+	if recheck {
+		if _, err := os.Stat(s.chunkPath(digest)); err == nil {
+			return nil
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	fl := &flight{done: make(chan struct{}), waiters: 1, cancel: cancel}
 	s.flights[digest] = fl
 	im.both.add(func(c *counters) *atomic.Int64 { return &c.misses }, 1)
+	s.writes.Add(1)
 	go s.run(ctx, im, i, fl)
 	return fl
 }
@@ -269,11 +298,12 @@ func (s *Store) leave(digest string, fl *flight) {
 	}
 }
 
-// run fetches and verifies chunk i for fl's waiters and writes it to the
-// cache before it wakes them, so that a read that returned has its chunks
-// on disk (a run that ends right after leaves them for the next), and no
-// read finds neither the flight nor the file.
+// run fetches and verifies chunk i for fl's waiters, wakes them, then
+// writes the chunk to the cache (its flush to the disk is off the reads'
+// path). The flight stays findable until the file is in place, so a read
+// in between takes the bytes from the flight instead of fetching again.
 func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
+	defer s.writes.Done() // Add is in acquire, before Close can wait
 	digest := im.ix.Chunks[i]
 	defer func() {
 		s.mu.Lock()
@@ -284,11 +314,11 @@ func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 		fl.cancel()
 	}()
 	data, err := s.fetchVerified(ctx, im, i)
+	fl.data, fl.err = data, err
+	close(fl.done)
 	if err == nil {
 		s.write(im, digest, data)
 	}
-	fl.data, fl.err = data, err
-	close(fl.done)
 }
 
 // fetchVerified fetches chunk i with retries, and returns it once its
@@ -404,11 +434,10 @@ func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byt
 	}
 }
 
-// write puts a verified chunk into the cache through a temporary file
-// renamed into place, so the chunk's name only ever holds complete
-// content. It does not fsync: after a power loss the name may hold a torn
-// file, which the first read of each process hashes, finds wrong and
-// replaces. A failed write (a full disk) only costs a later refetch.
+// write puts a verified chunk into the cache through a temporary file,
+// flushed to the disk and renamed into place, so the chunk's name only
+// ever holds the complete, verified content, whatever crash happens. A
+// failed write (a full disk) only costs a later refetch.
 func (s *Store) write(im *Image, digest string, data []byte) {
 	path := s.chunkPath(digest)
 	err := func() error {
@@ -420,6 +449,9 @@ func (s *Store) write(im *Image, digest string, data []byte) {
 			return err
 		}
 		_, err = tmp.Write(data)
+		if err == nil {
+			err = tmp.Sync()
+		}
 		if cerr := tmp.Close(); err == nil {
 			err = cerr
 		}

@@ -61,6 +61,7 @@ func TestReadAt(t *testing.T) {
 		t.Error("read at -1 succeeded")
 	}
 	// Every chunk was fetched once, and every warm read hit.
+	s.Close()
 	st := im.Stats()
 	if st.Gets != 11 || st.Misses != 11 || st.BytesFetched != size || st.DigestMismatches != 0 {
 		t.Errorf("stats %+v: want 11 GETs and misses, %d bytes fetched", st, size)
@@ -86,7 +87,7 @@ func TestSingleFlight(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			data, ix := testImage(t, int64(tt.chunks)*cs, cs)
-			s := newStore(t, Options{})
+			s := newStore(t, Options{HedgeAfter: -1}) // hedges would be more fetches under load
 			f := &fakeFetcher{data: data, latency: 50 * time.Millisecond}
 			im := openImage(t, s, ix, f)
 			var wg sync.WaitGroup
@@ -145,6 +146,7 @@ func TestDigestMismatch(t *testing.T) {
 			im := openImage(t, s, ix, f)
 			p := make([]byte, 10)
 			n, err := im.ReadAtContext(t.Context(), p, 2*cs+5)
+			s.Close()
 			st := im.Stats()
 			if st.Gets != tt.wantGets || st.DigestMismatches != tt.wantGets-1+boolInt(tt.wantErr) {
 				t.Errorf("stats %+v, want %d GETs", st, tt.wantGets)
@@ -327,6 +329,7 @@ func TestEviction(t *testing.T) {
 		if _, err := im.ReadAtContext(t.Context(), p, c*cs); err != nil || !bytes.Equal(p, data[c*cs:][:cs]) {
 			t.Fatalf("reading chunk %d: %v", c, err)
 		}
+		s.Close() // the chunk is written
 	}
 	for c := range int64(4) {
 		read(c)
@@ -387,6 +390,7 @@ func TestPersistence(t *testing.T) {
 	if _, err := im1.ReadAtContext(t.Context(), got, 0); err != nil {
 		t.Fatal(err)
 	}
+	s1.Close()
 	s2 := newStore(t, Options{Dir: dir})
 	f2 := &fakeFetcher{data: data}
 	im2 := openImage(t, s2, ix, f2)
@@ -402,56 +406,80 @@ func TestPersistence(t *testing.T) {
 	}
 }
 
-// TestCrashLeftovers puts what a crash can leave in the cache directory: a
-// torn chunk file under its final name (power lost before its data reached
-// the disk), one with wrong bytes, and a stale temporary file. A new store
-// must serve correct bytes, fetch the bad chunks again and clean up.
+// TestCrashLeftovers puts what a crash or a damaged disk can leave in the
+// cache directory: a stale temporary file, a chunk file shorter than its
+// chunk, and (VerifyCached only) one of the right length with wrong bytes.
+// A new store must never serve them, fetch those chunks again and clean up.
 func TestCrashLeftovers(t *testing.T) {
-	data, ix := testImage(t, 4*cs, cs)
-	dir := t.TempDir()
-	s1 := newStore(t, Options{Dir: dir})
-	if _, err := openImage(t, s1, ix, &fakeFetcher{data: data}).ReadAtContext(t.Context(), make([]byte, 4*cs), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(s1.chunkPath(ix.Chunks[1]), cs/2); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(s1.chunkPath(ix.Chunks[2]), make([]byte, cs), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stale := filepath.Join(dir, "tmp", "chunk-123")
-	fresh := filepath.Join(dir, "tmp", "chunk-456") // a live writer's
-	os.WriteFile(stale, data[:cs], 0o644)
-	os.WriteFile(fresh, data[:cs], 0o644)
-	old := time.Now().Add(-2 * staleTmpAge)
-	os.Chtimes(stale, old, old)
+	for _, tt := range []struct {
+		name         string
+		verifyCached bool
+		garbage      bool // chunk 2's file holds wrong bytes of the right length
+	}{
+		{"short file", false, false},
+		{"short file and wrong bytes, VerifyCached", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			data, ix := testImage(t, 4*cs, cs)
+			dir := t.TempDir()
+			s1 := newStore(t, Options{Dir: dir})
+			if _, err := openImage(t, s1, ix, &fakeFetcher{data: data}).ReadAtContext(t.Context(), make([]byte, 4*cs), 0); err != nil {
+				t.Fatal(err)
+			}
+			s1.Close()
+			if err := os.Truncate(s1.chunkPath(ix.Chunks[1]), cs/2); err != nil {
+				t.Fatal(err)
+			}
+			bad := []int64{1}
+			if tt.garbage {
+				if err := os.WriteFile(s1.chunkPath(ix.Chunks[2]), make([]byte, cs), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				bad = append(bad, 2)
+			}
+			stale := filepath.Join(dir, "tmp", "chunk-123")
+			fresh := filepath.Join(dir, "tmp", "chunk-456") // a live writer's
+			os.WriteFile(stale, data[:cs], 0o644)
+			os.WriteFile(fresh, data[:cs], 0o644)
+			old := time.Now().Add(-2 * staleTmpAge)
+			os.Chtimes(stale, old, old)
 
-	// With storage unreachable, the corrupt chunks are not served.
-	s2 := newStore(t, Options{Dir: dir, Attempts: 1})
-	down := &fakeFetcher{data: data, fail: func(int64) error { return Permanent(errors.New("connection refused")) }}
-	p := make([]byte, cs)
-	if _, err := openImage(t, s2, ix, down).ReadAtContext(t.Context(), p, 2*cs); err == nil {
-		t.Fatalf("corrupt cached chunk 2 served (bytes equal %v)", bytes.Equal(p, data[2*cs:3*cs]))
-	}
-	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("stale temporary file left: %v", err)
-	}
-	if _, err := os.Stat(fresh); err != nil {
-		t.Errorf("a live writer's temporary file was removed: %v", err)
-	}
+			// With storage unreachable, the bad chunks are not served.
+			s2 := newStore(t, Options{Dir: dir, Attempts: 1, VerifyCached: tt.verifyCached})
+			down := &fakeFetcher{data: data, fail: func(int64) error { return Permanent(errors.New("connection refused")) }}
+			imDown := openImage(t, s2, ix, down)
+			for _, c := range bad {
+				p := make([]byte, cs)
+				if _, err := imDown.ReadAtContext(t.Context(), p, c*cs); err == nil {
+					t.Fatalf("bad cached chunk %d served (bytes equal %v)", c, bytes.Equal(p, data[c*cs:][:cs]))
+				}
+			}
+			if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("stale temporary file left: %v", err)
+			}
+			if _, err := os.Stat(fresh); err != nil {
+				t.Errorf("a live writer's temporary file was removed: %v", err)
+			}
 
-	s3 := newStore(t, Options{Dir: dir})
-	f := &fakeFetcher{data: data}
-	im := openImage(t, s3, ix, f)
-	got := make([]byte, len(data))
-	if _, err := im.ReadAtContext(t.Context(), got, 0); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("read after crash: %v, bytes equal %v", err, bytes.Equal(got, data))
-	}
-	st := im.Stats()
-	if st.CorruptCached != 1 || st.Gets != 2 || st.Hits != 2 { // chunk 2's file was removed by s2
-		t.Errorf("stats %+v: want 1 corrupt cached chunk, 2 GETs, 2 hits", st)
+			s3 := newStore(t, Options{Dir: dir, VerifyCached: tt.verifyCached})
+			f := &fakeFetcher{data: data}
+			im := openImage(t, s3, ix, f)
+			got := make([]byte, len(data))
+			if _, err := im.ReadAtContext(t.Context(), got, 0); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read after crash: %v, bytes equal %v", err, bytes.Equal(got, data))
+			}
+			// s2 removed the bad files; s3 fetches them again.
+			if d := cmp.Diff(Stats{Gets: int64(len(bad)), Misses: int64(len(bad)), Hits: 4 - int64(len(bad)), BytesFetched: int64(len(bad)) * cs}, im.Stats(), cmpIgnoreStall); d != "" {
+				t.Errorf("stats (-want +got):\n%s", d)
+			}
+			if st := imDown.Stats(); st.CorruptCached != int64(len(bad)) {
+				t.Errorf("stats %+v: want %d corrupt cached chunks", st, len(bad))
+			}
+		})
 	}
 }
+
+var cmpIgnoreStall = cmp.Transformer("nostall", func(s Stats) Stats { s.Stalled = 0; return s })
 
 // TestSharedDirectory runs two stores (two processes) over one directory
 // at once.
@@ -498,6 +526,7 @@ func TestCacheWriteFailure(t *testing.T) {
 		if _, err := im.ReadAtContext(t.Context(), p, 0); err != nil || !bytes.Equal(p, data) {
 			t.Fatalf("read with a failing cache: %v, bytes equal %v", err, bytes.Equal(p, data))
 		}
+		s.Close()
 	}
 	st := im.Stats()
 	// The second read's chunks may join the first's finished flights.
