@@ -3,6 +3,7 @@ package blockstore
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -532,5 +533,46 @@ func TestCacheWriteFailure(t *testing.T) {
 	// The second read's chunks may join the first's finished flights.
 	if st.CacheWriteErrors != st.Gets || st.Gets < 2 || st.Hits != 0 || st.Misses+st.Joins != 4 || len(chunkFiles(t, s.o.Dir)) != 0 {
 		t.Errorf("stats %+v: want a cache write error per GET, no hits, nothing cached", st)
+	}
+}
+
+func TestPrefetch(t *testing.T) {
+	data, ix := testImage(t, 4*cs, cs)
+	s := newStore(t, Options{})
+	f := &fakeFetcher{data: data}
+	im := openImage(t, s, ix, f)
+	for _, c := range []int{3, 3, 0} {
+		if err := im.Prefetch(t.Context(), c); err != nil {
+			t.Fatalf("Prefetch(%d): %v", c, err)
+		}
+		s.Close() // the chunk is on disk, the second Prefetch(3) hits
+	}
+	p := make([]byte, cs+10)
+	if _, err := im.ReadAtContext(t.Context(), p, 3*cs-10); err != nil || !bytes.Equal(p, data[3*cs-10:]) {
+		t.Fatalf("read after prefetch: %v", err)
+	}
+	if d := cmp.Diff(Stats{Gets: 2, Misses: 2, Hits: 3, BytesFetched: 2 * cs}, im.Stats(), cmpIgnoreStall); d != "" {
+		t.Errorf("stats (-want +got):\n%s", d)
+	}
+	for _, c := range []int{-1, 4} {
+		if err := im.Prefetch(t.Context(), c); err == nil {
+			t.Errorf("Prefetch(%d) of a 4-chunk image succeeded", c)
+		}
+	}
+	im.Close()
+	if err := im.Prefetch(t.Context(), 1); !errors.Is(err, ErrClosed) {
+		t.Errorf("Prefetch after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestStatsJSON pins the counters' names in --json and /metrics.
+func TestStatsJSON(t *testing.T) {
+	b, err := json.Marshal(Stats{Gets: 1, Stalled: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"gets":1,"hedges":0,"retries":0,"bytes_fetched":0,"hits":0,"misses":0,"joins":0,"digest_mismatches":0,"corrupt_cached":0,"cache_write_errors":0,"evictions":0,"evicted_bytes":0,"stalled_ns":2000000}`
+	if d := cmp.Diff(want, string(b)); d != "" {
+		t.Errorf("JSON (-want +got):\n%s", d)
 	}
 }
