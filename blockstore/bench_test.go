@@ -50,8 +50,8 @@ var benchPatterns = []readPattern{
 }
 
 // BenchmarkRead compares reading an image from a local file, through a
-// warm store (chunks cached and already verified by this process, or
-// cached but new to the process), and through a cold store whose fetcher
+// warm store (chunks cached and already used by this process, or cached
+// but new to the process, with and without VerifyCached), and through a cold store whose fetcher
 // waits 30 ms per request: demand reads only, and with every chunk
 // prefetched by 16 workers first (what a recorded trace gives).
 //
@@ -88,19 +88,27 @@ func BenchmarkRead(b *testing.B) {
 				pat.read(b, warmIm)
 			}
 		})
-		b.Run("warm-new-process/"+pat.name, func(b *testing.B) {
-			b.SetBytes(pat.bytes)
-			for b.Loop() {
-				// A new Store hashes each cached chunk on first use.
-				s, err := NewStore(Options{Dir: warmDir})
-				if err != nil {
-					b.Fatal(err)
-				}
-				im, _ := s.Open(ix, slow)
-				pat.read(b, im)
-				im.Close()
+		for _, verify := range []bool{false, true} {
+			name := "warm-new-process/"
+			if verify {
+				name = "warm-new-process-verify/"
 			}
-		})
+			b.Run(name+pat.name, func(b *testing.B) {
+				b.SetBytes(pat.bytes)
+				for b.Loop() {
+					// A new Store, as in a new run; with
+					// VerifyCached it hashes each cached chunk
+					// on first use.
+					s, err := NewStore(Options{Dir: warmDir, VerifyCached: verify})
+					if err != nil {
+						b.Fatal(err)
+					}
+					im, _ := s.Open(ix, slow)
+					pat.read(b, im)
+					im.Close()
+				}
+			})
+		}
 		b.Run("cold/"+pat.name, func(b *testing.B) {
 			b.SetBytes(pat.bytes)
 			var st Stats
