@@ -126,11 +126,15 @@ func (ix *Index) Encode() ([]byte, error) {
 	if err := ix.Validate(); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(ix)
-	if err != nil {
+	// Without HTML escaping, which would rewrite "&", "<" and ">" in
+	// Config, so that decoding gives back the same bytes.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(ix); err != nil {
 		return nil, fmt.Errorf("encoding chunk index: %w", err)
 	}
-	return b, nil
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // DecodeIndex parses and validates an encoded index. It rejects unknown
