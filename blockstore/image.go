@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -19,7 +21,25 @@ type Image struct {
 	both   pair
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
+
+	// files keeps chunk files open for the next reads of the same chunk,
+	// saving an open and a close per read. A kept file the cache evicts
+	// keeps its disk space until it leaves this map, so the map is small.
+	filesMu sync.RWMutex
+	files   map[int]*keptFile
+	closed  bool
 }
+
+// keptFile is an open chunk file and when its mtime (the LRU clock) was
+// last set.
+type keptFile struct {
+	f       *os.File
+	touched atomic.Int64 // unix nanoseconds
+}
+
+// maxOpenFiles bounds the chunk files an Image keeps open: 64 × 512 KiB
+// = 32 MiB of evicted chunks can outlive their eviction.
+const maxOpenFiles = 64
 
 // Size returns the image's length in bytes.
 func (im *Image) Size() int64 { return im.ix.Size }
@@ -34,7 +54,62 @@ func (im *Image) Stats() Stats { return im.c.snapshot() }
 // makes later reads fail. Fetches other images wait for go on.
 func (im *Image) Close() error {
 	im.cancel()
+	im.filesMu.Lock()
+	defer im.filesMu.Unlock()
+	for _, k := range im.files {
+		k.f.Close()
+	}
+	im.files, im.closed = nil, true
 	return nil
+}
+
+// readOpen reads from chunk i's kept file, if there is one.
+func (im *Image) readOpen(i int, dst []byte, inOff int64) bool {
+	im.filesMu.RLock()
+	defer im.filesMu.RUnlock()
+	k := im.files[i]
+	if k == nil {
+		return false
+	}
+	if n, _ := k.f.ReadAt(dst, inOff); n != len(dst) {
+		return false
+	}
+	// Keep a hot chunk recent for eviction, as readCached does.
+	now := time.Now().UnixNano()
+	if last := k.touched.Load(); now-last > int64(touchEvery) && k.touched.CompareAndSwap(last, now) {
+		t := time.Unix(0, now)
+		os.Chtimes(k.f.Name(), t, t)
+	}
+	return true
+}
+
+// keep adds an open chunk file (just read, so just touched) to the kept
+// ones: in place of the chunk's previous one (which failed a read), or of
+// a random one when they are many.
+func (im *Image) keep(i int, f *os.File) {
+	im.filesMu.Lock()
+	defer im.filesMu.Unlock()
+	if im.closed {
+		f.Close()
+		return
+	}
+	if im.files == nil {
+		im.files = map[int]*keptFile{}
+	}
+	if old := im.files[i]; old != nil {
+		old.f.Close()
+		delete(im.files, i)
+	}
+	if len(im.files) >= maxOpenFiles {
+		for j, old := range im.files { // map order: a random victim
+			old.f.Close()
+			delete(im.files, j)
+			break
+		}
+	}
+	k := &keptFile{f: f}
+	k.touched.Store(time.Now().UnixNano())
+	im.files[i] = k
 }
 
 // ReadAt reads len(p) bytes at off, as io.ReaderAt; it waits for missing
@@ -146,7 +221,12 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 // cache and returns nil, or returns the flight to wait for.
 func (im *Image) cachedOrFlight(i int, dst []byte, inOff int64) *flight {
 	for attempt := 0; ; attempt++ {
-		if im.s.readCached(im, i, dst, inOff) {
+		if attempt == 0 && im.readOpen(i, dst, inOff) {
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
+			return nil
+		}
+		if f, ok := im.s.readCached(im, i, dst, inOff); ok {
+			im.keep(i, f)
 			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
 			return nil
 		}

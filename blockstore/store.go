@@ -195,8 +195,9 @@ func (s *Store) Open(ix *Index, f Fetcher) (*Image, error) {
 // readCached copies chunk i's bytes from inOff into dst if the chunk is in
 // the cache. A cached file shorter than its chunk, or with VerifyCached
 // one whose sha256 (checked the first time this process uses it) does not
-// match, is removed and reported as missing.
-func (s *Store) readCached(im *Image, i int, dst []byte, inOff int64) bool {
+// match, is removed and reported as missing. On success it returns the
+// open file, which the caller keeps or closes.
+func (s *Store) readCached(im *Image, i int, dst []byte, inOff int64) (*os.File, bool) {
 	digest := im.ix.Chunks[i]
 	path := s.chunkPath(digest)
 	s.mu.Lock()
@@ -204,9 +205,14 @@ func (s *Store) readCached(im *Image, i int, dst []byte, inOff int64) bool {
 	s.mu.Unlock()
 	f, err := os.Open(path)
 	if err != nil {
-		return false
+		return nil, false
 	}
-	defer f.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+		}
+	}()
 	_, length := im.ix.ChunkRange(i)
 	if !verified && !s.o.VerifyCached {
 		// Trusted, but check the size once per process: a file that
@@ -218,13 +224,14 @@ func (s *Store) readCached(im *Image, i int, dst []byte, inOff int64) bool {
 	if verified {
 		if n, _ := f.ReadAt(dst, inOff); n == len(dst) {
 			s.touch(digest, path, touched)
-			return true
+			ok = true
+			return f, true
 		}
 		// Shorter than it was when verified: check it again.
 	}
 	data, err := io.ReadAll(io.LimitReader(f, length+1))
 	if err != nil {
-		return false
+		return nil, false
 	}
 	sum := sha256.Sum256(data)
 	if int64(len(data)) != length || hex.EncodeToString(sum[:]) != digest {
@@ -233,11 +240,12 @@ func (s *Store) readCached(im *Image, i int, dst []byte, inOff int64) bool {
 		delete(s.verified, digest)
 		s.mu.Unlock()
 		os.Remove(path)
-		return false
+		return nil, false
 	}
 	copy(dst, data[inOff:])
 	s.touch(digest, path, time.Time{})
-	return true
+	ok = true
+	return f, true
 }
 
 // touch marks a chunk verified and, at most every touchEvery, sets its

@@ -579,3 +579,52 @@ func TestStatsJSON(t *testing.T) {
 		t.Errorf("JSON (-want +got):\n%s", d)
 	}
 }
+
+// TestKeptFiles: an Image keeps up to maxOpenFiles chunk files open, keeps
+// serving a kept chunk the cache evicted (its bytes are still right), and
+// closes them all on Close.
+func TestKeptFiles(t *testing.T) {
+	const n = maxOpenFiles + 6
+	data, ix := testImage(t, n*cs, cs)
+	dir := t.TempDir()
+	s1 := newStore(t, Options{Dir: dir})
+	if _, err := openImage(t, s1, ix, &fakeFetcher{data: data}).ReadAtContext(t.Context(), make([]byte, n*cs), 0); err != nil {
+		t.Fatal(err)
+	}
+	s1.Close()
+	s2 := newStore(t, Options{Dir: dir})
+	f := &fakeFetcher{data: data}
+	im := openImage(t, s2, ix, f)
+	p := make([]byte, 100)
+	for range 2 {
+		for c := range int64(n) {
+			if _, err := im.ReadAtContext(t.Context(), p, c*cs+7); err != nil || !bytes.Equal(p, data[c*cs+7:][:100]) {
+				t.Fatalf("chunk %d: %v", c, err)
+			}
+		}
+	}
+	im.filesMu.RLock()
+	kept := len(im.files)
+	var one *os.File
+	keptChunk := int64(-1)
+	for c := range int64(n) {
+		if k := im.files[int(c)]; k != nil {
+			one, keptChunk = k.f, c
+			break
+		}
+	}
+	im.filesMu.RUnlock()
+	if kept != maxOpenFiles || f.calls.Load() != 0 {
+		t.Errorf("%d files kept, %d fetches; want %d and none", kept, f.calls.Load(), maxOpenFiles)
+	}
+	// Evict the kept chunk behind the image's back: it is still served,
+	// right, without a fetch.
+	os.Remove(s2.chunkPath(ix.Chunks[keptChunk]))
+	if _, err := im.ReadAtContext(t.Context(), p, keptChunk*cs+7); err != nil || !bytes.Equal(p, data[keptChunk*cs+7:][:100]) || f.calls.Load() != 0 {
+		t.Errorf("kept chunk %d after its eviction: %v, %d fetches", keptChunk, err, f.calls.Load())
+	}
+	im.Close()
+	if _, err := one.ReadAt(p, 0); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("a kept file after Close: read error %v, want os.ErrClosed", err)
+	}
+}
