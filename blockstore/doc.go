@@ -37,11 +37,12 @@
 // (hits refresh it at most once a minute); past the limit the oldest files
 // are removed down to 90 %. Removing a file a reader has open does not
 // disturb that reader and a later read fetches the chunk again, so nothing
-// is pinned. This layout was chosen over one sparse file per image with a
+// is pinned. An Image keeps up to 64 chunk files open for its next reads;
+// their disk space outlives an eviction until the image lets them go. This layout was chosen over one sparse file per image with a
 // chunk bitmap (lazy-blocks.md §6) because eviction by hole punching must
 // never hit a chunk in use, and a bitmap shared by processes needs locking
 // and its own crash consistency; one file per chunk costs an inode per
-// 512 KiB (20,480 for a 10 GiB cache) and an open per read.
+// 512 KiB (20,480 for a 10 GiB cache) and an open per chunk an image reads.
 //
 // Counters (GETs, bytes, hits, misses, joined waits, time stalled...) are
 // read as a Stats struct from the Store (all images) or one Image.
