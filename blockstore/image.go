@@ -141,11 +141,6 @@ func (im *Image) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	if len(p) == 0 {
 		return 0, nil
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(im.ctx, cancel)
-	defer stop()
-
 	type pending struct {
 		i     int
 		fl    *flight
@@ -165,6 +160,11 @@ func (im *Image) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	if len(waits) == 0 {
 		return len(p), eof
 	}
+	// Waits end with the read's context or the image's.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(im.ctx, cancel)
+	defer stop()
 	start := time.Now()
 	defer func() {
 		im.both.add(func(c *counters) *atomic.Int64 { return &c.stalled }, int64(time.Since(start)))
