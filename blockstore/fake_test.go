@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
@@ -118,5 +117,3 @@ func errorsAs[T error](err error) (T, bool) {
 	ok := errors.As(err, &target)
 	return target, ok
 }
-
-var _ = os.Remove
