@@ -179,6 +179,9 @@ func TestLayersCheck(t *testing.T) {
 		{"image", "guest", false},
 		{"engine", "server", false},
 		{"pearchive", "erofs", false},
+		{"blockstore", "image", false},
+		{"blockstore/nbd", "blockstore", true},
+		{"engine", "blockstore/s3", true},
 		{"gist", "internal/units", true},
 		{"internal/units", "gist", false},
 	} {

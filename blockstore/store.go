@@ -1,0 +1,552 @@
+package blockstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of Options' zero values.
+const (
+	DefaultMaxBytes       = 10 << 30
+	DefaultRequestTimeout = 30 * time.Second
+	DefaultAttempts       = 4
+	DefaultBackoff        = 100 * time.Millisecond
+	// DefaultHedgeAfter is when a second request for a chunk is sent if
+	// the first has not answered: several times the 24-47 ms of an S3
+	// ranged GET (lazy-blocks.md §4.1), so only the slow tail is hedged.
+	DefaultHedgeAfter = 250 * time.Millisecond
+)
+
+// staleTmpAge is how old a temporary chunk file must be before NewStore
+// removes it: a writer writes one in milliseconds, so one this old was
+// left by a process that crashed, not by a live one sharing the directory.
+const staleTmpAge = time.Hour
+
+// touchEvery bounds how often a hit updates a chunk file's mtime, the LRU
+// clock eviction sorts by, so that hot reads do not turn into metadata
+// writes.
+const touchEvery = time.Minute
+
+// Options configure a Store. Zero values take the defaults above.
+type Options struct {
+	// Dir is the cache directory. Several processes may share it.
+	Dir string
+	// MaxBytes bounds the chunk files' total size; the least recently
+	// used chunks are removed past it, down to 90 % of it.
+	MaxBytes int64
+	// RequestTimeout bounds one Fetch call.
+	RequestTimeout time.Duration
+	// Attempts is how many times a failing chunk fetch is tried in all
+	// (a corrupt chunk's one refetch does not count).
+	Attempts int
+	// Backoff is the wait before the first retry, doubled before each
+	// next one, up to 2 s.
+	Backoff time.Duration
+	// HedgeAfter is how long a fetch may go unanswered before a second,
+	// identical request is sent; the first answer wins. Negative
+	// disables hedging.
+	HedgeAfter time.Duration
+	// VerifyCached hashes each cached chunk file the first time this
+	// process uses it, against damage to the disk or the directory
+	// after the chunk was written. Without it a cached chunk is trusted:
+	// it was verified before it was written, and it was written to a
+	// temporary file, flushed to the disk and only then renamed to its
+	// digest, so a crash cannot leave a partial chunk under that name;
+	// a file of the wrong size is still detected (once per process) and
+	// fetched again.
+	// Hashing costs about 0.4 ms per 512 KiB chunk per process
+	// (docs/benchmarks.md), which a warm run would pay on every start.
+	VerifyCached bool
+}
+
+// Store is a bounded cache of verified chunks on local disk, one file per
+// chunk named by its sha256 under Dir/chunks, shared by every Image it
+// opens and by every process using the same Dir. Its methods are safe for
+// concurrent use.
+type Store struct {
+	o        Options
+	chunkDir string
+	tmpDir   string
+	c        counters
+
+	mu sync.Mutex
+	// flights holds the fetches in progress, by chunk digest.
+	flights map[string]*flight
+	// verified holds the chunks whose cached file this process checked
+	// against its digest (or wrote), with the last time it set the
+	// file's mtime.
+	verified map[string]time.Time
+
+	used    atomic.Int64 // bytes in chunk files, as of the last scan plus writes since
+	evictMu sync.Mutex
+	writes  sync.WaitGroup // cache writes in progress
+}
+
+// flight is one chunk's fetch, which every read of that chunk waits for.
+type flight struct {
+	done    chan struct{}
+	data    []byte // the verified chunk, once done
+	err     error
+	waiters int // reads waiting; the fetch is cancelled when all leave
+	cancel  context.CancelFunc
+}
+
+// NewStore opens (creating it if needed) the cache directory o.Dir. It
+// removes temporary files crashed writers left and, if the cache is over
+// its limit, evicts.
+func NewStore(o Options) (*Store, error) {
+	if o.Dir == "" {
+		return nil, errors.New("blockstore: no cache directory")
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = DefaultAttempts
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = DefaultBackoff
+	}
+	if o.HedgeAfter == 0 {
+		o.HedgeAfter = DefaultHedgeAfter
+	}
+	s := &Store{
+		o:        o,
+		chunkDir: filepath.Join(o.Dir, "chunks"),
+		tmpDir:   filepath.Join(o.Dir, "tmp"),
+		flights:  map[string]*flight{},
+		verified: map[string]time.Time{},
+	}
+	for _, d := range []string{s.chunkDir, s.tmpDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("blockstore: creating cache directory: %w", err)
+		}
+	}
+	if err := s.removeStaleTmp(); err != nil {
+		return nil, err
+	}
+	if err := s.evict(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) removeStaleTmp() error {
+	entries, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return fmt.Errorf("blockstore: listing %s: %w", s.tmpDir, err)
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err == nil && time.Since(info.ModTime()) > staleTmpAge {
+			os.Remove(filepath.Join(s.tmpDir, e.Name()))
+		}
+	}
+	return nil
+}
+
+// Close waits for the cache writes in progress, so that every chunk
+// fetched so far is kept for the next run. The store stays usable.
+func (s *Store) Close() error {
+	s.writes.Wait()
+	return nil
+}
+
+// Stats returns the counters of every image the store opened.
+func (s *Store) Stats() Stats { return s.c.snapshot() }
+
+// Usage returns the bytes the cache's chunk files take, as of the last
+// scan plus this process's writes since.
+func (s *Store) Usage() int64 { return s.used.Load() }
+
+func (s *Store) chunkPath(digest string) string {
+	return filepath.Join(s.chunkDir, digest[:2], digest)
+}
+
+// Open returns a reader of the image ix describes, reading missing chunks
+// through f. ix must be valid (DecodeIndex, BuildIndex).
+func (s *Store) Open(ix *Index, f Fetcher) (*Image, error) {
+	if err := ix.Validate(); err != nil {
+		return nil, fmt.Errorf("blockstore: opening image: %w", err)
+	}
+	if f == nil {
+		return nil, errors.New("blockstore: opening image: no fetcher")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	im := &Image{s: s, ix: ix, f: f, ctx: ctx, cancel: cancel}
+	im.both = pair{&im.c, &s.c}
+	return im, nil
+}
+
+// readCached copies chunk i's bytes from inOff into dst if the chunk is in
+// the cache. A cached file shorter than its chunk, or with VerifyCached
+// one whose sha256 (checked the first time this process uses it) does not
+// match, is removed and reported as missing. On success it returns the
+// open file, which the caller keeps or closes.
+func (s *Store) readCached(im *Image, i int, dst []byte, inOff int64) (*os.File, bool) {
+	digest := im.ix.Chunks[i]
+	path := s.chunkPath(digest)
+	s.mu.Lock()
+	touched, verified := s.verified[digest]
+	s.mu.Unlock()
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, false
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+		}
+	}()
+	_, length := im.ix.ChunkRange(i)
+	if !verified && !s.o.VerifyCached {
+		// Trusted, but check the size once per process: a file that
+		// is not its chunk's length is not its chunk.
+		if info, err := f.Stat(); err == nil && info.Size() == length {
+			verified = true
+		}
+	}
+	if verified {
+		if n, _ := f.ReadAt(dst, inOff); n == len(dst) {
+			s.touch(digest, path, touched)
+			ok = true
+			return f, true
+		}
+		// Shorter than it was when verified: check it again.
+	}
+	data, err := io.ReadAll(io.LimitReader(f, length+1))
+	if err != nil {
+		return nil, false
+	}
+	sum := sha256.Sum256(data)
+	if int64(len(data)) != length || hex.EncodeToString(sum[:]) != digest {
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.corruptCached }, 1)
+		s.mu.Lock()
+		delete(s.verified, digest)
+		s.mu.Unlock()
+		os.Remove(path)
+		return nil, false
+	}
+	copy(dst, data[inOff:])
+	s.touch(digest, path, time.Time{})
+	ok = true
+	return f, true
+}
+
+// touch marks a chunk verified and, at most every touchEvery, sets its
+// file's mtime so that eviction sees it as recently used.
+func (s *Store) touch(digest, path string, last time.Time) {
+	now := time.Now()
+	if now.Sub(last) < touchEvery {
+		return
+	}
+	s.mu.Lock()
+	s.verified[digest] = now
+	s.mu.Unlock()
+	os.Chtimes(path, now, now)
+}
+
+// acquire returns the flight fetching chunk i, starting one if none is.
+// With recheck, it returns nil instead if the chunk's file exists: a read
+// that missed it may have raced the rename of a flight that finished
+// since (a flight leaves the map only after its file is in place), and
+// should look at the cache again rather than fetch a second time.
+func (s *Store) acquire(im *Image, i int, recheck bool) *flight {
+	digest := im.ix.Chunks[i]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fl := s.flights[digest]; fl != nil {
+		fl.waiters++
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.joins }, 1)
+		return fl
+	}
+	if recheck {
+		if _, err := os.Stat(s.chunkPath(digest)); err == nil {
+			return nil
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fl := &flight{done: make(chan struct{}), waiters: 1, cancel: cancel}
+	s.flights[digest] = fl
+	im.both.add(func(c *counters) *atomic.Int64 { return &c.misses }, 1)
+	s.writes.Add(1)
+	go s.run(ctx, im, i, fl)
+	return fl
+}
+
+// wait waits for fl, or leaves it when ctx ends first; the last read to
+// leave cancels the fetch.
+func (s *Store) wait(ctx context.Context, digest string, fl *flight) error {
+	select {
+	case <-fl.done:
+		return fl.err
+	case <-ctx.Done():
+		s.leave(digest, fl)
+		return ctx.Err()
+	}
+}
+
+func (s *Store) leave(digest string, fl *flight) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fl.waiters--
+	if fl.waiters == 0 {
+		fl.cancel()
+		if s.flights[digest] == fl {
+			delete(s.flights, digest)
+		}
+	}
+}
+
+// run fetches and verifies chunk i for fl's waiters, wakes them, then
+// writes the chunk to the cache (its flush to the disk is off the reads'
+// path). The flight stays findable until the file is in place, so a read
+// in between takes the bytes from the flight instead of fetching again.
+func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
+	defer s.writes.Done() // Add is in acquire, before Close can wait
+	digest := im.ix.Chunks[i]
+	defer func() {
+		s.mu.Lock()
+		if s.flights[digest] == fl {
+			delete(s.flights, digest)
+		}
+		s.mu.Unlock()
+		fl.cancel()
+	}()
+	data, err := s.fetchVerified(ctx, im, i)
+	fl.data, fl.err = data, err
+	close(fl.done)
+	if err == nil {
+		s.write(im, digest, data)
+	}
+}
+
+// fetchVerified fetches chunk i with retries, and returns it once its
+// sha256 matches the index. A mismatch is fetched again once (the object
+// may have been read mid-replacement, or a proxy mangled it) and then
+// fails with a DigestError.
+func (s *Store) fetchVerified(ctx context.Context, im *Image, i int) ([]byte, error) {
+	off, length := im.ix.ChunkRange(i)
+	want := im.ix.Chunks[i]
+	backoff := s.o.Backoff
+	attempts, mismatches := 0, 0
+	fail := func(err error) error {
+		return &FetchError{Image: im.ix.Digest, Chunk: i, Offset: off, Length: length, Attempts: attempts, Err: err}
+	}
+	for {
+		data, err := s.hedged(ctx, im, off, length)
+		attempts++
+		if err == nil {
+			sum := sha256.Sum256(data)
+			got := hex.EncodeToString(sum[:])
+			if got == want {
+				return data, nil
+			}
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.digestMismatches }, 1)
+			mismatches++
+			if mismatches > 1 {
+				return nil, &DigestError{Image: im.ix.Digest, Chunk: i, Offset: off, Length: length, Want: want, Got: got}
+			}
+			attempts-- // the refetch of a corrupt chunk is not a retry
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil, fail(ctx.Err())
+		}
+		if isPermanent(err) || attempts >= s.o.Attempts {
+			return nil, fail(err)
+		}
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.retries }, 1)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fail(ctx.Err())
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// hedged runs one Fetch and, if it has not answered after HedgeAfter, a
+// second one; the first good answer wins and the other is cancelled.
+func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byte, error) {
+	type result struct {
+		data []byte
+		err  error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan result, 2) // never blocks a losing request
+	timeout := s.o.RequestTimeout
+	start := func() {
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.gets }, 1)
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			data, err := im.f.Fetch(rctx, off, length)
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.bytesFetched }, int64(len(data)))
+			switch {
+			case err == nil && int64(len(data)) != length:
+				err = fmt.Errorf("fetcher returned %d bytes for a %d-byte range at %d", len(data), length, off)
+			case err != nil && errors.Is(rctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
+				err = fmt.Errorf("request for %d bytes at %d timed out after %v: %w", length, off, timeout, context.DeadlineExceeded)
+			}
+			results <- result{data, err}
+		}()
+	}
+	start()
+	inflight := 1
+	var hedge <-chan time.Time
+	if s.o.HedgeAfter > 0 {
+		t := time.NewTimer(s.o.HedgeAfter)
+		defer t.Stop()
+		hedge = t.C
+	}
+	// A fetcher that ignores its context must not hang the read: give up
+	// a little after the last request's own timeout.
+	deadline := time.NewTimer(timeout + max(s.o.HedgeAfter, 0) + 100*time.Millisecond)
+	defer deadline.Stop()
+	var firstErr error
+	for {
+		select {
+		case r := <-results:
+			inflight--
+			if r.err == nil {
+				return r.data, nil
+			}
+			if firstErr == nil {
+				firstErr = r.err
+			}
+			if inflight == 0 {
+				return nil, firstErr
+			}
+		case <-hedge:
+			hedge = nil
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.hedges }, 1)
+			start()
+			inflight++
+		case <-deadline.C:
+			return nil, fmt.Errorf("request for %d bytes at %d did not return within %v: %w", length, off, timeout, context.DeadlineExceeded)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// write puts a verified chunk into the cache through a temporary file,
+// flushed to the disk and renamed into place, so the chunk's name only
+// ever holds the complete, verified content, whatever crash happens. A
+// failed write (a full disk) only costs a later refetch.
+func (s *Store) write(im *Image, digest string, data []byte) {
+	path := s.chunkPath(digest)
+	err := func() error {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		tmp, err := os.CreateTemp(s.tmpDir, "chunk-*")
+		if err != nil {
+			return err
+		}
+		_, err = tmp.Write(data)
+		if err == nil {
+			err = tmp.Sync()
+		}
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp.Name(), path)
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
+		return err
+	}()
+	if err != nil {
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.cacheWriteErrors }, 1)
+		return
+	}
+	s.mu.Lock()
+	s.verified[digest] = time.Now()
+	s.mu.Unlock()
+	if s.used.Add(int64(len(data))) > s.o.MaxBytes {
+		s.evict()
+	}
+}
+
+// evict scans the cache and, if it is over MaxBytes, removes the least
+// recently used chunk files (oldest mtime first) down to 90 % of it.
+// Removing a file a reader has open is harmless (the reader keeps its
+// bytes), and a later read of it fetches it again, so no chunk needs
+// pinning. Other processes sharing the directory may evict at the same
+// time; a file already gone is skipped.
+func (s *Store) evict() error {
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
+	type entry struct {
+		path, digest string
+		size         int64
+		mtime        time.Time
+	}
+	var entries []entry
+	var total int64
+	err := filepath.WalkDir(s.chunkDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		entries = append(entries, entry{p, d.Name(), info.Size(), info.ModTime()})
+		total += info.Size()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("blockstore: scanning cache: %w", err)
+	}
+	s.used.Store(total)
+	if total <= s.o.MaxBytes {
+		return nil
+	}
+	slices.SortFunc(entries, func(a, b entry) int { return a.mtime.Compare(b.mtime) })
+	target := s.o.MaxBytes / 10 * 9
+	for _, e := range entries {
+		if total <= target {
+			break
+		}
+		if err := os.Remove(e.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		s.mu.Lock()
+		delete(s.verified, e.digest)
+		s.mu.Unlock()
+		total -= e.size
+		s.used.Add(-e.size)
+		s.c.evictions.Add(1)
+		s.c.evictedBytes.Add(e.size)
+	}
+	return nil
+}
