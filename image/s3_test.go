@@ -252,6 +252,7 @@ func TestS3PullErrors(t *testing.T) {
 		c, _ := OpenCache(t.TempDir())
 		ref, _ := ParseReference("s3://images/tool:nope")
 		_, err := c.Pull(ctx, ref, PullOptions{S3: client})
+		t.Logf("the error: %v", err)
 		if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "tool/tags/nope") {
 			t.Errorf("pull of a missing tag: %v; want ErrNotFound naming the key tool/tags/nope", err)
 		}
@@ -262,6 +263,7 @@ func TestS3PullErrors(t *testing.T) {
 		wrong, _ := s3.New(s3.Config{Endpoint: g.Endpoint, Region: "us-east-1", AccessKeyID: s3test.AccessKey,
 			SecretAccessKey: "wrong", PathStyle: true}, s3.Options{MaxAttempts: 1})
 		_, err := c.Pull(ctx, dest, PullOptions{S3: wrong})
+		t.Logf("the error: %v", err)
 		if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "images") {
 			t.Errorf("pull with wrong credentials: %v; want ErrUnauthorized naming the bucket", err)
 		}
@@ -276,6 +278,7 @@ func TestS3PullErrors(t *testing.T) {
 		}
 		defer os.WriteFile(blobFile, data, 0o644)
 		_, err := c.Pull(ctx, dest, PullOptions{S3: client})
+		t.Logf("the error: %v", err)
 		if !errors.Is(err, ErrDigestMismatch) || !strings.Contains(err.Error(), "chunk") {
 			t.Errorf("pull of a tampered blob: %v; want ErrDigestMismatch naming the chunk", err)
 		}
@@ -291,6 +294,7 @@ func TestS3PullErrors(t *testing.T) {
 		os.Remove(idx)
 		defer os.WriteFile(idx, b, 0o644)
 		_, err = c.Pull(ctx, dest, PullOptions{S3: client})
+		t.Logf("the error: %v", err)
 		if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "indexes/sha256/"+res.Digest.Hex) {
 			t.Errorf("pull without its index: %v; want ErrNotFound naming the index", err)
 		}
