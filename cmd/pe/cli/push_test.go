@@ -60,6 +60,18 @@ func TestImagePushPull(t *testing.T) {
 	if err != nil || !strings.Contains(ls, "s3://images/ce/tree:v1") {
 		t.Errorf("image ls: %v\n%s", err, ls)
 	}
+	// Pushing the cached s3:// image to another tag goes through the
+	// cache and gives the same digest.
+	copied, stderr, err := run(t, "", "image", "push", "--cache-dir", cache, "s3://images/ce/tree:v1", "s3://images/ce/copy")
+	if err != nil || strings.TrimSpace(copied) != digest {
+		t.Errorf("push of the s3:// image to another tag: %q, %v; want %s\n%s", copied, err, digest, stderr)
+	}
+	if _, _, err := run(t, "", "image", "rm", "--cache-dir", cache, "s3://images/ce/tree:v1"); err != nil {
+		t.Errorf("image rm: %v", err)
+	}
+	if ls, _, _ := run(t, "", "image", "ls", "--cache-dir", cache); strings.Contains(ls, "s3://images/ce/tree:v1") {
+		t.Errorf("image ls after rm still lists it:\n%s", ls)
+	}
 	// A tag that is not there: a clear not-found naming the key.
 	_, _, err = run(t, "", "image", "pull", "--cache-dir", cache, "s3://images/ce/tree:v2")
 	if err == nil || !strings.Contains(err.Error(), "ce/tree/tags/v2") || !strings.Contains(err.Error(), "not found") {
