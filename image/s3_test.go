@@ -284,6 +284,18 @@ func TestS3PullErrors(t *testing.T) {
 		}
 		assertEmpty(t, c)
 	})
+	t.Run("import base", func(t *testing.T) {
+		c, _ := OpenCache(t.TempDir())
+		tarFile := filepath.Join(t.TempDir(), "x.tar")
+		if err := os.WriteFile(tarFile, make([]byte, 1024), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.Import(ctx, ImportOptions{Tar: tarFile, Base: dest, Tag: "x:1", Pull: PullOptions{S3: client}})
+		t.Logf("the error: %v", err)
+		if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "without layers") {
+			t.Errorf("import over an s3:// base: %v; want ErrUnsupported", err)
+		}
+	})
 	t.Run("missing index", func(t *testing.T) {
 		c, _ := OpenCache(t.TempDir())
 		idx := filepath.Join(g.Dir, "images", "indexes/sha256", res.Digest.Hex+".json")
