@@ -259,7 +259,9 @@ func (c *Cache) getS3(ctx context.Context, ref Reference, o *pullConfig) (*Cache
 		h, err = resolveS3Tag(ctx, client, ref)
 	}
 	if err != nil {
-		if have && o.Policy == PullMissing && !errors.Is(err, ErrNotFound) {
+		// As with a registry, a bucket out of reach or a tag deleted
+		// there leaves the cached image usable under PullMissing.
+		if have && o.Policy == PullMissing {
 			o.Log.Warn("using the cached image", "reference", ref.Familiar(), "error", err)
 			return c.use(ctx, ref, t.Digest, o)
 		}

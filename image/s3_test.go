@@ -211,6 +211,20 @@ func TestS3PushPull(t *testing.T) {
 		t.Errorf("Get by digest from the cache: %v, %v", img2, err)
 	}
 
+	// The tag deleted from the bucket: Get keeps using the cached image
+	// once its record is stale; Pull says the tag is gone.
+	if err := client.DeleteObject(ctx, "images", "team/tool/tags/v1"); err != nil {
+		t.Fatal(err)
+	}
+	c.now = func() time.Time { return time.Now().Add(2 * DefaultTagTTL) }
+	if img2, err := c.Get(ctx, dest, PullOptions{S3: client}); err != nil || img2.Digest != res.Digest {
+		t.Errorf("Get with the tag deleted from the bucket: %v, %v; want the cached image", img2, err)
+	}
+	if _, err := c.Pull(ctx, dest, PullOptions{S3: client}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Pull with the tag deleted from the bucket: %v; want ErrNotFound", err)
+	}
+	c.now = time.Now
+
 	// Push from the cache (Cache.Push, the s3 image as the source) to
 	// another tag: the same digest, no blob sent.
 	dest2, _ := ParseReference("s3://images/team/tool:copy")
