@@ -239,6 +239,24 @@ func (c *Cache) get(ctx context.Context, ref Reference, opts PullOptions, hold f
 		return nil, err
 	}
 	defer gc.unlock()
+	var img *CachedImage
+	if ref.transport == TransportS3 {
+		img, err = c.getS3(ctx, ref, o)
+	} else {
+		img, err = c.getResolved(ctx, ref, o)
+	}
+	if err == nil && hold != nil {
+		err = hold(img)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// getResolved is get for the references resolveRef resolves (all but
+// s3://).
+func (c *Cache) getResolved(ctx context.Context, ref Reference, o *pullConfig) (*CachedImage, error) {
 	res, err := c.resolveRef(ctx, ref, o)
 	if err != nil {
 		return nil, err
@@ -248,9 +266,6 @@ func (c *Cache) get(ctx context.Context, ref Reference, opts PullOptions, hold f
 		img, err = c.use(ctx, ref, res.digest, o)
 	} else if img, err = c.ensure(ctx, res.src, o); err == nil {
 		err = c.recordRef(ref, o.platform.String(), res.src)
-	}
-	if err == nil && hold != nil {
-		err = hold(img)
 	}
 	if err != nil {
 		return nil, err
@@ -619,7 +634,28 @@ type readCloser struct {
 // writes, config.json, manifest.json and meta.json (meta.Size, Created and
 // LastUsed are set here). Everything is written and synced in a temporary
 // directory renamed into place last. The caller holds the image's lock.
-func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []byte, meta *imageMeta, fill func(*erofs.Writer) error) (err error) {
+func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []byte, meta *imageMeta, fill func(*erofs.Writer) error) error {
+	return c.writeImageFile(ctx, h, config, manifest, meta, func(f *os.File, tmp string) error {
+		opts := c.compression
+		opts.TempDir = tmp
+		w, err := erofs.NewWriter(f, opts)
+		if err != nil {
+			return err
+		}
+		if err := fill(w); err != nil {
+			w.Discard()
+			return err
+		}
+		if err := w.Close(); err != nil {
+			return fmt.Errorf("writing EROFS image: %w", err)
+		}
+		return nil
+	})
+}
+
+// writeImageFile is writeImage for a caller that writes the EROFS file f
+// itself (tmp is the temporary image directory holding f).
+func (c *Cache) writeImageFile(ctx context.Context, h v1.Hash, config, manifest []byte, meta *imageMeta, fill func(f *os.File, tmp string) error) (err error) {
 	parent := c.path(imagesDir)
 	tmp, err := os.MkdirTemp(parent, tmpPrefix+h.Hex+"-")
 	if err != nil {
@@ -635,18 +671,8 @@ func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []by
 		return err
 	}
 	defer f.Close()
-	opts := c.compression
-	opts.TempDir = tmp
-	w, err := erofs.NewWriter(f, opts)
-	if err != nil {
+	if err := fill(f, tmp); err != nil {
 		return err
-	}
-	if err := fill(w); err != nil {
-		w.Discard()
-		return err
-	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("writing EROFS image: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err

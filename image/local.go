@@ -50,6 +50,11 @@ func IsLocal(ref string) bool {
 // form (String) pe would take for a local EROFS file ("docker://erofs:5000/x"
 // is "erofs:5000/x:latest"), so that passing that form on would open a
 // file.
+//
+// An s3:// reference is remote, like a registry's.
 func (r Reference) IsLocal() bool {
+	if r.transport == TransportS3 {
+		return false
+	}
 	return r.transport != TransportRegistry || IsLocal(r.String())
 }

@@ -26,6 +26,9 @@ const (
 	// TransportDockerArchive is an image in a tarball written by
 	// "docker save".
 	TransportDockerArchive Transport = "docker-archive"
+	// TransportS3 is an image pushed to an S3 bucket by pe image push
+	// (see s3.go for the layout of its objects).
+	TransportS3 Transport = "s3"
 )
 
 // Reference names an image. The zero Reference names nothing; see IsZero.
@@ -42,6 +45,9 @@ type Reference struct {
 	// digest. Both empty: the layout's only image.
 	tag    string
 	digest string
+	// s3 is where an s3:// reference points; tag or digest (one is
+	// set) select the image.
+	s3 s3Location
 }
 
 // ociTag is what an OCI layout tag (and a registry tag) may look like.
@@ -62,6 +68,8 @@ var ociTag = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 //     the archive must hold exactly one image. When the whole text is not
 //     an existing file, PATH is the longest existing prefix followed by
 //     ':' and a valid tag, or else the part before the first ':'.
+//   - "s3://BUCKET/[PREFIX/]NAME[:TAG|@sha256:…]", an image pushed to an S3
+//     bucket by pe image push (TAG defaults to latest).
 //
 // Relative paths are made absolute, so the reference keeps its meaning when
 // recorded in the cache.
@@ -81,6 +89,8 @@ func parseReference(s string) (Reference, error) {
 		return Reference{}, errors.New("contains a NUL or newline character")
 	}
 	switch {
+	case strings.HasPrefix(s, s3Scheme):
+		return parseS3(strings.TrimPrefix(s, s3Scheme))
 	case strings.HasPrefix(s, "oci:"):
 		return parseOCI(strings.TrimPrefix(s, "oci:"))
 	case strings.HasPrefix(s, "docker-archive:"):
@@ -204,7 +214,7 @@ func (r Reference) Path() string { return r.path }
 // IsDigest reports whether r pins a manifest digest, so what it names never
 // changes.
 func (r Reference) IsDigest() bool {
-	if r.transport == TransportOCI {
+	if r.transport == TransportOCI || r.transport == TransportS3 {
 		return r.digest != ""
 	}
 	_, ok := r.name.(name.Digest)
@@ -227,6 +237,11 @@ func (r Reference) String() string {
 			return "oci:" + r.path + ":" + r.tag
 		}
 		return "oci:" + r.path
+	case TransportS3:
+		if r.digest != "" {
+			return r.s3.String() + "@" + r.digest
+		}
+		return r.s3.String() + ":" + r.tag
 	case TransportDockerArchive:
 		if r.name != nil {
 			return "docker-archive:" + r.path + ":" + r.name.Name()

@@ -15,6 +15,7 @@ func FuzzParseReference(f *testing.F) {
 		"localhost:5000/x:tag", "docker://alpine", "oci:./layout", "oci:dir:v1", "oci:a:b:c",
 		"oci:dir@sha256:" + strings.Repeat("0", 64), "docker-archive:img.tar", "docker-archive:img.tar:busybox:1",
 		"Busybox", "https://x/y", "a@b", ":", "oci:", "docker-archive:", "x:y:z", "[::1]:5000/x",
+		"s3://bucket/name", "s3://bucket/a/b/name:v1", "s3://bucket/n@sha256:" + strings.Repeat("cd", 32), "s3://b", "s3://bucket/x.erofs",
 	} {
 		f.Add(s)
 	}

@@ -22,6 +22,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	kgzip "github.com/klauspost/compress/gzip"
+
+	"github.com/pe-project/pe/blockstore/s3"
 )
 
 // PullPolicy says when a reference is looked up again in its registry
@@ -92,6 +94,9 @@ type PullOptions struct {
 	// Transport carries the HTTP requests; nil means ggcr's default, which
 	// honours the proxy environment variables.
 	Transport http.RoundTripper
+	// S3 talks to the object store of s3:// references; nil means a client
+	// configured from the environment (s3.NewFromEnv) when one is needed.
+	S3 *s3.Client
 	// UserAgent is sent to registries, as "pe/VERSION".
 	UserAgent string
 	// Progress, when set, is told how downloads and conversions advance.
@@ -110,6 +115,8 @@ const (
 	PhaseDownload Phase = "download"
 	// PhaseConvert is flattening the layers into the EROFS image.
 	PhaseConvert Phase = "convert"
+	// PhaseUpload is sending an image to an S3 bucket (pe image push).
+	PhaseUpload Phase = "upload"
 )
 
 // Progress is how far a phase of getting Reference has come: Complete of

@@ -41,6 +41,10 @@ func transportFor(ctx context.Context, ref Reference, o *pullConfig) (imageTrans
 		return &layoutTransport{ref: ref, dir: ref.path, what: what, o: o}, nil
 	case TransportDockerArchive:
 		return &archiveTransport{ref: ref, what: what}, nil
+	case TransportS3:
+		// Get takes s3:// images through getS3; only an import's base
+		// comes here, and it needs layers an EROFS image does not have.
+		return nil, kindErrorf(ErrUnsupported, "%s is an EROFS image in a bucket, without layers: an import's base must come from a registry, an OCI layout or a docker archive", what)
 	}
 	return nil, errors.New("no image reference given")
 }

@@ -25,7 +25,7 @@ func newImageCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(newPullCmd(a), newLsCmd(a), newRmCmd(a), newPruneCmd(a), newImportCmd(a),
-		newBuildEROFSCmd(a), newFilesCmd(a), newCatCmd(a))
+		newBuildEROFSCmd(a), newFilesCmd(a), newCatCmd(a), newPushCmd(a))
 	return cmd
 }
 

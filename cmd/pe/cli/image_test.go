@@ -357,7 +357,7 @@ func TestImageCompressWhereItActs(t *testing.T) {
 	}
 	walk(New())
 	slices.Sort(got)
-	want := []string{"pe image build-erofs", "pe image import", "pe image pull", "pe run", "pe serve", "pe snapshot create"}
+	want := []string{"pe image build-erofs", "pe image import", "pe image pull", "pe image push", "pe run", "pe serve", "pe snapshot create"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("commands with --image-compress (-want +got):\n%s", diff)
 	}

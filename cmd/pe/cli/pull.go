@@ -142,8 +142,11 @@ func newProgress(w io.Writer, log *slog.Logger) func(image.Progress) {
 				bar.Finish()
 			}
 			verb := "downloading"
-			if p.Phase == image.PhaseConvert {
+			switch p.Phase {
+			case image.PhaseConvert:
 				verb = "converting"
+			case image.PhaseUpload:
+				verb = "uploading"
 			}
 			phase = p.Phase
 			bar = progressbar.NewOptions64(p.Total,
@@ -174,7 +177,9 @@ func newPullCmd(a *app) *cobra.Command {
 pe runs programs in. IMAGE is a registry reference with docker's defaults
 (busybox = index.docker.io/library/busybox:latest; name@sha256:... pins a
 digest), oci:PATH[:TAG|@DIGEST] for an OCI image layout directory, or
-docker-archive:PATH[:TAG] for a "docker save" tarball.
+docker-archive:PATH[:TAG] for a "docker save" tarball, or
+s3://BUCKET/[PREFIX/]NAME[:TAG|@sha256:...] for an image pe image push stored
+in an S3 bucket (downloaded whole, every chunk checked against its digest).
 
 Pull always asks the registry what a tag points to now (one HEAD request when
 the cache already has the image), unlike pe run, which trusts a tag record for

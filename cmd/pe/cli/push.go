@@ -1,0 +1,79 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pe-project/pe/image"
+)
+
+// newPushCmd returns "pe image push".
+func newPushCmd(a *app) *cobra.Command {
+	var f pullFlags
+	var concurrency int
+	cmd := &cobra.Command{
+		Use:   "push IMAGE s3://BUCKET/[PREFIX/]NAME[:TAG]",
+		Short: "Store an image in an S3 bucket",
+		Long: `Store IMAGE in an S3 bucket (AWS S3 or any S3-compatible server), from where
+pe image pull and pe run take it as s3://BUCKET/[PREFIX/]NAME[:TAG|@sha256:...].
+IMAGE is anything pe runs: a registry reference, an imported name, oci:PATH,
+docker-archive:PATH or an .erofs file (pushed with an empty config: linux on
+this machine's architecture, no entrypoint).
+
+The image's EROFS file is stored once per prefix as PREFIX/blobs/sha256/<hex>,
+with an index of its 512 KiB chunks' digests and its config as
+PREFIX/indexes/sha256/<digest>.json, and the tag as PREFIX/NAME/tags/TAG.
+Objects the bucket already has are not sent again. Prints the image digest.
+
+The endpoint and credentials come from the environment, as for every S3 tool:
+AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+AWS_PROFILE and ~/.aws/credentials and ~/.aws/config.`,
+		Example: `  pe image push gcc:14 s3://images/ce/gcc:14
+  AWS_ENDPOINT_URL=http://127.0.0.1:7070 pe image push ./rootfs.erofs s3://images/tools/rootfs:v1`,
+		Args: usageArgs(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dest, err := image.ParseReference(args[1])
+			if err != nil {
+				return err
+			}
+			if dest.Transport() != image.TransportS3 {
+				return usageErrorf(cmd, "the destination %q is not an s3:// reference", args[1])
+			}
+			pull, err := f.options(cmd, a)
+			if err != nil {
+				return err
+			}
+			opts := image.PushOptions{PullOptions: pull, Concurrency: concurrency}
+			var res *image.PushResult
+			if path, ok := image.EROFSFile(args[0]); ok {
+				res, err = image.PushEROFS(cmd.Context(), path, image.DefaultEROFSConfig(), dest, opts)
+			} else {
+				src, perr := image.ParseReference(args[0])
+				if perr != nil {
+					return perr
+				}
+				c, oerr := f.open()
+				if oerr != nil {
+					return oerr
+				}
+				res, err = c.Push(cmd.Context(), src, dest, opts)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.Digest)
+			if stderr := cmd.ErrOrStderr(); isTerminal(stderr) {
+				sent := "sent"
+				if !res.BlobSent {
+					sent = "already in the bucket"
+				}
+				fmt.Fprintf(stderr, "%s: %s EROFS image, %s\n", dest.Familiar(), humanBytes(res.Size), sent)
+			}
+			return nil
+		},
+	}
+	f.register(cmd.Flags(), false)
+	cmd.Flags().IntVar(&concurrency, "jobs", 4, "parts of the image uploaded at once")
+	return cmd
+}

@@ -1,0 +1,397 @@
+package image
+
+// Images in S3 buckets (issue 16). pe image push stores an image under
+// s3://BUCKET/PREFIX/NAME as:
+//
+//	PREFIX/blobs/sha256/<hex>           the EROFS image, named by its sha256
+//	PREFIX/indexes/sha256/<hex>.json    a blockstore.Index of that blob (chunk
+//	                                    digests, the OCI config in Config),
+//	                                    named by the sha256 of its own bytes
+//	PREFIX/NAME/tags/TAG                "sha256:<index hex>\n"
+//
+// The image's digest is its index's: it covers the blob's digest, its
+// chunks' digests and the config, so one digest pins everything a run
+// reads. Blobs and indexes are immutable and shared by every name under
+// the prefix; only tags move. A reader trusts nothing it has not checked
+// against the digest it started from.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pe-project/pe/blockstore"
+	"github.com/pe-project/pe/blockstore/s3"
+)
+
+// maxTagObject bounds what is read of a tag object: a digest and a newline.
+const maxTagObject = 1024
+
+func (l s3Location) blobKey(hexDigest string) string { return l.key("blobs", "sha256", hexDigest) }
+
+func (l s3Location) indexKey(h v1.Hash) string { return l.key("indexes", "sha256", h.Hex+".json") }
+
+func (l s3Location) tagKey(tag string) string { return l.key(l.name, "tags", tag) }
+
+// s3Client returns the configured client, or one from the environment.
+func (o *PullOptions) s3Client() (*s3.Client, error) {
+	if o.S3 != nil {
+		return o.S3, nil
+	}
+	c, err := s3.NewFromEnv(s3.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("configuring the S3 client: %w", err)
+	}
+	o.S3 = c
+	return c, nil
+}
+
+// s3Error gives an S3 failure the image package's kind, so callers branch
+// on ErrNotFound and ErrUnauthorized whatever the transport. The s3
+// package's message already names the bucket, the key and, for a 403, the
+// credentials to check.
+func s3Error(err error, what string) error {
+	switch {
+	case errors.Is(err, s3.ErrNotFound):
+		return &kindError{kind: ErrNotFound, msg: what + " not found", err: err}
+	case errors.Is(err, s3.ErrAccessDenied):
+		return &kindError{kind: ErrUnauthorized, msg: what, err: err}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// PushOptions configures Push and PushEROFS.
+type PushOptions struct {
+	// PullOptions say how the image to push is found and the S3 client
+	// (PullOptions.S3); Progress also gets the upload's PhaseUpload
+	// reports.
+	PullOptions
+	// PartSize and Concurrency tune the blob's multipart upload (see
+	// s3.UploadOptions; zero values are its defaults).
+	PartSize    int64
+	Concurrency int
+}
+
+// PushResult is what Push stored.
+type PushResult struct {
+	// Digest is the image's digest in the bucket: its index's sha256.
+	Digest v1.Hash
+	// Size is the EROFS image's size in bytes.
+	Size int64
+	// BlobSent is false when the bucket already had the image's blob, so
+	// no byte of it was sent.
+	BlobSent bool
+}
+
+// Push stores the image src names (anything Get takes) in the bucket dest
+// names, an s3:// reference with a tag, and returns its digest.
+func (c *Cache) Push(ctx context.Context, src, dest Reference, opts PushOptions) (*PushResult, error) {
+	if err := checkPushDest(dest); err != nil {
+		return nil, err
+	}
+	img, lease, err := c.Acquire(ctx, src, opts.PullOptions)
+	if err != nil {
+		return nil, err
+	}
+	defer lease.Release()
+	config, err := readSmall(filepath.Join(filepath.Dir(img.EROFSPath), "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("reading the config of %s: %w", src.Familiar(), err)
+	}
+	return PushEROFS(ctx, img.EROFSPath, config, dest, opts)
+}
+
+func checkPushDest(dest Reference) error {
+	if dest.transport != TransportS3 {
+		return fmt.Errorf("push destination %s: want s3://BUCKET/[PREFIX/]NAME[:TAG]", dest.Familiar())
+	}
+	if dest.digest != "" {
+		return fmt.Errorf("push destination %s: name a tag, not a digest (the digest is the pushed image's)", dest.Familiar())
+	}
+	return nil
+}
+
+// DefaultEROFSConfig is the config pushed with a bare EROFS file, which
+// has none: linux on this machine's architecture, no entrypoint.
+func DefaultEROFSConfig() []byte {
+	return []byte(`{"architecture":"` + runtime.GOARCH + `","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}`)
+}
+
+// PushEROFS stores the EROFS image file at path with the OCI config
+// config in the bucket dest names. Objects the bucket already has are not
+// sent again; the tag is written last, so a reader never finds a tag
+// whose index or blob is missing.
+func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, opts PushOptions) (*PushResult, error) {
+	if err := checkPushDest(dest); err != nil {
+		return nil, err
+	}
+	o, err := opts.PullOptions.config()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := v1.ParseConfigFile(bytes.NewReader(config)); err != nil {
+		return nil, fmt.Errorf("the config of %s: %w", path, err)
+	}
+	if _, err := checkEROFS(path); err != nil {
+		return nil, err
+	}
+	client, err := o.s3Client()
+	if err != nil {
+		return nil, err
+	}
+	ix, err := blockstore.BuildIndexFile(ctx, path, blockstore.DefaultChunkSize)
+	if err != nil {
+		return nil, fmt.Errorf("indexing %s: %w", path, err)
+	}
+	ix.Config = json.RawMessage(config)
+	ib, err := ix.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("indexing %s: %w", path, err)
+	}
+	sum := sha256.Sum256(ib)
+	res := &PushResult{Digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}, Size: ix.Size}
+	loc, bucket := dest.s3, dest.s3.bucket
+	what := dest.Familiar()
+
+	blobKey := loc.blobKey(strings.TrimPrefix(ix.Digest, "sha256:"))
+	info, err := client.HeadObject(ctx, bucket, blobKey)
+	switch {
+	case err == nil && info.Size == ix.Size:
+		o.Log.Info("the bucket has the image's blob", "key", blobKey)
+	case err == nil || errors.Is(err, s3.ErrNotFound):
+		// A blob of the wrong size under a content-addressed name is
+		// damage: replace it.
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		counter := o.newProgressCounter(what, PhaseUpload, ix.Size)
+		_, err = client.Upload(ctx, bucket, blobKey, f, s3.UploadOptions{
+			PartSize: opts.PartSize, Concurrency: opts.Concurrency, Progress: counter.add,
+		})
+		if err != nil {
+			return nil, s3Error(err, "uploading the image to "+what)
+		}
+		o.progress(Progress{Reference: what, Phase: PhaseUpload, Complete: counter.done(), Total: ix.Size, Done: true})
+		res.BlobSent = true
+	default:
+		return nil, s3Error(err, "checking the bucket for the image's blob")
+	}
+
+	indexKey := loc.indexKey(res.Digest)
+	if _, err := client.HeadObject(ctx, bucket, indexKey); errors.Is(err, s3.ErrNotFound) {
+		_, err = client.PutObject(ctx, bucket, indexKey, ib, s3.PutOptions{ContentType: "application/json", IfNoneMatch: true})
+		// Someone else pushing the same image wrote the same bytes.
+		if err != nil && !errors.Is(err, s3.ErrExists) {
+			return nil, s3Error(err, "storing the image's index")
+		}
+	} else if err != nil {
+		return nil, s3Error(err, "checking the bucket for the image's index")
+	}
+
+	if _, err := client.PutObject(ctx, bucket, loc.tagKey(dest.tag), []byte(res.Digest.String()+"\n"), s3.PutOptions{ContentType: "text/plain"}); err != nil {
+		return nil, s3Error(err, "storing the tag "+what)
+	}
+	o.Log.Info("pushed image", "reference", what, "digest", res.Digest, "bytes", ix.Size, "blob_sent", res.BlobSent)
+	return res, nil
+}
+
+// resolveS3Tag reads the digest the tag of ref points at.
+func resolveS3Tag(ctx context.Context, client *s3.Client, ref Reference) (v1.Hash, error) {
+	key := ref.s3.tagKey(ref.tag)
+	b, err := client.ReadAll(ctx, ref.s3.bucket, key, maxTagObject)
+	if err != nil {
+		return v1.Hash{}, s3Error(err, fmt.Sprintf("image %s (tag object s3://%s/%s)", ref.Familiar(), ref.s3.bucket, key))
+	}
+	h, err := v1.NewHash(strings.TrimSpace(string(b)))
+	if err != nil || h.Algorithm != "sha256" {
+		return v1.Hash{}, fmt.Errorf("tag object s3://%s/%s does not hold a sha256 digest", ref.s3.bucket, key)
+	}
+	return h, nil
+}
+
+// getS3 is get for an s3:// reference: the cached image when the pull
+// policy allows, else the tag read again and the image downloaded whole.
+func (c *Cache) getS3(ctx context.Context, ref Reference, o *pullConfig) (*CachedImage, error) {
+	plat := o.platform.String()
+	name := ref.String()
+	rec, err := c.readRef(name)
+	if err != nil {
+		o.Log.Warn("ignoring an unreadable reference record", "reference", ref, "error", err)
+	}
+	var t refTarget
+	have := false
+	if rec != nil {
+		t, have = rec.Platforms[plat]
+		have = have && c.complete(t.Digest)
+	}
+	if !have && ref.digest != "" {
+		if h, err := v1.NewHash(ref.digest); err == nil && c.complete(h) {
+			t, have = refTarget{Digest: h}, true
+		}
+	}
+	if have && (o.Policy == PullNever || ref.digest != "" || (o.Policy == PullMissing && c.now().Sub(t.Fetched) < o.TagTTL)) {
+		return c.use(ctx, ref, t.Digest, o)
+	}
+	if !have && o.Policy == PullNever {
+		return nil, kindErrorf(ErrNotCached, "%s (%s) is not in the image cache, and the pull policy is never", ref.Familiar(), plat)
+	}
+	client, err := o.s3Client()
+	if err != nil {
+		return nil, err
+	}
+	var h v1.Hash
+	if ref.digest != "" {
+		h, err = v1.NewHash(ref.digest)
+	} else {
+		h, err = resolveS3Tag(ctx, client, ref)
+	}
+	if err != nil {
+		// As with a registry, a bucket out of reach or a tag deleted
+		// there leaves the cached image usable under PullMissing.
+		if have && o.Policy == PullMissing {
+			o.Log.Warn("using the cached image", "reference", ref.Familiar(), "error", err)
+			return c.use(ctx, ref, t.Digest, o)
+		}
+		return nil, err
+	}
+	img, err := c.ensureS3(ctx, ref, h, client, o)
+	if err != nil {
+		return nil, err
+	}
+	err = c.updateRef(name, func(rec *refRecord) bool {
+		rec.Local = nil
+		if rec.Platforms == nil {
+			rec.Platforms = map[string]refTarget{}
+		}
+		rec.Platforms[plat] = refTarget{Digest: h, Fetched: c.now().UTC()}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// ensureS3 returns the cached image h, downloading it from ref's bucket
+// first when the cache lacks it.
+func (c *Cache) ensureS3(ctx context.Context, ref Reference, h v1.Hash, client *s3.Client, o *pullConfig) (*CachedImage, error) {
+	if c.complete(h) {
+		return c.use(ctx, ref, h, o)
+	}
+	loc, bucket, what := ref.s3, ref.s3.bucket, ref.Familiar()
+	indexKey := loc.indexKey(h)
+	ib, err := client.ReadAll(ctx, bucket, indexKey, blockstore.MaxIndexBytes)
+	if err != nil {
+		return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", what, bucket, indexKey))
+	}
+	if err := checkDigest(ib, h, fmt.Sprintf("index s3://%s/%s", bucket, indexKey)); err != nil {
+		return nil, err
+	}
+	ix, err := blockstore.DecodeIndex(ib)
+	if err != nil {
+		return nil, fmt.Errorf("index s3://%s/%s: %w", bucket, indexKey, err)
+	}
+	if len(ix.Config) == 0 {
+		return nil, fmt.Errorf("index s3://%s/%s has no image config", bucket, indexKey)
+	}
+	config := []byte(ix.Config)
+	cfg, err := v1.ParseConfigFile(bytes.NewReader(config))
+	if err != nil {
+		return nil, fmt.Errorf("the config in index s3://%s/%s: %w", bucket, indexKey, err)
+	}
+	platform, err := checkConfigPlatform(cfg, o.platform, what)
+	if err != nil {
+		return nil, err
+	}
+	if o.MaxSize > 0 && ix.Size > o.MaxSize {
+		return nil, kindErrorf(ErrTooLarge, "%s is too large: %d bytes, over the limit of %d bytes (--max-image-size)", what, ix.Size, o.MaxSize)
+	}
+	if o.Convert != nil {
+		done, err := o.Convert(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+	}
+	lock, err := c.lockImage(ctx, h, o)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.unlockRemove()
+	if c.complete(h) {
+		return c.useLocked(ref.String(), h)
+	}
+	meta := imageMeta{References: []string{ref.String()}, Platform: platform}
+	err = c.writeImageFile(ctx, h, config, ib, &meta, func(f *os.File, _ string) error {
+		return downloadS3Blob(ctx, client, bucket, loc.blobKey(strings.TrimPrefix(ix.Digest, "sha256:")), ix, f, o, what)
+	})
+	if err != nil {
+		return nil, err
+	}
+	img, err := c.useLocked(ref.String(), h)
+	if err != nil {
+		return nil, err
+	}
+	img.Converted = true
+	return img, nil
+}
+
+// downloadS3Blob copies the blob ix describes into f, checking each
+// chunk against the index as it arrives and the whole against ix.Digest.
+func downloadS3Blob(ctx context.Context, client *s3.Client, bucket, key string, ix *blockstore.Index, f io.Writer, o *pullConfig, what string) error {
+	obj := fmt.Sprintf("s3://%s/%s", bucket, key)
+	rc, info, err := client.GetObject(ctx, bucket, key)
+	if err != nil {
+		return s3Error(err, fmt.Sprintf("image blob of %s (%s)", what, obj))
+	}
+	defer rc.Close()
+	if info.Size >= 0 && info.Size != ix.Size {
+		return kindErrorf(ErrDigestMismatch, "%s has %d bytes, its index says %d", obj, info.Size, ix.Size)
+	}
+	counter := o.newProgressCounter(what, PhaseDownload, ix.Size)
+	whole := sha256.New()
+	buf := make([]byte, ix.ChunkSize)
+	r := ctxReader{ctx, rc}
+	for i, want := range ix.Chunks {
+		_, n := ix.ChunkRange(i)
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			if ctxErr := context.Cause(ctx); ctxErr != nil {
+				return ctxErr
+			}
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return kindErrorf(ErrDigestMismatch, "%s is shorter than its index says (%d bytes)", obj, ix.Size)
+			}
+			return fmt.Errorf("reading %s: %w", obj, err)
+		}
+		sum := sha256.Sum256(buf[:n])
+		if hex.EncodeToString(sum[:]) != want {
+			return kindErrorf(ErrDigestMismatch, "chunk %d of %s does not match its sha256 in the index: the object is corrupt", i, obj)
+		}
+		whole.Write(buf[:n])
+		if _, err := f.Write(buf[:n]); err != nil {
+			return err
+		}
+		counter.add(int64(n))
+	}
+	if n, _ := r.Read(buf[:1]); n > 0 {
+		return kindErrorf(ErrDigestMismatch, "%s is longer than its index says (%d bytes)", obj, ix.Size)
+	}
+	if got := "sha256:" + hex.EncodeToString(whole.Sum(nil)); got != ix.Digest {
+		return kindErrorf(ErrDigestMismatch, "%s has digest %s, its index says %s", obj, got, ix.Digest)
+	}
+	o.progress(Progress{Reference: what, Phase: PhaseDownload, Complete: ix.Size, Total: ix.Size, Done: true})
+	return nil
+}
