@@ -1,6 +1,8 @@
 package server
 
 import (
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -114,4 +116,47 @@ func TestS3AllowedPrefixChecked(t *testing.T) {
 			t.Errorf("allowed prefix %q: %v", p, err)
 		}
 	}
+}
+
+// FuzzRunPath sends any reference, as escaped in the path, to a server
+// that opens only s3://images/ce/ besides its preset: the answer is a
+// run, 400 or 403, and a run's image is the preset or an s3:// reference
+// under the prefix with no "." or ".." segment.
+func FuzzRunPath(f *testing.F) {
+	for _, s := range []string{"demo", "s3:%2F%2Fimages/ce/tree:v1", "s3%3A%2F%2Fimages%2Fce%2Ftree%3Av1",
+		"s3:%2F%2Fimages/ce/../x", "s3:%2F%2Fimages%2Fce%2F%2E%2E%2Fx", "s3:%2F%2Fimages/cex/y", "docker.io/library/busybox",
+		"s3://images/ce/x", "%2Fetc%2Fpasswd", "s3:%2F%2Fimages/ce/x@sha256:" + strings.Repeat("0", 64)} {
+		f.Add(s)
+	}
+	fake := newFakeRunner()
+	s, err := New(Config{Runner: fake, Presets: []Preset{{Name: "demo"}}, RatePerSecond: -1, AllowedImages: []string{"s3://images/ce/"}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, ref string) {
+		u, err := url.Parse("/api/v2/runi/amd64/linux/" + ref)
+		if err != nil || u.RawQuery != "" || u.Fragment != "" || !strings.HasPrefix(u.Path, "/api/v2/runi/amd64/linux/") {
+			return
+		}
+		req := httptest.NewRequestWithContext(t.Context(), "POST", "/", strings.NewReader(`{"cmd":["echo","x"]}`))
+		req.URL = u
+		req.Header.Set("Content-Type", "application/json")
+		before := len(fake.recorded())
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, req)
+		switch rec.Code {
+		case 200:
+			reqs := fake.recorded()
+			if len(reqs) != before+1 {
+				t.Fatalf("200 without a run")
+			}
+			img := reqs[len(reqs)-1].Image
+			if img != "demo" && (!strings.HasPrefix(img, "s3://images/ce/") || strings.Contains(img, "/./") || strings.Contains(img, "/../") || strings.Contains(img[len("s3://"):], "//")) {
+				t.Fatalf("%q ran image %q", ref, img)
+			}
+		case 400, 403:
+		default:
+			t.Fatalf("%q: status %d: %s", ref, rec.Code, rec.Body.Bytes())
+		}
+	})
 }

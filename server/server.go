@@ -284,7 +284,7 @@ const readRateFactor = 5
 func cleanAPIPaths(mux http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, raw := r.URL.Path, r.URL.EscapedPath()
-		if strings.HasPrefix(p, "/api/") && (strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../") || strings.Contains(raw+"/", "/./") || strings.Contains(raw+"/", "/../") || strings.Contains(strings.TrimSuffix(raw, "/"), "//")) {
+		if strings.HasPrefix(p, "/api/") && (strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../") || strings.Contains(raw+"/", "/./") || strings.Contains(raw+"/", "/../") || strings.Contains(raw, "//")) {
 			writeError(w, http.StatusBadRequest, "BadPath", "the path has empty, \".\" or \"..\" segments")
 			return
 		}
