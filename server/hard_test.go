@@ -441,9 +441,10 @@ func TestAttacks(t *testing.T) {
 		{"erofs suffix", "POST", run + "x.erofs", "application/json", okJSON, 400},
 		{"URL reference", "POST", run + "https://evil.example/x", "application/json", okJSON, 400},
 		// s3:// images are pulled with the operator's AWS credentials:
-		// only presets may name them.
+		// only presets and --allow-image s3:// prefixes may name them
+		// (TestS3Allowed).
 		{"s3 reference", "POST", run + "s3://operator-bucket/images/x:latest", "application/json", okJSON, 400},
-		{"encoded s3 reference", "POST", run + "s3:%2F%2Foperator-bucket%2Fimages%2Fx", "application/json", okJSON, 400},
+		{"encoded s3 reference", "POST", run + "s3:%2F%2Foperator-bucket%2Fimages%2Fx", "application/json", okJSON, 403},
 		{"tar path", "POST", run + "%2Ftmp%2Fx.tar", "application/json", okJSON, 400},
 		{"empty segment", "POST", run + "docker.io//library/busybox", "application/json", okJSON, 400},
 		{"huge stdin name", "POST", run + "demo", pearchive.ContentType, framed(`{"cmd":["cat"],"stdin":"`+strings.Repeat("a", 60000)+`"}`, nil), 400},

@@ -295,9 +295,9 @@ func (s *Server) respond(w http.ResponseWriter, r *http.Request, res *engine.Run
 }
 
 // imageSource maps the reference a client sent to what pe resolves: a
-// preset's source, or a registry reference under an allowed prefix, and
-// the preset's name ("" for none). Anything else (local paths above all)
-// is refused.
+// preset's source, or a registry or s3:// reference under an allowed
+// prefix, and the preset's name ("" for none). Anything else (local
+// paths above all) is refused.
 func (s *Server) imageSource(ref string) (source, preset string, err error) {
 	if ref == "" {
 		return "", "", badRequest("BadPath", "no image reference in the path: want /api/v2/runi/ARCH/OS/REFERENCE")
@@ -316,13 +316,17 @@ func (s *Server) imageSource(ref string) (source, preset string, err error) {
 	parsed, err := image.ParseReference(ref)
 	// Nothing on this machine (an EROFS file, a layout, an archive, a
 	// path) is named by a client, neither as it wrote it nor in the
-	// canonical form handed on to the engine.
-	if err != nil || image.IsLocal(ref) || parsed.IsLocal() || strings.Contains(ref, "://") {
+	// canonical form handed on to the engine; of the URL-like references
+	// only s3:// ones, and those only under an s3:// prefix (below).
+	s3 := err == nil && parsed.Transport() == image.TransportS3
+	if err != nil || image.IsLocal(ref) || parsed.IsLocal() || strings.Contains(ref, "://") && !s3 {
 		return "", "", badRequest("BadReference", "%q is not an image reference this server accepts (a registry reference such as docker.io/library/busybox:latest, or a preset)", ref)
 	}
 	canon := parsed.String()
 	for _, p := range s.allowed {
-		if strings.HasPrefix(canon, p) {
+		// An s3:// reference matches s3:// prefixes only, and a registry
+		// reference registry prefixes only: "s" must not open s3.
+		if strings.HasPrefix(p, s3Prefix) == s3 && strings.HasPrefix(canon, p) {
 			return canon, "", nil
 		}
 	}
@@ -330,18 +334,35 @@ func (s *Server) imageSource(ref string) (source, preset string, err error) {
 		fmt.Sprintf("%s is not in the images this server runs (presets, or references under %s)", image.FamiliarName(canon), strings.Join(s.cfg.AllowedImages, ", "))}
 }
 
+// s3Prefix starts the s3:// references and allowed prefixes.
+const s3Prefix = "s3://"
+
 // canonicalPrefixes writes docker.io prefixes the way canonical references
 // spell them, so "docker.io/library/" matches
-// "index.docker.io/library/busybox:latest".
-func canonicalPrefixes(prefixes []string) []string {
+// "index.docker.io/library/busybox:latest", and checks s3:// prefixes,
+// ending each with "/" so that "s3://b/p" does not open "s3://b/pq/x".
+func canonicalPrefixes(prefixes []string) ([]string, error) {
 	var out []string
 	for _, p := range prefixes {
 		if rest, ok := strings.CutPrefix(p, "docker.io/"); ok {
 			p = "index.docker.io/" + rest
 		}
+		if strings.HasPrefix(p, s3Prefix) {
+			if !strings.HasSuffix(p, "/") {
+				p += "/"
+			}
+			// A prefix is good when a reference under it parses and
+			// keeps it (no empty, "." or ".." segments, a real bucket).
+			r, err := image.ParseReference(p + "x")
+			if err != nil || !strings.HasPrefix(r.String(), p) {
+				return nil, fmt.Errorf("server: allowed image prefix %q: want s3://BUCKET/ or s3://BUCKET/PREFIX/ (%v)", p, err)
+			}
+		} else if strings.Contains(p, "://") {
+			return nil, fmt.Errorf("server: allowed image prefix %q: only registry and s3:// prefixes are allowed", p)
+		}
 		out = append(out, p)
 	}
-	return out
+	return out, nil
 }
 
 // readBody reads the whole body under the size cap and the body deadline.

@@ -63,7 +63,11 @@ type Config struct {
 	// AllowedImages are the reference prefixes a run may name besides the
 	// presets (canonical or docker-style: "docker.io/library/", "ghcr.io/").
 	// nil: DefaultAllowedImages. Only registry references are ever
-	// allowed this way, never local paths.
+	// allowed this way, never local paths, and s3:// references only
+	// under an s3:// prefix ("s3://BUCKET/" or "s3://BUCKET/PREFIX/",
+	// whole segments: "s3://b/p" is read as "s3://b/p/"). Such images
+	// are read with the operator's S3 credentials, so nothing else of
+	// s3 is open to visitors.
 	AllowedImages []string
 	// Snapshots, when set, gives the presets' runs restored VMs: the
 	// Runner's pool of snapshots, kept by its Keep (PresetImages); until
@@ -203,12 +207,16 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: preset %d has no name", i)
 		}
 	}
+	allowed, err := canonicalPrefixes(cfg.AllowedImages)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:     cfg,
 		queue:   newQueue(cfg.Slots, cfg.MaxQueue),
 		limiter: newRateLimiter(cfg.RatePerSecond, cfg.RateBurst),
 		keys:    clientKeys{trusted: cfg.TrustedProxies},
-		allowed: canonicalPrefixes(cfg.AllowedImages),
+		allowed: allowed,
 	}
 	s.readLimiter = newRateLimiter(cfg.RatePerSecond*readRateFactor, cfg.RateBurst*readRateFactor)
 	s.gistBudget = newRateLimiter(float64(cfg.GistsPerHour)/3600, cfg.GistsPerHour)
@@ -269,11 +277,14 @@ const readRateFactor = 5
 
 // cleanAPIPaths refuses API paths with empty, "." or ".." segments
 // ("/api/v2/runi/amd64/linux//etc/passwd"): http.ServeMux would redirect
-// them to a cleaned path that means something else.
+// them to a cleaned path that means something else. Empty segments are
+// looked for in the path as sent: an s3:// reference reaches the run
+// handler percent-encoded ("s3:%2F%2Fbucket%2F..."), which the mux
+// leaves alone; "." and ".." are refused encoded or not.
 func cleanAPIPaths(mux http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
-		if strings.HasPrefix(p, "/api/") && (strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../") || strings.Contains(strings.TrimSuffix(p, "/"), "//")) {
+		p, raw := r.URL.Path, r.URL.EscapedPath()
+		if strings.HasPrefix(p, "/api/") && (strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../") || strings.Contains(raw+"/", "/./") || strings.Contains(raw+"/", "/../") || strings.Contains(raw, "//")) {
 			writeError(w, http.StatusBadRequest, "BadPath", "the path has empty, \".\" or \"..\" segments")
 			return
 		}

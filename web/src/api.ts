@@ -119,9 +119,11 @@ export const getImages = () => getJson<Images>("api/v2/images");
 export const getConfig = () => getJson<Config>("api/v2/config");
 export const getStatus = (signal?: AbortSignal) => getJson<ServerStatus>("api/v2/status", signal);
 
-/** Encodes an image reference for the path, keeping / : @ readable. */
+/** Encodes an image reference for the path, keeping / : @ readable; the
+ * "//" of an s3:// reference stays encoded (the server refuses empty path
+ * segments). */
 export function refPath(ref: string): string {
-  return encodeURIComponent(ref).replace(/%2F/gi, "/").replace(/%3A/gi, ":").replace(/%40/g, "@");
+  return encodeURIComponent(ref).replace(/%2F/gi, "/").replace(/%3A/gi, ":").replace(/%40/g, "@").replace(/\/\//g, "%2F%2F");
 }
 
 export function runBody(req: RunRequest, files: ArchiveFile[]): Uint8Array {

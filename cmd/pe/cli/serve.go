@@ -61,7 +61,11 @@ application/json or application/x.pe.archivev1, GET /api/gh/gist/ID[/REV]),
 plus GET /api/v2/images, /api/v2/status, /healthz and /metrics (Prometheus).
 
 Runs may name the --preset images (by name) and registry references under the
---allow-image prefixes; never local paths. With no --preset and a loopback
+--allow-image prefixes; never local paths. s3:// images (pe image push) are
+read with the operator's AWS_* credentials, so visitors may name them only as
+--preset NAME=s3://... or under an --allow-image s3://BUCKET/PREFIX/ prefix,
+percent-encoded in the path (POST /api/v2/runi/amd64/linux/s3:%2F%2FBUCKET/...).
+With no --preset and a loopback
 --listen address, the images in the local image cache are the presets (make
 demo puts a busybox image there); on any other address only --preset images are.
 
@@ -89,7 +93,8 @@ cache) is never evicted.
 Logs are JSON lines on standard error, one per request with its request id.`,
 		Example: `  pe serve
   pe serve --listen :8080 --preset busybox=docker.io/library/busybox:1.36 --preset gcc:14
-  pe serve --trusted-proxy 127.0.0.1/32 --rate 1 --burst 3 --slots 4`,
+  pe serve --trusted-proxy 127.0.0.1/32 --rate 1 --burst 3 --slots 4
+  pe serve --preset clang=s3://images/ce/clang:20 --allow-image s3://images/ce/`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd, a, f)
@@ -98,7 +103,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs := cmd.Flags()
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "the address to listen on")
 	fs.StringArrayVar(&f.presets, "preset", nil, "offer an image as a preset: REFERENCE, or NAME=SOURCE where SOURCE is any image pe run takes (repeatable; the first is the default)")
-	fs.StringArrayVar(&f.allow, "allow-image", nil, "let runs name registry references starting with this prefix (repeatable; default docker.io/ and ghcr.io/; '' for none but the presets)")
+	fs.StringArrayVar(&f.allow, "allow-image", nil, "let runs name registry references starting with this prefix, or s3:// images under s3://BUCKET/PREFIX/ (repeatable; default docker.io/ and ghcr.io/; '' for none but the presets)")
 	fs.StringArrayVar(&f.trusted, "trusted-proxy", nil, "believe X-Forwarded-For from peers in this CIDR, such as 127.0.0.1/32 (repeatable)")
 	fs.IntVar(&f.slots, "slots", runtime.NumCPU(), "runs at once (VMs)")
 	fs.IntVar(&f.queue, "queue", 0, "requests that may wait for a slot (default 4 × --slots)")

@@ -20,6 +20,7 @@ test("status line texts", () => {
 test("image references keep / : @ in the path and escape the rest", () => {
   assert.equal(refPath("docker.io/library/busybox@sha256:0864"), "docker.io/library/busybox@sha256:0864");
   assert.equal(refPath("gcc:14"), "gcc:14");
+  assert.equal(refPath("s3://images/ce/clang:20"), "s3:%2F%2Fimages/ce/clang:20");
   assert.equal(refPath("a b#c?d"), "a%20b%23c%3Fd");
 });
 
