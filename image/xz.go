@@ -34,11 +34,11 @@ const xzDecoderEnv = "PE_XZ"
 func newXZReader(ctx context.Context, r io.Reader) (io.Reader, func(), error) {
 	if os.Getenv(xzDecoderEnv) != "go" {
 		if path, err := exec.LookPath("xz"); err == nil {
-			p, err := startXZ(ctx, path, r)
-			if err != nil {
-				return nil, nil, err
+			// xz failing to start (no fds, no memory, not executable)
+			// leaves the input untouched: the Go decoder takes it.
+			if p, err := startXZ(ctx, path, r); err == nil {
+				return p, p.close, nil
 			}
-			return p, p.close, nil
 		}
 	}
 	xr, err := xz.NewReader(r)
