@@ -26,10 +26,11 @@ const xzDecoderEnv = "PE_XZ"
 // function releasing the decoder (for the system's xz: kill it if it is
 // still running, and reap it).
 //
-// The system's xz is preferred because it decodes several times faster
-// than the pure-Go decoder, and with -T0 (xz ≥ 5.4) decodes the blocks of a
-// multi-block file, as `xz -T` and Compiler Explorer's tarballs have, on
-// all cores; an older xz accepts -T0 and decodes on one thread. Both
+// The system's xz is preferred because it decodes about twice as fast as
+// the pure-Go decoder on one thread, and with -T0 (xz ≥ 5.4) decodes the
+// blocks of a multi-block file, as `xz -T` and Compiler Explorer's
+// tarballs have, on all cores (docs/benchmarks.md: an import 3× faster);
+// an older xz accepts -T0 and decodes on one thread. Both
 // stream, so memory stays bounded whatever the size of the tarball.
 func newXZReader(ctx context.Context, r io.Reader) (io.Reader, func(), error) {
 	if os.Getenv(xzDecoderEnv) != "go" {
