@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 
 	"github.com/pe-project/pe/erofs"
 )
@@ -77,7 +76,7 @@ const (
 // every read, and counts every entry and the decompressed stream against
 // b (nil: no limits), stopping with its *LimitError.
 func walkTar(ctx context.Context, r io.Reader, end tarEnd, b *budget, fn func(hdr *tar.Header, data io.Reader) error) (err error) {
-	stream, format, closeStream, err := decompress(ctxReader{ctx, r})
+	stream, format, closeStream, err := decompress(ctx, ctxReader{ctx, r})
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return ctxErr
@@ -407,8 +406,9 @@ var (
 
 // decompress recognises a compressed stream by its magic bytes and returns
 // a reader of its decompressed bytes, the format's name ("" for none) and a
-// function releasing the decompressor.
-func decompress(r io.Reader) (io.Reader, string, func(), error) {
+// function releasing the decompressor, which walkTar must call. ctx stops a
+// decompressor running as a process (see newXZReader).
+func decompress(ctx context.Context, r io.Reader) (io.Reader, string, func(), error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	magic, err := br.Peek(len(xzMagic))
 	if err != nil && err != io.EOF {
@@ -428,11 +428,11 @@ func decompress(r io.Reader) (io.Reader, string, func(), error) {
 		}
 		return prefixErrors{zr, "zstd"}, "zstd", zr.Close, nil
 	case bytes.HasPrefix(magic, xzMagic):
-		xr, err := xz.NewReader(br)
+		xr, release, err := newXZReader(ctx, br)
 		if err != nil {
-			return nil, "", nil, fmt.Errorf("reading xz header: %w", err)
+			return nil, "", nil, err
 		}
-		return prefixErrors{xr, "xz"}, "xz", func() {}, nil
+		return prefixErrors{xr, "xz"}, "xz", release, nil
 	}
 	return br, "", func() {}, nil
 }
