@@ -81,7 +81,7 @@ func TestBootNBD(t *testing.T) {
 		img[i] = byte(r.Uint32())
 	}
 	want := fmt.Sprintf("%x  /dev/vda", sha256.Sum256(img))
-	initrd := hashInitrd(t, k, busybox)
+	initrd := hashInitrd(t, k, busybox, "sha256sum /dev/vda\npoweroff -f\n")
 	for _, confined := range []bool{true, false} {
 		t.Run(fmt.Sprintf("confined=%v", confined), func(t *testing.T) {
 			b := New("")
@@ -89,19 +89,7 @@ func TestBootNBD(t *testing.T) {
 			if c := b.Confinement(); c.Jail != confined {
 				t.Skipf("confinement: %s", c)
 			}
-			s := nbd.NewServer(nbd.Options{Logger: slog.New(slog.DiscardHandler)})
-			defer s.Close()
-			if err := s.AddExport(nbd.Export{Name: "img", Data: bytes.NewReader(img), Size: int64(len(img))}); err != nil {
-				t.Fatal(err)
-			}
-			mine, theirs := socketPair(t)
-			nc, err := net.FileConn(mine)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.ServeConn(nc); err != nil {
-				t.Fatal(err)
-			}
+			s, theirs := serveNBD(t, img)
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 			defer cancel()
 			start := time.Now()
@@ -129,6 +117,93 @@ func TestBootNBD(t *testing.T) {
 	}
 }
 
+// serveNBD serves img as export "img" of a new NBD server over a new
+// socket pair and returns the server and the pair's other end, both
+// closed when the test ends.
+func serveNBD(t *testing.T, img []byte) (*nbd.Server, *os.File) {
+	t.Helper()
+	s := nbd.NewServer(nbd.Options{Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(func() { s.Close() })
+	if err := s.AddExport(nbd.Export{Name: "img", Data: bytes.NewReader(img), Size: int64(len(img))}); err != nil {
+		t.Fatal(err)
+	}
+	mine, theirs := socketPair(t)
+	nc, err := net.FileConn(mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ServeConn(nc); err != nil {
+		t.Fatal(err)
+	}
+	return s, theirs
+}
+
+// TestSnapshotNBD saves a snapshot of a guest whose disk is an NBD export
+// over an inherited socket, confined, and restores it with a new
+// connection to another server of the same image: the restored guest,
+// its page cache dropped, hashes /dev/vda through the new connection.
+func TestSnapshotNBD(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM")
+	}
+	if _, err := Find(""); err != nil {
+		t.Skip(err)
+	}
+	k, err := vmm.FindKernel("")
+	if err != nil {
+		t.Skip(err)
+	}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox (busybox-static)")
+	}
+	img := make([]byte, 3<<20)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range img {
+		img[i] = byte(r.Uint32())
+	}
+	want := fmt.Sprintf("%x  /dev/vda", sha256.Sum256(img))
+	initrd := hashInitrd(t, k, busybox, `echo snap-ready
+read line
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum /dev/vda
+poweroff -f
+`)
+	b := New("")
+	t.Logf("confinement: %s", b.Confinement())
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	cfg := func(nbdSock *os.File) *vmm.Config {
+		return &vmm.Config{
+			Kernel: k.Vmlinuz, Initramfs: initrd, Cmdline: "panic=-1 quiet",
+			Disks: []vmm.Disk{{NBD: nbdSock, Export: "img", ReadOnly: true}},
+			Accel: vmm.AccelTCG, MemoryMiB: 256,
+		}
+	}
+	_, saveSock := serveNBD(t, img)
+	if err := b.SaveSnapshot(ctx, cfg(saveSock), dir, []byte("snap-ready")); err != nil {
+		t.Fatalf("SaveSnapshot: %v", err)
+	}
+	s, restoreSock := serveNBD(t, img)
+	start := time.Now()
+	m, err := b.RestoreSnapshot(ctx, cfg(restoreSock), dir, []byte("\n"))
+	if err != nil {
+		t.Fatalf("RestoreSnapshot: %v", err)
+	}
+	defer m.Kill()
+	if err := m.Wait(ctx); err != nil {
+		t.Fatalf("Wait: %v\nconsole:\n%s", err, m.ConsoleLog())
+	}
+	t.Logf("restored guest hashed the NBD disk in %v; server: %+v", time.Since(start), s.Stats())
+	if !strings.Contains(string(m.ConsoleLog()), want) {
+		t.Errorf("the restored guest's hash of /dev/vda is not %s; console:\n%s", want, m.ConsoleLog())
+	}
+	if st := s.Stats(); st.ReadBytes < uint64(len(img)) {
+		t.Errorf("the restore's server sent %d bytes, fewer than the image's %d", st.ReadBytes, len(img))
+	}
+}
+
 // socketPair returns the two ends of a connected Unix stream socket pair,
 // closed when the test ends.
 func socketPair(t *testing.T) (*os.File, *os.File) {
@@ -143,9 +218,9 @@ func socketPair(t *testing.T) (*os.File, *os.File) {
 }
 
 // hashInitrd writes a gzipped newc initramfs: busybox, the virtio-mmio
-// block modules of kernel k, and an init that prints the sha256 of
-// /dev/vda and powers off.
-func hashInitrd(t *testing.T, k *vmm.Kernel, busybox string) string {
+// block modules of kernel k, and an init that waits for /dev/vda and runs
+// script.
+func hashInitrd(t *testing.T, k *vmm.Kernel, busybox, script string) string {
 	t.Helper()
 	bb, err := os.ReadFile(busybox)
 	if err != nil {
@@ -175,9 +250,7 @@ mount -t proc proc /proc
 mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_mmio virtio_blk; do [ -f /lib/$m.ko ] && insmod /lib/$m.ko; done
 for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
-sha256sum /dev/vda
-poweroff -f
-`)
+` + script)
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	names := []string{"bin", "lib"}
