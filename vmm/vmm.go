@@ -33,8 +33,11 @@ type Disk struct {
 	// pair, say) on whose other end an NBD server serves the disk as
 	// Export: the VMM inherits a copy of it, so that a confined VMM, which
 	// can reach no socket file, reads the disk all the same. The caller
-	// keeps NBD and closes it. Only read-only disks may be NBD disks, and
-	// only the QEMU backend reads them.
+	// keeps NBD; it should close it once Start (or RestoreSnapshot) has
+	// returned, so that the server sees the connection end when the VMM
+	// does (and the server's own end must be held by nothing but the
+	// server, so that the VMM sees it end). Only read-only disks may be
+	// NBD disks, and only the QEMU backend reads them.
 	NBD *os.File
 	// Export is the name of the NBD export ("" is the default export).
 	Export string

@@ -113,6 +113,12 @@ func TestBootNBD(t *testing.T) {
 			if st := s.Stats(); st.ReadBytes < uint64(len(img)) {
 				t.Errorf("the server sent %d bytes, fewer than the image's %d", st.ReadBytes, len(img))
 			}
+			// QEMU says NBD_CMD_DISC as it exits: the server's connection ends.
+			for deadline := time.Now().Add(10 * time.Second); s.Stats().Connections != 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the server's connection outlived QEMU")
+				}
+			}
 		})
 	}
 }
@@ -132,6 +138,9 @@ func serveNBD(t *testing.T, img []byte) (*nbd.Server, *os.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// nc holds a copy: closing mine leaves the connection's end to nc
+	// alone, so that QEMU sees the end when the server closes it.
+	mine.Close()
 	if err := s.ServeConn(nc); err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +201,7 @@ poweroff -f
 		t.Fatalf("RestoreSnapshot: %v", err)
 	}
 	defer m.Kill()
+	restoreSock.Close()
 	if err := m.Wait(ctx); err != nil {
 		t.Fatalf("Wait: %v\nconsole:\n%s", err, m.ConsoleLog())
 	}
@@ -201,6 +211,56 @@ poweroff -f
 	}
 	if st := s.Stats(); st.ReadBytes < uint64(len(img)) {
 		t.Errorf("the restore's server sent %d bytes, fewer than the image's %d", st.ReadBytes, len(img))
+	}
+}
+
+// TestNBDServerGone ends the NBD connection once QEMU has opened the
+// disk: the guest's reads fail with I/O errors (QEMU cannot reconnect
+// an inherited socket) and the VM still powers off; nothing hangs.
+func TestNBDServerGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM")
+	}
+	if _, err := Find(""); err != nil {
+		t.Skip(err)
+	}
+	k, err := vmm.FindKernel("")
+	if err != nil {
+		t.Skip(err)
+	}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox (busybox-static)")
+	}
+	img := make([]byte, 1<<20)
+	initrd := hashInitrd(t, k, busybox, "sha256sum /dev/vda || echo hash-failed\npoweroff -f\n")
+	s, theirs := serveNBD(t, img)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	m, err := New("").Start(ctx, &vmm.Config{
+		Kernel: k.Vmlinuz, Initramfs: initrd, Cmdline: "panic=-1 quiet",
+		Disks: []vmm.Disk{{NBD: theirs, Export: "img", ReadOnly: true}},
+		Accel: vmm.AccelTCG, MemoryMiB: 256,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Kill()
+	theirs.Close()
+	// QEMU reads the disk's first sector when it opens it, before the
+	// guest runs.
+	for s.Stats().Reads == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("QEMU never read the disk")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.RemoveExport("img")
+	if err := m.Wait(ctx); err != nil {
+		t.Fatalf("Wait: %v\nconsole:\n%s", err, m.ConsoleLog())
+	}
+	if !strings.Contains(string(m.ConsoleLog()), "hash-failed") {
+		t.Errorf("the guest read the disk after its server had gone; console:\n%s", m.ConsoleLog())
 	}
 }
 
