@@ -176,6 +176,9 @@ var StepValidate = Step{Name: "vmm.Validate", Fn: func(ctx context.Context, l *L
 		}
 	}
 	for _, d := range l.Config.Disks {
+		if d.NBD != nil {
+			continue // a socket, no file
+		}
 		if _, err := os.Stat(d.Path); err != nil {
 			return fmt.Errorf("disk: %w", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 )
@@ -22,11 +23,24 @@ const (
 	AccelAuto = "auto"
 )
 
-// Disk is a raw disk image attached to the guest as a virtio block device.
-// The guest sees them in order: /dev/vda, /dev/vdb, ...
+// Disk is a raw disk image attached to the guest as a virtio block device:
+// a file, or an NBD export. The guest sees them in order: /dev/vda,
+// /dev/vdb, ...
 type Disk struct {
-	// Path is the image file on the host.
+	// Path is the image file on the host; "" for an NBD disk.
 	Path string
+	// NBD, when set, is a connected stream socket (one end of a socket
+	// pair, say) on whose other end an NBD server serves the disk as
+	// Export: the VMM inherits a copy of it, so that a confined VMM, which
+	// can reach no socket file, reads the disk all the same. The caller
+	// keeps NBD; it should close it once Start (or RestoreSnapshot) has
+	// returned, so that the server sees the connection end when the VMM
+	// does (and the server's own end must be held by nothing but the
+	// server, so that the VMM sees it end). Only read-only disks may be
+	// NBD disks, and only the QEMU backend reads them.
+	NBD *os.File
+	// Export is the name of the NBD export ("" is the default export).
+	Export string
 	// ReadOnly attaches it read-only: the guest cannot write it.
 	ReadOnly bool
 }
@@ -102,7 +116,12 @@ func (c *Config) Validate() error {
 		return errors.New("kernel command line holds a newline or NUL")
 	}
 	for i, d := range c.Disks {
-		if d.Path == "" {
+		switch {
+		case d.NBD != nil && d.Path != "":
+			return fmt.Errorf("disk %d has both a path and an NBD socket", i)
+		case d.NBD != nil && !d.ReadOnly:
+			return fmt.Errorf("disk %d: an NBD disk must be read-only", i)
+		case d.NBD == nil && d.Path == "":
 			return fmt.Errorf("disk %d has no path", i)
 		}
 	}

@@ -154,6 +154,9 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Kernel: "k", Accel: "hvf"}, "acceleration"},
 		{Config{Kernel: "k", Cmdline: "a\nb"}, "newline"},
 		{Config{Kernel: "k", Disks: []Disk{{}}}, "no path"},
+		{Config{Kernel: "k", Disks: []Disk{{NBD: os.Stdin, ReadOnly: true}}}, ""},
+		{Config{Kernel: "k", Disks: []Disk{{NBD: os.Stdin}}}, "must be read-only"},
+		{Config{Kernel: "k", Disks: []Disk{{NBD: os.Stdin, Path: "p", ReadOnly: true}}}, "both a path and an NBD socket"},
 	} {
 		err := c.cfg.Validate()
 		if (err == nil) != (c.want == "") || (err != nil && !strings.Contains(err.Error(), c.want)) {

@@ -281,20 +281,35 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// ErrTooManyConnections is returned by ServeConn when the server already
+// has Options.MaxConnections open.
+var ErrTooManyConnections = errors.New("nbd: too many connections")
+
+// ServeConn serves one client already connected through nc, such as one
+// end of a socket pair whose other end a confined VM inherits (it can
+// reach no socket file), in its own goroutines as Serve serves each
+// accepted connection, and returns at once. The connection ends, and nc
+// is closed, when the client disconnects or at Shutdown, Close or
+// RemoveExport. After Shutdown or Close it closes nc and returns
+// ErrServerClosed; when the server is full, ErrTooManyConnections.
+func (s *Server) ServeConn(nc net.Conn) error {
+	return s.startConn(nc)
+}
+
 // startConn registers nc and serves it, or closes it when the server is
 // closing or full.
-func (s *Server) startConn(nc net.Conn) {
+func (s *Server) startConn(nc net.Conn) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		nc.Close()
-		return
+		return ErrServerClosed
 	}
 	if len(s.conns) >= s.opts.MaxConnections {
 		s.mu.Unlock()
 		s.log.Warn("nbd: too many connections; closing a new one", "limit", s.opts.MaxConnections)
 		nc.Close()
-		return
+		return ErrTooManyConnections
 	}
 	s.nextID++
 	s.stats.conns.Add(1)
@@ -311,6 +326,7 @@ func (s *Server) startConn(nc net.Conn) {
 		}()
 		c.serve()
 	}()
+	return nil
 }
 
 // Shutdown stops accepting connections, ends handshakes in progress, lets

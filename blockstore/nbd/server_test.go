@@ -7,8 +7,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -492,4 +495,67 @@ func TestMaxConnections(t *testing.T) {
 	if !strings.Contains(ts.logs.String(), "too many connections") {
 		t.Errorf("the refusal is not logged:\n%s", ts.logs)
 	}
+}
+
+// TestServeConn serves clients already connected through socket pairs,
+// as a confined VM's are: a read works, a connection beyond
+// MaxConnections and one after Close are refused and closed.
+func TestServeConn(t *testing.T) {
+	data := randomBytes(8192, 9)
+	s := NewServer(Options{MaxConnections: 1, Logger: slog.New(slog.DiscardHandler)})
+	defer s.Close()
+	if err := s.AddExport(Export{Name: "img", Data: bytes.NewReader(data), Size: int64(len(data))}); err != nil {
+		t.Fatal(err)
+	}
+	pair := func() (mine, theirs net.Conn) {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cs [2]net.Conn
+		for i, fd := range fds {
+			f := os.NewFile(uintptr(fd), "pair")
+			if cs[i], err = net.FileConn(f); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+		}
+		t.Cleanup(func() { cs[0].Close(); cs[1].Close() })
+		cs[0].SetDeadline(time.Now().Add(30 * time.Second))
+		return cs[0], cs[1]
+	}
+	c, sc := pair()
+	if err := s.ServeConn(sc); err != nil {
+		t.Fatalf("ServeConn: %v", err)
+	}
+	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
+	rc.data(18) // the greeting
+	rc.write(binary.BigEndian.AppendUint32(nil, flagFixedNewstyle|flagNoZeroes))
+	rc.option(optGo, goData("img"))
+	for r := rc.optReply(); r.Type != repAck; r = rc.optReply() {
+		if r.Type != repInfo {
+			t.Fatalf("NBD_OPT_GO: reply %+v", r)
+		}
+	}
+	rc.request(cmdRead, 0, 7, 4096, 4096)
+	if errno, handle := rc.reply(); errno != 0 || handle != 7 {
+		t.Fatalf("read: errno %d, handle %d", errno, handle)
+	}
+	if !bytes.Equal(rc.data(4096), data[4096:]) {
+		t.Error("the read returned other bytes")
+	}
+
+	c2, sc2 := pair()
+	if err := s.ServeConn(sc2); !errors.Is(err, ErrTooManyConnections) {
+		t.Errorf("ServeConn beyond MaxConnections: %v, want ErrTooManyConnections", err)
+	}
+	(&rawClient{t: t, c: c2, r: bufio.NewReader(c2)}).closed()
+
+	s.Close()
+	rc.closed()
+	c3, sc3 := pair()
+	if err := s.ServeConn(sc3); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("ServeConn after Close: %v, want ErrServerClosed", err)
+	}
+	(&rawClient{t: t, c: c3, r: bufio.NewReader(c3)}).closed()
 }

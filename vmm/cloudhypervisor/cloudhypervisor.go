@@ -92,6 +92,11 @@ func (b *Backend) DefaultSteps() vmm.Steps {
 		b.stepBinary(),
 		vmm.StepWorkDir,
 		{Name: StepArgsName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+			for i, d := range l.Config.Disks {
+				if d.NBD != nil {
+					return fmt.Errorf("disk %d is an NBD export, which cloud-hypervisor cannot read", i)
+				}
+			}
 			l.ConsoleFile = filepath.Join(l.WorkDir, ConsoleFileName)
 			l.Args = Args(l.Config, l.ConsoleFile, filepath.Join(l.WorkDir, APISocketName))
 			return nil

@@ -94,13 +94,34 @@ type access struct {
 	addFD             []string
 }
 
-// pathAccess names every file by its host path.
-func pathAccess(cfg *vmm.Config) access {
+// pathAccess names every file by its host path; NBD sockets are passed
+// as descriptors all the same (see nbdFD).
+func pathAccess(cfg *vmm.Config, t fdTable) (access, error) {
 	a := access{kernel: cfg.Kernel, initramfs: cfg.Initramfs}
 	for _, d := range cfg.Disks {
-		a.disks = append(a.disks, d.Path)
+		if d.NBD == nil {
+			a.disks = append(a.disks, d.Path)
+			continue
+		}
+		fd, err := nbdFD(d, t)
+		if err != nil {
+			return a, err
+		}
+		a.disks = append(a.disks, fd)
 	}
-	return a
+	return a, nil
+}
+
+// nbdFD passes a copy of d's NBD socket to QEMU (the caller keeps d.NBD)
+// and returns its descriptor number there, the str of QEMU's socket
+// address of type fd: parsing its command line, with no monitor command
+// running, QEMU takes a number there for an inherited descriptor.
+func nbdFD(d vmm.Disk, t fdTable) (string, error) {
+	fd, err := unix.FcntlInt(d.NBD.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("NBD socket of export %q: %w", d.Export, err)
+	}
+	return strconv.Itoa(t.add(os.NewFile(uintptr(fd), "nbd"))), nil
 }
 
 // fdTable hands files to QEMU as inherited descriptors (3, 4, ...); the
@@ -151,7 +172,8 @@ func (t fdTable) readable(path string) (string, error) {
 	return procFD(t.add(f)), nil
 }
 
-// fdAccess passes the kernel, the initramfs and the disks as descriptors:
+// fdAccess passes the kernel, the initramfs and the disks as descriptors
+// (NBD disks as their sockets, see nbdFD; file disks as follows):
 // read-only disks as an fd set holding one read-only descriptor,
 // read-write disks as a set holding a read-only and a read-write one
 // (QEMU's block layer opens an image read-only first and reopens it for
@@ -168,6 +190,14 @@ func fdAccess(cfg *vmm.Config, t fdTable) (access, error) {
 		}
 	}
 	for i, d := range cfg.Disks {
+		if d.NBD != nil {
+			fd, err := nbdFD(d, t)
+			if err != nil {
+				return a, err
+			}
+			a.disks = append(a.disks, fd)
+			continue
+		}
 		set := strconv.Itoa(i + 1)
 		flags := []int{os.O_RDONLY}
 		if !d.ReadOnly {

@@ -158,7 +158,7 @@ func (b *Backend) confine(l *vmm.Launch) (access, error) {
 	c := b.Confinement()
 	l.Log.Debug("qemu confinement", "confinement", c.String())
 	if !c.Jail {
-		return pathAccess(l.Config), nil
+		return pathAccess(l.Config, fdTable{l})
 	}
 	spec, err := jailSpec(l, c.UserNS)
 	if err != nil {
@@ -182,7 +182,8 @@ func (b *Backend) prefix() []string {
 // ROMs, with the ISA serial port and the RTC (the guest's wall clock), KVM
 // with the host CPU or TCG with every emulated feature, no default
 // devices, no network, the kernel booted directly, the console on standard
-// output, and each disk as a virtio-blk-device. Read-write disks use
+// output, and each disk as a virtio-blk-device (an NBD disk through
+// QEMU's NBD client on its inherited socket). Read-write disks use
 // cache=unsafe: the guest's flushes are skipped, since the file is only
 // read once QEMU has exited.
 func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
@@ -211,6 +212,14 @@ func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 	for i, d := range cfg.Disks {
 		id := "disk" + strconv.Itoa(i)
 		drive := "id=" + id + ",file=" + escape(a.disks[i]) + ",format=raw,if=none"
+		if d.NBD != nil {
+			// QEMU's NBD client on the inherited, connected socket. It
+			// cannot reconnect: the descriptor is gone once closed.
+			drive = "id=" + id + ",format=raw,if=none,file.driver=nbd,file.server.type=fd,file.server.str=" + a.disks[i]
+			if d.Export != "" {
+				drive += ",file.export=" + escape(d.Export)
+			}
+		}
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		} else {
