@@ -1,8 +1,6 @@
 package nbd
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -10,9 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"testing"
 	"time"
+
+	"github.com/pe-project/pe/internal/initrdtest"
 )
 
 // TestVMReadsEROFS boots the guest kernel under QEMU with an EROFS image
@@ -130,38 +129,5 @@ sha256sum /dev/vda
 mount -t erofs -o ro /dev/vda /mnt && (cd /mnt && find . -type f | sort | xargs sha256sum)
 poweroff -f
 `)
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	names := []string{"bin", "lib"}
-	for n := range files {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for i, n := range names {
-		mode, data := uint32(0o040755), []byte(nil)
-		if b, ok := files[n]; ok {
-			mode, data = 0o100755, b
-		}
-		writeNewc(zw, i+1, n, mode, data)
-	}
-	writeNewc(zw, 0, "TRAILER!!!", 0, nil)
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "initrd.gz")
-	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// writeNewc writes one newc cpio record, padded to 4 bytes.
-func writeNewc(w *gzip.Writer, ino int, name string, mode uint32, data []byte) {
-	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
-	w.Write([]byte(hdr))
-	w.Write(append([]byte(name), 0))
-	w.Write(make([]byte, (4-(len(hdr)+len(name)+1)%4)%4))
-	w.Write(data)
-	w.Write(make([]byte, (4-len(data)%4)%4))
+	return initrdtest.Write(t, files)
 }

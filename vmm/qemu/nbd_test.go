@@ -2,11 +2,9 @@ package qemu
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -20,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pe-project/pe/blockstore/nbd"
+	"github.com/pe-project/pe/internal/initrdtest"
 	"github.com/pe-project/pe/vmm"
 )
 
@@ -311,38 +310,5 @@ mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_mmio virtio_blk; do [ -f /lib/$m.ko ] && insmod /lib/$m.ko; done
 for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
 ` + script)
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	names := []string{"bin", "lib"}
-	for n := range files {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for i, n := range names {
-		mode, data := uint32(0o040755), []byte(nil)
-		if b, ok := files[n]; ok {
-			mode, data = 0o100755, b
-		}
-		writeNewc(zw, i+1, n, mode, data)
-	}
-	writeNewc(zw, 0, "TRAILER!!!", 0, nil)
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "initrd.gz")
-	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// writeNewc writes one newc cpio record, padded to 4 bytes.
-func writeNewc(w io.Writer, ino int, name string, mode uint32, data []byte) {
-	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
-	w.Write([]byte(hdr))
-	w.Write(append([]byte(name), 0))
-	w.Write(make([]byte, (4-(len(hdr)+len(name)+1)%4)%4))
-	w.Write(data)
-	w.Write(make([]byte, (4-len(data)%4)%4))
+	return initrdtest.Write(t, files)
 }
