@@ -60,25 +60,8 @@ func TestNBDArgs(t *testing.T) {
 // of pe's NBD server reached through a socket pair whose one end QEMU
 // inherits; the guest hashes /dev/vda, which must match the image.
 func TestBootNBD(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a VM")
-	}
-	if _, err := Find(""); err != nil {
-		t.Skip(err)
-	}
-	k, err := vmm.FindKernel("")
-	if err != nil {
-		t.Skip(err)
-	}
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("needs busybox (busybox-static)")
-	}
-	img := make([]byte, 3<<20)
-	r := rand.New(rand.NewPCG(1, 2))
-	for i := range img {
-		img[i] = byte(r.Uint32())
-	}
+	k, busybox := nbdVMNeeds(t)
+	img := randomImage(3<<20, 1, 2)
 	want := fmt.Sprintf("%x  /dev/vda", sha256.Sum256(img))
 	initrd := hashInitrd(t, k, busybox, "sha256sum /dev/vda\npoweroff -f\n")
 	for _, confined := range []bool{true, false} {
@@ -151,25 +134,8 @@ func serveNBD(t *testing.T, img []byte) (*nbd.Server, *os.File) {
 // connection to another server of the same image: the restored guest,
 // its page cache dropped, hashes /dev/vda through the new connection.
 func TestSnapshotNBD(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a VM")
-	}
-	if _, err := Find(""); err != nil {
-		t.Skip(err)
-	}
-	k, err := vmm.FindKernel("")
-	if err != nil {
-		t.Skip(err)
-	}
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("needs busybox (busybox-static)")
-	}
-	img := make([]byte, 3<<20)
-	r := rand.New(rand.NewPCG(3, 4))
-	for i := range img {
-		img[i] = byte(r.Uint32())
-	}
+	k, busybox := nbdVMNeeds(t)
+	img := randomImage(3<<20, 3, 4)
 	want := fmt.Sprintf("%x  /dev/vda", sha256.Sum256(img))
 	initrd := hashInitrd(t, k, busybox, `echo snap-ready
 read line
@@ -217,20 +183,7 @@ poweroff -f
 // disk: the guest's reads fail with I/O errors (QEMU cannot reconnect
 // an inherited socket) and the VM still powers off; nothing hangs.
 func TestNBDServerGone(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a VM")
-	}
-	if _, err := Find(""); err != nil {
-		t.Skip(err)
-	}
-	k, err := vmm.FindKernel("")
-	if err != nil {
-		t.Skip(err)
-	}
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("needs busybox (busybox-static)")
-	}
+	k, busybox := nbdVMNeeds(t)
 	img := make([]byte, 1<<20)
 	initrd := hashInitrd(t, k, busybox, "sha256sum /dev/vda || echo hash-failed\npoweroff -f\n")
 	s, theirs := serveNBD(t, img)
@@ -274,6 +227,37 @@ func socketPair(t *testing.T) (*os.File, *os.File) {
 	a, b := os.NewFile(uintptr(fds[0]), "pe-end"), os.NewFile(uintptr(fds[1]), "qemu-end")
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
+}
+
+// nbdVMNeeds skips the test with -short or when QEMU, the guest kernel or
+// busybox is missing, and returns the kernel and busybox.
+func nbdVMNeeds(t *testing.T) (*vmm.Kernel, string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a VM")
+	}
+	if _, err := Find(""); err != nil {
+		t.Skip(err)
+	}
+	k, err := vmm.FindKernel("")
+	if err != nil {
+		t.Skip(err)
+	}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox (busybox-static)")
+	}
+	return k, busybox
+}
+
+// randomImage returns n bytes from a generator seeded with seed1, seed2.
+func randomImage(n int, seed1, seed2 uint64) []byte {
+	img := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed1, seed2))
+	for i := range img {
+		img[i] = byte(r.Uint32())
+	}
+	return img
 }
 
 // hashInitrd writes a gzipped newc initramfs: busybox, the virtio-mmio
