@@ -10,7 +10,11 @@ import (
 	"github.com/pe-project/pe/blockstore/s3/s3test"
 )
 
-func TestImagePushPull(t *testing.T) {
+// s3Env starts a versitygw with the bucket "images" and points pe's S3
+// configuration at it through the environment alone (no shared files from
+// the home directory).
+func s3Env(t *testing.T) {
+	t.Helper()
 	g := s3test.Start(t)
 	client, err := s3.New(s3.Config{Endpoint: g.Endpoint, Region: "us-east-1", AccessKeyID: s3test.AccessKey,
 		SecretAccessKey: s3test.SecretKey, PathStyle: true}, s3.Options{})
@@ -20,8 +24,6 @@ func TestImagePushPull(t *testing.T) {
 	if err := client.CreateBucket(t.Context(), "images"); err != nil {
 		t.Fatal(err)
 	}
-	// The configuration pe takes from the environment, and no shared files
-	// from the home directory.
 	none := filepath.Join(t.TempDir(), "none")
 	for k, v := range map[string]string{
 		"AWS_ENDPOINT_URL": g.Endpoint, "AWS_ACCESS_KEY_ID": s3test.AccessKey, "AWS_SECRET_ACCESS_KEY": s3test.SecretKey,
@@ -30,6 +32,10 @@ func TestImagePushPull(t *testing.T) {
 	} {
 		t.Setenv(k, v)
 	}
+}
+
+func TestImagePushPull(t *testing.T) {
+	s3Env(t)
 	img := filepath.Join(t.TempDir(), "tree.erofs")
 	if _, _, err := run(t, "", "image", "build-erofs", makeTree(t), "-o", img, "--mtime", "@1700000000"); err != nil {
 		t.Fatalf("build-erofs: %v", err)

@@ -15,8 +15,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/pe-project/pe/blockstore/s3"
-	"github.com/pe-project/pe/blockstore/s3/s3test"
 	"github.com/pe-project/pe/server"
 )
 
@@ -28,23 +26,7 @@ import (
 func TestServeS3VM(t *testing.T) {
 	dir := vmSetup(t)
 	t.Setenv("PE_CACHE_DIR", t.TempDir()) // the s3 images are pulled here, not into the shared fixture
-	g := s3test.Start(t)
-	client, err := s3.New(s3.Config{Endpoint: g.Endpoint, Region: "us-east-1", AccessKeyID: s3test.AccessKey,
-		SecretAccessKey: s3test.SecretKey, PathStyle: true}, s3.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.CreateBucket(t.Context(), "images"); err != nil {
-		t.Fatal(err)
-	}
-	none := filepath.Join(t.TempDir(), "none")
-	for k, v := range map[string]string{
-		"AWS_ENDPOINT_URL": g.Endpoint, "AWS_ACCESS_KEY_ID": s3test.AccessKey, "AWS_SECRET_ACCESS_KEY": s3test.SecretKey,
-		"AWS_REGION": "us-east-1", "AWS_PROFILE": "", "AWS_CONFIG_FILE": none, "AWS_SHARED_CREDENTIALS_FILE": none,
-		"AWS_SESSION_TOKEN": "", "AWS_ENDPOINT_URL_S3": "",
-	} {
-		t.Setenv(k, v)
-	}
+	s3Env(t)
 	img := filepath.Join(dir, "busybox.erofs")
 	for _, dest := range []string{"s3://images/private/bb:v1", "s3://images/ce/bb:v1"} {
 		if _, stderr, err := run(t, "", "image", "push", "--cache-dir", t.TempDir(), img, dest); err != nil {
