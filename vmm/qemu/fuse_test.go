@@ -1,0 +1,224 @@
+package qemu
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pe-project/pe/blockstore"
+	"github.com/pe-project/pe/blockstore/fusedisk"
+	"github.com/pe-project/pe/vmm"
+)
+
+// The FUSE disk is how cloud-hypervisor, which has no NBD client, reads a
+// lazy image: a regular file on pe's FUSE mount. cloud-hypervisor needs
+// KVM, which this host lacks, so these tests give the same file to QEMU
+// as a plain file disk, QEMU standing in for cloud-hypervisor.
+const fuseStandIn = "cloud-hypervisor (needs KVM) cannot run here; QEMU reads the FUSE file in its place"
+
+// fuseVMNeeds skips unless a VM can boot and FUSE can be mounted.
+func fuseVMNeeds(t *testing.T) (*vmm.Kernel, string) {
+	t.Helper()
+	k, busybox := nbdVMNeeds(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("needs /dev/fuse (%v); %s", err, fuseStandIn)
+	}
+	if os.Geteuid() != 0 {
+		t.Skipf("needs root: pe's FUSE mount must allow QEMU's user (allow_other); %s", fuseStandIn)
+	}
+	return k, busybox
+}
+
+// lazyImage writes img to a file and returns its index and a fetcher
+// reading it: a remote image whose chunks come through the store.
+func lazyImage(t *testing.T, img []byte) (*blockstore.Index, blockstore.Fetcher) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "remote.img")
+	if err := os.WriteFile(p, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ix, err := blockstore.BuildIndexFile(t.Context(), p, 512<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return ix, blockstore.FileFetcher{R: f}
+}
+
+// fuseMount mounts pe's FUSE file system in a directory only root can
+// search (allow_other lets QEMU's user read the files it is handed, not
+// find them), closed when the test ends, when nothing may stay mounted.
+func fuseMount(t *testing.T) *fusedisk.FS {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "fuse")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, err := fusedisk.Mount(dir, fusedisk.Options{AllowOther: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("closing the FUSE mount: %v", err)
+		}
+		info, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fusedisk.MountedIn(info, m.Dir()) {
+			t.Errorf("%s is still mounted", m.Dir())
+		}
+	})
+	return m
+}
+
+// TestBootFUSE boots the guest, confined and not, with its disk a file
+// on pe's FUSE mount that reads a lazy image through a chunk store; the
+// guest hashes /dev/vda, which must match the image. The first run finds
+// the store cold (every chunk fetched), the second all cached.
+func TestBootFUSE(t *testing.T) {
+	k, busybox := fuseVMNeeds(t)
+	t.Log(fuseStandIn)
+	img := randomImage(3<<20+4096, 5, 6)
+	want := fmt.Sprintf("%x  /dev/vda", sha256.Sum256(img))
+	initrd := hashInitrd(t, k, busybox, "sha256sum /dev/vda\npoweroff -f\n")
+	ix, fetcher := lazyImage(t, img)
+	store, err := blockstore.NewStore(blockstore.Options{Dir: t.TempDir(), RequestTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := fuseMount(t)
+	for run, confined := range []bool{true, false} {
+		t.Run(fmt.Sprintf("confined=%v", confined), func(t *testing.T) {
+			b := New("")
+			b.NoConfine = !confined
+			if c := b.Confinement(); c.Jail != confined {
+				t.Skipf("confinement: %s", c)
+			}
+			image, err := store.Open(ix, fetcher)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer image.Close()
+			// A new name each run: a new inode, no page cache, so the
+			// second run's reads reach the store.
+			name := fmt.Sprintf("run%d.img", run)
+			path, err := m.Add(name, image, image.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Remove(name)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+			defer cancel()
+			start := time.Now()
+			vm, err := b.Start(ctx, &vmm.Config{
+				Kernel: k.Vmlinuz, Initramfs: initrd, Cmdline: "panic=-1 quiet",
+				Disks: []vmm.Disk{{Path: path, ReadOnly: true}},
+				Accel: vmm.AccelTCG, MemoryMiB: 256, WorkDir: t.TempDir(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vm.Kill()
+			if err := vm.Wait(ctx); err != nil {
+				t.Fatalf("Wait: %v\nconsole:\n%s", err, vm.ConsoleLog())
+			}
+			st := image.Stats()
+			t.Logf("guest hashed the FUSE disk in %v; store: %+v", time.Since(start), st)
+			if !strings.Contains(string(vm.ConsoleLog()), want) {
+				t.Errorf("the guest's hash of /dev/vda is not %s; console:\n%s", want, vm.ConsoleLog())
+			}
+			if run == 0 && (st.Gets == 0 || st.Misses != int64(len(ix.Chunks))) {
+				t.Errorf("cold store: %d GETs and %d misses for an image of %d chunks", st.Gets, st.Misses, len(ix.Chunks))
+			}
+			if run == 1 && (st.Gets != 0 || st.Misses != 0 || st.Hits == 0) {
+				t.Errorf("warm store: %d GETs, %d misses, %d hits; want hits only", st.Gets, st.Misses, st.Hits)
+			}
+		})
+	}
+}
+
+// TestSnapshotFUSE saves a snapshot of a confined guest whose disk is a
+// FUSE file and restores it with the disk a new file of the same image
+// on the mount, read through a cold store: the restored guest, its page
+// cache dropped, hashes /dev/vda through the new file.
+func TestSnapshotFUSE(t *testing.T) {
+	k, busybox := fuseVMNeeds(t)
+	t.Log(fuseStandIn)
+	img := randomImage(3<<20, 7, 8)
+	want := fmt.Sprintf("%x  /dev/vda", sha256.Sum256(img))
+	initrd := hashInitrd(t, k, busybox, `echo snap-ready
+read line
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum /dev/vda
+poweroff -f
+`)
+	b := New("")
+	t.Logf("confinement: %s", b.Confinement())
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	ix, fetcher := lazyImage(t, img)
+	m := fuseMount(t)
+	add := func(name string) (string, *blockstore.Image) {
+		t.Helper()
+		store, err := blockstore.NewStore(blockstore.Options{Dir: t.TempDir(), RequestTimeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		image, err := store.Open(ix, fetcher)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { image.Close() })
+		path, err := m.Add(name, image, image.Size())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path, image
+	}
+	cfg := func(path string) *vmm.Config {
+		return &vmm.Config{
+			Kernel: k.Vmlinuz, Initramfs: initrd, Cmdline: "panic=-1 quiet",
+			Disks: []vmm.Disk{{Path: path, ReadOnly: true}},
+			Accel: vmm.AccelTCG, MemoryMiB: 256,
+		}
+	}
+	dir := t.TempDir()
+	savePath, _ := add("save.img")
+	if err := b.SaveSnapshot(ctx, cfg(savePath), dir, []byte("snap-ready")); err != nil {
+		t.Fatalf("SaveSnapshot: %v", err)
+	}
+	if err := m.Remove("save.img"); err != nil {
+		t.Fatal(err)
+	}
+	restorePath, image := add("restore.img")
+	start := time.Now()
+	vm, err := b.RestoreSnapshot(ctx, cfg(restorePath), dir, []byte("\n"))
+	if err != nil {
+		t.Fatalf("RestoreSnapshot: %v", err)
+	}
+	defer vm.Kill()
+	if err := vm.Wait(ctx); err != nil {
+		t.Fatalf("Wait: %v\nconsole:\n%s", err, vm.ConsoleLog())
+	}
+	st := image.Stats()
+	t.Logf("restored guest hashed the FUSE disk in %v; store: %+v", time.Since(start), st)
+	if !strings.Contains(string(vm.ConsoleLog()), want) {
+		t.Errorf("the restored guest's hash of /dev/vda is not %s; console:\n%s", want, vm.ConsoleLog())
+	}
+	if st.Misses != int64(len(ix.Chunks)) {
+		t.Errorf("the restore's cold store missed %d chunks, want all %d", st.Misses, len(ix.Chunks))
+	}
+}
