@@ -117,6 +117,9 @@ func Mount(dir string, o Options) (*FS, error) {
 			}
 		}
 	}
+	if err := clearStale(abs, direct); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &FS{dir: abs, opts: o, direct: direct, ctx: ctx, cancel: cancel,
 		files: map[string]*fs.Inode{}, nextIno: 2}
@@ -378,13 +381,58 @@ func mounted(dir string) bool {
 // contents of a /proc/PID/mountinfo file. Tests use it to check that no
 // mount leaks.
 func MountedIn(mountinfo []byte, dir string) bool {
+	_, ok := fsTypeIn(mountinfo, dir)
+	return ok
+}
+
+// fsTypeIn returns the file system type of the last mount on dir in
+// mountinfo, and whether there is one.
+func fsTypeIn(mountinfo []byte, dir string) (fsType string, ok bool) {
 	for line := range strings.Lines(string(mountinfo)) {
 		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMountinfo(f[4]) == dir {
-			return true
+		if len(f) <= 4 || unescapeMountinfo(f[4]) != dir {
+			continue
+		}
+		ok = true
+		fsType = ""
+		// Optional fields, then "-", then the type.
+		for i := 6; i+1 < len(f); i++ {
+			if f[i] == "-" {
+				fsType = f[i+1]
+				break
+			}
 		}
 	}
-	return false
+	return fsType, ok
+}
+
+// fsType is the type of pe's mounts in mountinfo (go-fuse's "fuse."+Name).
+const fsType = "fuse.pe"
+
+// clearStale detaches a mount of pe's left on dir by a process that died
+// (its connection is gone: ENOTCONN), so that the new mount does not
+// stack on a dead one. A live mount there, or another file system, is an
+// error.
+func clearStale(dir string, direct bool) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil // no way to tell; mount(2) will say if dir is unusable
+	}
+	typ, ok := fsTypeIn(b, dir)
+	if !ok {
+		return nil
+	}
+	// statfs always asks the daemon (stat may answer from the kernel's
+	// attribute cache), so it tells a dead connection.
+	var st unix.Statfs_t
+	serr := unix.Statfs(dir, &st)
+	if typ != fsType || (serr != unix.ENOTCONN && serr != unix.ECONNABORTED) {
+		return fmt.Errorf("fusedisk: %s is already a mount point (%s, in use)", dir, typ)
+	}
+	if err := forceUnmount(dir, direct, 0); err != nil {
+		return fmt.Errorf("fusedisk: removing the dead FUSE mount on %s left by a process that ended: %w", dir, err)
+	}
+	return nil
 }
 
 // unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).

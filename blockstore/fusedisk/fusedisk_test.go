@@ -646,3 +646,94 @@ func TestMountedIn(t *testing.T) {
 		}
 	}
 }
+
+// TestFsTypeIn reads the type of the topmost mount on a directory.
+func TestFsTypeIn(t *testing.T) {
+	info := []byte(`22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+90 22 0:50 / /m rw,nosuid shared:7 master:1 - tmpfs none rw
+91 90 0:51 / /m rw - fuse.pe pe-lazy ro
+92 22 0:52 / /bad rw
+`)
+	for _, tt := range []struct {
+		dir, want string
+		ok        bool
+	}{
+		{"/", "ext4", true},
+		{"/m", "fuse.pe", true},
+		{"/bad", "", true},
+		{"/none", "", false},
+	} {
+		got, ok := fsTypeIn(info, tt.dir)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("fsTypeIn(%q) = %q, %v; want %q, %v", tt.dir, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestStaleMount: a process that mounted and was killed leaves a dead
+// mount behind; the next Mount on the same directory replaces it. A
+// live mount there is refused.
+func TestStaleMount(t *testing.T) {
+	if dir := os.Getenv("FUSEDISK_HELPER_DIR"); dir != "" {
+		// The helper process: mount, say so, wait to be killed.
+		if _, err := Mount(dir, Options{}); err != nil {
+			fmt.Println("mount failed:", err)
+			os.Exit(1)
+		}
+		fmt.Println("mounted")
+		time.Sleep(time.Hour)
+		return
+	}
+	needFUSE(t)
+	dir := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestStaleMount$")
+	cmd.Env = append(os.Environ(), "FUSEDISK_HELPER_DIR="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 64)
+	n, _ := out.Read(line)
+	cmd.Process.Kill()
+	cmd.Wait()
+	if !bytes.HasPrefix(line[:n], []byte("mounted")) {
+		t.Fatalf("helper: %q", line[:n])
+	}
+	t.Cleanup(func() {
+		if isMounted(t, dir) {
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	})
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("statfs of the killed process's mount: %v, want ENOTCONN", err)
+	}
+	m, err := Mount(dir, Options{})
+	if err != nil {
+		t.Fatalf("Mount over a dead mount: %v", err)
+	}
+	data := []byte("fresh")
+	path, err := m.Add("f", bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("reading from the new mount: %q, %v", got, err)
+	}
+	if m2, err := Mount(dir, Options{}); err == nil {
+		m2.Close()
+		t.Error("a second Mount over a live one succeeded")
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if isMounted(t, dir) {
+		t.Errorf("%s still mounted after Close", dir)
+	}
+}
