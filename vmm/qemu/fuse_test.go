@@ -222,3 +222,61 @@ poweroff -f
 		t.Errorf("the restore's cold store missed %d chunks, want all %d", st.Misses, len(ix.Chunks))
 	}
 }
+
+// failAfter is a Fetcher whose reads past the image's first chunk fail
+// for good: storage gone once QEMU has opened the disk.
+type failAfter struct {
+	blockstore.Fetcher
+	chunk int64
+}
+
+func (f failAfter) Fetch(ctx context.Context, off, length int64) ([]byte, error) {
+	if off >= f.chunk {
+		return nil, blockstore.Permanent(fmt.Errorf("object gone (test) at %d", off))
+	}
+	return f.Fetcher.Fetch(ctx, off, length)
+}
+
+// TestFUSEFetchFails: chunks that cannot be fetched are I/O errors in the
+// confined guest, which still powers off; nothing hangs, and the mount
+// closes.
+func TestFUSEFetchFails(t *testing.T) {
+	k, busybox := fuseVMNeeds(t)
+	t.Log(fuseStandIn)
+	img := randomImage(2<<20, 9, 10)
+	initrd := hashInitrd(t, k, busybox, "sha256sum /dev/vda || echo hash-failed\npoweroff -f\n")
+	ix, fetcher := lazyImage(t, img)
+	store, err := blockstore.NewStore(blockstore.Options{Dir: t.TempDir(), RequestTimeout: 10 * time.Second, Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	image, err := store.Open(ix, failAfter{fetcher, ix.ChunkSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer image.Close()
+	m := fuseMount(t)
+	path, err := m.Add("img", image, image.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	vm, err := New("").Start(ctx, &vmm.Config{
+		Kernel: k.Vmlinuz, Initramfs: initrd, Cmdline: "panic=-1 quiet",
+		Disks: []vmm.Disk{{Path: path, ReadOnly: true}},
+		Accel: vmm.AccelTCG, MemoryMiB: 256,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	if err := vm.Wait(ctx); err != nil {
+		t.Fatalf("Wait: %v\nconsole:\n%s", err, vm.ConsoleLog())
+	}
+	t.Logf("store: %+v", image.Stats())
+	if !strings.Contains(string(vm.ConsoleLog()), "hash-failed") {
+		t.Errorf("the guest read the whole disk though its chunks could not be fetched; console:\n%s", vm.ConsoleLog())
+	}
+}
