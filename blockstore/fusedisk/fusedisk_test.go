@@ -737,3 +737,111 @@ func TestStaleMount(t *testing.T) {
 		t.Errorf("%s still mounted after Close", dir)
 	}
 }
+
+// TestNonRoot mounts as an unprivileged user (nobody), as a pe run
+// without root does: through fusermount3 when it is installed (mount,
+// read, Close, nothing left mounted), else Mount fails with
+// ErrUnavailable, naming the binary to install.
+func TestNonRoot(t *testing.T) {
+	if dir := os.Getenv("FUSEDISK_NONROOT_DIR"); dir != "" {
+		nonRootHelper(dir)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a helper as another user")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("needs /dev/fuse (%v)", err)
+	}
+	// A copy of this test binary and a mount point the other user can
+	// reach.
+	top, err := os.MkdirTemp("", "fusedisk-nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	bin := filepath.Join(top, "fusedisk.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(top, "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const nobody = 65534
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(top, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if isMounted(t, dir) {
+			t.Errorf("%s left mounted by the unprivileged helper", dir)
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	})
+	cmd := exec.CommandContext(t.Context(), bin, "-test.run=^TestNonRoot$")
+	cmd.Env = append(os.Environ(), "FUSEDISK_NONROOT_DIR="+dir, "HOME=/nonexistent")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.CombinedOutput()
+	t.Logf("helper as uid %d: %s", nobody, out)
+	if err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	_, haveFusermount := exec.LookPath("fusermount3")
+	switch {
+	case haveFusermount == nil && !bytes.Contains(out, []byte("helper: ok")):
+		t.Error("fusermount3 is installed, yet the unprivileged mount did not work")
+	case haveFusermount != nil && !bytes.Contains(out, []byte("helper: unavailable")):
+		t.Error("without fusermount3, Mount as a user did not fail with ErrUnavailable")
+	case haveFusermount != nil && !bytes.Contains(out, []byte("fusermount3")):
+		t.Error("the error does not name fusermount3")
+	}
+}
+
+// nonRootHelper is TestNonRoot's other process.
+func nonRootHelper(dir string) {
+	m, err := Mount(dir, Options{CloseTimeout: time.Second})
+	if errors.Is(err, ErrUnavailable) {
+		fmt.Println("helper: unavailable:", err)
+		return
+	}
+	if err != nil {
+		fmt.Println("helper: mount failed:", err)
+		os.Exit(1)
+	}
+	fail := func(format string, args ...any) {
+		fmt.Printf("helper: "+format+"\n", args...)
+		m.Close()
+		os.Exit(1)
+	}
+	data := randomBytes(1<<20+5, 11)
+	path, err := m.Add("img", bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		fail("Add: %v", err)
+	}
+	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, data) {
+		fail("read %d bytes, %v", len(got), err)
+	}
+	if err := os.WriteFile(path, nil, 0); err == nil {
+		fail("wrote to the file")
+	}
+	// Close with the file held open: the unmount must not depend on it.
+	f, err := os.Open(path)
+	if err != nil {
+		fail("open: %v", err)
+	}
+	defer f.Close()
+	if err := m.Close(); err != nil {
+		fail("Close: %v", err)
+	}
+	if mounted(dir) {
+		fail("still mounted after Close")
+	}
+	fmt.Println("helper: ok")
+}
