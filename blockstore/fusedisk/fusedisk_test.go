@@ -133,6 +133,16 @@ func TestContents(t *testing.T) {
 		t.Errorf("largest read was %d bytes: FUSE reads stayed at the kernel's default 128 KiB", src.most.Load())
 	}
 
+	// FOPEN_KEEP_CACHE: a new open finds the pages cached, the reader
+	// sees nothing (without it the kernel drops them on open).
+	calls := src.calls.Load()
+	if again, err := os.ReadFile(path); err != nil || !bytes.Equal(again, data) {
+		t.Fatalf("second read: %d bytes, %v", len(again), err)
+	}
+	if n := src.calls.Load() - calls; n != 0 {
+		t.Errorf("reading the file again made %d reads of the source, want 0 (page cache kept)", n)
+	}
+
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
