@@ -275,6 +275,7 @@ func (m *FS) unmount() error {
 	var err error
 	for {
 		if err = plainUnmount(m.dir, m.direct); err == nil || !mounted(m.dir) {
+			m.opts.Logger.Debug("fusedisk: unmounted", "dir", m.dir, "err", err)
 			err = nil
 			break
 		}
@@ -512,8 +513,8 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 }
 
 // Read reads from the backing reader. A failed read is EIO to the
-// reader; an interrupted one, or one still running when the mount
-// closes, EINTR.
+// reader, as is one still running when the mount closes; an interrupted
+// one is EINTR.
 func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if off >= f.size || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
@@ -531,7 +532,9 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		err = nil
 	}
 	if err != nil {
-		if ctx.Err() != nil {
+		// EINTR only for the reader's own interrupt: a VMM retries an
+		// interrupted read, which would spin while the mount closes.
+		if ctx.Err() != nil && f.m.ctx.Err() == nil {
 			return nil, syscall.EINTR
 		}
 		if err == io.EOF {

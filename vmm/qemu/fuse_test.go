@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -278,5 +280,112 @@ func TestFUSEFetchFails(t *testing.T) {
 	t.Logf("store: %+v", image.Stats())
 	if !strings.Contains(string(vm.ConsoleLog()), "hash-failed") {
 		t.Errorf("the guest read the whole disk though its chunks could not be fetched; console:\n%s", vm.ConsoleLog())
+	}
+}
+
+// hangAfter is a Fetcher whose reads past the image's first chunk hang
+// until their context ends: storage that stopped answering.
+type hangAfter struct {
+	blockstore.Fetcher
+	chunk   int64
+	started chan struct{}
+	once    *sync.Once
+}
+
+func (f hangAfter) Fetch(ctx context.Context, off, length int64) ([]byte, error) {
+	if off < f.chunk {
+		return f.Fetcher.Fetch(ctx, off, length)
+	}
+	f.once.Do(func() { close(f.started) })
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestFUSECloseWhileVMReads closes the mount while QEMU, confined or
+// not, is blocked reading a chunk that never comes: Close returns within
+// its timeout, QEMU's read fails, the guest sees an I/O error and powers
+// off, and nothing stays mounted.
+func TestFUSECloseWhileVMReads(t *testing.T) {
+	k, busybox := fuseVMNeeds(t)
+	t.Log(fuseStandIn)
+	for _, confined := range []bool{true, false} {
+		t.Run(fmt.Sprintf("confined=%v", confined), func(t *testing.T) {
+			b := New("")
+			b.NoConfine = !confined
+			if c := b.Confinement(); c.Jail != confined {
+				t.Skipf("confinement: %s", c)
+			}
+			closeWhileVMReads(t, b, k, busybox)
+		})
+	}
+}
+
+func closeWhileVMReads(t *testing.T, b *Backend, k *vmm.Kernel, busybox string) {
+	img := randomImage(2<<20, 11, 12)
+	// The guest lives on after the failed read, keeping QEMU's descriptor
+	// open: Close has to abort the connection.
+	initrd := hashInitrd(t, k, busybox, "sha256sum /dev/vda || echo hash-failed\nsleep 600\npoweroff -f\n")
+	ix, fetcher := lazyImage(t, img)
+	store, err := blockstore.NewStore(blockstore.Options{Dir: t.TempDir(), RequestTimeout: time.Hour, Attempts: 1, HedgeAfter: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	hang := hangAfter{fetcher, ix.ChunkSize, make(chan struct{}), new(sync.Once)}
+	image, err := store.Open(ix, hang)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer image.Close()
+	dir := filepath.Join(t.TempDir(), "fuse")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, err := fusedisk.Mount(dir, fusedisk.Options{AllowOther: true, CloseTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	path, err := m.Add("img", image, image.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	vm, err := b.Start(ctx, &vmm.Config{
+		Kernel: k.Vmlinuz, Initramfs: initrd, Cmdline: "panic=-1 quiet",
+		Disks: []vmm.Disk{{Path: path, ReadOnly: true}},
+		Accel: vmm.AccelTCG, MemoryMiB: 256,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	select {
+	case <-hang.started:
+	case <-ctx.Done():
+		t.Fatalf("the guest never read past the first chunk; console:\n%s", vm.ConsoleLog())
+	}
+	start := time.Now()
+	if err := m.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	t.Logf("Close took %v with QEMU blocked on the mount", time.Since(start))
+	if d := time.Since(start); d < time.Second || d > 10*time.Second {
+		t.Errorf("Close took %v, want its 1 s timeout (QEMU holds the file open), then the abort", d)
+	}
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fusedisk.MountedIn(info, dir) {
+		t.Errorf("%s still mounted after Close", dir)
+	}
+	for !strings.Contains(string(vm.ConsoleLog()), "hash-failed") {
+		if ctx.Err() != nil {
+			t.Fatalf("the guest's read of the unfetchable chunk did not fail; console:\n%s", vm.ConsoleLog())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
