@@ -117,6 +117,9 @@ func Mount(dir string, o Options) (*FS, error) {
 			}
 		}
 	}
+	if !direct && o.AllowOther && !userAllowOther("/etc/fuse.conf") {
+		return nil, fmt.Errorf("fusedisk: mounting %s with allow_other as uid %d needs user_allow_other in /etc/fuse.conf: %w", abs, os.Geteuid(), ErrUnavailable)
+	}
 	if err := clearStale(abs, direct); err != nil {
 		return nil, err
 	}
@@ -180,6 +183,21 @@ func Mount(dir string, o Options) (*FS, error) {
 	m.dev = st.Dev
 	m.raiseReadahead()
 	return m, nil
+}
+
+// userAllowOther reports whether the fuse.conf at path lets users mount
+// with allow_other (fusermount3 refuses it otherwise, on its stderr).
+func userAllowOther(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(b)) {
+		if strings.TrimSpace(line) == "user_allow_other" {
+			return true
+		}
+	}
+	return false
 }
 
 // raiseReadahead lets the kernel's readahead on the mount grow to

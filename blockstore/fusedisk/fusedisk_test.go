@@ -816,6 +816,16 @@ func TestNonRoot(t *testing.T) {
 
 // nonRootHelper is TestNonRoot's other process.
 func nonRootHelper(dir string) {
+	if !userAllowOther("/etc/fuse.conf") {
+		if m, err := Mount(dir, Options{AllowOther: true}); err == nil {
+			m.Close()
+			fmt.Println("helper: mounted with allow_other though fuse.conf does not allow it")
+			os.Exit(1)
+		} else if !errors.Is(err, ErrUnavailable) {
+			fmt.Println("helper: allow_other refused without ErrUnavailable:", err)
+			os.Exit(1)
+		}
+	}
 	m, err := Mount(dir, Options{CloseTimeout: time.Second})
 	if errors.Is(err, ErrUnavailable) {
 		fmt.Println("helper: unavailable:", err)
@@ -854,4 +864,30 @@ func nonRootHelper(dir string) {
 		fail("still mounted after Close")
 	}
 	fmt.Println("helper: ok")
+}
+
+// TestUserAllowOther reads fuse.conf's user_allow_other.
+func TestUserAllowOther(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		conf string
+		want bool
+	}{
+		{"user_allow_other\n", true},
+		{"# mount_max = 1000\n  user_allow_other  \n", true},
+		{"#user_allow_other\n", false},
+		{"mount_max = 1000\n", false},
+		{"", false},
+	} {
+		p := filepath.Join(dir, "fuse.conf")
+		if err := os.WriteFile(p, []byte(tt.conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := userAllowOther(p); got != tt.want {
+			t.Errorf("userAllowOther(%q) = %v, want %v", tt.conf, got, tt.want)
+		}
+	}
+	if userAllowOther(filepath.Join(dir, "missing")) {
+		t.Error("a missing fuse.conf allows allow_other")
+	}
 }
