@@ -241,9 +241,9 @@ func TestLazyS3Faults(t *testing.T) {
 		want    []string // in the error; none: the run works
 	}{
 		{name: "unreachable, cached", e: dead, image: env.pinned, cmd: sh("echo cached-ok")},
-		{name: "unreachable", e: dead, image: env.pinned, cmd: readBig(1), want: []string{"reading image " + env.ref, "127.0.0.1:1", "connection refused"}},
-		{name: "unreachable, tag", e: dead, image: env.ref, cmd: readBig(1), want: []string{"reading image " + env.ref, "connection refused"}},
-		{name: "wrong credentials", e: wrong, image: env.pinned, cmd: readBig(2), want: []string{"reading image " + env.ref, `access denied to bucket "images"`, "HTTP 403"}},
+		{name: "unreachable", e: dead, image: env.pinned, cmd: readBig(1), want: []string{"reading image s3://images/ce/bb", "127.0.0.1:1", "connection refused"}},
+		{name: "unreachable, tag", e: dead, image: env.ref, cmd: readBig(1), want: []string{"reading image s3://images/ce/bb", "connection refused"}},
+		{name: "wrong credentials", e: wrong, image: env.pinned, cmd: readBig(2), want: []string{"reading image s3://images/ce/bb", `access denied to bucket "images"`, "HTTP 403"}},
 		{name: "corrupt", e: good, image: env.ref, cmd: readBig(3), prepare: func() {
 			b, err := os.ReadFile(env.blob)
 			if err != nil {
@@ -255,11 +255,11 @@ func TestLazyS3Faults(t *testing.T) {
 			if err := os.WriteFile(env.blob, b, 0o644); err != nil {
 				t.Fatal(err)
 			}
-		}, want: []string{"reading image " + env.ref, "the index says", "fetched twice"}},
+		}, want: []string{"reading image s3://images/ce/bb", "the index says", "fetched twice"}},
 		{name: "deleted, cached", e: good, image: env.pinned, cmd: sh("echo still-ok"), prepare: func() {
 			os.RemoveAll(filepath.Join(env.g.Dir, "images", "ce"))
 		}},
-		{name: "deleted", e: good, image: env.pinned, cmd: readBig(4), want: []string{"reading image " + env.ref, "not found"}},
+		{name: "deleted", e: good, image: env.pinned, cmd: readBig(4), want: []string{"reading image s3://images/ce/bb", "not found"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if c.prepare != nil {
