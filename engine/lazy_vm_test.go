@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -101,7 +102,14 @@ func newLazyEnv(t *testing.T) *lazyEnv {
 // and client.
 func (env *lazyEnv) engine(t *testing.T, client *s3.Client, bootSnapshots bool) *Engine {
 	t.Helper()
+	return env.engineGrace(t, client, bootSnapshots, 0)
+}
+
+// engineGrace is engine with the grace period grace (0: the default).
+func (env *lazyEnv) engineGrace(t *testing.T, client *s3.Client, bootSnapshots bool, grace time.Duration) *Engine {
+	t.Helper()
 	e, err := New(Options{
+		Grace:         grace,
 		Images:        &CacheSource{Cache: env.cache, Options: image.PullOptions{S3: client}},
 		Backend:       qemu.New(""),
 		Accel:         vmm.AccelTCG,
@@ -231,6 +239,29 @@ func TestLazyS3Faults(t *testing.T) {
 		return sh("dd if=/big of=/dev/null bs=4096 skip=" + strconv.Itoa(part*(1<<20)/4096) + " count=64 2>/dev/null && echo read-ok")
 	}
 	dead := env.engine(t, s3Client(t, "http://127.0.0.1:1", s3test.SecretKey), true)
+	// A server that takes connections and never answers: reads wait
+	// until the run's limit.
+	hole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hole.Close() })
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := hole.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	hang := env.engineGrace(t, s3Client(t, "http://"+hole.Addr().String(), s3test.SecretKey), true, 10*time.Second)
 	wrong := env.engine(t, s3Client(t, env.g.Endpoint, "wrong"), true)
 	for _, c := range []struct {
 		name    string
@@ -238,11 +269,13 @@ func TestLazyS3Faults(t *testing.T) {
 		image   string
 		cmd     []string
 		prepare func()
-		want    []string // in the error; none: the run works
+		timeout time.Duration // 0: 30s
+		want    []string      // in the error; none: the run works
 	}{
 		{name: "unreachable, cached", e: dead, image: env.pinned, cmd: sh("echo cached-ok")},
 		{name: "unreachable", e: dead, image: env.pinned, cmd: readBig(1), want: []string{"reading image s3://images/ce/bb", "127.0.0.1:1", "connection refused"}},
 		{name: "unreachable, tag", e: dead, image: env.ref, cmd: readBig(1), want: []string{"reading image s3://images/ce/bb", "connection refused"}},
+		{name: "hanging", e: hang, image: env.pinned, cmd: readBig(5), timeout: 3 * time.Second, want: []string{"reading image s3://images/ce/bb", "still waiting for the storage"}},
 		{name: "wrong credentials", e: wrong, image: env.pinned, cmd: readBig(2), want: []string{"reading image s3://images/ce/bb", `access denied to bucket "images"`, "HTTP 403"}},
 		{name: "corrupt", e: good, image: env.ref, cmd: readBig(3), prepare: func() {
 			b, err := os.ReadFile(env.blob)
@@ -265,8 +298,11 @@ func TestLazyS3Faults(t *testing.T) {
 			if c.prepare != nil {
 				c.prepare()
 			}
+			if c.timeout == 0 {
+				c.timeout = 30 * time.Second
+			}
 			start := time.Now()
-			res, err := runErr(t, c.e, &RunRequest{Image: c.image, Overrides: Overrides{Cmd: c.cmd}, Timeout: 30 * time.Second})
+			res, err := runErr(t, c.e, &RunRequest{Image: c.image, Overrides: Overrides{Cmd: c.cmd}, Timeout: c.timeout})
 			took := time.Since(start)
 			if c.want == nil {
 				if err != nil || res.ExitCode != 0 {
@@ -289,7 +325,8 @@ func TestLazyS3Faults(t *testing.T) {
 			}
 		})
 	}
-	for _, e := range []*Engine{good, dead, wrong} {
+	hole.Close() // and its connections
+	for _, e := range []*Engine{good, dead, wrong, hang} {
 		checkNoLeaks(t, e, fds, goroutines)
 	}
 }

@@ -34,12 +34,17 @@ const lazyVMM = "qemu"
 type ImageReadError struct {
 	// Reference names the image.
 	Reference string
-	// Failed is how many reads failed; Err is the first one's error.
-	Failed int64
-	Err    error
+	// Failed is how many reads failed, Waiting how many still waited for
+	// the storage when the VM stopped; Err is the first failure's error,
+	// or says that reads were waiting.
+	Failed, Waiting int64
+	Err             error
 }
 
 func (e *ImageReadError) Error() string {
+	if e.Failed == 0 {
+		return fmt.Sprintf("reading image %s: %v (%d read(s) of the guest waiting)", e.Reference, e.Err, e.Waiting)
+	}
 	return fmt.Sprintf("reading image %s: %v (%d read(s) of the guest failed)", e.Reference, e.Err, e.Failed)
 }
 
@@ -55,6 +60,8 @@ type lazyDisk struct {
 	// before is the image's counters when the run started: the run's are
 	// the difference (a SnapshotPool's image serves many runs).
 	before blockstore.Stats
+	// stalled is how many reads were waiting when the VM stopped.
+	stalled int64
 
 	mu    sync.Mutex
 	ends  []*os.File // the VMM's ends of the socket pairs, until stop

@@ -69,19 +69,25 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		// Reads still waiting when the VM was killed at its limit are
 		// why it ran out of time.
 		stalled := vm.lazy.r.pending.Load()
+		vm.lazy.stalled = stalled
 		m.Kill()
 		e.stopLazyDisk(vm.lazy)
 		if err := vm.lazy.r.readError(l.image().Reference); err != nil {
 			return nil, err
 		}
 		if x.killed && stalled > 0 {
-			return nil, &ImageReadError{Reference: l.image().Reference, Failed: stalled,
+			return nil, &ImageReadError{Reference: l.image().Reference, Waiting: stalled,
 				Err: fmt.Errorf("reads were still waiting for the storage when the VM was killed at its limit (%v)", x.limit)}
 		}
 	}
 	res, err := e.collect(req, l, vm, m, x, t)
 	if res != nil && vm.lazy != nil {
 		res.ImageBlocks = vm.lazy.runStats()
+		if res.TimedOut && vm.lazy.stalled > 0 {
+			// The program waited for the storage until its time ran out.
+			return nil, &ImageReadError{Reference: l.image().Reference, Waiting: vm.lazy.stalled,
+				Err: fmt.Errorf("reads were still waiting for the storage when the program ran past its time limit (%v)", req.Timeout)}
+		}
 	}
 	return res, err
 }
