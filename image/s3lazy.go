@@ -146,7 +146,9 @@ func (c *Cache) s3RefPath(name string) string {
 // whole image, that is what the S3Image holds; otherwise its index comes
 // from the cache's copy or the bucket (checked against the digest, and
 // kept), and its chunks are read through store from the bucket's blob.
-// The caller closes the S3Image once done.
+// opts.MaxSize does not apply: it bounds what is downloaded and converted,
+// and a lazy image is neither (the chunk store has its own bound). The
+// caller closes the S3Image once done.
 func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, store *blockstore.Store) (*S3Image, error) {
 	if ref.transport != TransportS3 {
 		return nil, fmt.Errorf("%s is not an s3:// reference", ref.Familiar())
@@ -188,9 +190,6 @@ func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, sto
 	}
 	if _, err := checkConfigPlatform(cfg, o.platform, what); err != nil {
 		return nil, err
-	}
-	if o.MaxSize > 0 && ix.Size > o.MaxSize {
-		return nil, kindErrorf(ErrTooLarge, "%s is too large: %d bytes, over the limit of %d bytes (--max-image-size)", what, ix.Size, o.MaxSize)
 	}
 	client, err := o.s3Client()
 	if err != nil {
