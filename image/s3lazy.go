@@ -71,6 +71,19 @@ func (c *Cache) ChunkStore(maxBytes int64) (*blockstore.Store, error) {
 	return s, nil
 }
 
+// FlushChunkStore waits for the chunk store's cache writes in progress, if
+// this process opened the store: a short-lived process (pe run) calls it
+// before it exits, so that the chunks its run fetched are there for the
+// next one.
+func (c *Cache) FlushChunkStore() {
+	chunkStores.Lock()
+	s := chunkStores.m[c.path(s3LazyDir)]
+	chunkStores.Unlock()
+	if s != nil {
+		s.Close()
+	}
+}
+
 // S3Image is an s3:// image opened for runs by OpenS3: read lazily through
 // the chunk store (Lazy), or, when the cache holds it whole (pe image
 // pull), that file (Cached).

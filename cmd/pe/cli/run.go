@@ -90,8 +90,10 @@ type runFlags struct {
 	snapshot string
 	// cold boots the VM instead of restoring pe's boot snapshot.
 	cold bool
-	// chunkCache bounds the chunk cache of lazy s3:// images.
-	chunkCache sizeFlag
+	// chunkCache bounds the chunk cache of lazy s3:// images;
+	// flushChunks waits for its writes (set with the engine's options).
+	chunkCache  sizeFlag
+	flushChunks func()
 }
 
 // newRunCmd returns "pe run".
@@ -254,6 +256,9 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		}
 	}
 	res, err := a.runEngine(cmd.Context(), opts, req)
+	// The chunks a lazy run fetched are written to the chunk cache in
+	// the background: wait for them before pe exits.
+	f.flushChunks()
 	if err != nil {
 		return err
 	}
@@ -371,6 +376,7 @@ func runEngineOptions(cmd *cobra.Command, a *app, f *runFlags) (engine.Options, 
 	}
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, f.maxOutput.Bytes())
+	f.flushChunks = cache.FlushChunkStore
 	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts, ChunkCacheSize: f.chunkCache.Bytes()}}, f.cacheDir, lim)
 	opts.BootSnapshots = !f.cold
 	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) && !f.asJSON {

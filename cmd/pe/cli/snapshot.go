@@ -103,6 +103,7 @@ func runSnapshotCreate(cmd *cobra.Command, a *app, f *snapshotCreateFlags, ref s
 		req.Console = cmd.ErrOrStderr()
 	}
 	m, err := e.CreateSnapshot(cmd.Context(), req)
+	cache.FlushChunkStore() // the chunks the boot fetched, for the runs
 	if err != nil {
 		return err
 	}
