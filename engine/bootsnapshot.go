@@ -255,6 +255,9 @@ func hostCPU() string {
 // fitsBootSnapshot reports whether img's file fits the image disk a boot
 // snapshot's guest knows.
 func fitsBootSnapshot(img *ResolvedImage) bool {
+	if img.Lazy != nil {
+		return img.Lazy.Size() <= BootSnapshotImageSize
+	}
 	fi, err := os.Stat(img.EROFSPath)
 	return err == nil && fi.Size() <= BootSnapshotImageSize
 }

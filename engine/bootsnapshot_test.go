@@ -50,7 +50,7 @@ func TestPruneBootSnapshots(t *testing.T) {
 }
 
 // TestReadSnapshotManifestBoot: a boot snapshot names no image file, an
-// image's snapshot must.
+// image's snapshot must, or an s3:// image instead.
 func TestReadSnapshotManifestBoot(t *testing.T) {
 	for _, c := range []struct {
 		name, manifest string
@@ -60,6 +60,10 @@ func TestReadSnapshotManifestBoot(t *testing.T) {
 		{"image", `{"format":1,"image_file":{"path":"/i.erofs","size":1},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, true},
 		{"image without its file", `{"format":1,"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, false},
 		{"boot with an image file", `{"format":1,"boot":true,"image_file":{"path":"/i.erofs","size":1},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, false},
+		{"s3 image", `{"format":1,"image_s3":{"reference":"s3://b/p/n@sha256:ab","size":4096},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, true},
+		{"s3 image without size", `{"format":1,"image_s3":{"reference":"s3://b/p/n@sha256:ab"},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, false},
+		{"s3 image and a file", `{"format":1,"image_s3":{"reference":"s3://b/p/n@sha256:ab","size":4096},"image_file":{"path":"/i.erofs","size":1},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, false},
+		{"boot with an s3 image", `{"format":1,"boot":true,"image_s3":{"reference":"s3://b/p/n@sha256:ab","size":4096},"memory_mib":512,"cpus":1,"io_size":1,"vmm":"qemu"}`, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -49,6 +49,10 @@ type Converter struct {
 	CacheMaxSize int64
 	// Log receives evictions; nil discards.
 	Log *slog.Logger
+	// ChunkCacheSize bounds the chunk store of lazy images (s3://
+	// images read on demand, which need no conversion slot; see
+	// CacheSource) when this process opens it first.
+	ChunkCacheSize int64
 
 	once     sync.Once
 	slots    chan struct{}
@@ -79,6 +83,13 @@ func (c *Converter) Resolve(ctx context.Context, ref string) (*ResolvedImage, er
 	r, err := image.ParseReference(ref)
 	if err != nil {
 		return nil, err
+	}
+	if r.Transport() == image.TransportS3 {
+		// Not downloaded: no conversion slot, and the index fetch is
+		// bounded by the pull timeout.
+		dctx, cancel := context.WithTimeout(ctx, c.Timeout)
+		defer cancel()
+		return resolveS3(dctx, c.Cache, r, c.Options, c.ChunkCacheSize)
 	}
 	converted := false
 	opts := c.Options

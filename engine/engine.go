@@ -12,11 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/pe-project/pe/blockstore/nbd"
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
 	"github.com/pe-project/pe/guest/initramfs"
@@ -100,6 +102,12 @@ type Engine struct {
 
 	// bootSnapMu serialises finding and making the boot snapshot.
 	bootSnapMu sync.Mutex
+
+	// nbd serves the lazy images' disks (see startLazyDisk), made at the
+	// first run of one; lazyDisks counts the exports being served.
+	nbdMu     sync.Mutex
+	nbd       *nbd.Server
+	lazyDisks atomic.Int64
 }
 
 // New returns an engine. It finds the kernel and the guest init now (the
@@ -320,11 +328,18 @@ func checkIOFileFits(path string, size int64) error {
 }
 
 // process opens the image's root file system (for /etc/passwd) and merges
-// its config with the overrides.
-func (e *Engine) process(img *ResolvedImage, o Overrides) (*Process, error) {
+// its config with the overrides. A lazy image's reads end with ctx.
+func (e *Engine) process(ctx context.Context, img *ResolvedImage, o Overrides) (*Process, error) {
 	var cfg *v1.Config
 	if img.Config != nil {
 		cfg = &img.Config.Config
+	}
+	if img.Lazy != nil {
+		rootfs, err := erofs.OpenSize(ctxReader{ctx, img.Lazy}, img.Lazy.Size())
+		if err != nil {
+			return nil, fmt.Errorf("reading image %s: %w", img.Reference, err)
+		}
+		return MergeConfig(cfg, o, rootfs)
 	}
 	f, err := os.Open(img.EROFSPath)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/pe-project/pe/blockstore"
 	"github.com/pe-project/pe/image"
 )
 
@@ -19,8 +20,13 @@ type ResolvedImage struct {
 	// Digest is the manifest digest ("sha256:..."), "" when there is none
 	// (a bare EROFS file).
 	Digest string
-	// EROFSPath is the root file system image.
+	// EROFSPath is the root file system image; "" for a lazy image.
 	EROFSPath string
+	// Lazy, when set, is the root file system read on demand through the
+	// chunk store (an s3:// image the cache does not hold whole): the
+	// engine serves it to the VM over NBD. Whoever resolved the image
+	// closes it (Release).
+	Lazy *blockstore.Image
 	// Config is the image config (entrypoint, cmd, env, working dir,
 	// user); nil when there is none.
 	Config *v1.ConfigFile
@@ -46,10 +52,15 @@ type ImageSource interface {
 }
 
 // CacheSource resolves references with pe's image cache, pulling and
-// converting images it lacks (image.Cache.Get).
+// converting images it lacks (image.Cache.Get). s3:// images the cache
+// does not hold whole are not downloaded: they resolve to lazy images
+// (image.Cache.OpenS3), read through the cache's chunk store.
 type CacheSource struct {
 	Cache   *image.Cache
 	Options image.PullOptions
+	// ChunkCacheSize bounds the chunk store of lazy images when this
+	// process opens it first (0: image.DefaultChunkCacheSize).
+	ChunkCacheSize int64
 }
 
 // Resolve implements ImageSource.
@@ -57,6 +68,9 @@ func (s *CacheSource) Resolve(ctx context.Context, ref string) (*ResolvedImage, 
 	r, err := image.ParseReference(ref)
 	if err != nil {
 		return nil, err
+	}
+	if r.Transport() == image.TransportS3 {
+		return resolveS3(ctx, s.Cache, r, s.Options, s.ChunkCacheSize)
 	}
 	img, lease, err := s.Cache.Acquire(ctx, r, s.Options)
 	if err != nil {
@@ -74,6 +88,30 @@ func resolvedImage(img *image.CachedImage, lease *image.Lease) *ResolvedImage {
 		Converted: img.Converted,
 		Release:   lease.Release,
 	}
+}
+
+// resolveS3 opens the s3:// image r: the cache's file when it holds the
+// image whole, else a lazy image.
+func resolveS3(ctx context.Context, c *image.Cache, r image.Reference, opts image.PullOptions, chunkCacheSize int64) (*ResolvedImage, error) {
+	store, err := c.ChunkStore(chunkCacheSize)
+	if err != nil {
+		return nil, err
+	}
+	img, err := c.OpenS3(ctx, r, opts, store)
+	if err != nil {
+		return nil, err
+	}
+	res := &ResolvedImage{
+		Reference: img.Reference,
+		Digest:    img.Digest.String(),
+		Config:    img.Config,
+		Lazy:      img.Lazy,
+		Release:   func() { img.Close() },
+	}
+	if img.Cached != nil {
+		res.EROFSPath = img.Cached.EROFSPath
+	}
+	return res, nil
 }
 
 // FileSource resolves references that name an existing EROFS file

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -56,8 +57,12 @@ type machine struct {
 	// imagePath is the image disk (vda, read-only), ioPath the I/O disk
 	// (vdb); work the run directory.
 	imagePath, ioPath, work string
-	memMiB, cpus            int
-	debug                   bool
+	// nbd, when set, is the image disk instead of imagePath: the VMM's
+	// end of a connection to export of the engine's NBD server.
+	nbd          *os.File
+	export       string
+	memMiB, cpus int
+	debug        bool
 	// console receives the guest console (the run's, and the engine's
 	// watch for the result-ready line).
 	console io.Writer
@@ -74,11 +79,15 @@ func (e *Engine) vmConfig(vm *machine) *vmm.Config {
 	if vm.debug {
 		cmdline += " " + guest.CmdlineDebug + "=1"
 	}
+	imageDisk := vmm.Disk{Path: vm.imagePath, ReadOnly: true}
+	if vm.nbd != nil {
+		imageDisk = vmm.Disk{NBD: vm.nbd, Export: vm.export, ReadOnly: true}
+	}
 	return &vmm.Config{
 		Kernel:    e.bootKernel,
 		Initramfs: vm.initramfs,
 		Cmdline:   cmdline,
-		Disks:     []vmm.Disk{{Path: vm.imagePath, ReadOnly: true}, {Path: vm.ioPath}},
+		Disks:     []vmm.Disk{imageDisk, {Path: vm.ioPath}},
 		CPUs:      vm.cpus,
 		MemoryMiB: vm.memMiB,
 		Accel:     vm.choice.Accel,
@@ -176,8 +185,8 @@ func (s *imageSnapshotRestore) giveUp(error) launch {
 // the launch has something to fall back on, it gives the snapshot up and
 // boots instead, on the same disks: the guest never woke, so the I/O file
 // is as the run wrote it. It returns the launch that brought the VM up.
-func (e *Engine) startVM(ctx context.Context, l launch, vm *machine) (vmm.Machine, launch, error) {
-	m, err := l.start(ctx, vm)
+func (e *Engine) startVM(ctx context.Context, l launch, vm *runVM) (vmm.Machine, launch, error) {
+	m, err := e.startOnce(ctx, l, vm)
 	var rerr *restoreError
 	if err == nil || ctx.Err() != nil || !errors.As(err, &rerr) {
 		return m, l, err
@@ -187,6 +196,24 @@ func (e *Engine) startVM(ctx context.Context, l launch, vm *machine) (vmm.Machin
 		return nil, l, err
 	}
 	e.log.Warn("restoring the snapshot failed: booting", "launch", l.kind(), "error", err)
-	m, err = next.start(ctx, vm)
+	m, err = e.startOnce(ctx, next, vm)
 	return m, next, err
+}
+
+// startOnce starts vm the way l says, on a new connection to its lazy
+// image's export if it has one: a VMM that failed to start took its
+// connection with it.
+func (e *Engine) startOnce(ctx context.Context, l launch, vm *runVM) (vmm.Machine, error) {
+	if vm.lazy == nil {
+		return l.start(ctx, &vm.machine)
+	}
+	f, err := vm.lazy.connect()
+	if err != nil {
+		return nil, err
+	}
+	// The VMM has its own copy once started.
+	defer f.Close()
+	vm.machine.nbd, vm.machine.export = f, vm.lazy.export
+	defer func() { vm.machine.nbd = nil }()
+	return l.start(ctx, &vm.machine)
 }

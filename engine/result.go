@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/pe-project/pe/blockstore"
 	"github.com/pe-project/pe/guest"
 )
 
@@ -50,6 +51,10 @@ type RunResult struct {
 	Durations map[string]time.Duration
 	// Console is the end of the guest console.
 	Console []byte
+	// ImageBlocks, for a lazy image (an s3:// image read on demand), is
+	// what the run's reads of it cost: chunk fetches, bytes, cache hits
+	// and misses, time stalled. Nil for an image file.
+	ImageBlocks *blockstore.Stats
 }
 
 // ExitStatus is the status pe run exits with: the program's exit code
@@ -83,13 +88,14 @@ type jsonResult struct {
 	Accel           string             `json:"accel"`
 	DurationMs      map[string]float64 `json:"duration_ms"`
 	Rusage          guest.Rusage       `json:"rusage"`
+	ImageBlocks     *blockstore.Stats  `json:"image_blocks,omitempty"`
 }
 
 // MarshalJSON encodes the result as pe run --json prints it: exit_code,
 // signal, timed_out, stdout and stderr (or stdout_b64 and stderr_b64, in
 // base64, when not valid UTF-8), the truncation flags, the guest's error,
 // image {reference, digest}, vmm, accel, duration_ms (each phase in
-// milliseconds) and rusage.
+// milliseconds), rusage and, for a lazy image, image_blocks.
 func (r *RunResult) MarshalJSON() ([]byte, error) {
 	j := jsonResult{
 		ExitCode:        r.ExitStatus(),
@@ -104,6 +110,7 @@ func (r *RunResult) MarshalJSON() ([]byte, error) {
 		Accel:           r.Accel,
 		DurationMs:      map[string]float64{},
 		Rusage:          r.Rusage,
+		ImageBlocks:     r.ImageBlocks,
 	}
 	j.Stdout, j.StdoutB64 = textOrBase64(r.Stdout)
 	j.Stderr, j.StderrB64 = textOrBase64(r.Stderr)

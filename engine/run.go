@@ -45,18 +45,63 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(vm.work)
-	m, l, err := e.startVM(ctx, p.launch, &vm.machine)
+	if img := p.launch.image(); img.Lazy != nil {
+		// Stopped after the VM is killed (defers run last first).
+		if vm.lazy, err = e.startLazyDisk(ctx, img); err != nil {
+			return nil, err
+		}
+		defer e.stopLazyDisk(vm.lazy)
+	}
+	m, l, err := e.startVM(ctx, p.launch, vm)
 	if err != nil {
-		return nil, err
+		return nil, e.lazyError(vm, err)
 	}
 	defer m.Kill()
 	t.lap("vm_start")
 	x, err := e.wait(ctx, m, vm, req.Timeout)
 	if err != nil {
-		return nil, err
+		return nil, e.lazyError(vm, err)
 	}
 	t.lap("vm")
-	return e.collect(req, l, vm, m, x, t)
+	if vm.lazy != nil {
+		// The guest saw I/O errors reading its image: whatever it made
+		// of them, the result is not the program's.
+		// Reads still waiting when the VM was killed at its limit are
+		// why it ran out of time.
+		stalled := vm.lazy.r.pending.Load()
+		vm.lazy.stalled = stalled
+		m.Kill()
+		e.stopLazyDisk(vm.lazy)
+		if err := vm.lazy.r.readError(l.image().Reference); err != nil {
+			return nil, err
+		}
+		if x.killed && stalled > 0 {
+			return nil, &ImageReadError{Reference: l.image().Reference, Waiting: stalled,
+				Err: fmt.Errorf("reads were still waiting for the storage when the VM was killed at its limit (%v)", x.limit)}
+		}
+	}
+	res, err := e.collect(req, l, vm, m, x, t)
+	if res != nil && vm.lazy != nil {
+		res.ImageBlocks = vm.lazy.runStats()
+		if res.TimedOut && vm.lazy.stalled > 0 {
+			// The program waited for the storage until its time ran out.
+			return nil, &ImageReadError{Reference: l.image().Reference, Waiting: vm.lazy.stalled,
+				Err: fmt.Errorf("reads were still waiting for the storage when the program ran past its time limit (%v)", req.Timeout)}
+		}
+	}
+	return res, err
+}
+
+// lazyError returns the error of a run with a lazy image that failed with
+// err: the image's read error when there was one, which is the cause.
+func (e *Engine) lazyError(vm *runVM, err error) error {
+	if vm.lazy == nil {
+		return err
+	}
+	if rerr := vm.lazy.r.readError(vm.lazy.img.Reference); rerr != nil {
+		return fmt.Errorf("%w (%v)", rerr, err)
+	}
+	return err
 }
 
 // checkRequest returns r with its defaults, or why it cannot run.
@@ -106,7 +151,10 @@ func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (_ *runPla
 	var img *ResolvedImage
 	switch {
 	case snap != nil:
-		img = snap.Image()
+		if img, err = e.snapshotImage(ctx, snap); err != nil {
+			return nil, err
+		}
+		p.release = img.release
 	case req.Resolved != nil:
 		img = req.Resolved
 	default:
@@ -115,12 +163,15 @@ func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (_ *runPla
 		}
 		p.release = img.release
 	}
-	if p.proc, err = e.process(img, req.Overrides); err != nil {
+	if p.proc, err = e.process(ctx, img, req.Overrides); err != nil {
 		return nil, fmt.Errorf("image %s: %w", img.Reference, err)
 	}
 	t.lap("image")
 	if p.choice, err = e.Choice(ctx); err != nil {
 		return nil, err
+	}
+	if img.Lazy != nil && p.choice.VMM != lazyVMM {
+		return nil, fmt.Errorf("image %s: lazy s3 images need QEMU for now (--vmm qemu), or pull it whole first (pe image pull)", img.Reference)
 	}
 	switch {
 	case snap != nil:
@@ -171,6 +222,8 @@ func (e *Engine) requestSnapshot(ctx context.Context, req *RunRequest) (*Snapsho
 // runVM is a run's machine with its request to the guest.
 type runVM struct {
 	machine
+	// lazy serves a lazy image's disk, nil for an image file.
+	lazy *lazyDisk
 	greq *guest.Request
 	// ready sees the guest's result-ready line on the console.
 	ready *lineWatch

@@ -18,6 +18,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 )
 
@@ -90,6 +91,15 @@ type SnapshotFile struct {
 	SHA256 string `json:"sha256,omitempty"`
 }
 
+// SnapshotS3Image is the s3:// image of a snapshot.
+type SnapshotS3Image struct {
+	// Reference is the image pinned to its digest
+	// (s3://BUCKET/PREFIX/NAME@sha256:...).
+	Reference string `json:"reference"`
+	// Size is the EROFS image's size in bytes.
+	Size int64 `json:"size"`
+}
+
 // SnapshotManifest is manifest.json: what the snapshot was made from and
 // with. A snapshot is restored only where all of it still holds.
 type SnapshotManifest struct {
@@ -107,6 +117,11 @@ type SnapshotManifest struct {
 	Image       ImageInfo      `json:"image"`
 	ImageFile   SnapshotFile   `json:"image_file"`
 	ImageConfig *v1.ConfigFile `json:"image_config,omitempty"`
+	// ImageS3, instead of ImageFile, is the s3:// image booted, read
+	// lazily: each restored VM attaches it again, opened by its digest
+	// (Image.Digest, which pins its bytes), lazily or from the cache's
+	// whole copy.
+	ImageS3 *SnapshotS3Image `json:"image_s3,omitempty"`
 	// Kernel is the guest kernel's identity (vmm.Kernel.ID); KernelImage
 	// the file booted.
 	Kernel      string       `json:"kernel"`
@@ -147,7 +162,36 @@ type Snapshot struct {
 	name string
 }
 
-// Image returns the image the snapshot's VMs run.
+// snapshotImage returns the image a run from snap attaches: the
+// snapshot's file, or its s3:// image opened again by its digest (lazily,
+// or the cache's whole copy: the same bytes), which the caller releases.
+func (e *Engine) snapshotImage(ctx context.Context, snap *Snapshot) (*ResolvedImage, error) {
+	m := &snap.Manifest
+	if m.ImageS3 == nil {
+		return snap.Image(), nil
+	}
+	img, err := e.opts.Images.Resolve(ctx, m.ImageS3.Reference)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", snap.Dir, err)
+	}
+	size := int64(-1)
+	if img.Lazy != nil {
+		size = img.Lazy.Size()
+	} else if fi, err := os.Stat(img.EROFSPath); err == nil {
+		size = fi.Size()
+	}
+	if img.Digest != m.Image.Digest || size != m.ImageS3.Size {
+		img.release()
+		return nil, fmt.Errorf("%w: %s: %s resolved to %s (%d bytes), the snapshot has %s (%d bytes)", ErrSnapshotMismatch, snap.Dir, m.ImageS3.Reference, img.Digest, size, m.Image.Digest, m.ImageS3.Size)
+	}
+	// The names and config the snapshot was made with.
+	img.Reference, img.Config = m.Image.Reference, m.ImageConfig
+	return img, nil
+}
+
+// Image returns the image the snapshot's VMs run. For a snapshot of an
+// s3:// image (Manifest.ImageS3) it has no file: a run opens the image
+// again.
 func (s *Snapshot) Image() *ResolvedImage {
 	m := &s.Manifest
 	return &ResolvedImage{Reference: m.Image.Reference, Digest: m.Image.Digest, EROFSPath: m.ImageFile.Path, Config: m.ImageConfig}
@@ -188,7 +232,8 @@ func ReadSnapshotManifest(dir string) (*SnapshotManifest, error) {
 	if m.Format != SnapshotFormat {
 		return nil, fmt.Errorf("%w: %s: format %d, this pe reads format %d; create it again", ErrSnapshotMismatch, dir, m.Format, SnapshotFormat)
 	}
-	if m.MemoryMiB <= 0 || m.CPUs <= 0 || m.IOSize <= 0 || (m.ImageFile.Path == "") != m.Boot || m.VMM == "" {
+	if m.MemoryMiB <= 0 || m.CPUs <= 0 || m.IOSize <= 0 || (m.ImageFile.Path == "" && m.ImageS3 == nil) != m.Boot || m.VMM == "" ||
+		(m.ImageS3 != nil && (m.ImageFile.Path != "" || m.ImageS3.Reference == "" || m.ImageS3.Size <= 0)) {
 		return nil, fmt.Errorf("%w: %s: incomplete manifest", ErrBadSnapshot, dir)
 	}
 	return &m, nil
@@ -265,7 +310,15 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 	defer os.RemoveAll(work)
 	what, mode := "the boot", guest.SnapshotBoot
 	imagePath := filepath.Join(work, "image.img")
-	if img != nil {
+	if img != nil && img.Lazy != nil {
+		pinned, err := image.PinS3(img.Reference, img.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.Reference, err)
+		}
+		what, mode = img.Reference, guest.SnapshotImage
+		m.Image, m.ImageConfig = ImageInfo{Reference: img.Reference, Digest: img.Digest}, img.Config
+		m.ImageS3 = &SnapshotS3Image{Reference: pinned, Size: img.Lazy.Size()}
+	} else if img != nil {
 		imgFile, err := statFile(img.EROFSPath)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", img.Reference, err)
@@ -314,12 +367,37 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 		return nil, err
 	}
 	mem, cpus := machineOrDefaults(r.MemoryMiB, r.CPUs)
-	cfg := e.vmConfig(&machine{choice: env.choice, initramfs: env.initramfs, imagePath: imagePath, ioPath: ioPath,
-		work: work, memMiB: mem, cpus: cpus, debug: r.Debug, console: r.Console})
+	vm := &machine{choice: env.choice, initramfs: env.initramfs, imagePath: imagePath, ioPath: ioPath,
+		work: work, memMiB: mem, cpus: cpus, debug: r.Debug, console: r.Console}
+	sctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var lazy *lazyDisk
+	if img != nil && img.Lazy != nil {
+		if env.choice.VMM != lazyVMM {
+			return nil, fmt.Errorf("image %s: lazy s3 images need QEMU for now (--vmm qemu), or pull it whole first (pe image pull)", img.Reference)
+		}
+		if lazy, err = e.startLazyDisk(sctx, img); err != nil {
+			return nil, err
+		}
+		defer e.stopLazyDisk(lazy)
+		f, err := lazy.connect()
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		vm.nbd, vm.export = f, lazy.export
+	}
+	cfg := e.vmConfig(vm)
 	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=" + mode
 
-	sctx, cancel := context.WithTimeout(ctx, limit)
 	err = env.backend.SaveSnapshot(sctx, cfg, tmp, []byte(guest.SnapshotReady))
+	if lazy != nil {
+		e.stopLazyDisk(lazy)
+		if rerr := lazy.r.readError(img.Reference); rerr != nil {
+			// The cause, whatever the guest made of it.
+			err = rerr
+		}
+	}
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("snapshot of %s: %w", what, err)
@@ -438,7 +516,7 @@ func (e *Engine) checkSnapshot(dir string, m *SnapshotManifest, env *snapshotEnv
 	if k, err := statFile(e.bootKernel); err != nil || k.Size != m.KernelImage.Size {
 		return nil, mismatch("kernel image", m.KernelImage.Path, e.bootKernel)
 	}
-	if !m.Boot {
+	if !m.Boot && m.ImageS3 == nil {
 		img, err := statFile(m.ImageFile.Path)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: the image file is gone: %v", ErrSnapshotMismatch, dir, err)

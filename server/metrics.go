@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pe-project/pe/blockstore"
 )
 
 // metrics are what /metrics shows.
@@ -70,4 +72,55 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// chunkMetric is one pe_chunk_*_total counter and the Stats field it shows.
+type chunkMetric struct {
+	desc  *prometheus.Desc
+	value func(blockstore.Stats) float64
+}
+
+// chunkStats is the collector of the chunk store's counters: read from
+// the store at each scrape, as the store keeps them itself.
+type chunkStats struct {
+	read    func() blockstore.Stats
+	metrics []chunkMetric
+}
+
+// chunkCollector returns a collector of the counters read returns.
+func chunkCollector(read func() blockstore.Stats) prometheus.Collector {
+	c := &chunkStats{read: read}
+	for _, m := range []struct {
+		name, help string
+		value      func(blockstore.Stats) float64
+	}{
+		{"pe_chunk_gets_total", "Ranged GETs of image chunks sent to object storage (hedges and retries included).", func(s blockstore.Stats) float64 { return float64(s.Gets) }},
+		{"pe_chunk_bytes_fetched_total", "Bytes of image chunks fetched from object storage.", func(s blockstore.Stats) float64 { return float64(s.BytesFetched) }},
+		{"pe_chunk_hits_total", "Chunk reads served from the local chunk cache.", func(s blockstore.Stats) float64 { return float64(s.Hits) }},
+		{"pe_chunk_misses_total", "Chunk reads that started a fetch.", func(s blockstore.Stats) float64 { return float64(s.Misses) }},
+		{"pe_chunk_joins_total", "Chunk reads that waited for a fetch another read started.", func(s blockstore.Stats) float64 { return float64(s.Joins) }},
+		{"pe_chunk_retries_total", "Chunk fetches retried after a failure.", func(s blockstore.Stats) float64 { return float64(s.Retries) }},
+		{"pe_chunk_hedges_total", "Second requests sent for slow chunk fetches.", func(s blockstore.Stats) float64 { return float64(s.Hedges) }},
+		{"pe_chunk_digest_mismatches_total", "Fetched chunks whose sha256 did not match the index.", func(s blockstore.Stats) float64 { return float64(s.DigestMismatches) }},
+		{"pe_chunk_evictions_total", "Chunk files removed to keep the chunk cache under its size.", func(s blockstore.Stats) float64 { return float64(s.Evictions) }},
+		{"pe_chunk_stall_seconds_total", "Time reads of lazily read images waited for fetches, summed over reads.", func(s blockstore.Stats) float64 { return s.Stalled.Seconds() }},
+	} {
+		c.metrics = append(c.metrics, chunkMetric{prometheus.NewDesc(m.name, m.help, nil, nil), m.value})
+	}
+	return c
+}
+
+// Describe implements prometheus.Collector.
+func (c *chunkStats) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range c.metrics {
+		ch <- m.desc
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *chunkStats) Collect(ch chan<- prometheus.Metric) {
+	s := c.read()
+	for _, m := range c.metrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, m.value(s))
+	}
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pe-project/pe/blockstore"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pe-project/pe/engine"
@@ -129,6 +131,10 @@ type Config struct {
 	// Registry receives the metrics (default a new registry, served at
 	// /metrics).
 	Registry *prometheus.Registry
+	// ChunkStats, when set, reads the counters of the chunk store that
+	// lazily read s3:// images go through, shown on /metrics as
+	// pe_chunk_*_total.
+	ChunkStats func() blockstore.Stats
 }
 
 // Server is pe serve's HTTP handler.
@@ -226,6 +232,11 @@ func New(cfg Config) (*Server, error) {
 	m, err := newMetrics(cfg.Registry)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.ChunkStats != nil {
+		if err := cfg.Registry.Register(chunkCollector(cfg.ChunkStats)); err != nil {
+			return nil, fmt.Errorf("registering metrics: %w", err)
+		}
 	}
 	s.metrics = m
 	s.queue.onChange = func(queued, running int) {

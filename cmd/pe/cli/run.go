@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/pe-project/pe/engine"
 	"github.com/pe-project/pe/guest"
@@ -58,6 +59,13 @@ func (f *vmFlags) engineOptions(a *app, images engine.ImageSource, cacheDir stri
 	}
 }
 
+// chunkCacheVar defines --chunk-cache-size, the bound of the chunk cache
+// of s3:// images read lazily.
+func chunkCacheVar(fs *pflag.FlagSet, p *sizeFlag) {
+	sizeVar(fs, p, "chunk-cache-size", "20GiB", sizeSpec{min: 64 << 20, want: "a size such as 20GiB", small: "at least 64MiB"},
+		"bound the cache of chunks of s3:// images read on demand (in the cache directory, shared by every pe using it); the least recently used go first")
+}
+
 // runFlags are pe run's flags.
 type runFlags struct {
 	pullFlags
@@ -82,6 +90,10 @@ type runFlags struct {
 	snapshot string
 	// cold boots the VM instead of restoring pe's boot snapshot.
 	cold bool
+	// chunkCache bounds the chunk cache of lazy s3:// images;
+	// flushChunks waits for its writes (set with the engine's options).
+	chunkCache  sizeFlag
+	flushChunks func()
 }
 
 // newRunCmd returns "pe run".
@@ -97,7 +109,10 @@ them. Flags after IMAGE belong to the program.
 
 IMAGE is a reference (busybox, docker.io/library/gcc:14, oci:./layout[:tag],
 docker-archive:./img.tar), pulled into the image cache when needed, or an
-EROFS file (path ending in .erofs).
+EROFS file (path ending in .erofs). An s3:// image (pe image push) is not
+downloaded: the VM reads it through pe, which fetches the chunks it touches
+into a chunk cache (--chunk-cache-size), unless pe image pull put it in the
+cache whole. Such runs need --vmm qemu for now.
 
 pe run --snapshot DIR [flags] [COMMAND [ARG...]] takes no IMAGE: the VM is
 restored from the snapshot in DIR (made by pe snapshot create), already booted
@@ -109,7 +124,9 @@ program's status, 128+N when signal N killed it, 124 when --timeout killed it,
 and 125 when pe itself failed (one line on standard error says why).
 --json prints one JSON object instead: exit_code, signal, timed_out, stdout,
 stderr (stdout_b64, stderr_b64 when not UTF-8), the truncation flags, image
-{reference, digest}, vmm, accel, duration_ms (each phase) and rusage.
+{reference, digest}, vmm, accel, duration_ms (each phase) and rusage, and
+for an s3:// image read on demand image_blocks (gets, bytes_fetched, hits,
+misses, stalled_ns...).
 
 --gist ID[/REVISION] runs a gist, --files DIR a directory, as their pe.toml
 says (docs/pe-toml.md): its image (--image overrides it), cmd (the arguments
@@ -162,6 +179,7 @@ raises GitHub's rate limit.`,
 	registerGitHubAPI(fs, &f.githubAPI)
 	fs.StringVar(&f.snapshot, "snapshot", "", "restore the VM from this snapshot directory (pe snapshot create) instead of booting one; then no IMAGE is given")
 	fs.BoolVar(&f.cold, "cold", false, "boot the VM instead of restoring pe's boot snapshot (which the first run makes, in the cache; --debug boots too)")
+	chunkCacheVar(fs, &f.chunkCache)
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
@@ -238,6 +256,9 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		}
 	}
 	res, err := a.runEngine(cmd.Context(), opts, req)
+	// The chunks a lazy run fetched are written to the chunk cache in
+	// the background: wait for them before pe exits.
+	f.flushChunks()
 	if err != nil {
 		return err
 	}
@@ -355,7 +376,8 @@ func runEngineOptions(cmd *cobra.Command, a *app, f *runFlags) (engine.Options, 
 	}
 	lim := guest.DefaultLimits()
 	lim.MaxOutput = max(lim.MaxOutput, f.maxOutput.Bytes())
-	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}}, f.cacheDir, lim)
+	f.flushChunks = cache.FlushChunkStore
+	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts, ChunkCacheSize: f.chunkCache.Bytes()}}, f.cacheDir, lim)
 	opts.BootSnapshots = !f.cold
 	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) && !f.asJSON {
 		opts.Notice = func(msg string) { fmt.Fprintf(stderr, "pe: %s\n", msg) }

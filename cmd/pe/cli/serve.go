@@ -45,6 +45,7 @@ type serveFlags struct {
 	maxConversions           int
 	pullTimeout              time.Duration
 	cacheMaxSize             sizeFlag
+	chunkCache               sizeFlag
 }
 
 // newServeCmd returns "pe serve".
@@ -127,6 +128,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	sizeVar(fs, &f.cacheMaxSize, "cache-max-size", "50GiB", sizeSpec{want: "a size such as 20GiB (0: no limit)"}, "evict least recently used images (never one in use) after each conversion until the image cache takes at most this (0: no limit)")
 	registerGitHubAPI(fs, &f.githubAPI)
 	f.pullFlags.defLimits = image.ServeLimits()
+	chunkCacheVar(fs, &f.chunkCache)
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
@@ -166,7 +168,7 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	// Images are pulled and converted before a run takes a VM slot, a
 	// few at a time, each within --pull-timeout.
 	conv := &engine.Converter{Cache: cache, Options: popts, MaxConversions: f.maxConversions,
-		Timeout: f.pullTimeout, CacheMaxSize: cacheMax, Log: log}
+		Timeout: f.pullTimeout, CacheMaxSize: cacheMax, Log: log, ChunkCacheSize: f.chunkCache.Bytes()}
 	source := serveSource(conv, popts, presets, !f.registryAuth)
 	eng, err := serveEngine(a, f, source, log)
 	if err != nil {
@@ -187,6 +189,10 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		dir := filepath.Join(engineCacheDir(f.cacheDir), "snapshots")
 		snaps = eng.NewSnapshotPool(engine.PoolOptions{Dir: dir, MemoryMiB: memMiB, Log: log})
 		go snaps.Keep(cmd.Context(), server.PresetImages(presets))
+	}
+	chunks, err := cache.ChunkStore(f.chunkCache.Bytes())
+	if err != nil {
+		return err
 	}
 	gists := newGistClient(f.githubAPI, f.cacheDir)
 	gists.Token = githubToken // never the environment's (gist.TokenFromEnv)
@@ -212,6 +218,7 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		RateBurst:      f.burst,
 		TrustedProxies: trusted,
 		Log:            log,
+		ChunkStats:     chunks.Stats,
 	})
 	if err != nil {
 		return err

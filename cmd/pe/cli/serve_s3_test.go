@@ -21,8 +21,8 @@ import (
 // TestServeS3VM pushes a busybox image to a real S3 server (versitygw)
 // twice, serves one copy as a --preset NAME=s3://... and opens the other's
 // prefix with --allow-image s3://images/ce/, and runs both in real VMs
-// through the HTTP API; an s3:// image outside the prefix is refused
-// without being read.
+// through the HTTP API, read lazily (pe_chunk_gets_total on /metrics);
+// an s3:// image outside the prefix is refused without being read.
 func TestServeS3VM(t *testing.T) {
 	dir := vmSetup(t)
 	t.Setenv("PE_CACHE_DIR", t.TempDir()) // the s3 images are pulled here, not into the shared fixture
@@ -68,6 +68,16 @@ func TestServeS3VM(t *testing.T) {
 		if diff := cmp.Diff(c.want, got); diff != "" {
 			t.Errorf("run of %s (-want +got):\n%s\n%s", c.ref, diff, b)
 		}
+	}
+	// The s3:// images were read lazily, through the chunk store.
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`(?m)^pe_chunk_gets_total [1-9]`).Match(b) {
+		t.Errorf("/metrics shows no chunk fetched:\n%s", regexp.MustCompile(`(?m)^pe_chunk.*$`).FindAll(b, -1))
 	}
 }
 

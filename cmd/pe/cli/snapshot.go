@@ -39,6 +39,8 @@ type snapshotCreateFlags struct {
 	force  bool
 	asJSON bool
 	debug  bool
+	// chunkCache bounds the chunk cache of lazy s3:// images.
+	chunkCache sizeFlag
 }
 
 // newSnapshotCreateCmd returns "pe snapshot create".
@@ -67,6 +69,7 @@ Runs from the snapshot have its --memory and --cpus.`,
 	fs.BoolVar(&f.force, "force", false, "replace DIR if it exists")
 	fs.BoolVar(&f.asJSON, "json", false, "print the manifest as JSON")
 	fs.BoolVar(&f.debug, "debug", false, "show the guest console on standard error, and turn on the guest init's log in every run from the snapshot")
+	chunkCacheVar(fs, &f.chunkCache)
 	f.pullFlags.register(fs, true)
 	f.vmFlags.register(cmd)
 	return cmd
@@ -84,7 +87,7 @@ func runSnapshotCreate(cmd *cobra.Command, a *app, f *snapshotCreateFlags, ref s
 	if err != nil {
 		return err
 	}
-	e, err := f.vmFlags.newEngine(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts}}, f.cacheDir, guest.Limits{})
+	e, err := f.vmFlags.newEngine(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts, ChunkCacheSize: f.chunkCache.Bytes()}}, f.cacheDir, guest.Limits{})
 	if err != nil {
 		return err
 	}
@@ -100,6 +103,7 @@ func runSnapshotCreate(cmd *cobra.Command, a *app, f *snapshotCreateFlags, ref s
 		req.Console = cmd.ErrOrStderr()
 	}
 	m, err := e.CreateSnapshot(cmd.Context(), req)
+	cache.FlushChunkStore() // the chunks the boot fetched, for the runs
 	if err != nil {
 		return err
 	}

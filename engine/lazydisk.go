@@ -1,0 +1,223 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/pe-project/pe/blockstore"
+	"github.com/pe-project/pe/blockstore/nbd"
+)
+
+// A lazy image (ResolvedImage.Lazy: an s3:// image read on demand) reaches
+// its VM through the engine's NBD server: each run that uses one gets its
+// own export, and each VM start a fresh socket pair whose one end the VMM
+// inherits. startLazyDisk and stopLazyDisk are where a run with a lazy
+// image begins and ends: whatever a run does around the image's reads
+// (prefetch, traces) starts and stops there.
+
+// lazyVMM is the one VMM that reads NBD disks; cloud-hypervisor will get
+// the lazy image as a file on a FUSE mount.
+const lazyVMM = "qemu"
+
+// ImageReadError reports a run whose guest could not read its image: the
+// chunk store failed reads (storage unreachable, a chunk that does not
+// match its digest, the image gone from the bucket), which the guest saw
+// as I/O errors, so the program's result would mislead.
+type ImageReadError struct {
+	// Reference names the image.
+	Reference string
+	// Failed is how many reads failed, Waiting how many still waited for
+	// the storage when the VM stopped; Err is the first failure's error,
+	// or says that reads were waiting.
+	Failed, Waiting int64
+	Err             error
+}
+
+func (e *ImageReadError) Error() string {
+	if e.Failed == 0 {
+		return fmt.Sprintf("reading image %s: %v (%d read(s) of the guest waiting)", e.Reference, e.Err, e.Waiting)
+	}
+	return fmt.Sprintf("reading image %s: %v (%d read(s) of the guest failed)", e.Reference, e.Err, e.Failed)
+}
+
+func (e *ImageReadError) Unwrap() error { return e.Err }
+
+// lazyDisk is one run's lazy image served as an NBD export.
+type lazyDisk struct {
+	e      *Engine
+	img    *ResolvedImage
+	export string
+	r      *runReader
+	cancel context.CancelFunc
+	// before is the image's counters when the run started: the run's are
+	// the difference (a SnapshotPool's image serves many runs).
+	before blockstore.Stats
+	// stalled is how many reads were waiting when the VM stopped.
+	stalled int64
+
+	mu    sync.Mutex
+	ends  []*os.File // the VMM's ends of the socket pairs, until stop
+	stats *blockstore.Stats
+}
+
+// runReader reads the image for one run: every read ends with the run
+// (ctx), and the first failure is kept for the run's error.
+type runReader struct {
+	ctx    context.Context
+	im     *blockstore.Image
+	failed atomic.Int64
+	// pending counts the reads waiting now.
+	pending atomic.Int64
+	mu      sync.Mutex
+	err     error
+}
+
+func (r *runReader) ReadAt(p []byte, off int64) (int, error) {
+	r.pending.Add(1)
+	n, err := r.im.ReadAtContext(r.ctx, p, off)
+	r.pending.Add(-1)
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(p)) && r.ctx.Err() == nil {
+		r.failed.Add(1)
+		r.mu.Lock()
+		if r.err == nil {
+			r.err = err
+		}
+		r.mu.Unlock()
+	}
+	return n, err
+}
+
+// readError is the run's first failed read, nil when none failed.
+func (r *runReader) readError(ref string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err == nil {
+		return nil
+	}
+	return &ImageReadError{Reference: ref, Failed: r.failed.Load(), Err: r.err}
+}
+
+// nbdServer returns the engine's NBD server, made at the first lazy run.
+func (e *Engine) nbdServer() *nbd.Server {
+	e.nbdMu.Lock()
+	defer e.nbdMu.Unlock()
+	if e.nbd == nil {
+		e.nbd = nbd.NewServer(nbd.Options{Logger: e.log})
+	}
+	return e.nbd
+}
+
+// startLazyDisk offers img's lazy image as a new export of the engine's
+// NBD server, for one run: its reads end when ctx does or at
+// stopLazyDisk, which the caller calls once the run's VM is gone.
+func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage) (*lazyDisk, error) {
+	rctx, cancel := context.WithCancel(ctx)
+	d := &lazyDisk{
+		e: e, img: img, cancel: cancel, before: img.Lazy.Stats(),
+		export: "run-" + rand.Text(),
+		r:      &runReader{ctx: rctx, im: img.Lazy},
+	}
+	err := e.nbdServer().AddExport(nbd.Export{Name: d.export, Description: img.Reference, Data: d.r, Size: img.Lazy.Size()})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("serving image %s: %w", img.Reference, err)
+	}
+	e.lazyDisks.Add(1)
+	return d, nil
+}
+
+// connect makes a new connection to the run's export for one VM start and
+// returns the VMM's end, which the VMM copies at its start: the caller
+// closes it then, and stop closes it anyway.
+func (d *lazyDisk) connect() (*os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: socket pair: %w", d.img.Reference, err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "pe-nbd"), os.NewFile(uintptr(fds[1]), "vmm-nbd")
+	nc, err := net.FileConn(mine)
+	mine.Close() // nc has its own copy: the VMM sees the end when nc closes
+	if err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("image %s: %w", d.img.Reference, err)
+	}
+	if err := d.e.nbdServer().ServeConn(nc); err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("serving image %s: %w", d.img.Reference, err)
+	}
+	d.mu.Lock()
+	d.ends = append(d.ends, theirs)
+	d.mu.Unlock()
+	return theirs, nil
+}
+
+// stopLazyDisk ends the run's reads, removes its export (which ends its
+// connections and waits for their reads), closes what is left of its
+// sockets and keeps the run's counters. It may be called more than once.
+func (e *Engine) stopLazyDisk(d *lazyDisk) {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stats != nil {
+		return
+	}
+	d.cancel()
+	e.nbdServer().RemoveExport(d.export)
+	for _, f := range d.ends {
+		f.Close()
+	}
+	d.ends = nil
+	st := diffStats(d.img.Lazy.Stats(), d.before)
+	d.stats = &st
+	e.lazyDisks.Add(-1)
+}
+
+// runStats returns the run's counters so far.
+func (d *lazyDisk) runStats() *blockstore.Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stats != nil {
+		s := *d.stats
+		return &s
+	}
+	st := diffStats(d.img.Lazy.Stats(), d.before)
+	return &st
+}
+
+// diffStats returns the counters of a - b.
+func diffStats(a, b blockstore.Stats) blockstore.Stats {
+	return blockstore.Stats{
+		Gets:             a.Gets - b.Gets,
+		Hedges:           a.Hedges - b.Hedges,
+		Retries:          a.Retries - b.Retries,
+		BytesFetched:     a.BytesFetched - b.BytesFetched,
+		Hits:             a.Hits - b.Hits,
+		Misses:           a.Misses - b.Misses,
+		Joins:            a.Joins - b.Joins,
+		DigestMismatches: a.DigestMismatches - b.DigestMismatches,
+		CorruptCached:    a.CorruptCached - b.CorruptCached,
+		CacheWriteErrors: a.CacheWriteErrors - b.CacheWriteErrors,
+		Evictions:        a.Evictions - b.Evictions,
+		EvictedBytes:     a.EvictedBytes - b.EvictedBytes,
+		Stalled:          a.Stalled - b.Stalled,
+	}
+}
+
+// ctxReader reads a lazy image within ctx (the image config's and
+// /etc/passwd's reads while a run is planned).
+type ctxReader struct {
+	ctx context.Context
+	im  *blockstore.Image
+}
+
+func (r ctxReader) ReadAt(p []byte, off int64) (int, error) { return r.im.ReadAtContext(r.ctx, p, off) }
