@@ -84,6 +84,11 @@ type Options struct {
 	// Notice, when set, is told what makes a run take longer than usual
 	// for once (making the boot snapshot); a CLI shows it on a terminal.
 	Notice func(msg string)
+	// LazyFUSE gives lazy images to QEMU as a file on a FUSE mount, as
+	// cloud-hypervisor (which has no NBD client) always gets them,
+	// instead of over NBD: the cloud-hypervisor path, tested where
+	// cloud-hypervisor cannot run.
+	LazyFUSE bool
 }
 
 // Engine runs programs in micro-VMs. It is safe for concurrent use; at most
@@ -176,7 +181,30 @@ func sweepOwnedDirs(pattern string, log *slog.Logger) {
 			continue
 		}
 		log.Debug("removing the directory of a pe that is gone", "dir", d)
+		detachMounts(d, log)
 		os.RemoveAll(d)
+	}
+}
+
+// detachMounts detaches the mounts under dir (a killed pe's FUSE mount
+// of a lazy image), which would keep RemoveAll from removing it.
+func detachMounts(dir string, log *slog.Logger) {
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		// Field 5 is the mount point, octal-escaped; pe's own
+		// directories have no characters that need escaping.
+		if p := f[4]; strings.HasPrefix(p, dir+"/") {
+			if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
+				log.Warn("detaching a mount left by a pe that is gone", "mount", p, "error", err)
+			}
+		}
 	}
 }
 

@@ -46,7 +46,12 @@ type fakeBackend struct {
 	starts   atomic.Int32
 	hold     time.Duration // how long an OK guest runs
 	lastCfg  *vmm.Config
-	mu       sync.Mutex
+	// readImage makes Start read the image disk whole into image (or
+	// imageErr), as a VMM would read it.
+	readImage bool
+	image     []byte
+	imageErr  error
+	mu        sync.Mutex
 }
 
 func (b *fakeBackend) Name() string { return "fake" }
@@ -58,6 +63,9 @@ func (b *fakeBackend) Start(ctx context.Context, cfg *vmm.Config) (vmm.Machine, 
 	}
 	b.mu.Lock()
 	b.lastCfg = cfg
+	if b.readImage {
+		b.image, b.imageErr = os.ReadFile(cfg.Disks[0].Path)
+	}
 	b.mu.Unlock()
 	n := b.running.Add(1)
 	for {

@@ -200,20 +200,16 @@ func (e *Engine) startVM(ctx context.Context, l launch, vm *runVM) (vmm.Machine,
 	return m, next, err
 }
 
-// startOnce starts vm the way l says, on a new connection to its lazy
-// image's export if it has one: a VMM that failed to start took its
-// connection with it.
+// startOnce starts vm the way l says, with its lazy image attached anew
+// if it has one: a VMM that failed to start took its connection with it.
 func (e *Engine) startOnce(ctx context.Context, l launch, vm *runVM) (vmm.Machine, error) {
 	if vm.lazy == nil {
 		return l.start(ctx, &vm.machine)
 	}
-	f, err := vm.lazy.connect()
+	detach, err := vm.lazy.attach(&vm.machine)
 	if err != nil {
 		return nil, err
 	}
-	// The VMM has its own copy once started.
-	defer f.Close()
-	vm.machine.nbd, vm.machine.export = f, vm.lazy.export
-	defer func() { vm.machine.nbd = nil }()
+	defer detach()
 	return l.start(ctx, &vm.machine)
 }

@@ -108,18 +108,24 @@ func (env *lazyEnv) engine(t *testing.T, client *s3.Client, bootSnapshots bool) 
 // engineGrace is engine with the grace period grace (0: the default).
 func (env *lazyEnv) engineGrace(t *testing.T, client *s3.Client, bootSnapshots bool, grace time.Duration) *Engine {
 	t.Helper()
-	e, err := New(Options{
-		Grace:         grace,
-		Images:        &CacheSource{Cache: env.cache, Options: image.PullOptions{S3: client}},
-		Backend:       qemu.New(""),
-		Accel:         vmm.AccelTCG,
-		KernelInfo:    env.f.kernel,
-		InitBinary:    env.f.init,
-		CacheDir:      filepath.Join(env.f.dir, "cache"),
-		TempDir:       t.TempDir(),
-		Log:           testLogger(t),
-		BootSnapshots: bootSnapshots,
-	})
+	return env.engineWith(t, client, func(o *Options) { o.BootSnapshots, o.Grace = bootSnapshots, grace })
+}
+
+// engineWith is engine with the options set reads.
+func (env *lazyEnv) engineWith(t *testing.T, client *s3.Client, set func(*Options)) *Engine {
+	t.Helper()
+	o := Options{
+		Images:     &CacheSource{Cache: env.cache, Options: image.PullOptions{S3: client}},
+		Backend:    qemu.New(""),
+		Accel:      vmm.AccelTCG,
+		KernelInfo: env.f.kernel,
+		InitBinary: env.f.init,
+		CacheDir:   filepath.Join(env.f.dir, "cache"),
+		TempDir:    t.TempDir(),
+		Log:        testLogger(t),
+	}
+	set(&o)
+	e, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,6 +224,48 @@ func TestLazyS3Run(t *testing.T) {
 	}
 	checkNoLeaks(t, e, fds, goroutines)
 	checkNoLeaks(t, cold, fds, goroutines)
+}
+
+// TestLazyS3FUSE runs an s3:// image the way cloud-hypervisor gets it (a
+// file on a FUSE mount), with QEMU standing in as cloud-hypervisor cannot
+// run here: restored from the boot snapshot, then from an image snapshot
+// made on that FUSE file.
+func TestLazyS3FUSE(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		t.Skip("needs /dev/fuse and root (a FUSE mount without fusermount3)")
+	}
+	env := newLazyEnv(t)
+	e := env.engineWith(t, env.client, func(o *Options) { o.BootSnapshots, o.LazyFUSE = true, true })
+	res := run(t, e, &RunRequest{Image: env.ref, Overrides: Overrides{Cmd: sh("echo hello through fuse; head -c 5 /big | wc -c")}})
+	t.Logf("boot-snapshot run: %+v", res.ImageBlocks)
+	if string(res.Stdout) != "hello through fuse\n5\n" || res.Launch != LaunchBootSnapshot || res.ImageBlocks == nil || res.ImageBlocks.Gets == 0 || res.ImageBlocks.Gets > env.chunks/2 {
+		t.Fatalf("boot-snapshot run: stdout %q, launch %s, blocks %+v; want some chunks of %d fetched", res.Stdout, res.Launch, res.ImageBlocks, env.chunks)
+	}
+	fds, goroutines := countFDs(t), runtime.NumGoroutine()
+	dir := filepath.Join(t.TempDir(), "snap")
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	vmSlots <- struct{}{}
+	_, err := e.CreateSnapshot(ctx, SnapshotRequest{Image: env.ref, Dir: dir})
+	<-vmSlots
+	if err != nil {
+		t.Fatalf("CreateSnapshot: %v", err)
+	}
+	res = run(t, e, &RunRequest{SnapshotDir: dir, Overrides: Overrides{Cmd: sh("tail -c 3 /big | wc -c")}})
+	if string(res.Stdout) != "3\n" || res.Launch != LaunchSnapshot || res.ImageBlocks == nil {
+		t.Errorf("snapshot run: stdout %q, launch %s, blocks %+v", res.Stdout, res.Launch, res.ImageBlocks)
+	}
+	checkNoLeaks(t, e, fds, goroutines)
+	if e.nbd != nil {
+		t.Error("the engine served the image over NBD; want the FUSE file only")
+	}
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(info), "pe-image") {
+		t.Errorf("a FUSE mount of a run is left:\n%s", info)
+	}
 }
 
 // TestLazyS3Faults runs an s3:// image whose storage fails while the

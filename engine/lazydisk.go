@@ -8,11 +8,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"github.com/pe-project/pe/blockstore"
+	"github.com/pe-project/pe/blockstore/fusedisk"
 	"github.com/pe-project/pe/blockstore/nbd"
 )
 
@@ -23,9 +25,14 @@ import (
 // image begins and ends: whatever a run does around the image's reads
 // (prefetch, traces) starts and stops there.
 
-// lazyVMM is the one VMM that reads NBD disks; cloud-hypervisor will get
-// the lazy image as a file on a FUSE mount.
-const lazyVMM = "qemu"
+// nbdVMM is the one VMM that reads NBD disks; the others (cloud-hypervisor)
+// get the lazy image as a file on a FUSE mount (Options.LazyFUSE gives
+// QEMU the same, so that the path is tested where cloud-hypervisor cannot
+// run).
+const nbdVMM = "qemu"
+
+// lazyFUSEDir is the FUSE mount's directory in a run's work directory.
+const lazyFUSEDir = "lazy"
 
 // ImageReadError reports a run whose guest could not read its image: the
 // chunk store failed reads (storage unreachable, a chunk that does not
@@ -62,6 +69,11 @@ type lazyDisk struct {
 	before blockstore.Stats
 	// stalled is how many reads were waiting when the VM stopped.
 	stalled int64
+
+	// fuse, when set, shows the image as the file path instead of an
+	// NBD export: the VMM cannot read NBD.
+	fuse *fusedisk.FS
+	path string
 
 	mu    sync.Mutex
 	ends  []*os.File // the VMM's ends of the socket pairs, until stop
@@ -115,15 +127,25 @@ func (e *Engine) nbdServer() *nbd.Server {
 	return e.nbd
 }
 
-// startLazyDisk offers img's lazy image as a new export of the engine's
-// NBD server, for one run: its reads end when ctx does or at
-// stopLazyDisk, which the caller calls once the run's VM is gone.
-func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage) (*lazyDisk, error) {
+// startLazyDisk offers img's lazy image for one run, to a VM of the VMM
+// named vmmName whose work directory is work: as a new export of the
+// engine's NBD server, or as a file on a FUSE mount in work when the VMM
+// cannot read NBD. Its reads end when ctx does or at stopLazyDisk, which
+// the caller calls once the run's VM is gone.
+func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName, work string) (*lazyDisk, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	d := &lazyDisk{
 		e: e, img: img, cancel: cancel, before: img.Lazy.Stats(),
 		export: "run-" + rand.Text(),
 		r:      &runReader{ctx: rctx, im: img.Lazy},
+	}
+	if vmmName != nbdVMM || e.opts.LazyFUSE {
+		if err := d.mountFUSE(work); err != nil {
+			cancel()
+			return nil, fmt.Errorf("serving image %s to %s: %w", img.Reference, vmmName, err)
+		}
+		e.lazyDisks.Add(1)
+		return d, nil
 	}
 	err := e.nbdServer().AddExport(nbd.Export{Name: d.export, Description: img.Reference, Data: d.r, Size: img.Lazy.Size()})
 	if err != nil {
@@ -132,6 +154,44 @@ func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage) (*lazyDi
 	}
 	e.lazyDisks.Add(1)
 	return d, nil
+}
+
+// mountFUSE shows the run's image as a file on a FUSE mount of its own in
+// work (private to pe: 0700), which confined QEMU, another uid, may read
+// (allow_other). A mount per run goes with the run; one a killed pe left
+// behind, sweepOwnedDirs detaches.
+func (d *lazyDisk) mountFUSE(work string) error {
+	dir := filepath.Join(work, lazyFUSEDir)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	fs, err := fusedisk.Mount(dir, fusedisk.Options{AllowOther: os.Geteuid() == 0, Name: "pe-image", Logger: d.e.log})
+	if err != nil {
+		return err
+	}
+	path, err := fs.Add(d.export+".erofs", d.r, d.img.Lazy.Size())
+	if err != nil {
+		fs.Close()
+		return err
+	}
+	d.fuse, d.path = fs, path
+	return nil
+}
+
+// attach gives vm the run's image disk for one VM start: the FUSE file,
+// or a new connection to the export. The caller calls detach once the
+// VMM has started (it has its own copy of the connection then) or failed.
+func (d *lazyDisk) attach(vm *machine) (detach func(), err error) {
+	if d.fuse != nil {
+		vm.imagePath = d.path
+		return func() {}, nil
+	}
+	f, err := d.connect()
+	if err != nil {
+		return nil, err
+	}
+	vm.nbd, vm.export = f, d.export
+	return func() { f.Close(); vm.nbd = nil }, nil
 }
 
 // connect makes a new connection to the run's export for one VM start and
@@ -172,7 +232,14 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 		return
 	}
 	d.cancel()
-	e.nbdServer().RemoveExport(d.export)
+	if d.fuse != nil {
+		// Close ends reads still waiting and unmounts, whatever they do.
+		if err := d.fuse.Close(); err != nil {
+			e.log.Warn("unmounting a lazy image's FUSE file", "image", d.img.Reference, "error", err)
+		}
+	} else {
+		e.nbdServer().RemoveExport(d.export)
+	}
 	for _, f := range d.ends {
 		f.Close()
 	}

@@ -47,7 +47,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 	defer os.RemoveAll(vm.work)
 	if img := p.launch.image(); img.Lazy != nil {
 		// Stopped after the VM is killed (defers run last first).
-		if vm.lazy, err = e.startLazyDisk(ctx, img); err != nil {
+		if vm.lazy, err = e.startLazyDisk(ctx, img, p.choice.VMM, vm.work); err != nil {
 			return nil, err
 		}
 		defer e.stopLazyDisk(vm.lazy)
@@ -169,9 +169,6 @@ func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (_ *runPla
 	t.lap("image")
 	if p.choice, err = e.Choice(ctx); err != nil {
 		return nil, err
-	}
-	if img.Lazy != nil && p.choice.VMM != lazyVMM {
-		return nil, fmt.Errorf("image %s: lazy s3 images need QEMU for now (--vmm qemu), or pull it whole first (pe image pull)", img.Reference)
 	}
 	switch {
 	case snap != nil:

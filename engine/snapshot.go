@@ -373,19 +373,15 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 	defer cancel()
 	var lazy *lazyDisk
 	if img != nil && img.Lazy != nil {
-		if env.choice.VMM != lazyVMM {
-			return nil, fmt.Errorf("image %s: lazy s3 images need QEMU for now (--vmm qemu), or pull it whole first (pe image pull)", img.Reference)
-		}
-		if lazy, err = e.startLazyDisk(sctx, img); err != nil {
+		if lazy, err = e.startLazyDisk(sctx, img, env.choice.VMM, work); err != nil {
 			return nil, err
 		}
 		defer e.stopLazyDisk(lazy)
-		f, err := lazy.connect()
+		detach, err := lazy.attach(vm)
 		if err != nil {
 			return nil, err
 		}
-		defer f.Close()
-		vm.nbd, vm.export = f, lazy.export
+		defer detach()
 	}
 	cfg := e.vmConfig(vm)
 	cfg.Cmdline += " " + guest.CmdlineSnapshot + "=" + mode
