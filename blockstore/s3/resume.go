@@ -234,7 +234,7 @@ type UploadResult struct {
 	// may not list uploads, …): the upload started afresh.
 	ResumeError error
 	// Aborted counts the other unfinished uploads of the key aborted
-	// after this one completed.
+	// after this one completed (see AbortUploads).
 	Aborted int
 }
 
@@ -250,12 +250,12 @@ type resumeCandidate struct {
 }
 
 // findUpload returns the unfinished upload of bucket/key with the most
-// bytes uploaded, and every unfinished upload of the key it saw.
-func (c *Client) findUpload(ctx context.Context, bucket, key string) (*resumeCandidate, []MultipartUpload, error) {
+// bytes uploaded, nil if there is none.
+func (c *Client) findUpload(ctx context.Context, bucket, key string) (*resumeCandidate, error) {
 	var all []MultipartUpload
 	for u, err := range c.ListMultipartUploads(ctx, bucket, key) {
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if u.Key == key {
 			all = append(all, u)
@@ -276,20 +276,17 @@ func (c *Client) findUpload(ctx context.Context, bucket, key string) (*resumeCan
 			cand.parts[p.PartNumber] = p
 			cand.bytes += p.Size
 		}
+		if errors.Is(listErr, ErrNotFound) && ctx.Err() == nil {
+			continue // completed or aborted since the listing
+		}
 		if listErr != nil {
-			if ctx.Err() != nil {
-				return nil, nil, listErr
-			}
-			if errors.Is(listErr, ErrNotFound) {
-				continue // completed or aborted since the listing
-			}
-			return nil, nil, listErr
+			return nil, listErr
 		}
 		if best == nil || cand.bytes > best.bytes || (cand.bytes == best.bytes && cand.Initiated.After(best.Initiated)) {
 			best = cand
 		}
 	}
-	return best, all, nil
+	return best, nil
 }
 
 // resumePartSize is the part size an earlier upload used: its largest
@@ -316,10 +313,12 @@ func resumePartSize(parts map[int]Part) int64 {
 // AbortIncompleteMultipartUpload removes uploads nobody finishes).
 //
 // It is meant for content-addressed keys, whose bytes the key determines:
-// once the object is complete it aborts the key's other unfinished uploads,
-// which can only ever have produced the same object. A server without
+// once the object is complete it aborts the key's other unfinished uploads
+// (AbortUploads), which could only ever have produced the same object. A server without
 // ListMultipartUploads or ListParts gets a fresh upload (see
-// UploadResult.ResumeError).
+// UploadResult.ResumeError). On a failure after the multipart upload
+// began, the result is returned too: its UploadID names the upload left
+// in place.
 func (c *Client) UploadResumable(ctx context.Context, bucket, key string, r io.Reader, opts UploadOptions) (*UploadResult, error) {
 	if err := checkNames("Upload", bucket, key, true); err != nil {
 		return nil, err
@@ -334,7 +333,7 @@ func (c *Client) UploadResumable(ctx context.Context, bucket, key string, r io.R
 		opts.Concurrency = 4
 	}
 	res := &UploadResult{}
-	cand, others, err := c.findUpload(ctx, bucket, key)
+	cand, err := c.findUpload(ctx, bucket, key)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, err
@@ -361,7 +360,7 @@ func (c *Client) UploadResumable(ctx context.Context, bucket, key string, r io.R
 			opts.Progress(int64(n))
 		}
 		res.ETag, res.PartsSent, res.BytesSent = etag, 1, int64(n)
-		res.Aborted = c.abortOthers(ctx, bucket, key, others, "")
+		res.Aborted, _ = c.AbortUploads(ctx, bucket, key)
 		return res, nil
 	}
 
@@ -375,25 +374,38 @@ func (c *Client) UploadResumable(ctx context.Context, bucket, key string, r io.R
 	}
 	res.ETag, err = c.sendParts(ctx, bucket, key, res.UploadID, first, r, opts, have, res)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	res.Aborted = c.abortOthers(ctx, bucket, key, others, res.UploadID)
+	res.Aborted, _ = c.AbortUploads(ctx, bucket, key)
 	return res, nil
 }
 
-// abortOthers aborts, best effort, the unfinished uploads of key but keep,
-// and returns how many it aborted.
-func (c *Client) abortOthers(ctx context.Context, bucket, key string, uploads []MultipartUpload, keep string) int {
-	n := 0
-	for _, u := range uploads {
-		if u.UploadID == keep {
-			continue
+// AbortUploads aborts every unfinished multipart upload of bucket/key and
+// returns how many it aborted. For content-addressed keys once the object
+// is complete: another writer still sending parts to one of them then
+// fails with ErrNotFound and finds the object there.
+func (c *Client) AbortUploads(ctx context.Context, bucket, key string) (int, error) {
+	var ids []string
+	for u, err := range c.ListMultipartUploads(ctx, bucket, key) {
+		if err != nil {
+			return 0, err
 		}
-		if c.AbortMultipartUpload(ctx, bucket, key, u.UploadID) == nil {
-			n++
+		if u.Key == key {
+			ids = append(ids, u.UploadID)
 		}
 	}
-	return n
+	n := 0
+	var errs []error
+	for _, id := range ids {
+		err := c.AbortMultipartUpload(ctx, bucket, key, id)
+		switch {
+		case err == nil:
+			n++
+		case !errors.Is(err, ErrNotFound):
+			errs = append(errs, err)
+		}
+	}
+	return n, errors.Join(errs...)
 }
 
 // sendParts is uploadParts for UploadResumable: a part that have holds with
