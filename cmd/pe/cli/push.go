@@ -65,7 +65,7 @@ AWS_PROFILE and ~/.aws/credentials and ~/.aws/config.`,
 			if err != nil {
 				if cmd.Context().Err() != nil {
 					// main reports only "interrupted"; say what is left.
-					fmt.Fprintf(cmd.ErrOrStderr(), "pe image push: the parts sent so far stay in the bucket: run the same push again to continue it\n")
+					fmt.Fprintf(cmd.ErrOrStderr(), "pe image push: interrupted; any parts sent so far stay in the bucket: run the same push again to continue it\n")
 				}
 				return err
 			}
