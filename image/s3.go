@@ -248,7 +248,7 @@ func pushBlob(ctx context.Context, client *s3.Client, bucket, key, path string, 
 		var serr *s3.Error
 		again := errors.Is(err, s3.ErrNotFound) || s3.IsRetriable(err) || !errors.As(err, &serr) || serr.Code == "InvalidPart"
 		if !again {
-			return s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
+			return s3Error(err, "uploading the image to "+what)
 		}
 		// Give a concurrent Complete the time to finish, then look.
 		select {
@@ -260,6 +260,7 @@ func pushBlob(ctx context.Context, client *s3.Client, bucket, key, path string, 
 			o.Log.Info("another push completed the image's blob", "key", key, "error", err)
 			// Our upload, if still there, is of no use now.
 			client.AbortUploads(ctx, bucket, key)
+			o.progress(Progress{Reference: what, Phase: PhaseUpload, Complete: size, Total: size, Done: true})
 			return nil
 		}
 		if attempt == attempts {

@@ -313,12 +313,12 @@ func resumePartSize(parts map[int]Part) int64 {
 // AbortIncompleteMultipartUpload removes uploads nobody finishes).
 //
 // It is meant for content-addressed keys, whose bytes the key determines:
-// once the object is complete it aborts the key's other unfinished uploads
-// (AbortUploads), which could only ever have produced the same object. A server without
-// ListMultipartUploads or ListParts gets a fresh upload (see
-// UploadResult.ResumeError). On a failure after the multipart upload
-// began, the result is returned too: its UploadID names the upload left
-// in place.
+// once the object is complete it aborts the key's other unfinished
+// uploads (AbortUploads), which could only ever have produced the same
+// object. A server without ListMultipartUploads or ListParts gets a fresh
+// upload (see UploadResult.ResumeError). On a failure after the multipart
+// upload began, the result is returned too: its UploadID names the upload
+// left in place.
 func (c *Client) UploadResumable(ctx context.Context, bucket, key string, r io.Reader, opts UploadOptions) (*UploadResult, error) {
 	if err := checkNames("Upload", bucket, key, true); err != nil {
 		return nil, err
