@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -92,6 +93,12 @@ type PushResult struct {
 	// BlobSent is false when the bucket already had the image's blob, so
 	// no byte of it was sent.
 	BlobSent bool
+	// Resumed is true when the blob's upload continued one an earlier,
+	// interrupted push left; BytesReused of the blob were already in the
+	// bucket then, and BytesSent were sent by this push.
+	Resumed     bool
+	BytesReused int64
+	BytesSent   int64
 }
 
 // Push stores the image src names (anything Get takes) in the bucket dest
@@ -172,20 +179,9 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 	case err == nil || errors.Is(err, s3.ErrNotFound):
 		// A blob of the wrong size under a content-addressed name is
 		// damage: replace it.
-		f, err := os.Open(path)
-		if err != nil {
+		if err := pushBlob(ctx, client, bucket, blobKey, path, ix.Size, opts, o, what, res); err != nil {
 			return nil, err
 		}
-		defer f.Close()
-		counter := o.newProgressCounter(what, PhaseUpload, ix.Size)
-		_, err = client.Upload(ctx, bucket, blobKey, f, s3.UploadOptions{
-			PartSize: opts.PartSize, Concurrency: opts.Concurrency, Progress: counter.add,
-		})
-		if err != nil {
-			return nil, s3Error(err, "uploading the image to "+what)
-		}
-		o.progress(Progress{Reference: what, Phase: PhaseUpload, Complete: counter.done(), Total: ix.Size, Done: true})
-		res.BlobSent = true
 	default:
 		return nil, s3Error(err, "checking the bucket for the image's blob")
 	}
@@ -204,8 +200,74 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 	if _, err := client.PutObject(ctx, bucket, loc.tagKey(dest.tag), []byte(res.Digest.String()+"\n"), s3.PutOptions{ContentType: "text/plain"}); err != nil {
 		return nil, s3Error(err, "storing the tag "+what)
 	}
-	o.Log.Info("pushed image", "reference", what, "digest", res.Digest, "bytes", ix.Size, "blob_sent", res.BlobSent)
+	o.Log.Info("pushed image", "reference", what, "digest", res.Digest, "bytes", ix.Size, "blob_sent", res.BlobSent,
+		"resumed", res.Resumed, "bytes_sent", res.BytesSent, "bytes_reused", res.BytesReused)
 	return res, nil
+}
+
+// pushBlob uploads the EROFS file at path as the blob key, continuing an
+// upload an interrupted push left unfinished. Pushes of the same image
+// from several machines at once may share one multipart upload or race to
+// complete theirs: an upload that vanishes under us (completed or aborted
+// by another push) is fine when the blob is then there, and is started
+// again when it is not.
+func pushBlob(ctx context.Context, client *s3.Client, bucket, key, path string, size int64, opts PushOptions, o *pullConfig, what string, res *PushResult) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	const attempts = 4
+	for attempt := 1; ; attempt++ {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		counter := o.newProgressCounter(what, PhaseUpload, size)
+		up, err := client.UploadResumable(ctx, bucket, key, f, s3.UploadOptions{
+			PartSize: opts.PartSize, Concurrency: opts.Concurrency, Progress: counter.add,
+		})
+		if err == nil {
+			if up.ResumeError != nil {
+				o.Log.Info("cannot look for an interrupted upload to resume; uploaded afresh", "key", key, "error", up.ResumeError)
+			}
+			if up.Resumed {
+				o.Log.Info("resumed an interrupted upload", "key", key, "parts_reused", up.PartsReused, "bytes_reused", up.BytesReused)
+			}
+			o.progress(Progress{Reference: what, Phase: PhaseUpload, Complete: counter.done(), Total: size, Done: true})
+			res.BlobSent, res.Resumed, res.BytesSent, res.BytesReused = true, up.Resumed, up.BytesSent, up.BytesReused
+			return nil
+		}
+		if ctx.Err() != nil {
+			return s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
+		}
+		// Worth another try: the upload vanished or its parts did
+		// (another push completed the upload we shared: NoSuchUpload,
+		// InvalidPart), the server failed (versitygw answers 500 to one
+		// of two Completes of the key at once) or the connection broke
+		// (a server refusing a part may reset it before reading it).
+		var serr *s3.Error
+		again := errors.Is(err, s3.ErrNotFound) || s3.IsRetriable(err) || !errors.As(err, &serr) || serr.Code == "InvalidPart"
+		if !again {
+			return s3Error(err, "uploading the image to "+what)
+		}
+		// Give a concurrent Complete the time to finish, then look.
+		select {
+		case <-ctx.Done():
+			return s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
+		case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+		}
+		if info, herr := client.HeadObject(ctx, bucket, key); herr == nil && info.Size == size {
+			o.Log.Info("another push completed the image's blob", "key", key, "error", err)
+			// Our upload, if still there, is of no use now.
+			client.AbortUploads(ctx, bucket, key)
+			o.progress(Progress{Reference: what, Phase: PhaseUpload, Complete: size, Total: size, Done: true})
+			return nil
+		}
+		if attempt == attempts {
+			return s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
+		}
+		o.Log.Info("the upload of the image's blob failed or vanished; trying again", "key", key, "error", err)
+	}
 }
 
 // resolveS3Tag reads the digest the tag of ref points at.

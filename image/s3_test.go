@@ -99,6 +99,13 @@ func s3Env(t *testing.T) (s3test.Gateway, *s3.Client) {
 // several chunks) and returns its path.
 func writeTestEROFS(t *testing.T, dir string) string {
 	t.Helper()
+	return writeTestEROFSSize(t, dir, 3<<20+12345)
+}
+
+// writeTestEROFSSize writes an EROFS image holding one file of size random
+// bytes and returns its path.
+func writeTestEROFSSize(t *testing.T, dir string, size int) string {
+	t.Helper()
 	path := filepath.Join(dir, "test.erofs")
 	f, err := os.Create(path)
 	if err != nil {
@@ -109,7 +116,7 @@ func writeTestEROFS(t *testing.T, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := make([]byte, 3<<20+12345)
+	data := make([]byte, size)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range data {
 		data[i] = byte(rng.Uint32())

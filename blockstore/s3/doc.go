@@ -3,7 +3,9 @@
 // and nothing more. HeadObject, ranged reads (ReadRange, and Object.Fetch,
 // which has the shape of blockstore.Fetcher: the chunk store's hot path),
 // whole reads, small PutObjects for indexes and tags, parallel
-// multipart uploads for images, ListObjectsV2, DeleteObject and CreateBucket.
+// multipart uploads for images (UploadResumable continues one left
+// unfinished, after ListMultipartUploads and ListParts), ListObjectsV2,
+// DeleteObject and CreateBucket.
 //
 // It is net/http plus the SigV4 signer of aws-sdk-go-v2 (two small modules
 // rather than the dozen the full SDK brings), so timeouts, retries and

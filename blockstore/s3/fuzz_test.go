@@ -83,3 +83,41 @@ func FuzzParseContentRange(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseUploadsPage(f *testing.F) {
+	f.Add([]byte(`<?xml version="1.0" encoding="UTF-8"?><ListMultipartUploadsResult><Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker><NextKeyMarker>k</NextKeyMarker><NextUploadIdMarker>u1</NextUploadIdMarker><MaxUploads>1000</MaxUploads><IsTruncated>true</IsTruncated><Upload><Key>k</Key><UploadId>u1</UploadId><Initiated>2026-12-06T08:00:00.000Z</Initiated></Upload></ListMultipartUploadsResult>`))
+	f.Add([]byte(`<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		page, err := parseUploadsPage(strings.NewReader(string(data)))
+		if err != nil {
+			return
+		}
+		if page.IsTruncated && page.NextKeyMarker == "" {
+			t.Fatal("truncated page without a marker accepted")
+		}
+		for _, u := range page.Uploads {
+			if u.Key == "" || u.UploadID == "" || len(u.UploadID) > 1024 {
+				t.Fatalf("entry %+v accepted", u)
+			}
+		}
+	})
+}
+
+func FuzzParsePartsPage(f *testing.F) {
+	f.Add([]byte(`<?xml version="1.0" encoding="UTF-8"?><ListPartsResult><Bucket>b</Bucket><Key>k</Key><UploadId>u</UploadId><PartNumberMarker>0</PartNumberMarker><NextPartNumberMarker>2</NextPartNumberMarker><MaxParts>2</MaxParts><IsTruncated>true</IsTruncated><Part><PartNumber>1</PartNumber><LastModified>2026-12-06T08:00:00.000Z</LastModified><ETag>"5d41402abc4b2a76b9719d911017c592"</ETag><Size>5242880</Size></Part><Part><PartNumber>2</PartNumber><ETag>"e"</ETag><Size>5242880</Size></Part></ListPartsResult>`), 0)
+	f.Add([]byte(`<ListPartsResult><IsTruncated>false</IsTruncated></ListPartsResult>`), 7)
+	f.Fuzz(func(t *testing.T, data []byte, marker int) {
+		page, err := parsePartsPage(strings.NewReader(string(data)), marker)
+		if err != nil {
+			return
+		}
+		if page.IsTruncated && page.NextPartNumberMarker <= marker {
+			t.Fatalf("truncated page after %d with marker %d accepted", marker, page.NextPartNumberMarker)
+		}
+		for _, p := range page.Parts {
+			if p.PartNumber < 1 || p.PartNumber > MaxParts || p.Size < 0 || p.Size > MaxPartSize {
+				t.Fatalf("part %+v accepted", p)
+			}
+		}
+	})
+}

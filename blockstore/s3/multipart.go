@@ -191,15 +191,6 @@ func (c *Client) Upload(ctx context.Context, bucket, key string, r io.Reader, op
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 4
 	}
-	var progressMu sync.Mutex
-	progress := func(n int64) {
-		if opts.Progress != nil {
-			progressMu.Lock()
-			opts.Progress(n)
-			progressMu.Unlock()
-		}
-	}
-
 	first := make([]byte, opts.PartSize)
 	n, err := readFull(r, first)
 	if err != nil {
@@ -207,8 +198,8 @@ func (c *Client) Upload(ctx context.Context, bucket, key string, r io.Reader, op
 	}
 	if int64(n) < opts.PartSize {
 		etag, err := c.PutObject(ctx, bucket, key, first[:n], PutOptions{ContentType: opts.ContentType})
-		if err == nil {
-			progress(int64(n))
+		if err == nil && opts.Progress != nil {
+			opts.Progress(int64(n))
 		}
 		return etag, err
 	}
@@ -217,7 +208,7 @@ func (c *Client) Upload(ctx context.Context, bucket, key string, r io.Reader, op
 	if err != nil {
 		return "", err
 	}
-	etag, err = c.uploadParts(ctx, bucket, key, id, first, r, opts, progress)
+	etag, err = c.uploadPartsWith(ctx, bucket, key, id, first, r, opts, nil, nil)
 	if err != nil {
 		// Abort with a fresh context: ours may be what ended.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -230,9 +221,13 @@ func (c *Client) Upload(ctx context.Context, bucket, key string, r io.Reader, op
 	return etag, nil
 }
 
-// uploadParts reads parts from r (the first already read) and sends them
-// with at most opts.Concurrency in flight, then completes the upload.
-func (c *Client) uploadParts(ctx context.Context, bucket, key, id string, first []byte, r io.Reader, opts UploadOptions, progress func(int64)) (string, error) {
+// uploadPartsWith reads parts from r (the first already read) and sends
+// them with at most opts.Concurrency in flight, then completes the upload.
+// A part for which reuse (if not nil) returns an ETag is not sent: the
+// server has it already. counted (if not nil) hears of each part done,
+// reused or sent; it and opts.Progress are never called at once.
+func (c *Client) uploadPartsWith(ctx context.Context, bucket, key, id string, first []byte, r io.Reader, opts UploadOptions,
+	reuse func(n int, data []byte) (string, bool), counted func(n int, data []byte, reused bool)) (string, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
@@ -241,18 +236,32 @@ func (c *Client) uploadParts(ctx context.Context, bucket, key, id string, first 
 		parts []CompletedPart
 		slots = make(chan struct{}, opts.Concurrency)
 	)
+	done := func(n int, data []byte, etag string, reused bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		parts = append(parts, CompletedPart{PartNumber: n, ETag: etag})
+		if counted != nil {
+			counted(n, data, reused)
+		}
+		if opts.Progress != nil {
+			opts.Progress(int64(len(data)))
+		}
+	}
 	send := func(n int, data []byte) {
 		defer wg.Done()
 		defer func() { <-slots }()
+		if reuse != nil {
+			if etag, ok := reuse(n, data); ok {
+				done(n, data, etag, true)
+				return
+			}
+		}
 		etag, err := c.UploadPart(ctx, bucket, key, id, n, data)
 		if err != nil {
 			cancel(err)
 			return
 		}
-		progress(int64(len(data)))
-		mu.Lock()
-		parts = append(parts, CompletedPart{PartNumber: n, ETag: etag})
-		mu.Unlock()
+		done(n, data, etag, false)
 	}
 	buf := first
 	var readErr error

@@ -24,7 +24,10 @@ this machine's architecture, no entrypoint).
 The image's EROFS file is stored once per prefix as PREFIX/blobs/sha256/<hex>,
 with an index of its 512 KiB chunks' digests and its config as
 PREFIX/indexes/sha256/<digest>.json, and the tag as PREFIX/NAME/tags/TAG.
-Objects the bucket already has are not sent again. Prints the image digest.
+Objects the bucket already has are not sent again. The image goes up in
+parts, --jobs at a time, with a progress bar on a terminal. An interrupted
+push (Ctrl-C, a lost connection) leaves its parts in the bucket: running the
+same push again sends only the parts missing there. Prints the image digest.
 
 The endpoint and credentials come from the environment, as for every S3 tool:
 AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
@@ -60,13 +63,20 @@ AWS_PROFILE and ~/.aws/credentials and ~/.aws/config.`,
 				res, err = c.Push(cmd.Context(), src, dest, opts)
 			}
 			if err != nil {
+				if cmd.Context().Err() != nil {
+					// main reports only "interrupted"; say what is left.
+					fmt.Fprintf(cmd.ErrOrStderr(), "pe image push: interrupted; any parts sent so far stay in the bucket: run the same push again to continue it\n")
+				}
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), res.Digest)
 			if stderr := cmd.ErrOrStderr(); isTerminal(stderr) {
 				sent := "sent"
-				if !res.BlobSent {
+				switch {
+				case !res.BlobSent:
 					sent = "already in the bucket"
+				case res.Resumed:
+					sent = fmt.Sprintf("resumed: %s sent, %s already in the bucket", humanBytes(res.BytesSent), humanBytes(res.BytesReused))
 				}
 				fmt.Fprintf(stderr, "%s: %s EROFS image, %s\n", dest.Familiar(), humanBytes(res.Size), sent)
 			}
