@@ -236,6 +236,16 @@ func (r *URLReader) Read(p []byte) (int, error) {
 
 var errReaderClosed = errors.New("read of a closed URLReader")
 
+// failure is why the transfer failed, or nil if it has not (yet).
+func (r *URLReader) failure() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err == io.EOF || r.err == errReaderClosed {
+		return nil
+	}
+	return r.err
+}
+
 // Close ends the transfer. A Read in progress returns.
 func (r *URLReader) Close() error {
 	r.cancel(errReaderClosed)

@@ -378,6 +378,7 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 	tarName := plan.opts.Tar
 	tarSize := plan.tarSize
 	var url *URLReader // opened first, so that an HTTP error comes before any work
+	var urls []*URLReader // every transfer Open started
 	isURL := IsURL(tarName)
 	if isURL {
 		var err error
@@ -407,7 +408,11 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 				return io.NopCloser(countReader{stdin, add}), nil
 			}
 			if isURL {
-				return plan.openURL(ctx, &url, o, add)
+				rc, u, err := plan.openURL(ctx, &url, o, add)
+				if u != nil {
+					urls = append(urls, u)
+				}
+				return rc, err
 			}
 			f, err := os.Open(tarName)
 			if err != nil {
@@ -425,6 +430,14 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 		},
 	})
 	if err := Flatten(ctx, w, layers, o.Limits); err != nil {
+		for _, u := range urls {
+			// A failed transfer is the cause, and its error names the
+			// URL and says what happened; the decoder's and the tar
+			// reader's wrappings would only repeat it.
+			if uerr := u.failure(); uerr != nil {
+				return uerr
+			}
+		}
 		return fmt.Errorf("converting %s over %s: %w", tarName, baseName(plan), err)
 	}
 	for _, vr := range vrs {

@@ -100,12 +100,12 @@ func (plan *importPlan) urlOptions(o *pullConfig) URLOptions {
 // flattenImport opened, the first time; a new transfer should Flatten open
 // the tarball again (it does not: the tarball is the top layer). The raw
 // bytes are counted with add and, for an import, hashed.
-func (plan *importPlan) openURL(ctx context.Context, url **URLReader, o *pullConfig, add func(int64)) (io.ReadCloser, error) {
+func (plan *importPlan) openURL(ctx context.Context, url **URLReader, o *pullConfig, add func(int64)) (io.ReadCloser, *URLReader, error) {
 	r := *url
 	if r == nil {
 		var err error
 		if r, err = OpenURL(ctx, plan.opts.Tar, plan.urlOptions(o)); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	*url = nil
@@ -115,7 +115,8 @@ func (plan *importPlan) openURL(ctx context.Context, url **URLReader, o *pullCon
 		plan.hashURL.r = r
 		in = plan.hashURL
 	}
-	return fastGunzip(readCloser{countReader{in, add}, r})
+	rc, err := fastGunzip(readCloser{countReader{in, add}, r})
+	return rc, r, err
 }
 
 // tarHasher passes a tarball through, hashing it and keeping its first
