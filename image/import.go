@@ -377,7 +377,7 @@ func (c *Cache) ensureImport(ctx context.Context, plan *importPlan, o *pullConfi
 func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pullConfig, stdin io.Reader) error {
 	tarName := plan.opts.Tar
 	tarSize := plan.tarSize
-	var url *URLReader // opened first, so that an HTTP error comes before any work
+	var url *URLReader    // opened first, so that an HTTP error comes before any work
 	var urls []*URLReader // every transfer Open started
 	isURL := IsURL(tarName)
 	if isURL {
