@@ -2,11 +2,14 @@ package image
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -471,7 +474,11 @@ func (r *URLReader) do(header http.Header) (*http.Response, error) {
 				err = ue.Err // its message holds the URL unredacted
 			}
 		}
-		return nil, &netError{fmt.Errorf("GET %s: %w", r.name, err)}
+		err = fmt.Errorf("GET %s: %w", r.name, err)
+		if permanent(err) {
+			return nil, err
+		}
+		return nil, &netError{err}
 	}
 	r.body, r.stop = resp.Body, stop
 	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusRequestedRangeNotSatisfiable && resp.StatusCode != http.StatusPreconditionFailed {
@@ -481,11 +488,25 @@ func (r *URLReader) do(header http.Header) (*http.Response, error) {
 	return resp, nil
 }
 
-// netError is a request that failed without an answer.
+// netError is a request that failed without an answer, which may answer
+// if tried again.
 type netError struct{ err error }
 
 func (e *netError) Error() string { return e.err.Error() }
 func (e *netError) Unwrap() error { return e.err }
+
+// permanent reports whether a request that got no answer would get none
+// however often it is tried: an unknown host, a certificate that does not
+// verify. Waiting through the retries would only delay the message.
+func permanent(err error) bool {
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var hostErr x509.HostnameError
+	var authErr x509.UnknownAuthorityError
+	return (errors.As(err, &dnsErr) && dnsErr.IsNotFound) || errors.As(err, &certErr) ||
+		errors.As(err, &hostErr) || errors.As(err, &authErr) ||
+		strings.Contains(err.Error(), plainHTTPMessage)
+}
 
 // retryable returns the error to report if retries run out when err is
 // worth retrying (no answer, 5xx, 429, 408), else nil.

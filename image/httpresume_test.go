@@ -501,3 +501,21 @@ func xzTarBytes(t *testing.T, tarball []byte) []byte {
 	}
 	return buf.Bytes()
 }
+
+// TestOpenURLNoRetry: a certificate that does not verify fails at once,
+// not after the retries.
+func TestOpenURLNoRetry(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	start := time.Now()
+	_, err := OpenURL(t.Context(), srv.URL+"/x.tar", URLOptions{Backoff: 10 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "certificate") || time.Since(start) > 5*time.Second {
+		t.Errorf("OpenURL of a server with an unknown certificate: %v after %s", err, time.Since(start))
+	}
+	// With the server's certificate trusted, the same URL reads.
+	r, err := OpenURL(t.Context(), srv.URL+"/x.tar", URLOptions{Transport: srv.Client().Transport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+}
