@@ -362,7 +362,8 @@ func TestImportURL(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := testCache(t)
-			opts.Tar = url
+			log, converted := countingLog(t)
+			opts.Tar, opts.Pull.Log = url, log
 			got, err := c.Import(t.Context(), opts)
 			if err != nil {
 				t.Fatal(err)
@@ -385,13 +386,27 @@ func TestImportURL(t *testing.T) {
 				t.Errorf("config names the URL: %s", cfg)
 			}
 
-			// Again: the same digest, no second image.
+			// Again: the same digest from the cache, found by the URL and
+			// its ETag without downloading or converting again.
 			ts.requests.Store(0)
 			again, err := c.Import(t.Context(), opts)
-			if err != nil || again.Digest != want.Digest {
-				t.Errorf("second import: %v, %v", again, err)
+			if err != nil || again.Digest != want.Digest || converted() != 1 || ts.requests.Load() != 1 {
+				t.Errorf("second import: %v, %v; %d conversions, %d requests", again, err, converted(), ts.requests.Load())
 			}
 			assertNoLeftovers(t, c, 1)
+			// Under another name too, with the record gone: downloaded and
+			// converted again, and found to be the same image.
+			os.RemoveAll(c.path(importsDir))
+			opts.Tag = "tool:2"
+			ts.requests.Store(0)
+			again, err = c.Import(t.Context(), opts)
+			if err != nil || again.Digest != want.Digest || converted() != 1 || ts.requests.Load() < 2 {
+				t.Errorf("import without the record: %v, %v; %d conversions, %d requests", again, err, converted(), ts.requests.Load())
+			}
+			assertNoLeftovers(t, c, 1)
+			if _, err := c.Get(t.Context(), mustRef(t, "tool:2"), PullOptions{Policy: PullNever}); err != nil {
+				t.Errorf("Get tool:2: %v", err)
+			}
 
 			// build-erofs --tar URL writes the same image as from the file.
 			outFile, outURL := filepath.Join(t.TempDir(), "a.erofs"), filepath.Join(t.TempDir(), "b.erofs")

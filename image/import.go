@@ -158,6 +158,9 @@ type importPlan struct {
 	// hashURL, set for an import from a URL, hashes the tarball as
 	// flattenImport streams it, since it cannot be read twice.
 	hashURL *tarHasher
+	// opened is the transfer of the tarball URL importURL started, which
+	// flattenImport reads rather than starting its own.
+	opened *URLReader
 }
 
 // prepareImport resolves and fetches the base, derives the config and,
@@ -381,9 +384,12 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 	var urls []*URLReader // every transfer Open started
 	isURL := IsURL(tarName)
 	if isURL {
-		var err error
-		if url, err = OpenURL(ctx, tarName, plan.urlOptions(o)); err != nil {
-			return err
+		url = plan.opened
+		if url == nil {
+			var err error
+			if url, err = OpenURL(ctx, tarName, plan.urlOptions(o)); err != nil {
+				return err
+			}
 		}
 		defer url.Close()
 		tarName, tarSize = url.Name(), url.Size()

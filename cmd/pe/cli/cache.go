@@ -244,7 +244,9 @@ never stored whole, with the proxy environment variables honoured. A dropped or
 stalled connection is resumed where it stopped, a few times with a growing
 wait, when the server supports Range requests and gives an ETag or
 Last-Modified; a file that changed on the server meanwhile is an error. The
-tarball counts against --max-image-size with the base's layers.
+tarball counts against --max-image-size with the base's layers. Importing the
+same URL again, when the server gives the same strong ETag, finds the image in
+the cache without downloading it.
 
 NAME (such as clang:20 or local/clang:20) is a local image: pe run and
 pe image build-erofs take it from the cache and never look it up in a
