@@ -437,6 +437,7 @@ func TestImportURLFails(t *testing.T) {
 		desc    string
 		srv     *tarServer
 		max     int64
+		lim     Limits
 		wantErr string
 	}{
 		{"changed", &tarServer{cuts: 1, cutAfter: 100 << 10, body: func(n int32) ([]byte, string) {
@@ -444,22 +445,24 @@ func TestImportURLFails(t *testing.T) {
 				return file, `"v1"`
 			}
 			return xzTarBytes(t, fakeTar(t, fakeEntry{name: "x"})), `"v2"`
-		}}, 0, "changed on the server while importing; start again"},
+		}}, 0, Limits{}, "changed on the server while importing; start again"},
 		{"no ranges", &tarServer{body: func(int32) ([]byte, string) { return file, `"v1"` }, cuts: 1, cutAfter: 100 << 10, noRanges: true},
-			0, "the server cannot resume a transfer"},
+			0, Limits{}, "the server cannot resume a transfer"},
 		{"404", &tarServer{body: func(int32) ([]byte, string) { return file, "" }, status: func(int32) int { return 404 }},
-			0, "404 Not Found"},
+			0, Limits{}, "404 Not Found"},
 		{"too large", &tarServer{body: func(int32) ([]byte, string) { return file, "" }},
-			1000, "over the limit of 1000 bytes (--max-image-size)"},
+			1000, Limits{}, "over the limit of 1000 bytes (--max-image-size)"},
 		{"truncated for good", &tarServer{body: func(int32) ([]byte, string) { return file[:len(file)/2], "" }},
-			0, "unexpected EOF"},
+			0, Limits{}, "unexpected EOF"},
+		{"unpacks to too much", &tarServer{body: func(int32) ([]byte, string) { return file, `"v1"` }},
+			0, Limits{MaxUnpacked: 200 << 10}, "--max-image-unpacked"},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			srv := httptest.NewServer(tc.srv)
 			defer srv.Close()
 			c := testCache(t)
 			url := srv.URL + "/tool.tar.xz?sig=secret"
-			opts := ImportOptions{Tar: url, Tag: "tool:1", URL: fastURL, Pull: PullOptions{MaxSize: tc.max}}
+			opts := ImportOptions{Tar: url, Tag: "tool:1", URL: fastURL, Pull: PullOptions{MaxSize: tc.max, Limits: tc.lim}}
 			_, err := c.Import(t.Context(), opts)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "tool.tar.xz") ||
 				strings.Contains(err.Error(), "secret") {
