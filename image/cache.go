@@ -635,7 +635,14 @@ type readCloser struct {
 // LastUsed are set here). Everything is written and synced in a temporary
 // directory renamed into place last. The caller holds the image's lock.
 func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []byte, meta *imageMeta, fill func(*erofs.Writer) error) error {
-	return c.writeImageFile(ctx, h, config, manifest, meta, func(f *os.File, tmp string) error {
+	return c.writeImageFile(ctx, h, config, manifest, meta, c.fillEROFS(fill))
+}
+
+// fillEROFS adapts fill, which adds the files of an image to a writer, to
+// writeImageFile and stageImage: it writes the EROFS file with the cache's
+// writer options.
+func (c *Cache) fillEROFS(fill func(*erofs.Writer) error) func(f *os.File, tmp string) error {
+	return func(f *os.File, tmp string) error {
 		opts := c.compression
 		opts.TempDir = tmp
 		w, err := erofs.NewWriter(f, opts)
@@ -650,16 +657,27 @@ func (c *Cache) writeImage(ctx context.Context, h v1.Hash, config, manifest []by
 			return fmt.Errorf("writing EROFS image: %w", err)
 		}
 		return nil
-	})
+	}
 }
 
 // writeImageFile is writeImage for a caller that writes the EROFS file f
 // itself (tmp is the temporary image directory holding f).
-func (c *Cache) writeImageFile(ctx context.Context, h v1.Hash, config, manifest []byte, meta *imageMeta, fill func(f *os.File, tmp string) error) (err error) {
-	parent := c.path(imagesDir)
-	tmp, err := os.MkdirTemp(parent, tmpPrefix+h.Hex+"-")
+func (c *Cache) writeImageFile(ctx context.Context, h v1.Hash, config, manifest []byte, meta *imageMeta, fill func(f *os.File, tmp string) error) error {
+	tmp, err := c.stageImage(ctx, h.Hex, fill)
 	if err != nil {
 		return err
+	}
+	return c.commitImage(tmp, h, config, manifest, meta)
+}
+
+// stageImage writes and syncs the EROFS file of an image, which fill
+// writes, in a new temporary image directory (its name starting with
+// label) and returns the directory, for commitImage. On error nothing is
+// left.
+func (c *Cache) stageImage(ctx context.Context, label string, fill func(f *os.File, tmp string) error) (dir string, err error) {
+	tmp, err := os.MkdirTemp(c.path(imagesDir), tmpPrefix+label+"-")
+	if err != nil {
+		return "", err
 	}
 	defer func() {
 		if err != nil {
@@ -668,23 +686,32 @@ func (c *Cache) writeImageFile(ctx context.Context, h v1.Hash, config, manifest 
 	}()
 	f, err := os.OpenFile(filepath.Join(tmp, erofsName), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer f.Close()
 	if err := fill(f, tmp); err != nil {
-		return err
+		return "", err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return "", err
 	}
 	if err := f.Sync(); err != nil {
-		return err
+		return "", err
 	}
-	fi, err := f.Stat()
+	return tmp, f.Close()
+}
+
+// commitImage completes the image directory tmp that stageImage wrote with
+// config.json, manifest.json and meta.json, and renames it into place as
+// the image h; on error it removes tmp. The caller holds the image's lock.
+func (c *Cache) commitImage(tmp string, h v1.Hash, config, manifest []byte, meta *imageMeta) (err error) {
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	fi, err := os.Stat(filepath.Join(tmp, erofsName))
 	if err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
 		return err
 	}
 	now := c.now().UTC()
@@ -714,7 +741,7 @@ func (c *Cache) writeImageFile(ctx context.Context, h v1.Hash, config, manifest 
 	if err := os.Rename(tmp, final); err != nil {
 		return err
 	}
-	atomicfile.SyncDir(parent)
+	atomicfile.SyncDir(c.path(imagesDir))
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,9 +28,15 @@ import (
 // Compiler Explorer ships its compilers (clang-20.1.0.tar.xz unpacked under
 // /opt/compiler-explorer, or re-rooted under /usr).
 type ImportOptions struct {
-	// Tar is the tarball: plain, gzip, zstd or xz. Import needs a file;
-	// BuildImportEROFS also takes "-" for BuildOptions.Stdin.
+	// Tar is the tarball: plain, gzip, zstd or xz. It is a file, or an
+	// http:// or https:// URL streamed straight into the image, never
+	// stored whole, its transfer resumed when the connection drops (see
+	// OpenURL); BuildImportEROFS also takes "-" for BuildOptions.Stdin.
 	Tar string
+	// URL configures how a Tar URL is fetched (its MaxSize is
+	// Pull.MaxSize less the base's layers, its Log and Transport those of
+	// Pull when unset).
+	URL URLOptions
 	// StripComponents drops that many leading path components from each
 	// entry, as tar --strip-components does.
 	StripComponents int
@@ -85,20 +92,26 @@ func (c *Cache) Import(ctx context.Context, opts ImportOptions) (*CachedImage, e
 		return nil, err
 	}
 	if opts.Tar == "" || opts.Tar == "-" {
-		return nil, errors.New("import needs a tarball file (standard input cannot be hashed before it is read)")
+		return nil, errors.New("import needs a tarball file or URL (standard input cannot be hashed before it is read)")
 	}
 	o, gc, err := c.configAndShare(ctx, opts.Pull)
 	if err != nil {
 		return nil, err
 	}
 	defer gc.unlock()
-	imp, err := c.prepareImport(ctx, opts, o, true)
+	url := IsURL(opts.Tar)
+	imp, err := c.prepareImport(ctx, opts, o, !url)
 	if err != nil {
 		return nil, err
 	}
 	src := imp.src
 	src.ref = Reference{transport: TransportRegistry, name: tag}
-	img, err := c.ensureImport(ctx, imp, o)
+	var img *CachedImage
+	if url {
+		img, err = c.importURL(ctx, imp, o)
+	} else {
+		img, err = c.ensureImport(ctx, imp, o)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -138,6 +151,16 @@ type importPlan struct {
 	// tarDigest and tarSize are the tarball's (only when hashed).
 	tarDigest v1.Hash
 	tarSize   int64
+	// base is the base image's source (nil: none), baseLayers its layers
+	// as the manifest lists them.
+	base       *source
+	baseLayers []v1.Descriptor
+	// hashURL, set for an import from a URL, hashes the tarball as
+	// flattenImport streams it, since it cannot be read twice.
+	hashURL *tarHasher
+	// opened is the transfer of the tarball URL importURL started, which
+	// flattenImport reads rather than starting its own.
+	opened *URLReader
 }
 
 // prepareImport resolves and fetches the base, derives the config and,
@@ -178,7 +201,7 @@ func (c *Cache) prepareImport(ctx context.Context, opts ImportOptions, o *pullCo
 	}
 	cfg.History = append(cfg.History, v1.History{
 		CreatedBy: fmt.Sprintf("pe image import --tar %s --strip-components %d --prefix %s",
-			filepath.Base(opts.Tar), opts.StripComponents, cmpOr(opts.Prefix, "/")),
+			tarFileName(opts.Tar), opts.StripComponents, cmpOr(opts.Prefix, "/")),
 		Comment: "tarball laid over the base image by pe",
 	})
 	config, err := json.Marshal(cfg)
@@ -190,15 +213,15 @@ func (c *Cache) prepareImport(ctx context.Context, opts ImportOptions, o *pullCo
 	if cfg.OS != "" && cfg.Architecture != "" {
 		src.platform = v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}.String()
 	}
-	var baseLayers []v1.Descriptor
 	if base != nil {
 		src.layers = base.layers
 		src.size = base.size
 		for _, l := range base.layers {
-			baseLayers = append(baseLayers, v1.Descriptor{MediaType: l.mediaType, Digest: l.digest, Size: l.size})
+			plan.baseLayers = append(plan.baseLayers, v1.Descriptor{MediaType: l.mediaType, Digest: l.digest, Size: l.size})
 		}
 	}
 	plan.src = src
+	plan.base = base
 	if !hash {
 		return plan, nil
 	}
@@ -207,24 +230,45 @@ func (c *Cache) prepareImport(ctx context.Context, opts ImportOptions, o *pullCo
 	if err != nil {
 		return nil, err
 	}
+	if err := plan.synthesize(mediaType); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// synthesize writes the manifest of a plan whose tarball has been hashed
+// (tarDigest, tarSize; its compression calls for mediaType), and sets the
+// source's digest and size.
+func (plan *importPlan) synthesize(mediaType types.MediaType) error {
+	src, opts := plan.src, plan.opts
 	src.size += plan.tarSize
 	annotations := map[string]string{annotationStrip: strconv.Itoa(opts.StripComponents), annotationPrefix: cmpOr(opts.Prefix, "/")}
 	m := v1.Manifest{
 		SchemaVersion: 2,
 		MediaType:     types.OCIManifestSchema1,
-		Config:        v1.Descriptor{MediaType: types.OCIConfigJSON, Size: int64(len(config)), Digest: sha256Hash(config)},
-		Layers: append(baseLayers, v1.Descriptor{
+		Config:        v1.Descriptor{MediaType: types.OCIConfigJSON, Size: int64(len(src.config)), Digest: sha256Hash(src.config)},
+		Layers: append(slices.Clip(plan.baseLayers), v1.Descriptor{
 			MediaType: mediaType, Digest: plan.tarDigest, Size: plan.tarSize, Annotations: annotations,
 		}),
 	}
-	if base != nil {
-		m.Annotations = map[string]string{annotationBase: base.digest.String()}
+	if plan.base != nil {
+		m.Annotations = map[string]string{annotationBase: plan.base.digest.String()}
 	}
+	var err error
 	if src.manifest, err = json.Marshal(m); err != nil {
-		return nil, err
+		return err
 	}
 	src.digest = sha256Hash(src.manifest)
-	return plan, nil
+	return nil
+}
+
+// tarFileName is the file name of a tarball, or of the file a tarball URL
+// names, without the URL's query.
+func tarFileName(tar string) string {
+	if IsURL(tar) {
+		return urlFileName(tar)
+	}
+	return filepath.Base(tar)
 }
 
 // baseSource resolves an import's base and makes its layers readable
@@ -318,12 +362,7 @@ func (c *Cache) ensureImport(ctx context.Context, plan *importPlan, o *pullConfi
 		return c.useLocked(ref, src.digest)
 	}
 	start := time.Now()
-	meta := imageMeta{References: []string{ref}, Platform: src.platform, Local: true}
-	for _, l := range src.layers {
-		if l.fetch != nil {
-			meta.Blobs = append(meta.Blobs, l.digest.String())
-		}
-	}
+	meta := importMeta(src)
 	err = c.writeImage(ctx, src.digest, src.config, src.manifest, &meta, func(w *erofs.Writer) error {
 		return flattenImport(ctx, w, plan, o, nil)
 	})
@@ -341,7 +380,20 @@ func (c *Cache) ensureImport(ctx context.Context, plan *importPlan, o *pullConfi
 func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pullConfig, stdin io.Reader) error {
 	tarName := plan.opts.Tar
 	tarSize := plan.tarSize
-	if tarSize == 0 && tarName != "-" {
+	var url *URLReader    // opened first, so that an HTTP error comes before any work
+	var urls []*URLReader // every transfer Open started
+	isURL := IsURL(tarName)
+	if isURL {
+		url = plan.opened
+		if url == nil {
+			var err error
+			if url, err = OpenURL(ctx, tarName, plan.urlOptions(o)); err != nil {
+				return err
+			}
+		}
+		defer url.Close()
+		tarName, tarSize = url.Name(), url.Size()
+	} else if tarSize == 0 && tarName != "-" {
 		if fi, err := os.Stat(tarName); err == nil {
 			tarSize = fi.Size()
 		}
@@ -361,6 +413,13 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 				}
 				return io.NopCloser(countReader{stdin, add}), nil
 			}
+			if isURL {
+				rc, u, err := plan.openURL(ctx, &url, o, add)
+				if u != nil {
+					urls = append(urls, u)
+				}
+				return rc, err
+			}
 			f, err := os.Open(tarName)
 			if err != nil {
 				return nil, err
@@ -377,6 +436,14 @@ func flattenImport(ctx context.Context, w *erofs.Writer, plan *importPlan, o *pu
 		},
 	})
 	if err := Flatten(ctx, w, layers, o.Limits); err != nil {
+		for _, u := range urls {
+			// A failed transfer is the cause, and its error names the
+			// URL and says what happened; the decoder's and the tar
+			// reader's wrappings would only repeat it.
+			if uerr := u.failure(); uerr != nil {
+				return uerr
+			}
+		}
 		return fmt.Errorf("converting %s over %s: %w", tarName, baseName(plan), err)
 	}
 	for _, vr := range vrs {
@@ -408,7 +475,7 @@ func (c *Cache) BuildImportEROFS(ctx context.Context, out string, opts ImportOpt
 	if err != nil {
 		return err
 	}
-	if plan.opts.Tar != "-" {
+	if plan.opts.Tar != "-" && !IsURL(plan.opts.Tar) {
 		if _, err := os.Stat(plan.opts.Tar); err != nil {
 			return fmt.Errorf("tarball: %w", err)
 		}
@@ -436,17 +503,23 @@ func hashTarball(file string, digest *v1.Hash, size *int64) (types.MediaType, er
 		return "", fmt.Errorf("reading tarball %s: %w", file, err)
 	}
 	*digest = v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
-	switch m := magic[:n]; {
+	return tarMediaType(magic[:n]), nil
+}
+
+// tarMediaType is the layer media type of a tarball that starts with
+// magic.
+func tarMediaType(magic []byte) types.MediaType {
+	switch m := magic; {
 	case bytes.HasPrefix(m, []byte{0x1f, 0x8b}):
-		return types.OCILayer, nil
+		return types.OCILayer
 	case bytes.HasPrefix(m, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		return types.OCILayerZStd, nil
+		return types.OCILayerZStd
 	case bytes.HasPrefix(m, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
 		// Not an OCI media type: no registry holds xz layers. The
 		// manifest is pe's own and never pushed.
-		return "application/vnd.oci.image.layer.v1.tar+xz", nil
+		return "application/vnd.oci.image.layer.v1.tar+xz"
 	}
-	return types.OCIUncompressedLayer, nil
+	return types.OCIUncompressedLayer
 }
 
 func sha256Hash(b []byte) v1.Hash {

@@ -29,9 +29,12 @@ const buildEROFSLong = `Build an EROFS image from SOURCE:
     or SOURCE_DATE_EPOCH, it is converted straight into OUT instead.
 
 Or, without SOURCE, from a tarball laid over a base image, as Compiler
-Explorer's compiler builds are: --tar FILE [--strip-components N] [--prefix DIR]
+Explorer's compiler builds are: --tar FILE|URL [--strip-components N] [--prefix DIR]
 [--base IMAGE] streams the base's layers and the tarball straight into OUT.
-Only the base's layers go through the cache.
+Only the base's layers go through the cache. An http:// or https:// URL is read
+as it downloads, never stored whole; a dropped or stalled connection is resumed
+where it stopped (the server must support Range requests and give an ETag or
+Last-Modified), and a file that changed on the server meanwhile is an error.
 
 Everything is kept: file types, permissions with setuid, setgid and sticky bits,
 owners, modification times to the nanosecond, extended attributes, symbolic
@@ -49,7 +52,8 @@ const buildEROFSExample = `  pe image build-erofs ./rootfs -o rootfs.erofs
   tar -C ./rootfs -c . | pe image build-erofs - -o rootfs.erofs
   pe image build-erofs busybox -o busybox.erofs --compress lz4hc --pcluster-size 16K
   pe image build-erofs oci:./layout:v1 -o image.erofs
-  pe image build-erofs --tar clang.tar.xz --strip-components 1 --prefix /usr --base ubuntu:22.04 -o clang.erofs`
+  pe image build-erofs --tar clang.tar.xz --strip-components 1 --prefix /usr --base ubuntu:22.04 -o clang.erofs
+  pe image build-erofs --tar https://example.com/gcc-14.2.0.tar.xz --strip-components 1 -o gcc.erofs`
 
 // buildEROFSFlags are the flags of "pe image build-erofs".
 type buildEROFSFlags struct {
@@ -107,7 +111,11 @@ func runBuildEROFS(cmd *cobra.Command, a *app, f *buildEROFSFlags, args []string
 		return usageErrorf(cmd, "refusing to read a tar stream from a terminal")
 	}
 	start := time.Now()
-	a.log.Debug("building EROFS image", "source", source, "tar", f.imp.tar, "output", f.out, "block_size", f.blockSize,
+	tarArg := f.imp.tar
+	if image.IsURL(tarArg) {
+		tarArg = image.RedactURL(tarArg) // no credentials in logs
+	}
+	a.log.Debug("building EROFS image", "source", source, "tar", tarArg, "output", f.out, "block_size", f.blockSize,
 		"mtime", opts.Writer.ModTime, "clamp_mtime", opts.Writer.ClampModTime)
 	if err := buildEROFS(cmd, a, f, source, opts, custom); err != nil {
 		return err

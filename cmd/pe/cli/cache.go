@@ -232,12 +232,21 @@ func newImportCmd(a *app) *cobra.Command {
 		tag string
 	)
 	cmd := &cobra.Command{
-		Use:   "import --tar FILE --tag NAME [--base IMAGE] [--strip-components N] [--prefix DIR]",
+		Use:   "import --tar FILE|URL --tag NAME [--base IMAGE] [--strip-components N] [--prefix DIR]",
 		Short: "Import a tarball into the cache as an image",
 		Long: `Lay the tarball FILE (plain, gzip, zstd or xz), with --strip-components leading
 path components dropped and re-rooted under --prefix, over the flattened
 layers of the base image, and store the result in the cache under NAME, in one
 streaming pass. This is how Compiler Explorer's compiler builds become images.
+
+The tarball may be an http:// or https:// URL: it is read as it downloads,
+never stored whole, with the proxy environment variables honoured. A dropped or
+stalled connection is resumed where it stopped, a few times with a growing
+wait, when the server supports Range requests and gives an ETag or
+Last-Modified; a file that changed on the server meanwhile is an error. The
+tarball counts against --max-image-size with the base's layers. Importing the
+same URL again, when the server gives the same strong ETag, finds the image in
+the cache without downloading it.
 
 NAME (such as clang:20 or local/clang:20) is a local image: pe run and
 pe image build-erofs take it from the cache and never look it up in a
@@ -246,6 +255,7 @@ PREFIX/bin put first in PATH when PATH does not have it already. In the
 tarball, a .wh. name is an ordinary file, not a whiteout. Prints the image
 digest; importing the same tarball over the same base again finds it cached.`,
 		Example: `  pe image import --tar clang-20.1.0.tar.xz --strip-components 1 --prefix /usr --base ubuntu:22.04 --tag clang:20
+  pe image import --tar https://example.com/gcc-14.2.0.tar.xz --strip-components 1 --prefix /opt/gcc --tag gcc:14
   pe run clang:20 clang --version`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {

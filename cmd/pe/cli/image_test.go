@@ -6,13 +6,16 @@ import (
 	"encoding/json"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -364,5 +367,75 @@ func TestImageCompressWhereItActs(t *testing.T) {
 	if _, _, err := run(t, "", "image", "ls", "--cache-dir", t.TempDir(), "--image-compress", "lz4"); err == nil ||
 		!strings.Contains(err.Error(), "unknown flag: --image-compress") {
 		t.Errorf("pe image ls --image-compress: %v, want an unknown flag error", err)
+	}
+}
+
+// TestImportTarURL: pe image import and build-erofs take --tar as a URL,
+// resume a transfer the server cut, and name a failing URL without its
+// credentials.
+func TestImportTarURL(t *testing.T) {
+	isolate(t)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	body := bytes.Repeat([]byte("elf "), 50000)
+	tw.WriteHeader(&tar.Header{Name: "tool-1.0/bin/tool", Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg})
+	tw.Write(body)
+	tw.Close()
+	tarball := buf.Bytes()
+	var requests, ranged atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/tool.tar" {
+			http.NotFound(w, r)
+			return
+		}
+		n := requests.Add(1)
+		if r.Header.Get("Range") != "" {
+			ranged.Add(1)
+		}
+		w.Header().Set("ETag", `"1"`)
+		if n == 1 {
+			// The first answer stops half-way: the connection drops.
+			w.Header().Set("Content-Length", strconv.Itoa(len(tarball)))
+			w.Write(tarball[:len(tarball)/2])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(tarball))
+	}))
+	defer srv.Close()
+	cache := t.TempDir()
+
+	stdout, stderr, err := run(t, "", "image", "import", "--cache-dir", cache, "--tar", srv.URL+"/tool.tar",
+		"--strip-components", "1", "--prefix", "/opt/tool", "--tag", "tool:1")
+	if err != nil || !strings.HasPrefix(stdout, "sha256:") {
+		t.Fatalf("import: %q, %v (stderr %q)", stdout, err, stderr)
+	}
+	if requests.Load() != 2 || ranged.Load() != 1 {
+		t.Errorf("import: %d requests, %d with Range; want 2, 1", requests.Load(), ranged.Load())
+	}
+	out := filepath.Join(t.TempDir(), "tool.erofs")
+	if _, _, err := run(t, "", "image", "build-erofs", "--cache-dir", cache, "tool:1", "-o", out, "--pull", "never"); err != nil {
+		t.Fatalf("build-erofs tool:1: %v", err)
+	}
+	if got, _, err := run(t, "", "image", "cat", out, "opt/tool/bin/tool"); err != nil || got != string(body) {
+		t.Errorf("cat: %d bytes, %v", len(got), err)
+	}
+
+	out2 := filepath.Join(t.TempDir(), "tool2.erofs")
+	if _, stderr, err := run(t, "", "image", "build-erofs", "--cache-dir", cache, "--tar", srv.URL+"/tool.tar",
+		"--strip-components", "1", "--prefix", "/opt/tool", "-o", out2); err != nil {
+		t.Fatalf("build-erofs --tar URL: %v (stderr %q)", err, stderr)
+	}
+	a, _ := os.ReadFile(out)
+	b, _ := os.ReadFile(out2)
+	if !bytes.Equal(a, b) {
+		t.Errorf("build-erofs --tar URL wrote %d bytes, the imported image is %d", len(b), len(a))
+	}
+
+	missing := strings.Replace(srv.URL, "http://", "http://me:s3cret@", 1) + "/gone.tar.xz?X-Amz-Signature=t0ken"
+	_, _, err = run(t, "", "image", "import", "--cache-dir", cache, "--tar", missing, "--tag", "gone:1")
+	if err == nil || !strings.Contains(err.Error(), "/gone.tar.xz") || !strings.Contains(err.Error(), "404 Not Found") ||
+		strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "t0ken") {
+		t.Errorf("import of a missing URL: %v, want a 404 naming the URL without its credentials", err)
 	}
 }

@@ -229,7 +229,7 @@ type importFlags struct {
 }
 
 func (f *importFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.tar, "tar", "", "the tarball to lay over the base image: plain, gzip, zstd or xz")
+	fs.StringVar(&f.tar, "tar", "", "the tarball to lay over the base image (plain, gzip, zstd or xz): a file or an http(s) URL, streamed")
 	fs.IntVar(&f.strip, "strip-components", 0, "drop this many leading path components of the tarball's entries")
 	fs.StringVar(&f.prefix, "prefix", "/", "the directory of the image the tarball is unpacked into")
 	fs.StringVar(&f.base, "base", "", "the image the tarball is laid over (default: none)")
