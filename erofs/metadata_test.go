@@ -1,15 +1,18 @@
 package erofs
 
 import (
+	"bytes"
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 // blockLog is an io.ReaderAt that notes the blocks read through it.
@@ -89,7 +92,7 @@ func sortedKeys(m map[int64]bool) []int64 {
 // (with compression the indexes come on top); and no file data.
 func TestMetadataRanges(t *testing.T) {
 	src := t.TempDir()
-	zTree(3 << 20).writeDir(t, src)
+	zTree(3<<20).writeDir(t, src)
 	for _, tt := range []struct {
 		name  string
 		img   func(t *testing.T) string
@@ -156,4 +159,79 @@ func TestMetadataRangesRejectsCorrupt(t *testing.T) {
 	if _, err := MetadataRanges(readerOpenOS(t, bad), int64(len(b))); err == nil {
 		t.Error("MetadataRanges of an image with a bad magic: no error")
 	}
+}
+
+// TestWriterPutsMetadataFirst: with a file output, every byte of metadata
+// is in one range at the image's start, the data after it; the image reads
+// back right, whether the data was moved by FALLOC_FL_INSERT_RANGE or by
+// copying (same bytes); with MetadataAtEnd the metadata stays after the
+// data.
+func TestWriterPutsMetadataFirst(t *testing.T) {
+	fsck, _ := exec.LookPath("fsck.erofs")
+	for _, tt := range []struct {
+		name string
+		spec *treeSpec
+		opts WriterOptions
+	}{
+		{"plain", fullTree(300), WriterOptions{}},
+		{"lz4hc compact indexes", zTree(3 << 20), WriterOptions{Compression: CompressionLZ4HC, PclusterSize: 16384}},
+		{"lz4 full indexes", zTree(3 << 20), WriterOptions{Compression: CompressionLZ4, CompressIndex: IndexFull}},
+		{"512-byte blocks", fullTree(300), WriterOptions{BlockSize: 512}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			want := tt.spec.expected(t, tt.opts)
+			img := tt.spec.write(t, tt.opts)
+			size := fileSize(t, img)
+			rs, err := MetadataRanges(readerOpenOS(t, img), size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rs) != 1 || rs[0].Off != 0 || rs[0].Len*10 > size {
+				t.Errorf("metadata ranges %v in a %d-byte image: want one, from 0, much smaller than the image", rs, size)
+			}
+			checkImageWithReader(t, img, want)
+			if fsck != "" && tt.opts.BlockSize == 0 { // erofs-utils 1.5: 4 KiB only
+				if out, err := exec.Command(fsck, img).CombinedOutput(); err != nil {
+					t.Errorf("fsck.erofs: %v\n%s", err, out)
+				}
+			}
+
+			// The copying path (file systems without INSERT_RANGE)
+			// makes the same image.
+			old := insertRange
+			insertRange = func(*os.File, int64, int64) error { return unix.EOPNOTSUPP }
+			copied := tt.spec.write(t, tt.opts)
+			insertRange = old
+			a, _ := os.ReadFile(img)
+			b, _ := os.ReadFile(copied)
+			if !bytes.Equal(a, b) {
+				t.Errorf("the image made by copying the data differs from the one made with INSERT_RANGE (%d and %d bytes)", len(a), len(b))
+			}
+
+			o := tt.opts
+			o.MetadataAtEnd = true
+			atEnd := tt.spec.write(t, o)
+			endSize := fileSize(t, atEnd)
+			rs, err = MetadataRanges(readerOpenOS(t, atEnd), endSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rs) < 2 || rs[0].Off != 0 || rs[len(rs)-1].Off+rs[len(rs)-1].Len != endSize {
+				t.Errorf("MetadataAtEnd: metadata ranges %v in a %d-byte image: want the superblock's, and the rest at the end", rs, endSize)
+			}
+			if endSize != size {
+				t.Errorf("MetadataAtEnd image has %d bytes, the metadata-first one %d", endSize, size)
+			}
+			checkImageWithReader(t, atEnd, want)
+		})
+	}
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }

@@ -1,0 +1,50 @@
+package erofs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// shiftBuf is the size of the pieces shiftFile copies when it must copy.
+const shiftBuf = 4 << 20
+
+// insertRange inserts a hole of gap bytes at off; a variable so that tests
+// can take the copying path on file systems that would not.
+var insertRange = func(f *os.File, off, gap int64) error {
+	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_INSERT_RANGE, off, gap)
+}
+
+// shiftFile moves the n bytes of f at off up by gap bytes, leaving the
+// gap in front of them (zeros or old bytes: the caller overwrites it).
+// It asks the file system to insert the gap (FALLOC_FL_INSERT_RANGE:
+// no data is copied, extents are moved), which needs off and gap to be
+// multiples of its block size; where that is refused it copies the bytes,
+// last piece first so that nothing is overwritten before it is read.
+func shiftFile(f *os.File, off, n, gap int64) error {
+	if n == 0 || gap == 0 {
+		return nil
+	}
+	err := insertRange(f, off, gap)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("inserting %d bytes at %d: %w", gap, off, err)
+	}
+	buf := make([]byte, min(n, shiftBuf))
+	for end := off + n; end > off; {
+		start := max(off, end-int64(len(buf)))
+		b := buf[:end-start]
+		if _, err := f.ReadAt(b, start); err != nil {
+			return fmt.Errorf("reading %d bytes at %d: %w", len(b), start, err)
+		}
+		if _, err := f.WriteAt(b, start+gap); err != nil {
+			return fmt.Errorf("writing %d bytes at %d: %w", len(b), start+gap, err)
+		}
+		end = start
+	}
+	return nil
+}
