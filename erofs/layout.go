@@ -6,15 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 )
 
 // Close lays out directories, shared xattrs and inodes, writes the
 // superblock and flushes the output. It does not close out.
 //
-// When the output is an *os.File (and WriterOptions.MetadataAtEnd is not
-// set), the metadata goes contiguously at the image's start, right after
+// When the output is a file (an *os.File, or a type embedding one) and
+// WriterOptions.MetadataAtEnd is not set, the metadata goes contiguously at the image's start, right after
 // the superblock, and the file data written so far moves up to make room
 // for it: with one fallocate(FALLOC_FL_INSERT_RANGE) call where the file
 // system supports it (ext4, XFS), else by copying the data once. Images
@@ -76,7 +75,7 @@ func (w *Writer) finish() error {
 	if err != nil {
 		return err
 	}
-	file, first := w.out.(*os.File)
+	file, first := w.out.(fileOutput)
 	first = first && !w.opts.MetadataAtEnd
 	var dataStart, dataBlocks uint64
 	if first {

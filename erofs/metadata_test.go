@@ -199,7 +199,7 @@ func TestWriterPutsMetadataFirst(t *testing.T) {
 			// The copying path (file systems without INSERT_RANGE)
 			// makes the same image.
 			old := insertRange
-			insertRange = func(*os.File, int64, int64) error { return unix.EOPNOTSUPP }
+			insertRange = func(fileOutput, int64, int64) error { return unix.EOPNOTSUPP }
 			copied := tt.spec.write(t, tt.opts)
 			insertRange = old
 			a, _ := os.ReadFile(img)

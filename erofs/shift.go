@@ -3,7 +3,7 @@ package erofs
 import (
 	"errors"
 	"fmt"
-	"os"
+	"io"
 
 	"golang.org/x/sys/unix"
 )
@@ -11,9 +11,17 @@ import (
 // shiftBuf is the size of the pieces shiftFile copies when it must copy.
 const shiftBuf = 4 << 20
 
+// fileOutput is an output whose data Close can move: an *os.File, or a
+// type embedding one (an atomically renamed output file).
+type fileOutput interface {
+	io.ReaderAt
+	io.WriterAt
+	Fd() uintptr
+}
+
 // insertRange inserts a hole of gap bytes at off; a variable so that tests
 // can take the copying path on file systems that would not.
-var insertRange = func(f *os.File, off, gap int64) error {
+var insertRange = func(f fileOutput, off, gap int64) error {
 	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_INSERT_RANGE, off, gap)
 }
 
@@ -23,7 +31,7 @@ var insertRange = func(f *os.File, off, gap int64) error {
 // no data is copied, extents are moved), which needs off and gap to be
 // multiples of its block size; where that is refused it copies the bytes,
 // last piece first so that nothing is overwritten before it is read.
-func shiftFile(f *os.File, off, n, gap int64) error {
+func shiftFile(f fileOutput, off, n, gap int64) error {
 	if n == 0 || gap == 0 {
 		return nil
 	}

@@ -42,7 +42,7 @@ type WriterOptions struct {
 	// random reads decompress more.
 	PclusterSize int
 	// MetadataAtEnd keeps the metadata after the file data even when the
-	// output is an *os.File, where Close otherwise moves the data up to
+	// output is a file, where Close otherwise moves the data up to
 	// put the metadata first (see Close). It saves that move, which
 	// costs a copy of the data on file systems without
 	// FALLOC_FL_INSERT_RANGE (tmpfs, overlayfs).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -149,6 +150,10 @@ func TestS3PushMetadataChunks(t *testing.T) {
 	if d := cmp.Diff(want, ix.MetadataChunks); d != "" {
 		t.Errorf("metadata chunks in the index (-walk +index):\n%s", d)
 	}
+	// pe's writer puts the metadata first: a few KiB here, in chunk 0.
+	if d := cmp.Diff([]int{0}, ix.MetadataChunks); d != "" {
+		t.Errorf("metadata chunks of pe's image (-want +got):\n%s", d)
+	}
 	t.Logf("metadata chunks %v of %d", ix.MetadataChunks, len(ix.Chunks))
 }
 
@@ -173,5 +178,37 @@ func TestChunksOfRanges(t *testing.T) {
 				t.Errorf("(-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// TestBuildEROFSMetadataFirst: pe image build-erofs (through its
+// atomically renamed output file) lays the metadata out first, in one
+// range from the image's start.
+func TestBuildEROFSMetadataFirst(t *testing.T) {
+	src := t.TempDir()
+	for i := range 50 {
+		d := filepath.Join(src, "d"+strconv.Itoa(i%5))
+		os.MkdirAll(d, 0o755)
+		if err := os.WriteFile(filepath.Join(d, "f"+strconv.Itoa(i)), bytes.Repeat([]byte{byte(i)}, 5000+i*3000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink("d0/f0", filepath.Join(src, "link"))
+	out := filepath.Join(t.TempDir(), "out.erofs")
+	if err := BuildEROFS(t.Context(), src, out, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	rs, err := erofs.MetadataRanges(f, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 || rs[0].Off != 0 || rs[0].Len*4 > fi.Size() {
+		t.Errorf("metadata ranges %v of a %d-byte image: want one, from 0", rs, fi.Size())
 	}
 }
