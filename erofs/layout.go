@@ -15,8 +15,9 @@ import (
 // When the output is a file (an *os.File, or a type embedding one) and
 // WriterOptions.MetadataAtEnd is not set, the metadata goes contiguously at the image's start, right after
 // the superblock, and the file data written so far moves up to make room
-// for it: with one fallocate(FALLOC_FL_INSERT_RANGE) call where the file
-// system supports it (ext4, XFS), else by copying the data once. Images
+// for it: copied once in 4 MiB pieces, or for 256 MiB and more with one
+// fallocate(FALLOC_FL_INSERT_RANGE) call where the file system supports
+// it (ext4, XFS), which moves extents instead of bytes. Images
 // read lazily over a network then find everything a mount and a walk of
 // the tree read in a few contiguous blocks at the start. Other outputs
 // get the metadata after the file data, where it was written.

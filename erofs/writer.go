@@ -43,9 +43,9 @@ type WriterOptions struct {
 	PclusterSize int
 	// MetadataAtEnd keeps the metadata after the file data even when the
 	// output is a file, where Close otherwise moves the data up to
-	// put the metadata first (see Close). It saves that move, which
-	// costs a copy of the data on file systems without
-	// FALLOC_FL_INSERT_RANGE (tmpfs, overlayfs).
+	// put the metadata first (see Close). It saves that move: a copy of
+	// the data, or for big images a FALLOC_FL_INSERT_RANGE, which waits
+	// for the data's writeback.
 	MetadataAtEnd bool
 	// CompressIndex is the layout of compressed files' indexes: IndexCompact
 	// ("compact", the default: 2 bytes per 4 KiB logical cluster) or
