@@ -247,3 +247,25 @@ func fileSize(t *testing.T, path string) int64 {
 	}
 	return fi.Size()
 }
+
+// FuzzMetadataRanges: whatever the image, MetadataRanges returns an error
+// or sorted, disjoint ranges inside the image, reading nothing outside it
+// and never panicking. The seeds are FuzzReader's.
+func FuzzMetadataRanges(f *testing.F) {
+	f.Add(readerSynthImage(9, true).img)
+	f.Add(readerSynthImage(10, false).img)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		size := int64(len(data))
+		rs, err := MetadataRanges(boundedReaderAt{t, bytes.NewReader(data)}, size)
+		if err != nil {
+			return
+		}
+		end := int64(-1)
+		for _, r := range rs {
+			if r.Len <= 0 || r.Off <= end || r.Off+r.Len > size {
+				t.Fatalf("bad ranges %v for a %d-byte image", rs, size)
+			}
+			end = r.Off + r.Len
+		}
+	})
+}
