@@ -214,3 +214,28 @@ func (im *Image) isCached(i int) bool {
 	im.filesMu.RUnlock()
 	return open || im.s.has(im.ix.Chunks[i])
 }
+
+// PrefetchPlan returns what a run prefetches, in order: the chunks of its
+// command's trace t (nil if there is none), which hold what the last run
+// read in the order it read it, metadata included; then the image's
+// metadata chunks the trace did not list, which a different path through
+// the program may look up. Without a trace, the metadata chunks alone.
+func PrefetchPlan(ix *Index, t *Trace) []int {
+	var out []int
+	seen := map[int]bool{}
+	if t != nil {
+		for _, i := range t.Chunks {
+			if !seen[i] {
+				seen[i] = true
+				out = append(out, i)
+			}
+		}
+	}
+	for _, i := range ix.MetadataChunks {
+		if !seen[i] {
+			seen[i] = true
+			out = append(out, i)
+		}
+	}
+	return out
+}

@@ -411,3 +411,25 @@ func stopWithin(t *testing.T, f func() PrefetchResult) PrefetchResult {
 		return PrefetchResult{}
 	}
 }
+
+func TestPrefetchPlan(t *testing.T) {
+	ix := &Index{MetadataChunks: []int{0, 1, 2}}
+	for _, tt := range []struct {
+		name  string
+		trace *Trace
+		want  []int
+	}{
+		{"no trace", nil, []int{0, 1, 2}},
+		{"trace first, then the rest of the metadata", &Trace{Chunks: []int{7, 1, 5}}, []int{7, 1, 5, 0, 2}},
+		{"empty trace", &Trace{Chunks: []int{}}, []int{0, 1, 2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if d := cmp.Diff(tt.want, PrefetchPlan(ix, tt.trace)); d != "" {
+				t.Errorf("(-want +got):\n%s", d)
+			}
+		})
+	}
+	if got := PrefetchPlan(&Index{}, nil); len(got) != 0 {
+		t.Errorf("nothing to prefetch: %v", got)
+	}
+}

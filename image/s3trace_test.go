@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -210,5 +211,95 @@ func TestBuildEROFSMetadataFirst(t *testing.T) {
 	}
 	if len(rs) != 1 || rs[0].Off != 0 || rs[0].Len*4 > fi.Size() {
 		t.Errorf("metadata ranges %v of a %d-byte image: want one, from 0", rs, fi.Size())
+	}
+}
+
+// TestS3TraceTwoMachines: a first run reads an image lazily from the
+// bucket, recording its trace, and saves it there; a second run with an
+// empty cache elsewhere loads it, prefetches the plan (trace, then the
+// metadata) and its reads then find every chunk cached: no demand read
+// waits for the bucket.
+func TestS3TraceTwoMachines(t *testing.T) {
+	_, client := s3Env(t)
+	ctx := t.Context()
+	file := writeTestEROFS(t, t.TempDir())
+	ref, _ := ParseReference("s3://images/team/tool:v1")
+	res, err := PushEROFS(ctx, file, DefaultEROFSConfig(), ref, PushOptions{PullOptions: PullOptions{S3: client}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib, err := client.ReadAll(ctx, "images", "team/indexes/sha256/"+res.Digest.Hex+".json", blockstore.MaxIndexBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := blockstore.DecodeIndex(ib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := client.Object("images", "team/blobs/sha256/"+strings.TrimPrefix(ix.Digest, "sha256:"))
+	key := TraceKey("/bin/tool", "/")
+
+	// The program: mount, look up the tool, read 100 KiB at its middle.
+	runProgram := func(t *testing.T, im *blockstore.Image) {
+		t.Helper()
+		fsys, err := erofs.OpenSize(im, im.Size())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := fsys.Open("bin/tool")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.(io.ReaderAt).ReadAt(make([]byte, 100<<10), 3<<19); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func(t *testing.T) *blockstore.Image {
+		t.Helper()
+		s, err := blockstore.NewStore(blockstore.Options{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		im, err := s.Open(ix, blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { im.Close() })
+		return im
+	}
+
+	first := open(t)
+	if tr, err := LoadS3Trace(ctx, client, ref, res.Digest, ix, key); tr != nil || err != nil {
+		t.Fatalf("a trace before the first run: %v, %v", tr, err)
+	}
+	first.StartTrace(0)
+	runProgram(t, first)
+	if st := first.Stats(); st.Misses == 0 {
+		t.Fatalf("the first run missed nothing: %+v", st)
+	}
+	if wrote, err := SaveS3Trace(ctx, client, ref, res.Digest, ix, key, first.Trace()); !wrote || err != nil {
+		t.Fatalf("SaveS3Trace = %v, %v", wrote, err)
+	}
+	t.Logf("trace %v, metadata chunks %v", first.Trace().Chunks, ix.MetadataChunks)
+
+	second := open(t)
+	tr, err := LoadS3Trace(ctx, client, ref, res.Digest, ix, key)
+	if err != nil || tr == nil {
+		t.Fatalf("LoadS3Trace = %v, %v", tr, err)
+	}
+	p := second.PrefetchOrder(ctx, blockstore.PrefetchPlan(ix, tr), 4).Wait()
+	if p.Err != nil || p.Fetched != len(blockstore.PrefetchPlan(ix, tr)) {
+		t.Fatalf("prefetch: %+v", p)
+	}
+	before := second.Stats()
+	runProgram(t, second)
+	after := second.Stats()
+	// Joins are allowed: a chunk whose prefetch ended is served from its
+	// flight until its cache file is written.
+	if after.Misses != before.Misses || after.Gets != before.Gets {
+		t.Errorf("the second run's reads fetched: misses %d→%d, GETs %d→%d; want every chunk there",
+			before.Misses, after.Misses, before.Gets, after.Gets)
 	}
 }
