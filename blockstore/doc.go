@@ -44,6 +44,16 @@
 // and its own crash consistency; one file per chunk costs an inode per
 // 512 KiB (20,480 for a 10 GiB cache) and an open per chunk an image reads.
 //
+// # Prefetch
+//
+// Image.PrefetchOrder fetches a list of chunks in the background, in its
+// order: an Index's MetadataChunks (what a mount and the first lookups
+// read) and a recorded Trace (the order in which an earlier run of the
+// same command first read chunks: Image.StartTrace, Image.Trace,
+// DecodeTrace). Prefetches rank below demand reads, which never wait for
+// a slot; a prefetch starts a fetch only while the image's demand fetches
+// and prefetches in flight are fewer than its worker budget.
+//
 // Counters (GETs, bytes, hits, misses, joined waits, time stalled...) are
 // read as a Stats struct from the Store (all images) or one Image.
 package blockstore

@@ -21,6 +21,10 @@ type Image struct {
 	both   pair
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
+	// rec records demand reads' first touches (StartTrace); sched ranks
+	// PrefetchOrder's fetches below demand reads'.
+	rec   atomic.Pointer[recorder]
+	sched sched
 
 	// files keeps chunk files open for the next reads of the same chunk,
 	// saving an open and a close per read. A kept file the cache evicts
@@ -149,11 +153,15 @@ func (im *Image) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	}
 	var waits []pending
 	cs := im.ix.ChunkSize
+	rec := im.rec.Load()
 	for i := int(off / cs); int64(i)*cs < end; i++ {
+		if rec != nil && rec.on.Load() {
+			rec.note(i)
+		}
 		cOff, cLen := im.ix.ChunkRange(i)
 		lo, hi := max(off, cOff), min(end, cOff+cLen)
 		dst := p[lo-off : hi-off]
-		if fl := im.cachedOrFlight(i, dst, lo-cOff); fl != nil {
+		if fl := im.cachedOrFlight(i, dst, lo-cOff, true); fl != nil {
 			waits = append(waits, pending{i, fl, dst, lo - cOff})
 		}
 	}
@@ -200,7 +208,7 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 	if im.ctx.Err() != nil {
 		return ErrClosed
 	}
-	fl := im.cachedOrFlight(i, nil, 0)
+	fl := im.cachedOrFlight(i, nil, 0, false)
 	if fl == nil {
 		return nil
 	}
@@ -218,8 +226,9 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 }
 
 // cachedOrFlight copies chunk i's bytes from inOff into dst from the
-// cache and returns nil, or returns the flight to wait for.
-func (im *Image) cachedOrFlight(i int, dst []byte, inOff int64) *flight {
+// cache and returns nil, or returns the flight to wait for; demand says a
+// read (not a prefetch) wants it.
+func (im *Image) cachedOrFlight(i int, dst []byte, inOff int64, demand bool) *flight {
 	for attempt := 0; ; attempt++ {
 		if attempt == 0 && im.readOpen(i, dst, inOff) {
 			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
@@ -232,7 +241,7 @@ func (im *Image) cachedOrFlight(i int, dst []byte, inOff int64) *flight {
 		}
 		// Look again once if the file appeared meanwhile; a file that
 		// is there but unreadable is fetched.
-		if fl := im.s.acquire(im, i, attempt == 0); fl != nil {
+		if fl := im.s.acquire(im, i, attempt == 0, demand); fl != nil {
 			return fl
 		}
 	}

@@ -60,6 +60,14 @@ type Index struct {
 	// Config is opaque JSON carried with the index (the image's OCI
 	// config, for pe image push); the store does not read it.
 	Config json.RawMessage `json:"config,omitempty"`
+	// MetadataChunks lists in increasing order the chunks that hold the
+	// image's file system metadata (for EROFS: the superblock, inodes,
+	// directories, xattrs and compression indexes), which a run
+	// prefetches at its start (Image.PrefetchOrder) so that the mount
+	// and the first lookups do not wait one round trip each. Optional:
+	// indexes written before it, and images whose metadata could not
+	// be walked, have none.
+	MetadataChunks []int `json:"metadataChunks,omitempty"`
 }
 
 // NumChunks is the number of chunks an image of size bytes has when cut
@@ -79,7 +87,8 @@ func (ix *Index) ChunkRange(i int) (off, length int64) {
 
 // Validate checks the index against the format's rules: the version, a
 // well-formed digest, sizes within the limits, a chunk size that is a
-// multiple of MinChunkSize, and exactly one well-formed digest per chunk.
+// multiple of MinChunkSize, exactly one well-formed digest per chunk, and
+// metadata chunks (if any) increasing and in range.
 func (ix *Index) Validate() error {
 	if ix.Version != IndexVersion {
 		return fmt.Errorf("%w: version %d, want %d", ErrInvalidIndex, ix.Version, IndexVersion)
@@ -104,6 +113,13 @@ func (ix *Index) Validate() error {
 	}
 	if len(ix.Config) > 0 && !json.Valid(ix.Config) {
 		return fmt.Errorf("%w: config is not valid JSON", ErrInvalidIndex)
+	}
+	prev := -1
+	for k, i := range ix.MetadataChunks {
+		if i <= prev || i >= len(ix.Chunks) {
+			return fmt.Errorf("%w: metadata chunk entry %d is %d: want increasing chunk numbers below %d", ErrInvalidIndex, k, i, len(ix.Chunks))
+		}
+		prev = i
 	}
 	return nil
 }
@@ -164,6 +180,10 @@ func DecodeIndex(data []byte) (*Index, error) {
 			return nil, fmt.Errorf("%w: config: %v", ErrInvalidIndex, err)
 		}
 		ix.Config = buf.Bytes()
+	}
+	if len(ix.MetadataChunks) == 0 {
+		// "[]" and no field mean the same; Encode writes neither.
+		ix.MetadataChunks = nil
 	}
 	return &ix, nil
 }

@@ -100,6 +100,10 @@ func TestDecodeIndexErrors(t *testing.T) {
 		{"too many chunks", strings.Replace(valid, `"size":5000`, `"size":4096`, 1), "2 chunk digests"},
 		{"short chunk digest", strings.Replace(valid, `"chunks":["`+d, `"chunks":["abc`, 1), "chunk 0 digest"},
 		{"null chunk", strings.Replace(valid, `"chunks":["`+d+`"`, `"chunks":[null`, 1), "chunk 0 digest"},
+		{"metadata chunk out of range", strings.Replace(valid, `"chunks"`, `"metadataChunks":[0,2],"chunks"`, 1), "metadata chunk entry 1 is 2"},
+		{"metadata chunks not increasing", strings.Replace(valid, `"chunks"`, `"metadataChunks":[1,0],"chunks"`, 1), "metadata chunk entry 1 is 0"},
+		{"metadata chunk twice", strings.Replace(valid, `"chunks"`, `"metadataChunks":[1,1],"chunks"`, 1), "metadata chunk entry 1 is 1"},
+		{"negative metadata chunk", strings.Replace(valid, `"chunks"`, `"metadataChunks":[-1],"chunks"`, 1), "metadata chunk entry 0 is -1"},
 		{"size as string", strings.Replace(valid, `"size":5000`, `"size":"5000"`, 1), "cannot unmarshal string"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,6 +132,7 @@ func FuzzDecodeIndex(f *testing.F) {
 	d := strings.Repeat("0f", 32)
 	f.Add([]byte(`{"version":1,"digest":"sha256:` + d + `","size":5000,"chunkSize":4096,"chunks":["` + d + `","` + d + `"]}`))
 	f.Add([]byte(`{"version":1,"digest":"sha256:` + d + `","size":4096,"chunkSize":4096,"chunks":["` + d + `"],"config":{"Env":["A=1"]}}`))
+	f.Add([]byte(`{"version":1,"digest":"sha256:` + d + `","size":5000,"chunkSize":4096,"chunks":["` + d + `","` + d + `"],"metadataChunks":[0,1]}`))
 	f.Add([]byte(`{"version":1}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -137,6 +142,11 @@ func FuzzDecodeIndex(f *testing.F) {
 				t.Fatalf("error %v does not wrap ErrInvalidIndex", err)
 			}
 			return
+		}
+		for _, i := range ix.MetadataChunks {
+			if i < 0 || i >= len(ix.Chunks) {
+				t.Fatalf("metadata chunk %d of %d accepted", i, len(ix.Chunks))
+			}
 		}
 		for i := range ix.Chunks {
 			off, n := ix.ChunkRange(i)

@@ -100,6 +100,9 @@ type flight struct {
 	err     error
 	waiters int // reads waiting; the fetch is cancelled when all leave
 	cancel  context.CancelFunc
+	// demand is set when a demand read (not a prefetch) started the
+	// fetch: it counts in its image's sched until it ends.
+	demand bool
 }
 
 // NewStore opens (creating it if needed) the cache directory o.Dir. It
@@ -266,7 +269,8 @@ func (s *Store) touch(digest, path string, last time.Time) {
 // that missed it may have raced the rename of a flight that finished
 // since (a flight leaves the map only after its file is in place), and
 // should look at the cache again rather than fetch a second time.
-func (s *Store) acquire(im *Image, i int, recheck bool) *flight {
+// A demand read's new flight counts as a demand fetch in im's sched.
+func (s *Store) acquire(im *Image, i int, recheck, demand bool) *flight {
 	digest := im.ix.Chunks[i]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -281,12 +285,27 @@ func (s *Store) acquire(im *Image, i int, recheck bool) *flight {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	fl := &flight{done: make(chan struct{}), waiters: 1, cancel: cancel}
+	fl := &flight{done: make(chan struct{}), waiters: 1, cancel: cancel, demand: demand}
 	s.flights[digest] = fl
+	if demand {
+		im.sched.startDemand()
+	}
 	im.both.add(func(c *counters) *atomic.Int64 { return &c.misses }, 1)
 	s.writes.Add(1)
 	go s.run(ctx, im, i, fl)
 	return fl
+}
+
+// has says whether the chunk with this digest is cached or being fetched.
+func (s *Store) has(digest string) bool {
+	s.mu.Lock()
+	fl := s.flights[digest]
+	s.mu.Unlock()
+	if fl != nil {
+		return true
+	}
+	_, err := os.Stat(s.chunkPath(digest))
+	return err == nil
 }
 
 // wait waits for fl, or leaves it when ctx ends first; the last read to
@@ -331,6 +350,9 @@ func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 	data, err := s.fetchVerified(ctx, im, i)
 	fl.data, fl.err = data, err
 	close(fl.done)
+	if fl.demand {
+		im.sched.endDemand()
+	}
 	if err == nil {
 		s.write(im, digest, data)
 	}

@@ -9,8 +9,18 @@ import (
 	"slices"
 )
 
-// Close lays out directories, shared xattrs and inodes after the file data,
-// writes the superblock and flushes the output. It does not close out.
+// Close lays out directories, shared xattrs and inodes, writes the
+// superblock and flushes the output. It does not close out.
+//
+// When the output is a file (an *os.File, or a type embedding one) and
+// WriterOptions.MetadataAtEnd is not set, the metadata goes contiguously at the image's start, right after
+// the superblock, and the file data written so far moves up to make room
+// for it: copied once in 4 MiB pieces, or for 256 MiB and more with one
+// fallocate(FALLOC_FL_INSERT_RANGE) call where the file system supports
+// it (ext4, XFS), which moves extents instead of bytes. Images
+// read lazily over a network then find everything a mount and a walk of
+// the tree read in a few contiguous blocks at the start. Other outputs
+// get the metadata after the file data, where it was written.
 func (w *Writer) Close() error {
 	if w.zpipe != nil {
 		// Commit the files still being compressed, then end the workers.
@@ -66,12 +76,39 @@ func (w *Writer) finish() error {
 	if err != nil {
 		return err
 	}
+	file, first := w.out.(fileOutput)
+	first = first && !w.opts.MetadataAtEnd
+	var dataStart, dataBlocks uint64
+	if first {
+		// Lay the metadata out from the first block after the
+		// superblock; the data moves up past it below.
+		if err := w.buf.Flush(); err != nil {
+			return fmt.Errorf("erofs: writing image: %w", err)
+		}
+		dataStart = headBlocks(w.bs)
+		dataBlocks = w.nextBlk - dataStart
+		w.nextBlk = dataStart
+	}
 	w.placeDirs(dirs)
-	meta, err := w.placeMeta(inodes, sharedBytes)
+	links := w.placeLinks(inodes)
+	meta, err := w.placeMeta(inodes, sharedBytes, dataBlocks)
 	if err != nil {
 		return err
 	}
+	if first {
+		shift := w.nextBlk - dataStart // the metadata's blocks
+		moveData(inodes, shift)
+		if err := shiftFile(file, int64(dataStart)*w.bs, int64(dataBlocks)*w.bs, int64(shift)*w.bs); err != nil {
+			return fmt.Errorf("erofs: moving the file data after the metadata: %w", err)
+		}
+		if _, err := w.out.Seek(int64(dataStart)*w.bs, io.SeekStart); err != nil {
+			return fmt.Errorf("erofs: writing metadata: %w", err)
+		}
+	}
 	if err := w.writeDirs(dirs); err != nil {
+		return err
+	}
+	if err := w.writeLinks(links); err != nil {
 		return err
 	}
 	if len(sharedBytes) > 0 {
@@ -211,6 +248,47 @@ func (w *Writer) placeDirs(dirs []*dirInfo) {
 	}
 }
 
+// placeLinks gives the symlinks their blocks after the directories': a
+// target's whole blocks, and its last partial block unless it fits inline
+// after the inode (by the rule writeFlat applies to file tails). It
+// returns the symlinks that got blocks, in allocation order.
+func (w *Writer) placeLinks(inodes []*inode) []*inode {
+	var out []*inode
+	for _, ino := range inodes {
+		if ino.mode&sIFMT != sIFLNK || ino.link == "" {
+			continue
+		}
+		size := uint64(len(ino.link))
+		full := size / uint64(w.bs)
+		tail := int(size % uint64(w.bs))
+		inline := tail > 0 && int64(extendedInodeSize+inlineXattrSize(ino.xattrs)+tail) <= w.bs
+		ino.nblocks, ino.tailLen, ino.target, ino.blkaddr = full, 0, "", 0
+		if inline {
+			ino.target = ino.link[full*uint64(w.bs):]
+			ino.tailLen = tail
+		} else if tail > 0 {
+			ino.nblocks++
+		}
+		if ino.nblocks > 0 {
+			ino.blkaddr = w.nextBlk
+			w.nextBlk += ino.nblocks
+			out = append(out, ino)
+		}
+	}
+	return out
+}
+
+// writeLinks writes the blocks placeLinks allocated.
+func (w *Writer) writeLinks(links []*inode) error {
+	for _, ino := range links {
+		n := min(uint64(len(ino.link)), ino.nblocks*uint64(w.bs))
+		if err := w.writeBlocks([]byte(ino.link[:n])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // metaLayout is where the shared xattrs and the inode metadata go, and how
 // many blocks the image has in all.
 type metaLayout struct {
@@ -221,9 +299,10 @@ type metaLayout struct {
 }
 
 // placeMeta allocates the shared xattr blocks after the directory blocks and
-// packs the inodes after them, which gives every inode its nid. It refuses a
-// layout whose addresses do not fit the superblock's fields.
-func (w *Writer) placeMeta(inodes []*inode, sharedBytes []byte) (metaLayout, error) {
+// packs the inodes after them, which gives every inode its nid; after
+// blocks follow (the file data, when the metadata goes first). It refuses
+// a layout whose addresses do not fit the superblock's fields.
+func (w *Writer) placeMeta(inodes []*inode, sharedBytes []byte, after uint64) (metaLayout, error) {
 	var m metaLayout
 	if len(sharedBytes) > 0 {
 		m.xattrBlk = w.nextBlk
@@ -231,7 +310,8 @@ func (w *Writer) placeMeta(inodes []*inode, sharedBytes []byte) (metaLayout, err
 	}
 	m.metaBlk = w.nextBlk
 	m.blocks = w.packInodes(inodes)
-	m.total = m.metaBlk + uint64(len(m.blocks))
+	w.nextBlk = m.metaBlk + uint64(len(m.blocks))
+	m.total = w.nextBlk + after
 	if m.total > 1<<32-1 {
 		return m, fmt.Errorf("erofs: image of %d blocks exceeds the 32-bit block address space", m.total)
 	}
@@ -668,4 +748,30 @@ func (w *Writer) encodeInode(ino *inode) ([]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// headBlocks is the number of blocks before the first one free for
+// metadata or data: those holding the superblock.
+func headBlocks(bs int64) uint64 {
+	return uint64((superOffset + superSize + bs - 1) / bs)
+}
+
+// moveData adds shift to the block addresses of every file's data, which
+// was written from the first block after the superblock and now follows
+// the metadata. Directories' and symlinks' blocks are metadata, placed
+// where they are.
+func moveData(inodes []*inode, shift uint64) {
+	for _, ino := range inodes {
+		if ino.isDir() || ino.mode&sIFMT == sIFLNK {
+			continue
+		}
+		if ino.nblocks > 0 {
+			ino.blkaddr += shift
+		}
+		if ino.z != nil {
+			for i := range ino.z.exts {
+				ino.z.exts[i].blkaddr += uint32(shift)
+			}
+		}
+	}
 }

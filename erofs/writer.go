@@ -41,6 +41,12 @@ type WriterOptions struct {
 	// 0 means one block. Larger pclusters compress better but make small
 	// random reads decompress more.
 	PclusterSize int
+	// MetadataAtEnd keeps the metadata after the file data even when the
+	// output is a file, where Close otherwise moves the data up to
+	// put the metadata first (see Close). It saves that move: a copy of
+	// the data, or for big images a FALLOC_FL_INSERT_RANGE, which waits
+	// for the data's writeback.
+	MetadataAtEnd bool
 	// CompressIndex is the layout of compressed files' indexes: IndexCompact
 	// ("compact", the default: 2 bytes per 4 KiB logical cluster) or
 	// IndexFull ("full": 8 bytes each).
@@ -53,8 +59,9 @@ const tailMemLimit = 32 << 20
 
 // Writer builds an EROFS image. File data is written to the output as it
 // is added, from the first block after the superblock on; directories,
-// inodes and shared extended attributes follow at Close. A Writer is not
-// safe for concurrent use.
+// inodes and shared extended attributes are laid out at Close, before the
+// data for a file output (which Close moves up) and after it otherwise. A
+// Writer is not safe for concurrent use.
 type Writer struct {
 	out     io.WriteSeeker
 	buf     *bufio.Writer
@@ -105,6 +112,7 @@ type inode struct {
 	tailLen int
 	tailOff int64
 	target  string // symlink target when inline
+	link    string // a symlink's whole target, until Close places it
 	// z is set for a compressed file: its extents. nblocks then counts
 	// the blocks of all its pclusters.
 	z *zinfo
@@ -163,7 +171,7 @@ func NewWriter(out io.WriteSeeker, opts WriterOptions) (*Writer, error) {
 	}
 	// The superblock sits at byte 1024; data starts at the first block
 	// after it. Reserve that space now, the superblock is written last.
-	w.nextBlk = uint64((superOffset + superSize + w.bs - 1) / w.bs)
+	w.nextBlk = headBlocks(w.bs)
 	if _, err := w.buf.Write(make([]byte, int64(w.nextBlk)*w.bs)); err != nil {
 		return nil, fmt.Errorf("erofs: writing header: %w", err)
 	}
@@ -317,9 +325,10 @@ func (w *Writer) add(e Entry, data io.Reader) error {
 		if len(e.Linkname) >= 4096 {
 			return fmt.Errorf("symbolic link target of %d bytes exceeds 4095", len(e.Linkname))
 		}
-		if err := w.writeData(ino, strings.NewReader(e.Linkname), uint64(len(e.Linkname)), e.Linkname); err != nil {
-			return err
-		}
+		// Placed at Close with the metadata: resolving a path reads
+		// the target, so it belongs with the directories.
+		ino.size = uint64(len(e.Linkname))
+		ino.link = e.Linkname
 	case sIFCHR, sIFBLK:
 		if e.DevMajor > 0xfff || e.DevMinor > 0xfffff {
 			return fmt.Errorf("device number %d:%d out of range", e.DevMajor, e.DevMinor)

@@ -8,6 +8,9 @@ package image
 //	                                    digests, the OCI config in Config),
 //	                                    named by the sha256 of its own bytes
 //	PREFIX/NAME/tags/TAG                "sha256:<index hex>\n"
+//	PREFIX/traces/sha256/<index hex>/<key hex>.json
+//	                                    prefetch traces of the image, one
+//	                                    per command (s3trace.go)
 //
 // The image's digest is its index's: it covers the blob's digest, its
 // chunks' digests and the config, so one digest pins everything a run
@@ -162,6 +165,11 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 		return nil, fmt.Errorf("indexing %s: %w", path, err)
 	}
 	ix.Config = json.RawMessage(config)
+	// Best effort: an image pe's reader cannot walk (a feature it lacks)
+	// is pushed without, and its runs prefetch no metadata.
+	if ix.MetadataChunks, err = metadataChunks(path, ix); err != nil {
+		o.Log.Warn("pushing without the list of metadata chunks", "image", path, "error", err)
+	}
 	ib, err := ix.Encode()
 	if err != nil {
 		return nil, fmt.Errorf("indexing %s: %w", path, err)

@@ -44,6 +44,7 @@ func TestParseS3Reference(t *testing.T) {
 		{in: "s3://bucket/name@sha256:12", wantErr: "digest"},
 		{in: "s3://bucket/name@md5:" + strings.Repeat("ab", 16), wantErr: "digest"},
 		{in: "s3://bucket/p/blobs", wantErr: "reserved"},
+		{in: "s3://bucket/p/traces:v1", wantErr: "reserved"},
 		{in: "s3://bucket/x.erofs", wantErr: ".erofs"},
 		{in: "s3://bucket/na me", wantErr: "path segment"},
 	} {

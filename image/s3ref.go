@@ -87,7 +87,7 @@ func parseS3(s string) (Reference, error) {
 		// (EROFSFile): such a name could never be run.
 		return Reference{}, fmt.Errorf("image name %q: must not end in .erofs", parts[n-1])
 	}
-	if parts[n-1] == "blobs" || parts[n-1] == "indexes" {
+	if parts[n-1] == "blobs" || parts[n-1] == "indexes" || parts[n-1] == "traces" {
 		// Those names hold the content-addressed objects of the prefix.
 		return Reference{}, fmt.Errorf("image name %q is reserved", parts[n-1])
 	}
