@@ -27,6 +27,9 @@ type ResolvedImage struct {
 	// engine serves it to the VM over NBD. Whoever resolved the image
 	// closes it (Release).
 	Lazy *blockstore.Image
+	// Traces, when set, keeps the lazy image's prefetch traces (beside
+	// the image in its bucket).
+	Traces TraceStore
 	// Config is the image config (entrypoint, cmd, env, working dir,
 	// user); nil when there is none.
 	Config *v1.ConfigFile
@@ -37,6 +40,17 @@ type ResolvedImage struct {
 	// (see image.Lease) so that the cache does not evict it while it is
 	// used: whoever resolved the image calls it once done with it.
 	Release func()
+}
+
+// TraceStore keeps the prefetch traces of a lazy image, one per command
+// (a key made with image.TraceKey): the order in which a run first read
+// the image's chunks, which later runs of the command prefetch.
+type TraceStore interface {
+	// LoadTrace returns the command's trace, nil when there is none.
+	LoadTrace(ctx context.Context, key string) (*blockstore.Trace, error)
+	// SaveTrace stores t as the command's trace unless it has one, and
+	// says whether it did.
+	SaveTrace(ctx context.Context, key string, t *blockstore.Trace) (bool, error)
 }
 
 // release calls img.Release if there is one.
@@ -107,6 +121,9 @@ func resolveS3(ctx context.Context, c *image.Cache, r image.Reference, opts imag
 		Config:    img.Config,
 		Lazy:      img.Lazy,
 		Release:   func() { img.Close() },
+	}
+	if img.Lazy != nil {
+		res.Traces = img
 	}
 	if img.Cached != nil {
 		res.EROFSPath = img.Cached.EROFSPath

@@ -268,6 +268,41 @@ func TestLazyS3FUSE(t *testing.T) {
 	}
 }
 
+// TestLazyS3Trace runs one command on two machines (two caches) sharing a
+// bucket: the first run leaves its trace beside the image, and the second,
+// on an empty chunk cache, prefetches it, so that its reads find the
+// chunks fetched or on their way instead of each waiting for a GET.
+func TestLazyS3Trace(t *testing.T) {
+	env := newLazyEnv(t)
+	cmd := sh("head -c 1500000 /big | wc -c")
+	first := run(t, env.engine(t, env.client, true), &RunRequest{Image: env.ref, Overrides: Overrides{Cmd: cmd}})
+	if string(first.Stdout) != "1500000\n" || first.ImageBlocks == nil || first.ImageBlocks.Misses < 3 {
+		t.Fatalf("first run: stdout %q, blocks %+v; want /big's first chunks fetched on demand", first.Stdout, first.ImageBlocks)
+	}
+	traces, _ := filepath.Glob(filepath.Join(env.g.Dir, "images", "ce", "traces", "sha256", "*", "*.json"))
+	if len(traces) != 1 {
+		t.Fatalf("traces in the bucket after the first run: %q; want one", traces)
+	}
+	other, err := image.OpenCache(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := run(t, env.engineWith(t, env.client, func(o *Options) {
+		o.BootSnapshots = true
+		o.Images = &CacheSource{Cache: other, Options: image.PullOptions{S3: env.client}}
+	}), &RunRequest{Image: env.ref, Overrides: Overrides{Cmd: cmd}})
+	st := second.ImageBlocks
+	t.Logf("first run %+v; second run, prefetching the trace, %+v", first.ImageBlocks, st)
+	// The prefetch starts with the VM, which needs a few hundred ms
+	// before it reads /big: its reads should hardly wait.
+	if string(second.Stdout) != "1500000\n" || st == nil || st.Gets < first.ImageBlocks.Misses || st.Stalled*2 > first.ImageBlocks.Stalled {
+		t.Errorf("second machine: stdout %q, blocks %+v; want the trace's %d chunks prefetched and reads waiting less than half the first run's %v", second.Stdout, st, first.ImageBlocks.Misses, first.ImageBlocks.Stalled)
+	}
+	if after, _ := filepath.Glob(filepath.Join(env.g.Dir, "images", "ce", "traces", "sha256", "*", "*.json")); len(after) != 1 {
+		t.Errorf("traces after the second run: %q; want the first one only", after)
+	}
+}
+
 // TestLazyS3Faults runs an s3:// image whose storage fails while the
 // program reads it: unreachable, serving corrupt bytes, the image deleted,
 // wrong credentials. Each run ends well within its limit with an error

@@ -12,10 +12,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/pe-project/pe/blockstore"
 	"github.com/pe-project/pe/blockstore/fusedisk"
 	"github.com/pe-project/pe/blockstore/nbd"
+	"github.com/pe-project/pe/image"
 )
 
 // A lazy image (ResolvedImage.Lazy: an s3:// image read on demand) reaches
@@ -33,6 +35,23 @@ const nbdVMM = "qemu"
 
 // lazyFUSEDir is the FUSE mount's directory in a run's work directory.
 const lazyFUSEDir = "lazy"
+
+// A lazy run prefetches, below the guest's demand reads, the chunks its
+// command's trace lists (what the first run of the command read, in that
+// order: image.TraceKey of its argv and working directory), or, without a
+// trace, the image's metadata chunks; the first run of a command leaves
+// its trace beside the image for every later run, on any machine.
+const (
+	// prefetchWorkers is how many chunks a run prefetches at once.
+	prefetchWorkers = 8
+	// traceTimeout bounds loading and saving a trace: a slow bucket must
+	// not hold a run up for what is only a speed-up.
+	traceTimeout = 3 * time.Second
+	// maxMetadataPrefetch bounds the metadata prefetched without a trace:
+	// an image made by mkfs.erofs scatters its metadata over a third of
+	// the image, and a run reads a few percent of it.
+	maxMetadataPrefetch = 32 << 20
+)
 
 // ImageReadError reports a run whose guest could not read its image: the
 // chunk store failed reads (storage unreachable, a chunk that does not
@@ -74,6 +93,14 @@ type lazyDisk struct {
 	// NBD export: the VMM cannot read NBD.
 	fuse *fusedisk.FS
 	path string
+
+	// traceKey is the run's command's trace key ("": the run neither
+	// records nor uses a trace); hadTrace says the bucket had one.
+	traceKey string
+	hadTrace bool
+	// prefetched is closed when the prefetch started at startLazyDisk
+	// has ended.
+	prefetched chan struct{}
 
 	mu    sync.Mutex
 	ends  []*os.File // the VMM's ends of the socket pairs, until stop
@@ -130,30 +157,96 @@ func (e *Engine) nbdServer() *nbd.Server {
 // startLazyDisk offers img's lazy image for one run, to a VM of the VMM
 // named vmmName whose work directory is work: as a new export of the
 // engine's NBD server, or as a file on a FUSE mount in work when the VMM
-// cannot read NBD. Its reads end when ctx does or at stopLazyDisk, which
-// the caller calls once the run's VM is gone.
-func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName, work string) (*lazyDisk, error) {
+// cannot read NBD. It starts the run's prefetch, by the trace of the
+// command traceKey names ("": none). Its reads end when ctx does or at
+// stopLazyDisk, which the caller calls once the run's VM is gone.
+func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName, work, traceKey string) (*lazyDisk, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	d := &lazyDisk{
 		e: e, img: img, cancel: cancel, before: img.Lazy.Stats(),
-		export: "run-" + rand.Text(),
-		r:      &runReader{ctx: rctx, im: img.Lazy},
+		export:   "run-" + rand.Text(),
+		r:        &runReader{ctx: rctx, im: img.Lazy},
+		traceKey: traceKey,
 	}
 	if vmmName != nbdVMM || e.opts.LazyFUSE {
 		if err := d.mountFUSE(work); err != nil {
 			cancel()
 			return nil, fmt.Errorf("serving image %s to %s: %w", img.Reference, vmmName, err)
 		}
-		e.lazyDisks.Add(1)
-		return d, nil
-	}
-	err := e.nbdServer().AddExport(nbd.Export{Name: d.export, Description: img.Reference, Data: d.r, Size: img.Lazy.Size()})
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("serving image %s: %w", img.Reference, err)
+	} else {
+		err := e.nbdServer().AddExport(nbd.Export{Name: d.export, Description: img.Reference, Data: d.r, Size: img.Lazy.Size()})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("serving image %s: %w", img.Reference, err)
+		}
 	}
 	e.lazyDisks.Add(1)
+	d.startPrefetch(rctx)
 	return d, nil
+}
+
+// startPrefetch starts recording the run's first reads and, in the
+// background (the VM does not wait for the bucket), prefetches the
+// command's trace, or the image's metadata when it has none.
+func (d *lazyDisk) startPrefetch(ctx context.Context) {
+	im := d.img.Lazy
+	if d.traceKey != "" {
+		im.StartTrace(0)
+	}
+	d.prefetched = make(chan struct{})
+	go func() {
+		defer close(d.prefetched)
+		var tr *blockstore.Trace
+		if d.traceKey != "" && d.img.Traces != nil {
+			lctx, cancel := context.WithTimeout(ctx, traceTimeout)
+			t, err := d.img.Traces.LoadTrace(lctx, d.traceKey)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				d.e.log.Warn("loading the prefetch trace of the run's command", "image", d.img.Reference, "error", err)
+			}
+			tr = t
+		}
+		plan := metadataPlan(im.Index())
+		if tr != nil {
+			d.hadTrace, plan = true, tr.Chunks
+		}
+		if len(plan) == 0 || ctx.Err() != nil {
+			return
+		}
+		p := im.PrefetchOrder(ctx, plan, prefetchWorkers)
+		res := p.Wait() // ends with ctx, at stopLazyDisk
+		d.e.log.Debug("prefetched", "image", d.img.Reference, "trace", tr != nil, "planned", len(plan), "fetched", res.Fetched, "cached", res.Cached, "failed", res.Failed)
+	}()
+}
+
+// metadataPlan is the image's metadata chunks, up to maxMetadataPrefetch
+// bytes of them.
+func metadataPlan(ix *blockstore.Index) []int {
+	n := len(ix.MetadataChunks)
+	if ix.ChunkSize > 0 {
+		n = min(n, int(maxMetadataPrefetch/ix.ChunkSize))
+	}
+	return ix.MetadataChunks[:n]
+}
+
+// saveTrace leaves the run's trace beside the image when the bucket had
+// none for its command and the run read its image without a failure.
+func (d *lazyDisk) saveTrace() {
+	if d.traceKey == "" || d.hadTrace || d.img.Traces == nil || d.r.failed.Load() > 0 {
+		return
+	}
+	t := d.img.Lazy.Trace()
+	if t == nil || len(t.Chunks) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), traceTimeout)
+	defer cancel()
+	wrote, err := d.img.Traces.SaveTrace(ctx, d.traceKey, t)
+	if err != nil {
+		d.e.log.Warn("saving the prefetch trace of the run's command", "image", d.img.Reference, "error", err)
+		return
+	}
+	d.e.log.Debug("saved the prefetch trace of the run's command", "image", d.img.Reference, "chunks", len(t.Chunks), "wrote", wrote)
 }
 
 // mountFUSE shows the run's image as a file on a FUSE mount of its own in
@@ -232,6 +325,7 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 		return
 	}
 	d.cancel()
+	<-d.prefetched // ends with the run's context
 	if d.fuse != nil {
 		// Close ends reads still waiting and unmounts, whatever they do.
 		if err := d.fuse.Close(); err != nil {
@@ -247,6 +341,7 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 	st := diffStats(d.img.Lazy.Stats(), d.before)
 	d.stats = &st
 	e.lazyDisks.Add(-1)
+	d.saveTrace()
 }
 
 // runStats returns the run's counters so far.
@@ -288,3 +383,10 @@ type ctxReader struct {
 }
 
 func (r ctxReader) ReadAt(p []byte, off int64) (int, error) { return r.im.ReadAtContext(r.ctx, p, off) }
+
+// traceKey names a run's command for its prefetch trace: its argv and
+// working directory, whatever its inputs (a compiler's run of another
+// source file reads the same parts of the image).
+func traceKey(p *Process) string {
+	return image.TraceKey(append([]string{"cwd", p.Cwd, "argv"}, p.Argv...)...)
+}

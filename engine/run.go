@@ -47,7 +47,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 	defer os.RemoveAll(vm.work)
 	if img := p.launch.image(); img.Lazy != nil {
 		// Stopped after the VM is killed (defers run last first).
-		if vm.lazy, err = e.startLazyDisk(ctx, img, p.choice.VMM, vm.work); err != nil {
+		if vm.lazy, err = e.startLazyDisk(ctx, img, p.choice.VMM, vm.work, traceKey(p.proc)); err != nil {
 			return nil, err
 		}
 		defer e.stopLazyDisk(vm.lazy)

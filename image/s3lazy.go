@@ -105,6 +105,28 @@ type S3Image struct {
 
 	lease *Lease
 	once  sync.Once
+	// client and ref reach the bucket for the image's traces.
+	client *s3.Client
+	ref    Reference
+}
+
+// LoadTrace returns the prefetch trace a run of the command key (TraceKey)
+// left beside the lazy image in its bucket, nil when there is none.
+func (s *S3Image) LoadTrace(ctx context.Context, key string) (*blockstore.Trace, error) {
+	if s.Lazy == nil || s.client == nil {
+		return nil, nil
+	}
+	return LoadS3Trace(ctx, s.client, s.ref, s.Digest, s.Lazy.Index(), key)
+}
+
+// SaveTrace stores t as the trace of the command key beside the lazy
+// image, unless one is there already (the first trace stays); it says
+// whether it wrote one.
+func (s *S3Image) SaveTrace(ctx context.Context, key string, t *blockstore.Trace) (bool, error) {
+	if s.Lazy == nil || s.client == nil {
+		return false, nil
+	}
+	return SaveS3Trace(ctx, s.client, s.ref, s.Digest, s.Lazy.Index(), key, t)
 }
 
 // Close ends the lazy image's reads or releases the cached image's lease.
@@ -214,7 +236,7 @@ func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, sto
 		return nil, fmt.Errorf("opening %s: %w", what, err)
 	}
 	o.Log.Debug("opened s3 image lazily", "reference", what, "digest", h, "bytes", ix.Size, "chunks", len(ix.Chunks))
-	return &S3Image{Reference: ref.String(), Digest: h, Config: cfg, Size: ix.Size, Lazy: im}, nil
+	return &S3Image{Reference: ref.String(), Digest: h, Config: cfg, Size: ix.Size, Lazy: im, client: client, ref: ref}, nil
 }
 
 // resolveS3Lazy returns the digest ref names: its own, or its tag's, from
