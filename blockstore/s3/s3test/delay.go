@@ -27,6 +27,10 @@ func NewLink(bytesPerSecond int64) *Link { return &Link{bytesPerSecond: bytesPer
 // small enough that concurrent responses interleave.
 const linkQuantum = 32 << 10
 
+// linkCatchUp is how far behind its schedule a busy link may fall and
+// still catch up.
+const linkCatchUp = 20 * time.Millisecond
+
 // send blocks for as long as the link takes to send n bytes after what is
 // queued on it.
 func (l *Link) send(n int) {
@@ -36,13 +40,20 @@ func (l *Link) send(n int) {
 	d := time.Duration(float64(n) / float64(l.bytesPerSecond) * float64(time.Second))
 	l.mu.Lock()
 	now := time.Now()
-	if l.free.Before(now) {
+	// A link busy until a moment ago keeps its schedule: a sender whose
+	// sleep overran (timers are late on a loaded machine) catches up
+	// instead of losing the time, which would make the link slower than
+	// its rate. A link idle for longer starts afresh, so that nothing goes
+	// faster than the rate after a pause.
+	if l.free.Before(now.Add(-linkCatchUp)) {
 		l.free = now
 	}
 	l.free = l.free.Add(d)
 	until := l.free
 	l.mu.Unlock()
-	time.Sleep(time.Until(until))
+	if wait := time.Until(until); wait > 0 {
+		time.Sleep(wait)
+	}
 }
 
 // Delay wraps next so that every request waits perRequest before next
