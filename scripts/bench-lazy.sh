@@ -277,8 +277,18 @@ for r in $(seq "$ROUNDS"); do
 	rm -rf "$work/caches"
 done
 
+# phase FILE KEY: the duration_ms KEY of each JSON object of FILE.
+phase() {
+	python3 - "$1" "$2" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    if line.strip():
+        print(json.loads(line).get("duration_ms", {}).get(sys.argv[2], "n/a"))
+EOF
+}
 for leg in a b c d e; do
 	median <"$work/$leg.ms" >"$work/$leg.med"
+	sort -n "$work/$leg.ms" | head -1 >"$work/$leg.min"
 	awk '{ print $1 }' "$work/$leg.proxy" 2>/dev/null | median >"$work/$leg.gets"
 	awk '{ print $2 }' "$work/$leg.proxy" 2>/dev/null | median >"$work/$leg.bytes"
 	if [ -f "$work/$leg.out" ]; then
@@ -293,7 +303,9 @@ row() {
 	bytes=$(cat "$work/$leg.bytes")
 	pb=$(cat "$work/$leg.pebytes")
 	[ "$pb" = n/a ] || pb="$(mib "$pb") ($(pct "$pb"))"
-	echo "| $leg | $what | $(med "$leg") ms | $(cat "$work/$leg.gets") | $(mib "$bytes") ($(pct "$bytes")) | $pb |"
+	local out=$work/$leg.out
+	[ "$leg" = b ] && out=$work/b_run.out
+	echo "| $leg | $what | $(med "$leg") ms | $(cat "$work/$leg.min") ms | $(phase "$out" image | median | awk '{ printf "%.0f", $1 }') ms | $(cat "$work/$leg.gets") | $(mib "$bytes") ($(pct "$bytes")) | $pb |"
 }
 ratio() { awk -v a="$(med "$1")" -v b="$(med "$2")" -v lim="$3" 'BEGIN { r = a / b; printf "%.2f (target ≤ %s: %s)", r, lim, (r <= lim ? "met" : "NOT met") }'; }
 bytes_ok() { awk -v b="$(cat "$work/$1.bytes")" -v s="$image_size" 'BEGIN { printf "%.1f %% (target < 10 %%: %s)", 100 * b / s, (b < 0.1 * s ? "met" : "NOT met") }'; }
@@ -306,8 +318,8 @@ Command: pe run --json --input DIR IMAGE sh -c 'cd /run/pe/input && gcc -c -o /t
 Median of $ROUNDS rounds; wall time of the whole pe command (its output comes when the VM ends); each leg on a fresh cache holding the boot snapshot.
 $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).
 
-| leg | what | median wall | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
-|---|---|---:|---:|---:|---:|
+| leg | what | median wall | min wall | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
+|---|---|---:|---:|---:|---:|---:|---:|
 $(row a "local file: pe run IMAGE.erofs")
 $(row b "pe image pull s3://… + pe run s3://… (sum; pull $(median <"$work/b_pull.ms") ms)")
 $(row c "pe run s3://…, cold cache, no trace")
