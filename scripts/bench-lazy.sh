@@ -151,10 +151,11 @@ prune() {
 		comm -13 "$work/pushed.list" - | while read -r f; do rm -f "$gwdir/bench/$f"; done
 }
 # proxy_mark: the proxy log's line count now; proxy_since MARK: "GETS BYTES"
-# of the GETs it answered since.
+# of the GETs it answered since (bytes printed with %.0f: mawk's %d stops
+# at 2^31).
 proxy_mark() { wc -l <"$work/proxy.log"; }
 proxy_since() {
-	tail -n +$(($1 + 1)) "$work/proxy.log" | awk '$1 == "GET" { g++; b += $5 } END { printf "%d %d\n", g, b }'
+	tail -n +$(($1 + 1)) "$work/proxy.log" | awk '$1 == "GET" { g++; b += $5 } END { printf "%d %.0f\n", g, b }'
 }
 # timed LEG CACHE ARGS...: runs pe ARGS with XDG_CACHE_HOME=CACHE, appends
 # the wall ms to $work/LEG.ms, the proxy's GETs and bytes to LEG.proxy and
@@ -210,7 +211,7 @@ for line in open(sys.argv[1]):
 EOF
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 pct() { awk -v b="$1" -v s="$image_size" 'BEGIN { printf "%.1f %%", 100 * b / s }'; }
 
@@ -254,7 +255,7 @@ for r in $(seq "$ROUNDS"); do
 	timed b_run "$c" "${RUN[@]}" "$REF" "${CMD[@]}"
 	check_out b ok
 	echo $(($(tail -1 "$work/b_pull.ms") + $(tail -1 "$work/b_run.ms"))) >>"$work/b.ms"
-	paste -d' ' <(tail -1 "$work/b_pull.proxy") <(tail -1 "$work/b_run.proxy") | awk '{ print $1 + $3, $2 + $4 }' >>"$work/b.proxy"
+	paste -d' ' <(tail -1 "$work/b_pull.proxy") <(tail -1 "$work/b_run.proxy") | awk '{ printf "%d %.0f\n", $1 + $3, $2 + $4 }' >>"$work/b.proxy"
 
 	prune
 	fresh
