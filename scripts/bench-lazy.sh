@@ -42,11 +42,15 @@
 #        BIG=1 scripts/bench-lazy.sh
 #        BENCH_CACHE=DIR (default /work/bench-cache): where the images are kept
 #        KEEP=1: keep the work directory (bucket, caches, JSON of every run)
+#        RUN_FLAGS="...": more pe run flags for every run (e.g. --accel tcg)
+#        LAZY_FLAGS="...": more pe run flags for the lazy runs (c, d, e, BIG)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DELAY=${DELAY:-30ms}
 RATE=${RATE:-125000000}
+RUN_FLAGS=${RUN_FLAGS:-}
+LAZY_FLAGS=${LAZY_FLAGS:-}
 GO=${GO:-go}
 PE=$PWD/bin/pe
 export BENCH_CACHE=${BENCH_CACHE:-/work/bench-cache}
@@ -112,8 +116,8 @@ touch "$work/proxy.log"
 PROXY=http://$(head -1 "$work/proxy.addr")
 
 none=$work/no-aws-config
-export AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK AWS_REGION=us-east-1 AWS_PROFILE= \
-	AWS_CONFIG_FILE=$none AWS_SHARED_CREDENTIALS_FILE=$none AWS_SESSION_TOKEN= AWS_ENDPOINT_URL_S3=
+export AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK AWS_REGION=us-east-1 AWS_PROFILE='' \
+	AWS_CONFIG_FILE=$none AWS_SHARED_CREDENTIALS_FILE=$none AWS_SESSION_TOKEN='' AWS_ENDPOINT_URL_S3=''
 unset AWS_DEFAULT_REGION
 
 if [ -n "${BIG:-}" ]; then
@@ -130,7 +134,8 @@ export AWS_ENDPOINT_URL=$PROXY
 
 # The prepared cache every leg's cache copies: kernel, initramfs, boot
 # snapshot, made by a run of the local image.
-XDG_CACHE_HOME=$work/template "$PE" run "$IMAGE" true
+# shellcheck disable=SC2086
+XDG_CACHE_HOME=$work/template "$PE" run $RUN_FLAGS "$IMAGE" true
 rm -rf "$work/template/pe/blobs" "$work/template/pe/images" "$work/template/pe/refs"
 n=0
 # fresh: sets FRESH to a new cache directory (for XDG_CACHE_HOME), the
@@ -143,7 +148,8 @@ fresh() {
 	FRESH=$work/caches/c$n
 	mkdir -p "$FRESH"
 	cp -a "$work/template/pe" "$FRESH/pe"
-	XDG_CACHE_HOME=$FRESH "$PE" run "$IMAGE" true
+	# shellcheck disable=SC2086
+	XDG_CACHE_HOME=$FRESH "$PE" run $RUN_FLAGS "$IMAGE" true
 }
 # prune: remove what the bucket gained since the push (traces).
 prune() {
@@ -218,7 +224,8 @@ pct() { awk -v b="$1" -v s="$image_size" 'BEGIN { printf "%.1f %%", 100 * b / s 
 if [ -n "${BIG:-}" ]; then
 	fresh
 	c=$FRESH
-	timed big "$c" run --json "$REF" cat /small/hello.txt
+	# shellcheck disable=SC2086
+	timed big "$c" run --json $RUN_FLAGS $LAZY_FLAGS "$REF" cat /small/hello.txt
 	check_out big "hello from a 5 GB image"
 	read -r gets bytes <"$work/big.proxy"
 	read -r pebytes pegets < <(pe_bytes "$work/big.out")
@@ -239,7 +246,10 @@ fi
 
 mkdir -p "$work/in"
 printf '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n' >"$work/in/hello.c"
-RUN=(run --json --input "$work/in")
+# shellcheck disable=SC2206
+RUN=(run --json --input "$work/in" $RUN_FLAGS)
+# shellcheck disable=SC2206
+LAZY=($LAZY_FLAGS)
 CMD=(sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok')
 
 for r in $(seq "$ROUNDS"); do
@@ -260,20 +270,20 @@ for r in $(seq "$ROUNDS"); do
 	prune
 	fresh
 	c=$FRESH
-	timed c "$c" "${RUN[@]}" "$REF" "${CMD[@]}"
+	timed c "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
 	check_out c ok
 
 	# d: a first run on another cache records the trace in the bucket.
 	fresh
 	p=$FRESH
-	timed d_prime "$p" "${RUN[@]}" "$REF" "${CMD[@]}"
+	timed d_prime "$p" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
 	check_out d_prime ok
 	fresh
 	c=$FRESH
-	timed d "$c" "${RUN[@]}" "$REF" "${CMD[@]}"
+	timed d "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
 	check_out d ok
 
-	timed e "$c" "${RUN[@]}" "$REF" "${CMD[@]}"
+	timed e "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
 	check_out e ok
 	rm -rf "$work/caches"
 done
@@ -315,10 +325,12 @@ cat <<EOF
 
 Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s.
 S3: versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections.
-Command: pe run --json --input DIR IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
+Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
 Median of $ROUNDS rounds; wall time of the whole pe command (its output comes when the VM ends); each leg on a fresh cache holding the boot snapshot.
 $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).
 
+${LAZY_FLAGS:+Lazy runs (c, d, e) with: $LAZY_FLAGS
+}
 | leg | what | median wall | min wall | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
 |---|---|---:|---:|---:|---:|---:|---:|
 $(row a "local file: pe run IMAGE.erofs")
