@@ -318,7 +318,15 @@ row() {
 	[ "$leg" = b ] && out=$work/b_run.out
 	echo "| $leg | $what | $(med "$leg") ms | $(cat "$work/$leg.min") ms | $(phase "$out" image | median | awk '{ printf "%.0f", $1 }') ms | $(cat "$work/$leg.gets") | $(mib "$bytes") ($(pct "$bytes")) | $pb |"
 }
-ratio() { awk -v a="$(med "$1")" -v b="$(med "$2")" -v lim="$3" 'BEGIN { r = a / b; printf "%.2f (target ≤ %s: %s)", r, lim, (r <= lim ? "met" : "NOT met") }'; }
+# ratio A B LIMIT: A's median over B's against LIMIT, then the ratio in
+# each round (legs of one round ran a minute apart: on a shared machine
+# their ratio varies less than the medians do) and its median.
+ratio() {
+	awk -v a="$(med "$1")" -v b="$(med "$2")" -v lim="$3" 'BEGIN { r = a / b; printf "%.2f (target ≤ %s: %s)", r, lim, (r <= lim ? "met" : "NOT met") }'
+	paste -d' ' "$work/$1.ms" "$work/$2.ms" | awk '{ printf "%.2f\n", $1 / $2 }' >"$work/ratio"
+	printf '; per round %s, their median %s' "$(tr '\n' ' ' <"$work/ratio" | sed 's/ $//')" \
+		"$(sort -n "$work/ratio" | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+}
 bytes_ok() { awk -v b="$(cat "$work/$1.bytes")" -v s="$image_size" 'BEGIN { printf "%.1f %% (target < 10 %%: %s)", 100 * b / s, (b < 0.1 * s ? "met" : "NOT met") }'; }
 
 cat <<EOF
