@@ -5,7 +5,8 @@
 # gfortran, clang, llvm, lld, gdb and their libraries, no recommends) as a
 # tar, then `pe image build-erofs` of it. Both are kept in $BENCH_CACHE
 # (default /work/bench-cache, outside the repository) so that reruns skip
-# the build; the script prints the EROFS file's path.
+# the build (the EROFS is made again from the tar when the pe binary
+# changed); the script prints the EROFS file's path.
 #
 # Needs root (mmdebstrap runs apt and dpkg in a chroot) and Debian's
 # package archive through apt; installs mmdebstrap when missing.
@@ -42,9 +43,13 @@ if [ ! -s "$tarball" ]; then
 		"$SUITE" "$tarball.tmp" "${mirror[@]}" </dev/null
 	mv "$tarball.tmp" "$tarball"
 fi
-if [ ! -s "$out" ]; then
+# The EROFS is made again whenever pe changed: its writer decides the
+# layout (where the metadata lies), which the lazy runs depend on.
+stamp=$(sha256sum "$PE" | cut -d' ' -f1)
+if [ ! -s "$out" ] || [ "$(cat "$out.pe-sha256" 2>/dev/null)" != "$stamp" ]; then
 	echo "bench-lazy-image: $PE image build-erofs $tarball -o $out" >&2
 	"$PE" image build-erofs "$tarball" -o "$out.tmp" >&2
 	mv "$out.tmp" "$out"
+	echo "$stamp" >"$out.pe-sha256"
 fi
 echo "$out"
