@@ -334,11 +334,9 @@ cat <<EOF
 Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s.
 S3: versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections.
 Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
-Median of $ROUNDS rounds; wall time of the whole pe command (its output comes when the VM ends); each leg on a fresh cache holding the boot snapshot.
+Median of $ROUNDS rounds; wall time of the whole pe command (its output comes when the VM ends); each leg on a fresh cache holding the boot snapshot.${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
 $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).
 
-${LAZY_FLAGS:+Lazy runs (c, d, e) with: $LAZY_FLAGS
-}
 | leg | what | median wall | min wall | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
 |---|---|---:|---:|---:|---:|---:|---:|
 $(row a "local file: pe run IMAGE.erofs")
