@@ -10,7 +10,7 @@ DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps deps-vm deps-web deps-s3 kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot fuzz clean
+.PHONY: all build deps deps-vm deps-web deps-s3 kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot bench-lazy fuzz clean
 
 all: build
 
@@ -101,6 +101,10 @@ bench-serve: deps build
 ## bench-snapshot: pe run --snapshot DIR true against a cold pe run IMAGE true, and memory per VM
 bench-snapshot: deps build
 	scripts/bench-snapshot.sh
+
+## bench-lazy: issue 16's figures: gcc -c hello.c from a ~1.5 GB image in a versitygw bucket behind a 30 ms, 125 MB/s proxy, local vs download-whole vs lazy (cold, traced, warm); BIG=1 checks a 5 GB image
+bench-lazy: deps build
+	scripts/bench-lazy.sh
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 fuzz:

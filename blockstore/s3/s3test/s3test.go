@@ -1,7 +1,9 @@
 // Package s3test starts a real S3 server for tests: versitygw, which checks
 // SigV4 signatures and serves the objects of bucket B as the files of
-// Dir/B. It imports nothing of pe's, so the tests of package s3 itself can
-// use it.
+// Dir/B; and Proxy and Delay put a slow link in front of one (a delay per
+// request, a bandwidth shared by all responses), for tests and benchmarks
+// of reads from distant storage (scripts/s3delay). It imports nothing of
+// pe's, so the tests of package s3 itself can use it.
 package s3test
 
 import (

@@ -1,0 +1,129 @@
+package s3test
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// A Link is a network link of a fixed bandwidth shared by every response
+// through it: bytes sent over it queue behind one another, so that two
+// streams at once each get about half of it, as on a real link.
+type Link struct {
+	bytesPerSecond int64
+
+	mu sync.Mutex
+	// free is when the link has sent everything queued so far.
+	free time.Time
+}
+
+// NewLink returns a link of bytesPerSecond; zero or less means unlimited.
+func NewLink(bytesPerSecond int64) *Link { return &Link{bytesPerSecond: bytesPerSecond} }
+
+// linkQuantum is how much of a response goes over the link at once:
+// small enough that concurrent responses interleave.
+const linkQuantum = 32 << 10
+
+// linkCatchUp is how far behind its schedule a busy link may fall and
+// still catch up.
+const linkCatchUp = 20 * time.Millisecond
+
+// send blocks for as long as the link takes to send n bytes after what is
+// queued on it.
+func (l *Link) send(n int) {
+	if l == nil || l.bytesPerSecond <= 0 || n <= 0 {
+		return
+	}
+	d := time.Duration(float64(n) / float64(l.bytesPerSecond) * float64(time.Second))
+	l.mu.Lock()
+	now := time.Now()
+	// A link busy until a moment ago keeps its schedule: a sender whose
+	// sleep overran (timers are late on a loaded machine) catches up
+	// instead of losing the time, which would make the link slower than
+	// its rate. A link idle for longer starts afresh, so that nothing goes
+	// faster than the rate after a pause.
+	if l.free.Before(now.Add(-linkCatchUp)) {
+		l.free = now
+	}
+	l.free = l.free.Add(d)
+	until := l.free
+	l.mu.Unlock()
+	if wait := time.Until(until); wait > 0 {
+		time.Sleep(wait)
+	}
+}
+
+// Delay wraps next so that every request waits perRequest before next
+// sees it (a request's round trip to a distant store) and every response
+// body goes out over link (nil: at full speed). Status, headers and bytes
+// are next's, unchanged.
+func Delay(next http.Handler, perRequest time.Duration, link *Link) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if perRequest > 0 {
+			t := time.NewTimer(perRequest)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		next.ServeHTTP(&linkWriter{ResponseWriter: w, link: link}, r)
+	})
+}
+
+// linkWriter is a ResponseWriter whose body goes over a link.
+type linkWriter struct {
+	http.ResponseWriter
+	link *Link
+}
+
+func (w *linkWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), linkQuantum)
+		w.link.send(n)
+		m, err := w.ResponseWriter.Write(p[:n])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// Flush passes flushes on, so that streamed answers stream.
+func (w *linkWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *linkWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Proxy returns a reverse proxy to the S3 server at endpoint
+// (http://HOST:PORT) that forwards every request unchanged, its Host
+// header included: clients sign their requests (SigV4 covers Host) for the
+// proxy's address, and the server checks them against the Host it
+// receives, which is that same address.
+func Proxy(endpoint string) (http.Handler, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("s3test: proxy target %q: want http://HOST:PORT", endpoint)
+	}
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(u)
+			r.Out.Host = r.In.Host
+			// No X-Forwarded-* headers are added (Rewrite adds none
+			// unless asked): the server need not know of the proxy.
+		},
+		// Stream bodies as they come, never buffered.
+		FlushInterval: -1,
+	}, nil
+}

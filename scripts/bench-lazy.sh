@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# bench-lazy.sh: issue 16's figures. A ~1.5 GB compiler image (Debian's
+# gcc, clang, llvm, gdb: scripts/bench-lazy-image.sh builds it once) is
+# pushed to a versitygw bucket that sits behind scripts/s3delay (DELAY per
+# request, one link of RATE bytes/s shared by all connections, as a distant
+# store), and `gcc -c hello.c && echo ok` is run from it five ways:
+#
+#   a  local:  pe run IMAGE.erofs ...                       (fresh cache)
+#   b  whole:  pe image pull s3://... + pe run s3://...     (fresh cache; the sum)
+#   c  cold:   pe run s3://... with no prefetch trace       (fresh cache)
+#   d  trace:  pe run s3://... after a run on another cache recorded its
+#              trace in the bucket                          (fresh cache)
+#   e  warm:   pe run s3://... again on d's cache
+#
+# ROUNDS rounds (default 3), the legs in that order in each; the medians are
+# shown. The time is the wall time of the whole `pe run --json` (pe prints
+# the program's output when the VM ends, so this is the time to the first
+# output), from the command's start to its exit. Every leg's cache is a copy
+# of one prepared beforehand (kernel, initramfs, boot snapshot: a
+# `pe run IMAGE.erofs true`), so that no leg pays for the boot snapshot, and
+# none holds any part of the image. Before each c leg, every object the
+# bucket gained since the push (a trace, whatever its key) is removed from
+# versitygw's directory, so that c runs without a trace.
+#
+# Bytes fetched are counted twice: by the proxy (every response body byte
+# it sent during the leg, and its GETs) and, where pe run --json reports it,
+# by pe (the first "bytes_fetched" in the JSON, e.g. its blockstore
+# figures; n/a when absent).
+#
+# BIG=1 checks a ~5 GB image instead (random, incompressible files plus
+# busybox, built once into $BENCH_CACHE/big-5g.erofs): pushed, then
+# `pe run s3://... cat /small/hello.txt` on a fresh cache must print the file
+# and fetch a few MB only (the proxy's bytes are shown against the image's
+# size).
+#
+# Needs root for the image build (mmdebstrap), bin/pe and bin/pe-init (make
+# build), QEMU and the guest kernel (make deps), versitygw (make deps-s3),
+# curl, python3, and for BIG=1 busybox-static and ~20 GB of free disk.
+#
+# Usage: scripts/bench-lazy.sh                   ROUNDS=5 scripts/bench-lazy.sh
+#        DELAY=30ms RATE=125000000 scripts/bench-lazy.sh
+#        BIG=1 scripts/bench-lazy.sh
+#        BENCH_CACHE=DIR (default /work/bench-cache): where the images are kept
+#        KEEP=1: keep the work directory (bucket, caches, JSON of every run)
+#        RUN_FLAGS="...": more pe run flags for every run (e.g. --accel tcg)
+#        LAZY_FLAGS="...": more pe run flags for the lazy runs (c, d, e, BIG)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DELAY=${DELAY:-30ms}
+RATE=${RATE:-125000000}
+RUN_FLAGS=${RUN_FLAGS:-}
+LAZY_FLAGS=${LAZY_FLAGS:-}
+GO=${GO:-go}
+PE=$PWD/bin/pe
+export BENCH_CACHE=${BENCH_CACHE:-/work/bench-cache}
+AK=AKIDPEBENCH
+SK=pe-bench-secret-key
+
+[ -x "$PE" ] && [ -x bin/pe-init ] || { echo "bench-lazy: run make build first" >&2; exit 1; }
+for c in versitygw curl python3 qemu-system-x86_64; do
+	command -v "$c" >/dev/null || { echo "bench-lazy: $c is missing (make deps deps-s3)" >&2; exit 1; }
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/pe-bench-lazy.XXXXXX")
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	[ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s%N; }
+ms_since() { echo $((($(now) - $1) / 1000000)); }
+freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# The images (built once, kept in $BENCH_CACHE).
+if [ -n "${BIG:-}" ]; then
+	IMAGE=$BENCH_CACHE/big-5g.erofs
+	if [ ! -s "$IMAGE" ]; then
+		BUSYBOX=$(command -v busybox) || { echo "bench-lazy: busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
+		mkdir -p "$BENCH_CACHE"
+		tree=$BENCH_CACHE/big-5g.tree
+		rm -rf "$tree" && mkdir -p "$tree/bin" "$tree/big" "$tree/small"
+		cp "$BUSYBOX" "$tree/bin/busybox"
+		for a in sh cat ls wc true; do ln -s busybox "$tree/bin/$a"; done
+		echo "hello from a 5 GB image" >"$tree/small/hello.txt"
+		echo "bench-lazy: writing 20 random files of 256 MiB into $tree" >&2
+		for i in $(seq -w 0 19); do head -c 256M /dev/urandom >"$tree/big/r$i"; done
+		"$PE" image build-erofs "$tree" -o "$IMAGE.tmp" >&2
+		mv "$IMAGE.tmp" "$IMAGE"
+		rm -rf "$tree"
+	fi
+else
+	IMAGE=$(scripts/bench-lazy-image.sh "$PE")
+fi
+image_size=$(stat -c %s "$IMAGE")
+
+# versitygw on a temporary directory, the delaying proxy in front.
+gwdir=$work/gw
+mkdir -p "$gwdir"
+gwport=$(freeport)
+GW=http://127.0.0.1:$gwport
+versitygw --access "$AK" --secret "$SK" --port "127.0.0.1:$gwport" posix "$gwdir" >"$work/versitygw.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -s -o /dev/null "$GW/" && break; sleep 0.1; done
+curl -sf -o /dev/null -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AK:$SK" -X PUT "$GW/bench" ||
+	{ echo "bench-lazy: creating the bucket failed" >&2; cat "$work/versitygw.log" >&2; exit 1; }
+$GO build -o "$work/s3delay" ./scripts/s3delay
+"$work/s3delay" -target "$GW" -delay "$DELAY" -rate "$RATE" -log "$work/proxy.log" >"$work/proxy.addr" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/proxy.addr" ] && break; sleep 0.1; done
+touch "$work/proxy.log"
+PROXY=http://$(head -1 "$work/proxy.addr")
+
+none=$work/no-aws-config
+export AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK AWS_REGION=us-east-1 AWS_PROFILE='' \
+	AWS_CONFIG_FILE=$none AWS_SHARED_CREDENTIALS_FILE=$none AWS_SESSION_TOKEN='' AWS_ENDPOINT_URL_S3=''
+unset AWS_DEFAULT_REGION
+
+if [ -n "${BIG:-}" ]; then
+	REF=s3://bench/big/five:1
+else
+	REF=s3://bench/ce/gcc:12
+fi
+# The push goes straight to versitygw: it is not what is measured.
+t0=$(now)
+XDG_CACHE_HOME=$work/push-cache AWS_ENDPOINT_URL=$GW "$PE" image push "$IMAGE" "$REF" >"$work/digest"
+push_ms=$(ms_since "$t0")
+export AWS_ENDPOINT_URL=$PROXY
+(cd "$gwdir/bench" && find . -type f | sort) >"$work/pushed.list"
+
+# The prepared cache every leg's cache copies: kernel, initramfs, boot
+# snapshot, made by a run of the local image.
+# shellcheck disable=SC2086
+XDG_CACHE_HOME=$work/template "$PE" run $RUN_FLAGS "$IMAGE" true
+rm -rf "$work/template/pe/blobs" "$work/template/pe/images" "$work/template/pe/refs"
+n=0
+# fresh: sets FRESH to a new cache directory (for XDG_CACHE_HOME), the
+# template's copy, in which a run of the local image has been made: some of
+# what pe caches is keyed by paths inside the cache (the KVM probe's
+# verdict names the kernel it extracted there), and would cost the timed
+# run seconds otherwise.
+fresh() {
+	n=$((n + 1))
+	FRESH=$work/caches/c$n
+	mkdir -p "$FRESH"
+	cp -a "$work/template/pe" "$FRESH/pe"
+	# shellcheck disable=SC2086
+	XDG_CACHE_HOME=$FRESH "$PE" run $RUN_FLAGS "$IMAGE" true
+}
+# prune: remove what the bucket gained since the push (traces).
+prune() {
+	(cd "$gwdir/bench" && find . -type f -not -path './.sgwtmp/*' | sort) |
+		comm -13 "$work/pushed.list" - | while read -r f; do rm -f "$gwdir/bench/$f"; done
+}
+# proxy_mark: the proxy log's line count now; proxy_since MARK: "GETS BYTES"
+# of the GETs it answered since (bytes printed with %.0f: mawk's %d stops
+# at 2^31).
+proxy_mark() { wc -l <"$work/proxy.log"; }
+proxy_since() {
+	tail -n +$(($1 + 1)) "$work/proxy.log" | awk '$1 == "GET" { g++; b += $5 } END { printf "%d %.0f\n", g, b }'
+}
+# timed LEG CACHE ARGS...: runs pe ARGS with XDG_CACHE_HOME=CACHE, appends
+# the wall ms to $work/LEG.ms, the proxy's GETs and bytes to LEG.proxy and
+# the output to LEG.out.
+timed() {
+	local leg=$1 cache=$2 m t0
+	shift 2
+	m=$(proxy_mark)
+	t0=$(now)
+	XDG_CACHE_HOME=$cache "$PE" "$@" >"$work/last.out" || { echo "bench-lazy: leg $leg: pe $* failed" >&2; cat "$work/last.out" >&2; exit 1; }
+	ms_since "$t0" >>"$work/$leg.ms"
+	proxy_since "$m" >>"$work/$leg.proxy"
+	cat "$work/last.out" >>"$work/$leg.out"
+	echo >>"$work/$leg.out"
+}
+# check_out LEG TEXT: the last run (of LEG) exited 0 and printed TEXT.
+check_out() {
+	python3 - "$work/last.out" "$1" "$2" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if r.get("exit_code") != 0 or sys.argv[3] not in r.get("stdout", ""):
+    sys.exit("bench-lazy: leg %s: exit %s, stdout %r, stderr %r" % (sys.argv[2], r.get("exit_code"), r.get("stdout"), r.get("stderr", "")[-2000:]))
+EOF
+}
+# pe_bytes FILE: the first "bytes_fetched" in each JSON object of FILE
+# (one a line), or n/a.
+pe_bytes() {
+	python3 - "$1" <<'EOF'
+import json, sys
+def find(v):
+    if isinstance(v, dict):
+        if isinstance(v.get("bytes_fetched"), (int, float)):
+            return v
+        for x in v.values():
+            f = find(x)
+            if f is not None:
+                return f
+    elif isinstance(v, list):
+        for x in v:
+            f = find(x)
+            if f is not None:
+                return f
+    return None
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line:
+        continue
+    try:
+        f = find(json.loads(line))
+    except ValueError:
+        f = None
+    print("n/a n/a" if f is None else "%d %s" % (f["bytes_fetched"], f.get("gets", "n/a")))
+EOF
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+pct() { awk -v b="$1" -v s="$image_size" 'BEGIN { printf "%.1f %%", 100 * b / s }'; }
+
+if [ -n "${BIG:-}" ]; then
+	fresh
+	c=$FRESH
+	# shellcheck disable=SC2086
+	timed big "$c" run --json $RUN_FLAGS $LAZY_FLAGS "$REF" cat /small/hello.txt
+	check_out big "hello from a 5 GB image"
+	read -r gets bytes <"$work/big.proxy"
+	read -r pebytes pegets < <(pe_bytes "$work/big.out")
+	ms=$(cat "$work/big.ms")
+	verdict=FAIL
+	[ "$bytes" -lt $((64 << 20)) ] && verdict=ok
+	cat <<EOF
+
+5 GB image check: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s;
+served by versitygw behind s3delay ($DELAY per request, $RATE bytes/s shared link).
+
+\`pe run $REF cat /small/hello.txt\` on an empty cache: $ms ms, printed the file.
+Fetched through the proxy: $gets GETs, $(mib "$bytes") ($(pct "$bytes") of the image); pe --json bytes_fetched: $pebytes, gets: $pegets.
+Few MB only (< 64 MiB fetched): $verdict
+EOF
+	exit 0
+fi
+
+mkdir -p "$work/in"
+printf '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n' >"$work/in/hello.c"
+# shellcheck disable=SC2206
+RUN=(run --json --input "$work/in" $RUN_FLAGS)
+# shellcheck disable=SC2206
+LAZY=($LAZY_FLAGS)
+CMD=(sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok')
+
+for r in $(seq "$ROUNDS"); do
+	echo "bench-lazy: round $r of $ROUNDS" >&2
+	fresh
+	c=$FRESH
+	timed a "$c" "${RUN[@]}" "$IMAGE" "${CMD[@]}"
+	check_out a ok
+
+	fresh
+	c=$FRESH
+	timed b_pull "$c" image pull "$REF"
+	timed b_run "$c" "${RUN[@]}" "$REF" "${CMD[@]}"
+	check_out b ok
+	echo $(($(tail -1 "$work/b_pull.ms") + $(tail -1 "$work/b_run.ms"))) >>"$work/b.ms"
+	paste -d' ' <(tail -1 "$work/b_pull.proxy") <(tail -1 "$work/b_run.proxy") | awk '{ printf "%d %.0f\n", $1 + $3, $2 + $4 }' >>"$work/b.proxy"
+
+	prune
+	fresh
+	c=$FRESH
+	timed c "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+	check_out c ok
+
+	# d: a first run on another cache records the trace in the bucket.
+	fresh
+	p=$FRESH
+	timed d_prime "$p" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+	check_out d_prime ok
+	fresh
+	c=$FRESH
+	timed d "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+	check_out d ok
+
+	timed e "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+	check_out e ok
+	rm -rf "$work/caches"
+done
+
+# phase FILE KEY: the duration_ms KEY of each JSON object of FILE.
+phase() {
+	python3 - "$1" "$2" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    if line.strip():
+        print(json.loads(line).get("duration_ms", {}).get(sys.argv[2], "n/a"))
+EOF
+}
+for leg in a b c d e; do
+	median <"$work/$leg.ms" >"$work/$leg.med"
+	sort -n "$work/$leg.ms" | head -1 >"$work/$leg.min"
+	awk '{ print $1 }' "$work/$leg.proxy" 2>/dev/null | median >"$work/$leg.gets"
+	awk '{ print $2 }' "$work/$leg.proxy" 2>/dev/null | median >"$work/$leg.bytes"
+	if [ -f "$work/$leg.out" ]; then
+		pe_bytes "$work/$leg.out" | awk '{ print $1 }' | grep -v n/a | median >"$work/$leg.pebytes" || echo n/a >"$work/$leg.pebytes"
+	else
+		echo n/a >"$work/$leg.pebytes"
+	fi
+done
+med() { cat "$work/$1.med"; }
+row() {
+	local leg=$1 what=$2 bytes pb
+	bytes=$(cat "$work/$leg.bytes")
+	pb=$(cat "$work/$leg.pebytes")
+	[ "$pb" = n/a ] || pb="$(mib "$pb") ($(pct "$pb"))"
+	local out=$work/$leg.out
+	[ "$leg" = b ] && out=$work/b_run.out
+	echo "| $leg | $what | $(med "$leg") ms | $(cat "$work/$leg.min") ms | $(phase "$out" image | median | awk '{ printf "%.0f", $1 }') ms | $(cat "$work/$leg.gets") | $(mib "$bytes") ($(pct "$bytes")) | $pb |"
+}
+# ratio A B LIMIT: A's median over B's against LIMIT, then the ratio in
+# each round (legs of one round ran a minute apart: on a shared machine
+# their ratio varies less than the medians do) and its median.
+ratio() {
+	awk -v a="$(med "$1")" -v b="$(med "$2")" -v lim="$3" 'BEGIN { r = a / b; printf "%.2f (target ≤ %s: %s)", r, lim, (r <= lim ? "met" : "NOT met") }'
+	paste -d' ' "$work/$1.ms" "$work/$2.ms" | awk '{ printf "%.2f\n", $1 / $2 }' >"$work/ratio"
+	printf '; per round %s, their median %s' "$(tr '\n' ' ' <"$work/ratio" | sed 's/ $//')" \
+		"$(sort -n "$work/ratio" | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+}
+bytes_ok() { awk -v b="$(cat "$work/$1.bytes")" -v s="$image_size" 'BEGIN { printf "%.1f %% (target < 10 %%: %s)", 100 * b / s, (b < 0.1 * s ? "met" : "NOT met") }'; }
+
+cat <<EOF
+
+Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s.
+S3: versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections.
+Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
+Median of $ROUNDS rounds; wall time of the whole pe command (its output comes when the VM ends); each leg on a fresh cache holding the boot snapshot.${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
+$(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).
+
+| leg | what | median wall | min wall | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
+|---|---|---:|---:|---:|---:|---:|---:|
+$(row a "local file: pe run IMAGE.erofs")
+$(row b "pe image pull s3://… + pe run s3://… (sum; pull $(median <"$work/b_pull.ms") ms)")
+$(row c "pe run s3://…, cold cache, no trace")
+$(row d "pe run s3://…, cold cache, trace recorded by a run on another cache")
+$(row e "pe run s3://… again on d's cache (warm)")
+
+- cold, no trace / download whole: $(ratio c b 0.6)
+- cold, with trace / local: $(ratio d a 1.15)
+- warm / local: $(ratio e a 1.05)
+- bytes fetched by the cold run (no trace): $(bytes_ok c)
+- bytes fetched by the cold run (trace): $(bytes_ok d)
+EOF
