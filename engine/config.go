@@ -89,31 +89,9 @@ func MergeConfig(cfg *v1.Config, o Overrides, rootfs fs.FS) (*Process, error) {
 		img = *cfg
 	}
 	p := &Process{}
-
-	entrypoint, cmd := img.Entrypoint, img.Cmd
-	if o.Entrypoint != nil {
-		entrypoint = o.Entrypoint
-		if !o.KeepImageCmd {
-			cmd = nil
-		}
-	}
-	if len(o.Cmd) > 0 {
-		cmd = o.Cmd
-	}
-	p.Argv = append(append([]string{}, entrypoint...), cmd...)
-	if len(p.Argv) == 0 {
-		return nil, ErrNoCommand
-	}
-
-	p.Cwd = "/"
-	if img.WorkingDir != "" {
-		p.Cwd = path.Clean("/" + img.WorkingDir)
-	}
-	if o.Workdir != "" {
-		if !path.IsAbs(o.Workdir) {
-			return nil, fmt.Errorf("working directory %q: want an absolute path", o.Workdir)
-		}
-		p.Cwd = path.Clean(o.Workdir)
+	var err error
+	if p.Argv, p.Cwd, err = mergeCommand(&img, o); err != nil {
+		return nil, err
 	}
 
 	baseEnv := img.Env
@@ -395,4 +373,35 @@ func readGroup(rootfs fs.FS) ([]groupEntry, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// mergeCommand returns the argv and working directory of the program the
+// image's config img and o describe (MergeConfig's first two rules),
+// which need nothing of the image's files.
+func mergeCommand(img *v1.Config, o Overrides) (argv []string, cwd string, err error) {
+	entrypoint, cmd := img.Entrypoint, img.Cmd
+	if o.Entrypoint != nil {
+		entrypoint = o.Entrypoint
+		if !o.KeepImageCmd {
+			cmd = nil
+		}
+	}
+	if len(o.Cmd) > 0 {
+		cmd = o.Cmd
+	}
+	argv = append(append([]string{}, entrypoint...), cmd...)
+	if len(argv) == 0 {
+		return nil, "", ErrNoCommand
+	}
+	cwd = "/"
+	if img.WorkingDir != "" {
+		cwd = path.Clean("/" + img.WorkingDir)
+	}
+	if o.Workdir != "" {
+		if !path.IsAbs(o.Workdir) {
+			return nil, "", fmt.Errorf("working directory %q: want an absolute path", o.Workdir)
+		}
+		cwd = path.Clean(o.Workdir)
+	}
+	return argv, cwd, nil
 }

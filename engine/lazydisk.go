@@ -43,7 +43,7 @@ const lazyFUSEDir = "lazy"
 // its trace beside the image for every later run, on any machine.
 const (
 	// prefetchWorkers is how many chunks a run prefetches at once.
-	prefetchWorkers = 8
+	prefetchWorkers = 16
 	// traceTimeout bounds loading and saving a trace: a slow bucket must
 	// not hold a run up for what is only a speed-up.
 	traceTimeout = 3 * time.Second
@@ -94,13 +94,8 @@ type lazyDisk struct {
 	fuse *fusedisk.FS
 	path string
 
-	// traceKey is the run's command's trace key ("": the run neither
-	// records nor uses a trace); hadTrace says the bucket had one.
-	traceKey string
-	hadTrace bool
-	// prefetched is closed when the prefetch started at startLazyDisk
-	// has ended.
-	prefetched chan struct{}
+	// pf is the run's prefetch, which stopLazyDisk ends.
+	pf *imagePrefetch
 
 	mu    sync.Mutex
 	ends  []*os.File // the VMM's ends of the socket pairs, until stop
@@ -157,16 +152,16 @@ func (e *Engine) nbdServer() *nbd.Server {
 // startLazyDisk offers img's lazy image for one run, to a VM of the VMM
 // named vmmName whose work directory is work: as a new export of the
 // engine's NBD server, or as a file on a FUSE mount in work when the VMM
-// cannot read NBD. It starts the run's prefetch, by the trace of the
-// command traceKey names ("": none). Its reads end when ctx does or at
-// stopLazyDisk, which the caller calls once the run's VM is gone.
-func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName, work, traceKey string) (*lazyDisk, error) {
+// cannot read NBD. pf is the run's prefetch, started when the run was
+// planned (nil: the metadata's, started now). Its reads end when ctx does
+// or at stopLazyDisk, which the caller calls once the run's VM is gone.
+func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName, work string, pf *imagePrefetch) (*lazyDisk, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	d := &lazyDisk{
 		e: e, img: img, cancel: cancel, before: img.Lazy.Stats(),
-		export:   "run-" + rand.Text(),
-		r:        &runReader{ctx: rctx, im: img.Lazy},
-		traceKey: traceKey,
+		export: "run-" + rand.Text(),
+		r:      &runReader{ctx: rctx, im: img.Lazy},
+		pf:     pf,
 	}
 	if vmmName != nbdVMM || e.opts.LazyFUSE {
 		if err := d.mountFUSE(work); err != nil {
@@ -180,43 +175,78 @@ func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName,
 			return nil, fmt.Errorf("serving image %s: %w", img.Reference, err)
 		}
 	}
+	if d.pf == nil {
+		d.pf = e.startPrefetch(rctx, img, "")
+	}
+	// The run's counters start with its prefetch, when it was planned.
+	d.before = d.pf.before
 	e.lazyDisks.Add(1)
-	d.startPrefetch(rctx)
 	return d, nil
 }
 
-// startPrefetch starts recording the run's first reads and, in the
-// background (the VM does not wait for the bucket), prefetches the
-// command's trace, or the image's metadata when it has none.
-func (d *lazyDisk) startPrefetch(ctx context.Context) {
-	im := d.img.Lazy
-	if d.traceKey != "" {
+// imagePrefetch is a lazy run's prefetch: started when the run is planned,
+// before the engine reads the image's /etc/passwd, in the background (the
+// run never waits for the bucket), and ended with the run's lazy disk.
+type imagePrefetch struct {
+	e   *Engine
+	img *ResolvedImage
+	// key is the run's command's trace key ("": the run neither records
+	// nor uses a trace); hadTrace says the bucket had one.
+	key      string
+	hadTrace atomic.Bool
+	cancel   context.CancelFunc
+	done     chan struct{}
+	once     sync.Once
+	// before is the image's counters when the prefetch started.
+	before blockstore.Stats
+}
+
+// startPrefetch starts recording the run's first reads of img and
+// prefetches, below its demand reads, the trace of the command key names,
+// or the image's metadata when it has none.
+func (e *Engine) startPrefetch(ctx context.Context, img *ResolvedImage, key string) *imagePrefetch {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &imagePrefetch{e: e, img: img, key: key, cancel: cancel, done: make(chan struct{}), before: img.Lazy.Stats()}
+	im := img.Lazy
+	if key != "" {
 		im.StartTrace(0)
 	}
-	d.prefetched = make(chan struct{})
 	go func() {
-		defer close(d.prefetched)
+		defer close(p.done)
 		var tr *blockstore.Trace
-		if d.traceKey != "" && d.img.Traces != nil {
+		if key != "" && img.Traces != nil {
 			lctx, cancel := context.WithTimeout(ctx, traceTimeout)
-			t, err := d.img.Traces.LoadTrace(lctx, d.traceKey)
+			t, err := img.Traces.LoadTrace(lctx, key)
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				d.e.log.Warn("loading the prefetch trace of the run's command", "image", d.img.Reference, "error", err)
+				e.log.Warn("loading the prefetch trace of the run's command", "image", img.Reference, "error", err)
 			}
 			tr = t
 		}
 		plan := metadataPlan(im.Index())
 		if tr != nil {
-			d.hadTrace, plan = true, tr.Chunks
+			p.hadTrace.Store(true)
+			plan = tr.Chunks
 		}
 		if len(plan) == 0 || ctx.Err() != nil {
 			return
 		}
-		p := im.PrefetchOrder(ctx, plan, prefetchWorkers)
-		res := p.Wait() // ends with ctx, at stopLazyDisk
-		d.e.log.Debug("prefetched", "image", d.img.Reference, "trace", tr != nil, "planned", len(plan), "fetched", res.Fetched, "cached", res.Cached, "failed", res.Failed)
+		res := im.PrefetchOrder(ctx, plan, prefetchWorkers).Wait() // ends with ctx
+		e.log.Debug("prefetched", "image", img.Reference, "trace", tr != nil, "planned", len(plan), "fetched", res.Fetched, "cached", res.Cached, "failed", res.Failed)
 	}()
+	return p
+}
+
+// stop ends the prefetch and waits for it. It may be called more than
+// once.
+func (p *imagePrefetch) stop() {
+	if p == nil {
+		return
+	}
+	p.once.Do(func() {
+		p.cancel()
+		<-p.done
+	})
 }
 
 // metadataPlan is the image's metadata chunks, up to maxMetadataPrefetch
@@ -231,22 +261,22 @@ func metadataPlan(ix *blockstore.Index) []int {
 
 // saveTrace leaves the run's trace beside the image when the bucket had
 // none for its command and the run read its image without a failure.
-func (d *lazyDisk) saveTrace() {
-	if d.traceKey == "" || d.hadTrace || d.img.Traces == nil || d.r.failed.Load() > 0 {
+func (p *imagePrefetch) saveTrace(failed bool) {
+	if p == nil || p.key == "" || p.hadTrace.Load() || p.img.Traces == nil || failed {
 		return
 	}
-	t := d.img.Lazy.Trace()
+	t := p.img.Lazy.Trace()
 	if t == nil || len(t.Chunks) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), traceTimeout)
 	defer cancel()
-	wrote, err := d.img.Traces.SaveTrace(ctx, d.traceKey, t)
+	wrote, err := p.img.Traces.SaveTrace(ctx, p.key, t)
 	if err != nil {
-		d.e.log.Warn("saving the prefetch trace of the run's command", "image", d.img.Reference, "error", err)
+		p.e.log.Warn("saving the prefetch trace of the run's command", "image", p.img.Reference, "error", err)
 		return
 	}
-	d.e.log.Debug("saved the prefetch trace of the run's command", "image", d.img.Reference, "chunks", len(t.Chunks), "wrote", wrote)
+	p.e.log.Debug("saved the prefetch trace of the run's command", "image", p.img.Reference, "chunks", len(t.Chunks), "wrote", wrote)
 }
 
 // mountFUSE shows the run's image as a file on a FUSE mount of its own in
@@ -325,7 +355,7 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 		return
 	}
 	d.cancel()
-	<-d.prefetched // ends with the run's context
+	d.pf.stop()
 	if d.fuse != nil {
 		// Close ends reads still waiting and unmounts, whatever they do.
 		if err := d.fuse.Close(); err != nil {
@@ -341,7 +371,7 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 	st := diffStats(d.img.Lazy.Stats(), d.before)
 	d.stats = &st
 	e.lazyDisks.Add(-1)
-	d.saveTrace()
+	d.pf.saveTrace(d.r.failed.Load() > 0)
 }
 
 // runStats returns the run's counters so far.
@@ -387,6 +417,6 @@ func (r ctxReader) ReadAt(p []byte, off int64) (int, error) { return r.im.ReadAt
 // traceKey names a run's command for its prefetch trace: its argv and
 // working directory, whatever its inputs (a compiler's run of another
 // source file reads the same parts of the image).
-func traceKey(p *Process) string {
-	return image.TraceKey(append([]string{"cwd", p.Cwd, "argv"}, p.Argv...)...)
+func traceKey(argv []string, cwd string) string {
+	return image.TraceKey(append([]string{"cwd", cwd, "argv"}, argv...)...)
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/pe-project/pe/guest"
 	"github.com/pe-project/pe/vmm"
 )
@@ -47,7 +49,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 	defer os.RemoveAll(vm.work)
 	if img := p.launch.image(); img.Lazy != nil {
 		// Stopped after the VM is killed (defers run last first).
-		if vm.lazy, err = e.startLazyDisk(ctx, img, p.choice.VMM, vm.work, traceKey(p.proc)); err != nil {
+		if vm.lazy, err = e.startLazyDisk(ctx, img, p.choice.VMM, vm.work, p.prefetch); err != nil {
 			return nil, err
 		}
 		defer e.stopLazyDisk(vm.lazy)
@@ -131,6 +133,30 @@ type runPlan struct {
 	choice *Choice
 	// release gives the image back to the cache.
 	release func()
+	// prefetch is a lazy image's prefetch, started once the image is
+	// resolved: the engine's own reads of it (the config's user) and the
+	// VM's start overlap with it.
+	prefetch *imagePrefetch
+}
+
+// startPrefetch starts the prefetch of the run's lazy image img, by the
+// trace of the command o and the image's config name, and has release
+// end it too (the run may fail before its lazy disk takes it over).
+func (p *runPlan) startPrefetch(ctx context.Context, e *Engine, img *ResolvedImage, o Overrides) {
+	var cfg v1.Config
+	if img.Config != nil {
+		cfg = img.Config.Config
+	}
+	key := ""
+	if argv, cwd, err := mergeCommand(&cfg, o); err == nil {
+		key = traceKey(argv, cwd)
+	}
+	p.prefetch = e.startPrefetch(ctx, img, key)
+	release := p.release
+	p.release = func() {
+		p.prefetch.stop()
+		release()
+	}
 }
 
 // plan resolves the run's image, merges its config with the request,
@@ -162,6 +188,9 @@ func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (_ *runPla
 			return nil, err
 		}
 		p.release = img.release
+	}
+	if img.Lazy != nil {
+		p.startPrefetch(ctx, e, img, req.Overrides)
 	}
 	if p.proc, err = e.process(ctx, img, req.Overrides); err != nil {
 		return nil, fmt.Errorf("image %s: %w", img.Reference, err)
