@@ -51,6 +51,9 @@ const (
 	// an image made by mkfs.erofs scatters its metadata over a third of
 	// the image, and a run reads a few percent of it.
 	maxMetadataPrefetch = 32 << 20
+	// earlyMetadataChunks is how many of the metadata chunks a run
+	// fetches at once, before it knows whether its command has a trace.
+	earlyMetadataChunks = 8
 )
 
 // ImageReadError reports a run whose guest could not read its image: the
@@ -213,6 +216,15 @@ func (e *Engine) startPrefetch(ctx context.Context, img *ResolvedImage, key stri
 	}
 	go func() {
 		defer close(p.done)
+		// The engine's first reads (the superblock, /etc/passwd) and the
+		// trace's first chunks are the metadata at the image's start (pe
+		// writes it first): fetch those while the trace is on its way.
+		head := metadataPlan(im.Index())
+		head = head[:min(len(head), earlyMetadataChunks)]
+		if len(head) > 0 {
+			early := im.PrefetchOrder(ctx, head, prefetchWorkers)
+			defer early.Stop()
+		}
 		var tr *blockstore.Trace
 		if key != "" && img.Traces != nil {
 			lctx, cancel := context.WithTimeout(ctx, traceTimeout)
