@@ -43,7 +43,7 @@ const lazyFUSEDir = "lazy"
 // its trace beside the image for every later run, on any machine.
 const (
 	// prefetchWorkers is how many chunks a run prefetches at once.
-	prefetchWorkers = 16
+	prefetchWorkers = 8
 	// traceTimeout bounds loading and saving a trace: a slow bucket must
 	// not hold a run up for what is only a speed-up.
 	traceTimeout = 3 * time.Second
@@ -53,7 +53,7 @@ const (
 	maxMetadataPrefetch = 32 << 20
 	// earlyMetadataChunks is how many of the metadata chunks a run
 	// fetches at once, before it knows whether its command has a trace.
-	earlyMetadataChunks = 8
+	earlyMetadataChunks = 4
 )
 
 // ImageReadError reports a run whose guest could not read its image: the
