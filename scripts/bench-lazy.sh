@@ -13,9 +13,10 @@
 #   e  warm:   pe run s3://... again on d's cache
 #
 # ROUNDS rounds (default 3), the legs in that order in each; the medians are
-# shown. The time is the wall time of the whole `pe run --json` (pe prints
-# the program's output when the VM ends, so this is the time to the first
-# output), from the command's start to its exit. Every leg's cache is a copy
+# shown. The time is from the pe command's start to the first byte of its
+# output (pe run prints the program's output when the VM ends; its exit
+# comes after, once the chunk cache's writes are flushed): the issue's
+# "time to first output". Every leg's cache is a copy
 # of one prepared beforehand (kernel, initramfs, boot snapshot: a
 # `pe run IMAGE.erofs true`), so that no leg pays for the boot snapshot, and
 # none holds any part of the image. Before each c leg, every object the
@@ -164,19 +165,33 @@ proxy_since() {
 	tail -n +$(($1 + 1)) "$work/proxy.log" | awk '$1 == "GET" { g++; b += $5 } END { printf "%d %.0f\n", g, b }'
 }
 # timed LEG CACHE ARGS...: runs pe ARGS with XDG_CACHE_HOME=CACHE, appends
-# the wall ms to $work/LEG.ms, the proxy's GETs and bytes to LEG.proxy and
-# the output to LEG.out.
+# the ms from its start to its first byte of output (its exit, when it
+# prints nothing) to $work/LEG.ms, the ms to its exit to LEG.exitms, the
+# proxy's GETs and bytes to LEG.proxy and the output to LEG.out.
 timed() {
 	local leg=$1 cache=$2 m t0
 	shift 2
 	m=$(proxy_mark)
 	t0=$(now)
-	XDG_CACHE_HOME=$cache "$PE" "$@" >"$work/last.out" || { echo "bench-lazy: leg $leg: pe $* failed" >&2; cat "$work/last.out" >&2; exit 1; }
-	ms_since "$t0" >>"$work/$leg.ms"
+	set +o pipefail
+	XDG_CACHE_HOME=$cache "$PE" "$@" | python3 -c "$firstbyte" "$work/first.ns" >"$work/last.out"
+	local status=${PIPESTATUS[0]}
+	set -o pipefail
+	[ "$status" = 0 ] || { echo "bench-lazy: leg $leg: pe $* failed" >&2; cat "$work/last.out" >&2; exit 1; }
+	ms_since "$t0" >>"$work/$leg.exitms"
+	echo $((($(cat "$work/first.ns") - t0) / 1000000)) >>"$work/$leg.ms"
 	proxy_since "$m" >>"$work/$leg.proxy"
 	cat "$work/last.out" >>"$work/$leg.out"
 	echo >>"$work/$leg.out"
 }
+# firstbyte FILE (python): copies stdin to stdout and writes to FILE the
+# time (ns, the clock of date +%s%N) its first byte arrived, or its end.
+firstbyte='
+import sys, time
+b = sys.stdin.buffer.read(1)
+open(sys.argv[1], "w").write(str(time.time_ns()))
+sys.stdout.buffer.write(b + sys.stdin.buffer.read())
+'
 # check_out LEG TEXT: the last run (of LEG) exited 0 and printed TEXT.
 check_out() {
 	python3 - "$work/last.out" "$1" "$2" <<'EOF'
@@ -334,10 +349,10 @@ cat <<EOF
 Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s.
 S3: versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections.
 Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
-Median of $ROUNDS rounds; wall time of the whole pe command (its output comes when the VM ends); each leg on a fresh cache holding the boot snapshot.${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
+Median of $ROUNDS rounds; time from the pe command's start to its first byte of output (pe run prints the program's output when the VM ends); each leg on a fresh cache holding the boot snapshot.${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
 $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).
 
-| leg | what | median wall | min wall | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
+| leg | what | median to first output | min | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
 |---|---|---:|---:|---:|---:|---:|---:|
 $(row a "local file: pe run IMAGE.erofs")
 $(row b "pe image pull s3://… + pe run s3://… (sum; pull $(median <"$work/b_pull.ms") ms)")

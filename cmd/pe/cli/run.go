@@ -257,8 +257,9 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	}
 	res, err := a.runEngine(cmd.Context(), opts, req)
 	// The chunks a lazy run fetched are written to the chunk cache in
-	// the background: wait for them before pe exits.
-	f.flushChunks()
+	// the background: wait for them before pe exits, once the result is
+	// out.
+	defer f.flushChunks()
 	if err != nil {
 		return err
 	}
