@@ -204,6 +204,25 @@ func TestLazyListRemove(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.path(s3LazyDir), "chunks")); err != nil {
 		t.Errorf("the chunk store's directory: %v", err)
 	}
+
+	// rm NAME@DIGEST removes the tags of NAME that resolved to DIGEST.
+	img, err = c.OpenS3(ctx, refA, PullOptions{S3: client}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	pinnedA, _ := PinS3(refA.String(), hA.String())
+	pinnedARef, _ := ParseReference(pinnedA)
+	rep, err = c.Remove(ctx, pinnedARef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(&RemoveReport{Untagged: []string{refA.String()}, Deleted: []v1.Hash{hA}, Bytes: rep.Bytes}, rep); diff != "" {
+		t.Errorf("Remove %s (-want +got):\n%s", pinnedA, diff)
+	}
+	if exists(c.s3RefPath(refA.String())) || exists(c.s3IndexPath(hA)) {
+		t.Error("the tag record or the index is still there")
+	}
 }
 
 // ixDigest returns the digest of the cache's copy of ix: the image digest.
