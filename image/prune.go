@@ -232,7 +232,8 @@ func (c *Cache) RemoveID(ctx context.Context, id string) (*RemoveReport, error) 
 	case 0:
 		return nil, kindErrorf(ErrNotFound, "no such image in the cache: %s", id)
 	case 1:
-		for hex = range found {
+		for h := range found {
+			hex = h
 		}
 	default:
 		return nil, fmt.Errorf("image ID %s is ambiguous: %d images start with it", id, len(found))
@@ -318,7 +319,9 @@ func (c *Cache) collect(report *RemoveReport, candidates map[string]v1.Hash) err
 			return err
 		}
 		delete(images, h.Hex)
-		report.Deleted = append(report.Deleted, h)
+		if !containsHash(report.Deleted, h) { // rm s3://… may have deleted its lazy copy
+			report.Deleted = append(report.Deleted, h)
+		}
 		report.Bytes += e.bytes
 	}
 	return c.removeUnusedBlobs(report, images)
