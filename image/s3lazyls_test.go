@@ -223,6 +223,33 @@ func TestLazyListRemove(t *testing.T) {
 	if exists(c.s3RefPath(refA.String())) || exists(c.s3IndexPath(hA)) {
 		t.Error("the tag record or the index is still there")
 	}
+
+	// Read lazily, then pulled whole: listed both ways, removed both ways.
+	img, err = c.OpenS3(ctx, refA, PullOptions{S3: client}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	if _, err := c.Pull(ctx, refA, PullOptions{S3: client}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l) != 2 || l[0].Reference != refA.String() || l[1].Reference != refA.String() || l[0].Lazy == l[1].Lazy {
+		t.Errorf("List of an image read lazily and pulled: %+v; want it once whole, once lazy", l)
+	}
+	rep, err = c.Remove(ctx, refA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(&RemoveReport{Untagged: []string{refA.String()}, Deleted: []v1.Hash{hA}, Blobs: rep.Blobs, Bytes: rep.Bytes}, rep); diff != "" {
+		t.Errorf("Remove of an image read lazily and pulled (-want +got):\n%s", diff)
+	}
+	if l, _ := c.List(ctx); len(l) != 0 {
+		t.Errorf("List after Remove: %+v", l)
+	}
 }
 
 // ixDigest returns the digest of the cache's copy of ix: the image digest.
