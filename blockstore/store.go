@@ -177,7 +177,7 @@ func (s *Store) Stats() Stats { return s.c.snapshot() }
 func (s *Store) Usage() int64 { return s.used.Load() }
 
 func (s *Store) chunkPath(digest string) string {
-	return filepath.Join(s.chunkDir, digest[:2], digest)
+	return ChunkPath(s.o.Dir, digest)
 }
 
 // Open returns a reader of the image ix describes, reading missing chunks

@@ -140,6 +140,14 @@ type CachedImage struct {
 	// Converted is set when this call pulled and converted the image; it
 	// is false when the cache already held it (a cache hit).
 	Converted bool
+	// Lazy marks, from List, an s3:// image a run read lazily (OpenS3):
+	// the cache holds its index and CachedBytes of its Size in the chunk
+	// store, EROFSPath and Created are empty, and LastUsed is when a run
+	// last opened it or resolved its tag.
+	Lazy bool
+	// CachedBytes is, for a Lazy image, how many of its bytes the chunk
+	// store holds.
+	CachedBytes int64
 }
 
 // imageMeta is an image directory's meta.json.

@@ -26,6 +26,9 @@ type RemoveReport struct {
 	Blobs int
 	// Bytes is the disk space given back, in bytes.
 	Bytes int64
+	// Chunks is how many cached chunks of lazy s3:// images were
+	// removed (their bytes count in Bytes).
+	Chunks int
 	// InUse are the images that would have been removed but that a run
 	// is using (see Lease): they stay.
 	InUse []v1.Hash
@@ -105,8 +108,9 @@ func (rec *refRecord) targets() map[string]v1.Hash {
 
 // List returns the cached images: one per reference recorded for an image
 // (an image known by two tags is listed twice), and once with Reference ""
-// an image no reference points to any more. Sorted by reference, then
-// platform.
+// an image no reference points to any more; then likewise the s3:// images
+// runs read lazily (Lazy), whose references are their tags and pinned
+// digests. Sorted by reference, then platform.
 func (c *Cache) List(ctx context.Context) ([]CachedImage, error) {
 	images, _, err := c.scanImages()
 	if err != nil {
@@ -133,6 +137,11 @@ func (c *Cache) List(ctx context.Context) ([]CachedImage, error) {
 			list = append(list, *e.img)
 		}
 	}
+	lazy, err := c.listLazy()
+	if err != nil {
+		return nil, fmt.Errorf("listing the image cache: %w", err)
+	}
+	list = append(list, lazy...)
 	slices.SortFunc(list, func(a, b CachedImage) int {
 		if (a.Reference == "") != (b.Reference == "") {
 			if a.Reference == "" {
@@ -161,13 +170,25 @@ func (c *Cache) Remove(ctx context.Context, ref Reference) (*RemoveReport, error
 	if err != nil {
 		return nil, err
 	}
+	report := &RemoveReport{}
+	lazy := false
+	if ref.transport == TransportS3 {
+		// An s3:// image may be in the cache whole (pe image pull),
+		// read lazily by runs, or both: rm removes both.
+		if lazy, err = c.removeLazyRef(report, ref); err != nil {
+			return report, err
+		}
+	}
 	if rec == nil {
+		if lazy {
+			return report, nil
+		}
 		return nil, kindErrorf(ErrNotFound, "no such image in the cache: %s", ref.Familiar())
 	}
 	if err := c.updateRef(rec.Name, func(*refRecord) bool { return false }); err != nil {
 		return nil, err
 	}
-	report := &RemoveReport{Untagged: []string{rec.Name}}
+	report.Untagged = appendNew(report.Untagged, rec.Name)
 	if err := c.collect(report, rec.targets()); err != nil {
 		return report, err
 	}
@@ -191,24 +212,45 @@ func (c *Cache) RemoveID(ctx context.Context, id string) (*RemoveReport, error) 
 	if err != nil {
 		return nil, err
 	}
-	var found []v1.Hash
-	for hex, e := range images {
+	lazy, err := c.scanLazy()
+	if err != nil {
+		return nil, err
+	}
+	found := map[string]bool{}
+	for hex := range images {
 		if strings.HasPrefix(hex, prefix) {
-			found = append(found, e.img.Digest)
+			found[hex] = true
 		}
 	}
+	for hex := range lazy {
+		if strings.HasPrefix(hex, prefix) {
+			found[hex] = true
+		}
+	}
+	var hex string
 	switch len(found) {
 	case 0:
 		return nil, kindErrorf(ErrNotFound, "no such image in the cache: %s", id)
 	case 1:
+		for h := range found {
+			hex = h
+		}
 	default:
 		return nil, fmt.Errorf("image ID %s is ambiguous: %d images start with it", id, len(found))
 	}
 	report := &RemoveReport{}
-	if err := c.untag(report, map[string]bool{found[0].Hex: true}); err != nil {
-		return report, err
+	if lazy[hex] != nil {
+		if err := c.removeLazyID(report, hex); err != nil {
+			return report, err
+		}
 	}
-	return report, c.collect(report, map[string]v1.Hash{"": found[0]})
+	if e := images[hex]; e != nil {
+		if err := c.untag(report, map[string]bool{hex: true}); err != nil {
+			return report, err
+		}
+		return report, c.collect(report, map[string]v1.Hash{"": e.img.Digest})
+	}
+	return report, nil
 }
 
 // untag removes from every record the targets that are in gone.
@@ -277,7 +319,9 @@ func (c *Cache) collect(report *RemoveReport, candidates map[string]v1.Hash) err
 			return err
 		}
 		delete(images, h.Hex)
-		report.Deleted = append(report.Deleted, h)
+		if !containsHash(report.Deleted, h) { // rm s3://… may have deleted its lazy copy
+			report.Deleted = append(report.Deleted, h)
+		}
 		report.Bytes += e.bytes
 	}
 	return c.removeUnusedBlobs(report, images)
@@ -382,7 +426,10 @@ func (c *Cache) Prune(ctx context.Context, opts PruneOptions) (*RemoveReport, er
 			return report, err
 		}
 	}
-	return report, c.removeUnusedBlobs(report, images)
+	if err := c.removeUnusedBlobs(report, images); err != nil {
+		return report, err
+	}
+	return report, c.pruneLazy(report, opts, cutoff)
 }
 
 // removeLeftovers removes temporary files and the lock files of absent

@@ -9,7 +9,8 @@ package image
 //	s3/tmp/                         the store's temporary files
 //	s3/indexes/sha256/<hex>.json    the index of every image opened, named by
 //	                                its sha256, which is the image's digest
-//	s3/refs/<sha256 of name>.json   what a tag resolved to, and when
+//	s3/refs/<sha256 of name>.json   what a tag resolved to, and when (or
+//	                                a pinned digest a run opened)
 //
 // The local index lets a later run of a pinned digest start without the
 // bucket; with every chunk it touches cached, it needs no bucket at all.
@@ -235,8 +236,24 @@ func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, sto
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", what, err)
 	}
+	c.noteLazyUse(ref, h)
 	o.Log.Debug("opened s3 image lazily", "reference", what, "digest", h, "bytes", ix.Size, "chunks", len(ix.Chunks))
 	return &S3Image{Reference: ref.String(), Digest: h, Config: cfg, Size: ix.Size, Lazy: im, client: client, ref: ref}, nil
+}
+
+// noteLazyUse marks the lazy image h as used now, for pe image ls and
+// prune --older-than: it sets its index file's mtime, and records a pinned
+// reference (a tag has its record already) so that ls can name it. Both
+// are best effort: a read-only cache still runs.
+func (c *Cache) noteLazyUse(ref Reference, h v1.Hash) {
+	now := c.now()
+	os.Chtimes(c.s3IndexPath(h), now, now)
+	if ref.digest == "" || exists(c.s3RefPath(ref.String())) {
+		return
+	}
+	if os.MkdirAll(filepath.Dir(c.s3RefPath(ref.String())), 0o755) == nil {
+		c.writeJSON(c.s3RefPath(ref.String()), s3Ref{Name: ref.String(), Digest: h, Fetched: now.Unix()}, false)
+	}
 }
 
 // resolveS3Lazy returns the digest ref names: its own, or its tag's, from

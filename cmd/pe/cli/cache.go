@@ -27,11 +27,13 @@ func newLsCmd(a *app) *cobra.Command {
 		Long: `List the images in the cache: one line per reference recorded for an image
 (an image pulled under two tags shows twice), and <none> for an image no
 reference points to any more (pe image prune removes those). SIZE is the
-EROFS image's.
+EROFS image's. An s3:// image that runs read lazily (without pe image pull)
+is listed by its tag or pinned digest with SIZE "CACHED of SIZE (lazy)": how
+much of it the chunk cache holds.
 
 --json prints one JSON object per image and reference: reference (canonical),
-digest, platform, size, created, last_used, local (made by pe image import)
-and erofs (the image file's path).`,
+digest, platform, size, cached_bytes, created, last_used, local (made by
+pe image import), lazy and erofs (the image file's path; "" when lazy).`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.open()
@@ -47,15 +49,17 @@ and erofs (the image file's path).`,
 				enc := json.NewEncoder(out)
 				for _, img := range list {
 					err := enc.Encode(struct {
-						Reference string    `json:"reference"`
-						Digest    string    `json:"digest"`
-						Platform  string    `json:"platform"`
-						Size      int64     `json:"size"`
-						Created   time.Time `json:"created"`
-						LastUsed  time.Time `json:"last_used"`
-						Local     bool      `json:"local"`
-						EROFS     string    `json:"erofs"`
-					}{img.Reference, img.Digest.String(), img.Platform, img.Size, img.Created, img.LastUsed, img.Local, img.EROFSPath})
+						Reference   string    `json:"reference"`
+						Digest      string    `json:"digest"`
+						Platform    string    `json:"platform"`
+						Size        int64     `json:"size"`
+						CachedBytes int64     `json:"cached_bytes"`
+						Created     time.Time `json:"created"`
+						LastUsed    time.Time `json:"last_used"`
+						Local       bool      `json:"local"`
+						Lazy        bool      `json:"lazy"`
+						EROFS       string    `json:"erofs"`
+					}{img.Reference, img.Digest.String(), img.Platform, img.Size, cachedBytes(img), img.Created, img.LastUsed, img.Local, img.Lazy, img.EROFSPath})
 					if err != nil {
 						return err
 					}
@@ -70,7 +74,11 @@ and erofs (the image file's path).`,
 				if ref == "" {
 					ref = "<none>"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ref, img.Platform, img.Digest.Hex[:12], humanBytes(img.Size), ago(now, img.LastUsed))
+				size := humanBytes(img.Size)
+				if img.Lazy {
+					size = fmt.Sprintf("%s of %s (lazy)", humanBytes(img.CachedBytes), size)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ref, img.Platform, img.Digest.Hex[:12], size, ago(now, img.LastUsed))
 			}
 			return tw.Flush()
 		},
@@ -78,6 +86,15 @@ and erofs (the image file's path).`,
 	f.register(cmd.Flags())
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per line")
 	return cmd
+}
+
+// cachedBytes is how much of img is on local disk: all of it, unless a
+// lazy image's chunks are partly cached.
+func cachedBytes(img image.CachedImage) int64 {
+	if img.Lazy {
+		return img.CachedBytes
+	}
+	return img.Size
 }
 
 // ago says how long before now t was, as docker does: "3 minutes ago".
@@ -116,7 +133,12 @@ func newRmCmd(a *app) *cobra.Command {
 another reference still points to it, like docker rmi. IMAGE is a reference as
 given to pe image pull, or an image ID (the DIGEST column of pe image ls, or
 sha256:...), which removes the image and all its references. Layer blobs no
-remaining image needs are removed too.`,
+remaining image needs are removed too.
+
+An s3:// reference also removes what runs that read it lazily left: its tag
+(or pinned digest) record and, once no record names the image, its index and
+the cached chunks no other lazily read image lists. A run reading that image
+at the same time fetches again the chunks it needs.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.open()
@@ -136,6 +158,13 @@ remaining image needs are removed too.`,
 				}
 				for _, h := range rep.Deleted {
 					fmt.Fprintf(out, "Deleted: %s\n", h)
+				}
+				if rep.Chunks > 0 {
+					chunks := "chunks"
+					if rep.Chunks == 1 {
+						chunks = "chunk"
+					}
+					fmt.Fprintf(out, "Reclaimed space: %s (%d cached %s)\n", humanBytes(rep.Bytes), rep.Chunks, chunks)
 				}
 			}
 			// One line, as main prints it after "pe: ".
@@ -187,7 +216,10 @@ leaves its old image behind), and what interrupted pe processes left. With
 --max-size, also remove the least recently used images until the cache (images
 and their layer blobs) fits in SIZE; with --older-than, images not used for
 that long; with --all, every image. Layer blobs no remaining image needs go
-too.`,
+too. The s3:// images runs read lazily go likewise (once no record names
+them, not used for --older-than, or with --all), with the cached chunks no
+remaining one lists; --max-size does not count them: the chunk cache has its
+own bound, pe run's --chunk-cache-size.`,
 		Example: `  pe image prune
   pe image prune --max-size 20GiB
   pe image prune --older-than 720h`,
