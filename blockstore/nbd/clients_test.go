@@ -114,7 +114,7 @@ func TestQemuIoReadError(t *testing.T) {
 	if !strings.Contains(out, "Input/output error") || strings.Count(out, "read 65536/65536") != 1 || strings.Count(out, "read 4096/4096") != 1 {
 		t.Errorf("qemu-io with a failing range:\n%s", out)
 	}
-	if logs := ts.logs.String(); !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, errInjected.Error()) {
+	if logs := ts.logs.String(); !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, errInjected.Error()) {
 		t.Errorf("the read failure was not logged:\n%s", logs)
 	}
 	if st := ts.Stats(); st.ReadErrors == 0 || st.Reads < 2 {

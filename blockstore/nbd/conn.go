@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +37,11 @@ type conn struct {
 
 	wmu  sync.Mutex // serializes replies
 	werr error      // first failed reply write
+
+	// readFailed is set at the first read the export failed: that one
+	// is logged as a warning, the rest (a guest retries, reads ahead)
+	// at debug level; the export's owner reports the cause.
+	readFailed atomic.Bool
 }
 
 // serve runs the handshake and the transmission phase, then closes the
@@ -399,7 +406,11 @@ func (c *conn) read(exp *Export, req request) {
 			err = io.ErrUnexpectedEOF
 		}
 		c.s.stats.readErrors.Add(1)
-		c.log.Error("nbd: reading the export failed; replying EIO", "export", exp.Name, "offset", req.offset, "length", req.length, "err", err)
+		level := slog.LevelDebug
+		if !c.readFailed.Swap(true) {
+			level = slog.LevelWarn
+		}
+		c.log.Log(context.Background(), level, "nbd: reading the export failed; replying EIO", "export", exp.Name, "offset", req.offset, "length", req.length, "err", err)
 		c.reply(req.handle, errIO, nil)
 		return
 	}

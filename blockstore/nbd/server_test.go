@@ -280,6 +280,11 @@ func TestRequests(t *testing.T) {
 	}
 	rc.request(cmdDisc, 0, 0, 0, 0)
 	rc.closed()
+	// The client sees the connection closed a moment before the server
+	// counts it gone.
+	for deadline := time.Now().Add(5 * time.Second); ts.Stats().Connections != 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	want := Stats{ConnectionsTotal: 1, Reads: 3, ReadBytes: 64<<10 + 3 + 10, Refused: 12}
 	if diff := cmp.Diff(want, ts.Stats()); diff != "" {
 		t.Errorf("Stats (-want +got):\n%s", diff)
