@@ -30,6 +30,7 @@ func (e *ExitStatus) Error() string { return fmt.Sprintf("exit status %d", e.Cod
 // vmFlags are the flags of the commands that boot VMs (pe run, pe doctor).
 type vmFlags struct {
 	vmm, accel, kernel, init string
+	lazyDisk                 string
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -38,6 +39,7 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.accel, "accel", "auto", "the acceleration: auto (KVM when a probe boot shows it works, else TCG), kvm or tcg")
 	fs.StringVar(&f.kernel, "kernel", "", "the guest kernel directory (default $PE_KERNEL, else "+"$PE_DATA_DIR/kernel or ~/.local/share/pe/kernel, installed by make kernel)")
 	fs.StringVar(&f.init, "init", "", "the guest init binary (default $PE_INIT, else pe-init next to pe)")
+	fs.StringVar(&f.lazyDisk, "lazy-disk", "nbd", "how QEMU reads an s3:// image on demand: nbd (pe's NBD server) or fuse (a file on a FUSE mount, as cloud-hypervisor always does)")
 }
 
 // newEngine returns an engine with these flags.
@@ -56,6 +58,7 @@ func (f *vmFlags) engineOptions(a *app, images engine.ImageSource, cacheDir stri
 		CacheDir:   engineCacheDir(cacheDir),
 		Limits:     lim,
 		Log:        a.log,
+		LazyFUSE:   f.lazyDisk == "fuse",
 	}
 }
 
