@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/pe-project/pe/blockstore/fusedisk"
 	"github.com/pe-project/pe/blockstore/nbd"
 	"github.com/pe-project/pe/erofs"
 	"github.com/pe-project/pe/guest"
@@ -193,17 +194,9 @@ func detachMounts(dir string, log *slog.Logger) {
 	if err != nil {
 		return
 	}
-	for _, line := range strings.Split(string(info), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		// Field 5 is the mount point, octal-escaped; pe's own
-		// directories have no characters that need escaping.
-		if p := f[4]; strings.HasPrefix(p, dir+"/") {
-			if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
-				log.Warn("detaching a mount left by a pe that is gone", "mount", p, "error", err)
-			}
+	for _, p := range fusedisk.MountsUnder(info, dir) {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
+			log.Warn("detaching a mount left by a pe that is gone", "mount", p, "error", err)
 		}
 	}
 }

@@ -231,9 +231,7 @@ func TestLazyS3Run(t *testing.T) {
 // run here: restored from the boot snapshot, then from an image snapshot
 // made on that FUSE file.
 func TestLazyS3FUSE(t *testing.T) {
-	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
-		t.Skip("needs /dev/fuse and root (a FUSE mount without fusermount3)")
-	}
+	needFUSE(t)
 	env := newLazyEnv(t)
 	e := env.engineWith(t, env.client, func(o *Options) { o.BootSnapshots, o.LazyFUSE = true, true })
 	res := run(t, e, &RunRequest{Image: env.ref, Overrides: Overrides{Cmd: sh("echo hello through fuse; head -c 5 /big | wc -c")}})

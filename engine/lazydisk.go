@@ -86,9 +86,6 @@ type lazyDisk struct {
 	export string
 	r      *runReader
 	cancel context.CancelFunc
-	// before is the image's counters when the run started: the run's are
-	// the difference (a SnapshotPool's image serves many runs).
-	before blockstore.Stats
 	// stalled is how many reads were waiting when the VM stopped.
 	stalled int64
 
@@ -161,7 +158,7 @@ func (e *Engine) nbdServer() *nbd.Server {
 func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName, work string, pf *imagePrefetch) (*lazyDisk, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	d := &lazyDisk{
-		e: e, img: img, cancel: cancel, before: img.Lazy.Stats(),
+		e: e, img: img, cancel: cancel,
 		export: "run-" + rand.Text(),
 		r:      &runReader{ctx: rctx, im: img.Lazy},
 		pf:     pf,
@@ -181,8 +178,6 @@ func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName,
 	if d.pf == nil {
 		d.pf = e.startPrefetch(rctx, img, "")
 	}
-	// The run's counters start with its prefetch, when it was planned.
-	d.before = d.pf.before
 	e.lazyDisks.Add(1)
 	return d, nil
 }
@@ -200,7 +195,9 @@ type imagePrefetch struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	once     sync.Once
-	// before is the image's counters when the prefetch started.
+	// before is the image's counters when the prefetch started, which is
+	// where the run's counters start (the difference: a SnapshotPool's
+	// image serves many runs).
 	before blockstore.Stats
 }
 
@@ -380,7 +377,7 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 		f.Close()
 	}
 	d.ends = nil
-	st := diffStats(d.img.Lazy.Stats(), d.before)
+	st := diffStats(d.img.Lazy.Stats(), d.pf.before)
 	d.stats = &st
 	e.lazyDisks.Add(-1)
 	d.pf.saveTrace(d.r.failed.Load() > 0)
@@ -394,7 +391,7 @@ func (d *lazyDisk) runStats() *blockstore.Stats {
 		s := *d.stats
 		return &s
 	}
-	st := diffStats(d.img.Lazy.Stats(), d.before)
+	st := diffStats(d.img.Lazy.Stats(), d.pf.before)
 	return &st
 }
 

@@ -2,7 +2,9 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,9 +18,7 @@ import (
 // whose bytes are the image's, read through the chunk store, and the
 // mount is gone when the run is.
 func TestLazyFUSEDisk(t *testing.T) {
-	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
-		t.Skip("needs /dev/fuse and root (a FUSE mount without fusermount3)")
-	}
+	needFUSE(t)
 	env := newFakeEnv(t)
 	ix, err := blockstore.BuildIndexFile(t.Context(), env.erofs, blockstore.DefaultChunkSize)
 	if err != nil {
@@ -64,7 +64,7 @@ func TestLazyFUSEDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dir := strings.TrimSuffix(path, "/"+pathBase(path)); fusedisk.MountedIn(info, dir) {
+	if dir := filepath.Dir(path); fusedisk.MountedIn(info, dir) {
 		t.Errorf("%s is still mounted after the run", dir)
 	}
 	if e.lazyDisks.Load() != 0 {
@@ -72,4 +72,47 @@ func TestLazyFUSEDisk(t *testing.T) {
 	}
 }
 
-func pathBase(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
+// needFUSE skips a test that mounts FUSE where pe cannot: without
+// /dev/fuse, or without root (pe mounts with mount(2), no fusermount3).
+func needFUSE(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		t.Skip("needs /dev/fuse and root (a FUSE mount without fusermount3)")
+	}
+}
+
+// TestSweepDetachesFUSE: the work directory of a pe killed during a lazy
+// run on cloud-hypervisor still holds that run's FUSE mount; the next pe's
+// sweep detaches it, so that the directory can go.
+func TestSweepDetachesFUSE(t *testing.T) {
+	needFUSE(t)
+	tmp := t.TempDir()
+	work := filepath.Join(tmp, runDirPrefix+"killed")
+	mnt := filepath.Join(work, lazyFUSEDir)
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// No process has this PID: the owner is gone.
+	if err := os.WriteFile(filepath.Join(work, runDirOwner), []byte("2147483646"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := fusedisk.Mount(mnt, fusedisk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close() // a no-op once detached
+	if _, err := fs.Add("image.erofs", bytes.NewReader(make([]byte, 4096)), 4096); err != nil {
+		t.Fatal(err)
+	}
+	sweepRunDirs(tmp, testLogger(t))
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fusedisk.MountedIn(info, mnt) {
+		t.Errorf("%s is still mounted after the sweep", mnt)
+	}
+	if _, err := os.Stat(work); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed pe's work directory is still there: %v", err)
+	}
+}

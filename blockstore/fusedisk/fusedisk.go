@@ -404,6 +404,24 @@ func MountedIn(mountinfo []byte, dir string) bool {
 	return ok
 }
 
+// MountsUnder returns the mount points in mountinfo (the contents of a
+// /proc/PID/mountinfo file) below dir, not dir itself: what a killed
+// process left mounted in a directory its successor removes.
+func MountsUnder(mountinfo []byte, dir string) []string {
+	var out []string
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	for line := range strings.Lines(string(mountinfo)) {
+		f := strings.Fields(line)
+		if len(f) <= 4 {
+			continue
+		}
+		if p := unescapeMountinfo(f[4]); strings.HasPrefix(p, prefix) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // fsTypeIn returns the file system type of the last mount on dir in
 // mountinfo, and whether there is one.
 func fsTypeIn(mountinfo []byte, dir string) (fsType string, ok bool) {

@@ -657,6 +657,30 @@ func TestMountedIn(t *testing.T) {
 	}
 }
 
+// TestMountsUnder lists the mounts below a directory, unescaped, and not
+// the directory itself or a sibling sharing its prefix.
+func TestMountsUnder(t *testing.T) {
+	info := []byte(`22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+89 22 0:49 / /tmp/run rw - tmpfs tmpfs rw
+90 22 0:50 / /tmp/run/lazy rw,nosuid - fuse.pe pe-image ro
+91 22 0:51 / /tmp/run/a\040b rw - fuse.pe pe-image ro
+92 22 0:52 / /tmp/runner/lazy rw - fuse.pe pe-image ro
+`)
+	for _, tt := range []struct {
+		dir  string
+		want []string
+	}{
+		{"/tmp/run", []string{"/tmp/run/lazy", "/tmp/run/a b"}},
+		{"/tmp/run/", []string{"/tmp/run/lazy", "/tmp/run/a b"}},
+		{"/tmp/run/lazy", nil},
+		{"/srv", nil},
+	} {
+		if diff := cmp.Diff(tt.want, MountsUnder(info, tt.dir)); diff != "" {
+			t.Errorf("MountsUnder(%q) (-want +got):\n%s", tt.dir, diff)
+		}
+	}
+}
+
 // TestFsTypeIn reads the type of the topmost mount on a directory.
 func TestFsTypeIn(t *testing.T) {
 	info := []byte(`22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
