@@ -68,6 +68,11 @@ type Index struct {
 	// indexes written before it, and images whose metadata could not
 	// be walked, have none.
 	MetadataChunks []int `json:"metadataChunks,omitempty"`
+	// Files is opaque JSON carried with the index, as Config is: small
+	// files of the image a reader wants before it reads any chunk (pe
+	// image push: /etc/passwd and /etc/group, which a run consults
+	// before its VM starts). The store does not read it.
+	Files json.RawMessage `json:"files,omitempty"`
 }
 
 // NumChunks is the number of chunks an image of size bytes has when cut
@@ -113,6 +118,9 @@ func (ix *Index) Validate() error {
 	}
 	if len(ix.Config) > 0 && !json.Valid(ix.Config) {
 		return fmt.Errorf("%w: config is not valid JSON", ErrInvalidIndex)
+	}
+	if len(ix.Files) > 0 && !json.Valid(ix.Files) {
+		return fmt.Errorf("%w: files is not valid JSON", ErrInvalidIndex)
 	}
 	prev := -1
 	for k, i := range ix.MetadataChunks {
@@ -172,14 +180,20 @@ func DecodeIndex(data []byte) (*Index, error) {
 	if err := ix.Validate(); err != nil {
 		return nil, err
 	}
-	if len(ix.Config) > 0 {
-		// Compact it as Encode would, so that decoding what Encode
-		// wrote gives back the same Index.
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, ix.Config); err != nil {
-			return nil, fmt.Errorf("%w: config: %v", ErrInvalidIndex, err)
+	// Compact the opaque fields as Encode would, so that decoding what
+	// Encode wrote gives back the same Index.
+	for _, f := range []struct {
+		name string
+		raw  *json.RawMessage
+	}{{"config", &ix.Config}, {"files", &ix.Files}} {
+		if len(*f.raw) == 0 {
+			continue
 		}
-		ix.Config = buf.Bytes()
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, *f.raw); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidIndex, f.name, err)
+		}
+		*f.raw = buf.Bytes()
 	}
 	if len(ix.MetadataChunks) == 0 {
 		// "[]" and no field mean the same; Encode writes neither.

@@ -349,11 +349,15 @@ func checkIOFileFits(path string, size int64) error {
 }
 
 // process opens the image's root file system (for /etc/passwd) and merges
-// its config with the overrides. A lazy image's reads end with ctx.
+// its config with the overrides. A lazy image's reads end with ctx; a lazy
+// image whose index carries its user database is not read.
 func (e *Engine) process(ctx context.Context, img *ResolvedImage, o Overrides) (*Process, error) {
 	var cfg *v1.Config
 	if img.Config != nil {
 		cfg = &img.Config.Config
+	}
+	if img.Lazy != nil && img.UserFiles != nil {
+		return MergeConfig(cfg, o, img.UserFiles)
 	}
 	if img.Lazy != nil {
 		rootfs, err := erofs.OpenSize(ctxReader{ctx, img.Lazy}, img.Lazy.Size())

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -30,6 +31,10 @@ type ResolvedImage struct {
 	// Traces, when set, keeps the lazy image's prefetch traces (beside
 	// the image in its bucket).
 	Traces TraceStore
+	// UserFiles, when set, holds a lazy image's /etc/passwd and
+	// /etc/group (carried with its index), which the run's user is
+	// looked up in instead of the image: no wait for the image's chunks.
+	UserFiles fs.FS
 	// Config is the image config (entrypoint, cmd, env, working dir,
 	// user); nil when there is none.
 	Config *v1.ConfigFile
@@ -120,6 +125,7 @@ func resolveS3(ctx context.Context, c *image.Cache, r image.Reference, opts imag
 		Digest:    img.Digest.String(),
 		Config:    img.Config,
 		Lazy:      img.Lazy,
+		UserFiles: img.UserFiles,
 		Release:   func() { img.Close() },
 	}
 	if img.Lazy != nil {

@@ -2,11 +2,17 @@ package engine
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/fstest"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pe-project/pe/blockstore"
 	"github.com/pe-project/pe/blockstore/fusedisk"
@@ -114,5 +120,57 @@ func TestSweepDetachesFUSE(t *testing.T) {
 	}
 	if _, err := os.Stat(work); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the killed pe's work directory is still there: %v", err)
+	}
+}
+
+// failingFetcher fails every fetch for good, counting them.
+type failingFetcher struct{ n atomic.Int64 }
+
+func (f *failingFetcher) Fetch(context.Context, int64, int64) ([]byte, error) {
+	f.n.Add(1)
+	return nil, blockstore.Permanent(errors.New("the bucket is gone"))
+}
+
+// TestProcessCarriedUserFiles: a lazy image whose index carries its user
+// database has its user looked up there, with no read of the image (which
+// costs round trips to the bucket before the VM can start); without them,
+// the image is read.
+func TestProcessCarriedUserFiles(t *testing.T) {
+	env := newFakeEnv(t)
+	ix, err := blockstore.BuildIndexFile(t.Context(), env.erofs, blockstore.DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := blockstore.NewStore(blockstore.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetcher := &failingFetcher{}
+	im, err := store.Open(ix, fetcher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	cfg := &v1.ConfigFile{Config: v1.Config{User: "ada", Cmd: []string{"id"}}}
+	users := fstest.MapFS{
+		"etc/passwd": {Data: []byte("root:x:0:0::/root:/bin/sh\nada:x:1000:1001::/home/ada:/bin/sh\n")},
+		"etc/group":  {Data: []byte("staff:x:50:ada\n")},
+	}
+	e := &Engine{}
+	p, err := e.process(t.Context(), &ResolvedImage{Reference: "s3://b/ada", Lazy: im, UserFiles: users, Config: cfg}, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []any{p.UID, p.GID, p.Groups, p.Env}
+	want := []any{uint32(1000), uint32(1001), []uint32{50}, []string{"PATH=" + DefaultPath, "HOME=/home/ada"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("process from the carried files (-want +got):\n%s", diff)
+	}
+	if n := fetcher.n.Load(); n != 0 {
+		t.Errorf("the image was fetched from %d times; want none", n)
+	}
+	_, err = e.process(t.Context(), &ResolvedImage{Reference: "s3://b/ada", Lazy: im, Config: cfg}, Overrides{})
+	if err == nil || fetcher.n.Load() == 0 {
+		t.Errorf("without carried files: error %v after %d fetches; want the image read, and its failure", err, fetcher.n.Load())
 	}
 }

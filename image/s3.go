@@ -7,7 +7,10 @@ package image
 //	PREFIX/indexes/sha256/<hex>.json    a blockstore.Index of that blob (chunk
 //	                                    digests, the OCI config in Config),
 //	                                    named by the sha256 of its own bytes
-//	PREFIX/NAME/tags/TAG                "sha256:<index hex>\n"
+//	PREFIX/NAME/tags/TAG                "sha256:<index hex>\n", then that
+//	                                    index's bytes, so that resolving a
+//	                                    tag is one request (a tag of the
+//	                                    line alone is read too)
 //	PREFIX/traces/sha256/<index hex>/<key hex>.json
 //	                                    prefetch traces of the image, one
 //	                                    per command (s3trace.go)
@@ -27,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -170,6 +174,9 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 	if ix.MetadataChunks, err = metadataChunks(path, ix); err != nil {
 		o.Log.Warn("pushing without the list of metadata chunks", "image", path, "error", err)
 	}
+	if ix.Files, err = indexFiles(path); err != nil {
+		o.Log.Warn("pushing without the image's user database in the index", "image", path, "error", err)
+	}
 	ib, err := ix.Encode()
 	if err != nil {
 		return nil, fmt.Errorf("indexing %s: %w", path, err)
@@ -205,7 +212,8 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 		return nil, s3Error(err, "checking the bucket for the image's index")
 	}
 
-	if _, err := client.PutObject(ctx, bucket, loc.tagKey(dest.tag), []byte(res.Digest.String()+"\n"), s3.PutOptions{ContentType: "text/plain"}); err != nil {
+	tag := append([]byte(res.Digest.String()+"\n"), ib...)
+	if _, err := client.PutObject(ctx, bucket, loc.tagKey(dest.tag), tag, s3.PutOptions{ContentType: "text/plain"}); err != nil {
 		return nil, s3Error(err, "storing the tag "+what)
 	}
 	o.Log.Info("pushed image", "reference", what, "digest", res.Digest, "bytes", ix.Size, "blob_sent", res.BlobSent,
@@ -278,18 +286,45 @@ func pushBlob(ctx context.Context, client *s3.Client, bucket, key, path string, 
 	}
 }
 
-// resolveS3Tag reads the digest the tag of ref points at.
-func resolveS3Tag(ctx context.Context, client *s3.Client, ref Reference) (v1.Hash, error) {
+// resolveS3Tag reads the digest the tag of ref points at, and the index's
+// bytes when the tag object carries them (nil when it does not, or when
+// they do not match the digest: the caller then reads the index object).
+func resolveS3Tag(ctx context.Context, client *s3.Client, ref Reference, log *slog.Logger) (v1.Hash, []byte, error) {
 	key := ref.s3.tagKey(ref.tag)
-	b, err := client.ReadAll(ctx, ref.s3.bucket, key, maxTagObject)
+	b, err := client.ReadAll(ctx, ref.s3.bucket, key, maxTagObject+blockstore.MaxIndexBytes)
 	if err != nil {
-		return v1.Hash{}, s3Error(err, fmt.Sprintf("image %s (tag object s3://%s/%s)", ref.Familiar(), ref.s3.bucket, key))
+		return v1.Hash{}, nil, s3Error(err, fmt.Sprintf("image %s (tag object s3://%s/%s)", ref.Familiar(), ref.s3.bucket, key))
 	}
-	h, err := v1.NewHash(strings.TrimSpace(string(b)))
+	h, index, err := parseTagObject(b)
+	if err != nil {
+		return v1.Hash{}, nil, fmt.Errorf("tag object s3://%s/%s: %w", ref.s3.bucket, key, err)
+	}
+	if index == nil {
+		return h, nil, nil
+	}
+	if err := checkDigest(index, h, "the index in the tag object"); err != nil {
+		log.Warn("ignoring the index a tag object carries", "tag", fmt.Sprintf("s3://%s/%s", ref.s3.bucket, key), "error", err)
+		return h, nil, nil
+	}
+	return h, index, nil
+}
+
+// parseTagObject splits a tag object into the sha256 digest of its first
+// line and the index bytes after it (nil when there are none). It does
+// not check the index against the digest.
+func parseTagObject(b []byte) (v1.Hash, []byte, error) {
+	line, index, _ := bytes.Cut(b, []byte("\n"))
+	if len(line) > maxTagObject {
+		return v1.Hash{}, nil, fmt.Errorf("its first line is over %d bytes, not a digest", maxTagObject)
+	}
+	h, err := v1.NewHash(strings.TrimSpace(string(line)))
 	if err != nil || h.Algorithm != "sha256" {
-		return v1.Hash{}, fmt.Errorf("tag object s3://%s/%s does not hold a sha256 digest", ref.s3.bucket, key)
+		return v1.Hash{}, nil, errors.New("it does not start with a sha256 digest")
 	}
-	return h, nil
+	if len(bytes.TrimSpace(index)) == 0 {
+		return h, nil, nil
+	}
+	return h, index, nil
 }
 
 // getS3 is get for an s3:// reference: the cached image when the pull
@@ -323,10 +358,11 @@ func (c *Cache) getS3(ctx context.Context, ref Reference, o *pullConfig) (*Cache
 		return nil, err
 	}
 	var h v1.Hash
+	var inline []byte
 	if ref.digest != "" {
 		h, err = v1.NewHash(ref.digest)
 	} else {
-		h, err = resolveS3Tag(ctx, client, ref)
+		h, inline, err = resolveS3Tag(ctx, client, ref, o.Log)
 	}
 	if err != nil {
 		// As with a registry, a bucket out of reach or a tag deleted
@@ -337,7 +373,7 @@ func (c *Cache) getS3(ctx context.Context, ref Reference, o *pullConfig) (*Cache
 		}
 		return nil, err
 	}
-	img, err := c.ensureS3(ctx, ref, h, client, o)
+	img, err := c.ensureS3(ctx, ref, h, client, o, inline)
 	if err != nil {
 		return nil, err
 	}
@@ -356,19 +392,23 @@ func (c *Cache) getS3(ctx context.Context, ref Reference, o *pullConfig) (*Cache
 }
 
 // ensureS3 returns the cached image h, downloading it from ref's bucket
-// first when the cache lacks it.
-func (c *Cache) ensureS3(ctx context.Context, ref Reference, h v1.Hash, client *s3.Client, o *pullConfig) (*CachedImage, error) {
+// first when the cache lacks it. index is the image's index when the tag
+// carried it (checked against h), nil to read it from the bucket.
+func (c *Cache) ensureS3(ctx context.Context, ref Reference, h v1.Hash, client *s3.Client, o *pullConfig, index []byte) (*CachedImage, error) {
 	if c.complete(h) {
 		return c.use(ctx, ref, h, o)
 	}
 	loc, bucket, what := ref.s3, ref.s3.bucket, ref.Familiar()
 	indexKey := loc.indexKey(h)
-	ib, err := client.ReadAll(ctx, bucket, indexKey, blockstore.MaxIndexBytes)
-	if err != nil {
-		return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", what, bucket, indexKey))
-	}
-	if err := checkDigest(ib, h, fmt.Sprintf("index s3://%s/%s", bucket, indexKey)); err != nil {
-		return nil, err
+	ib := index
+	if ib == nil {
+		var err error
+		if ib, err = client.ReadAll(ctx, bucket, indexKey, blockstore.MaxIndexBytes); err != nil {
+			return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", what, bucket, indexKey))
+		}
+		if err := checkDigest(ib, h, fmt.Sprintf("index s3://%s/%s", bucket, indexKey)); err != nil {
+			return nil, err
+		}
 	}
 	ix, err := blockstore.DecodeIndex(ib)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,6 +104,11 @@ type S3Image struct {
 	// Cached is the whole image in the cache, held until Close; nil when
 	// Lazy is set.
 	Cached *CachedImage
+	// UserFiles holds the lazy image's /etc/passwd and /etc/group as its
+	// index carries them (pe image push copies them there), so that a
+	// run reads them without waiting for the image's chunks; nil when the
+	// index does not carry both (read them from Lazy).
+	UserFiles fs.FS
 
 	lease *Lease
 	once  sync.Once
@@ -197,7 +203,7 @@ func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, sto
 		return nil, err
 	}
 	defer gc.unlock()
-	h, err := c.resolveS3Lazy(ctx, ref, o)
+	h, inline, err := c.resolveS3Lazy(ctx, ref, o)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +218,7 @@ func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, sto
 		}
 		return &S3Image{Reference: ref.String(), Digest: h, Config: img.Config, Size: img.Size, Cached: img, lease: lease}, nil
 	}
-	ix, err := c.s3Index(ctx, ref, h, o)
+	ix, err := c.s3Index(ctx, ref, h, o, inline)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +244,7 @@ func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, sto
 	}
 	c.noteLazyUse(ref, h)
 	o.Log.Debug("opened s3 image lazily", "reference", what, "digest", h, "bytes", ix.Size, "chunks", len(ix.Chunks))
-	return &S3Image{Reference: ref.String(), Digest: h, Config: cfg, Size: ix.Size, Lazy: im, client: client, ref: ref}, nil
+	return &S3Image{Reference: ref.String(), Digest: h, Config: cfg, Size: ix.Size, Lazy: im, UserFiles: decodeCarried(ix.Files), client: client, ref: ref}, nil
 }
 
 // noteLazyUse marks the lazy image h as used now, for pe image ls and
@@ -258,10 +264,12 @@ func (c *Cache) noteLazyUse(ref Reference, h v1.Hash) {
 
 // resolveS3Lazy returns the digest ref names: its own, or its tag's, from
 // the lazy tag record when the pull policy allows and the cache has the
-// index or the image, else from the bucket.
-func (c *Cache) resolveS3Lazy(ctx context.Context, ref Reference, o *pullConfig) (v1.Hash, error) {
+// index or the image, else from the bucket; and the index's bytes when
+// the tag object carried them (checked against the digest).
+func (c *Cache) resolveS3Lazy(ctx context.Context, ref Reference, o *pullConfig) (v1.Hash, []byte, error) {
 	if ref.digest != "" {
-		return v1.NewHash(ref.digest)
+		h, err := v1.NewHash(ref.digest)
+		return h, nil, err
 	}
 	name := ref.String()
 	var rec s3Ref
@@ -279,35 +287,36 @@ func (c *Cache) resolveS3Lazy(ctx context.Context, ref Reference, o *pullConfig)
 	}
 	fresh := have && c.now().Unix()-rec.Fetched < int64(o.TagTTL.Seconds())
 	if have && (o.Policy == PullNever || (o.Policy == PullMissing && fresh)) {
-		return rec.Digest, nil
+		return rec.Digest, nil, nil
 	}
 	if !have && o.Policy == PullNever {
-		return v1.Hash{}, kindErrorf(ErrNotCached, "%s is not in the image cache, and the pull policy is never", ref.Familiar())
+		return v1.Hash{}, nil, kindErrorf(ErrNotCached, "%s is not in the image cache, and the pull policy is never", ref.Familiar())
 	}
 	client, err := o.s3Client()
 	if err != nil {
-		return v1.Hash{}, err
+		return v1.Hash{}, nil, err
 	}
-	h, err := resolveS3Tag(ctx, client, ref)
+	h, inline, err := resolveS3Tag(ctx, client, ref, o.Log)
 	if err != nil {
 		if have && o.Policy == PullMissing {
 			o.Log.Warn("using the cached image", "reference", ref.Familiar(), "error", err)
-			return rec.Digest, nil
+			return rec.Digest, nil, nil
 		}
-		return v1.Hash{}, err
+		return v1.Hash{}, nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(c.s3RefPath(name)), 0o755); err != nil {
-		return v1.Hash{}, err
+		return v1.Hash{}, nil, err
 	}
 	if err := c.writeJSON(c.s3RefPath(name), s3Ref{Name: name, Digest: h, Fetched: c.now().Unix()}, false); err != nil {
-		return v1.Hash{}, err
+		return v1.Hash{}, nil, err
 	}
-	return h, nil
+	return h, inline, nil
 }
 
-// s3Index returns the index h from the cache's copy, or fetches it from
-// ref's bucket, checks it against h and keeps a copy.
-func (c *Cache) s3Index(ctx context.Context, ref Reference, h v1.Hash, o *pullConfig) (*blockstore.Index, error) {
+// s3Index returns the index h from the cache's copy, or the one the tag
+// carried (inline, checked against h), or fetches it from ref's bucket and
+// checks it against h; it keeps a copy of one it did not have.
+func (c *Cache) s3Index(ctx context.Context, ref Reference, h v1.Hash, o *pullConfig, inline []byte) (*blockstore.Index, error) {
 	path := c.s3IndexPath(h)
 	if b, err := os.ReadFile(path); err == nil {
 		if checkDigest(b, h, path) == nil {
@@ -319,18 +328,20 @@ func (c *Cache) s3Index(ctx context.Context, ref Reference, h v1.Hash, o *pullCo
 		o.Log.Warn("dropping a damaged copy of an image index", "path", path)
 		os.Remove(path)
 	}
-	client, err := o.s3Client()
-	if err != nil {
-		return nil, err
-	}
 	loc, bucket := ref.s3, ref.s3.bucket
 	key := loc.indexKey(h)
-	b, err := client.ReadAll(ctx, bucket, key, blockstore.MaxIndexBytes)
-	if err != nil {
-		return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", ref.Familiar(), bucket, key))
-	}
-	if err := checkDigest(b, h, fmt.Sprintf("index s3://%s/%s", bucket, key)); err != nil {
-		return nil, err
+	b := inline
+	if b == nil {
+		client, err := o.s3Client()
+		if err != nil {
+			return nil, err
+		}
+		if b, err = client.ReadAll(ctx, bucket, key, blockstore.MaxIndexBytes); err != nil {
+			return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", ref.Familiar(), bucket, key))
+		}
+		if err := checkDigest(b, h, fmt.Sprintf("index s3://%s/%s", bucket, key)); err != nil {
+			return nil, err
+		}
 	}
 	ix, err := blockstore.DecodeIndex(b)
 	if err != nil {
@@ -339,7 +350,10 @@ func (c *Cache) s3Index(ctx context.Context, ref Reference, h v1.Hash, o *pullCo
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	if err := atomicfile.Write(path, b, atomicfile.Options{Pattern: tmpPrefix + "*", Perm: 0o644, Sync: true}); err != nil {
+	// Not synced: the copy is checked against its digest when read, and a
+	// damaged one is fetched again. A sync here is on the run's critical
+	// path.
+	if err := atomicfile.Write(path, b, atomicfile.Options{Pattern: tmpPrefix + "*", Perm: 0o644}); err != nil {
 		return nil, fmt.Errorf("keeping the index of %s: %w", ref.Familiar(), err)
 	}
 	return ix, nil

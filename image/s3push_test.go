@@ -221,7 +221,9 @@ func TestS3PullBadIndex(t *testing.T) {
 				}
 				defer os.WriteFile(idx, good, 0o644)
 			}
-			ref := dest
+			// By digest: the tag object carries the index, and a pull
+			// by tag would not read the index object.
+			ref, _ := ParseReference("s3://images/tool@" + res.Digest.String())
 			if tc.index == nil {
 				digest := strings.Repeat("ab", 32)
 				if tc.tagged != nil {

@@ -45,6 +45,7 @@
 #        KEEP=1: keep the work directory (bucket, caches, JSON of every run)
 #        RUN_FLAGS="...": more pe run flags for every run (e.g. --accel tcg)
 #        LAZY_FLAGS="...": more pe run flags for the lazy runs (c, d, e, BIG)
+#        LEGS=ade: run only these legs (default abcde; e needs d)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -52,6 +53,9 @@ DELAY=${DELAY:-30ms}
 RATE=${RATE:-125000000}
 RUN_FLAGS=${RUN_FLAGS:-}
 LAZY_FLAGS=${LAZY_FLAGS:-}
+LEGS=${LEGS:-abcde}
+# want LEG: whether LEGS has LEG.
+want() { case $LEGS in *"$1"*) return 0 ;; esac; return 1; }
 GO=${GO:-go}
 PE=$PWD/bin/pe
 export BENCH_CACHE=${BENCH_CACHE:-/work/bench-cache}
@@ -269,37 +273,47 @@ CMD=(sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok')
 
 for r in $(seq "$ROUNDS"); do
 	echo "bench-lazy: round $r of $ROUNDS" >&2
-	fresh
-	c=$FRESH
-	timed a "$c" "${RUN[@]}" "$IMAGE" "${CMD[@]}"
-	check_out a ok
+	if want a; then
+		fresh
+		c=$FRESH
+		timed a "$c" "${RUN[@]}" "$IMAGE" "${CMD[@]}"
+		check_out a ok
+	fi
 
-	fresh
-	c=$FRESH
-	timed b_pull "$c" image pull "$REF"
-	timed b_run "$c" "${RUN[@]}" "$REF" "${CMD[@]}"
-	check_out b ok
-	echo $(($(tail -1 "$work/b_pull.ms") + $(tail -1 "$work/b_run.ms"))) >>"$work/b.ms"
-	paste -d' ' <(tail -1 "$work/b_pull.proxy") <(tail -1 "$work/b_run.proxy") | awk '{ printf "%d %.0f\n", $1 + $3, $2 + $4 }' >>"$work/b.proxy"
+	if want b; then
+		fresh
+		c=$FRESH
+		timed b_pull "$c" image pull "$REF"
+		timed b_run "$c" "${RUN[@]}" "$REF" "${CMD[@]}"
+		check_out b ok
+		echo $(($(tail -1 "$work/b_pull.ms") + $(tail -1 "$work/b_run.ms"))) >>"$work/b.ms"
+		paste -d' ' <(tail -1 "$work/b_pull.proxy") <(tail -1 "$work/b_run.proxy") | awk '{ printf "%d %.0f\n", $1 + $3, $2 + $4 }' >>"$work/b.proxy"
+	fi
 
-	prune
-	fresh
-	c=$FRESH
-	timed c "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
-	check_out c ok
+	if want c; then
+		prune
+		fresh
+		c=$FRESH
+		timed c "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+		check_out c ok
+	fi
 
-	# d: a first run on another cache records the trace in the bucket.
-	fresh
-	p=$FRESH
-	timed d_prime "$p" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
-	check_out d_prime ok
-	fresh
-	c=$FRESH
-	timed d "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
-	check_out d ok
+	if want d; then
+		# d: a first run on another cache records the trace in the bucket.
+		fresh
+		p=$FRESH
+		timed d_prime "$p" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+		check_out d_prime ok
+		fresh
+		c=$FRESH
+		timed d "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+		check_out d ok
 
-	timed e "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
-	check_out e ok
+		if want e; then
+			timed e "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+			check_out e ok
+		fi
+	fi
 	rm -rf "$work/caches"
 done
 
@@ -313,6 +327,7 @@ for line in open(sys.argv[1]):
 EOF
 }
 for leg in a b c d e; do
+	[ -f "$work/$leg.ms" ] || continue
 	median <"$work/$leg.ms" >"$work/$leg.med"
 	sort -n "$work/$leg.ms" | head -1 >"$work/$leg.min"
 	awk '{ print $1 }' "$work/$leg.proxy" 2>/dev/null | median >"$work/$leg.gets"
@@ -326,6 +341,7 @@ done
 med() { cat "$work/$1.med"; }
 row() {
 	local leg=$1 what=$2 bytes pb
+	[ -f "$work/$leg.ms" ] || return 0
 	bytes=$(cat "$work/$leg.bytes")
 	pb=$(cat "$work/$leg.pebytes")
 	[ "$pb" = n/a ] || pb="$(mib "$pb") ($(pct "$pb"))"
@@ -337,12 +353,16 @@ row() {
 # each round (legs of one round ran a minute apart: on a shared machine
 # their ratio varies less than the medians do) and its median.
 ratio() {
+	[ -f "$work/$1.ms" ] && [ -f "$work/$2.ms" ] || { echo "n/a (legs not run)"; return; }
 	awk -v a="$(med "$1")" -v b="$(med "$2")" -v lim="$3" 'BEGIN { r = a / b; printf "%.2f (target ≤ %s: %s)", r, lim, (r <= lim ? "met" : "NOT met") }'
 	paste -d' ' "$work/$1.ms" "$work/$2.ms" | awk '{ printf "%.2f\n", $1 / $2 }' >"$work/ratio"
 	printf '; per round %s, their median %s' "$(tr '\n' ' ' <"$work/ratio" | sed 's/ $//')" \
 		"$(sort -n "$work/ratio" | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
 }
-bytes_ok() { awk -v b="$(cat "$work/$1.bytes")" -v s="$image_size" 'BEGIN { printf "%.1f %% (target < 10 %%: %s)", 100 * b / s, (b < 0.1 * s ? "met" : "NOT met") }'; }
+bytes_ok() {
+	[ -f "$work/$1.bytes" ] || { echo "n/a (leg not run)"; return; }
+	awk -v b="$(cat "$work/$1.bytes")" -v s="$image_size" 'BEGIN { printf "%.1f %% (target < 10 %%: %s)", 100 * b / s, (b < 0.1 * s ? "met" : "NOT met") }'
+}
 
 cat <<EOF
 
@@ -355,7 +375,7 @@ $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load
 | leg | what | median to first output | min | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |
 |---|---|---:|---:|---:|---:|---:|---:|
 $(row a "local file: pe run IMAGE.erofs")
-$(row b "pe image pull s3://… + pe run s3://… (sum; pull $(median <"$work/b_pull.ms") ms)")
+$(row b "pe image pull s3://… + pe run s3://… (sum; pull $(want b && median <"$work/b_pull.ms") ms)")
 $(row c "pe run s3://…, cold cache, no trace")
 $(row d "pe run s3://…, cold cache, trace recorded by a run on another cache")
 $(row e "pe run s3://… again on d's cache (warm)")
