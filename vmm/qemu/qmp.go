@@ -42,7 +42,7 @@ func NewQMP(ctx context.Context, conn net.Conn) (*QMP, error) {
 	var greeting qmpMessage
 	if err := q.read(&greeting); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("QMP greeting: %w", err)
+		return nil, fmt.Errorf("QMP greeting: %w", ctxErr(ctx, err))
 	}
 	if greeting.QMP == nil {
 		conn.Close()
