@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -370,4 +371,40 @@ func (f s3Fetcher) Fetch(ctx context.Context, off, length int64) ([]byte, error)
 		return nil, blockstore.Permanent(err)
 	}
 	return b, err
+}
+
+// CheckS3 asks the bucket of the s3:// image ref whether it can serve the
+// image now: the tag object (unless ref pins a digest) and the index are
+// read with a HEAD or a small GET, and nothing is kept. It is a server's
+// readiness check of its s3:// presets (pe serve /healthz): OpenS3 itself
+// may answer from the cache without the bucket. The error names the
+// object and the bucket's answer. opts.S3, when nil, is set to a client
+// from the environment, to be reused by the next call.
+func CheckS3(ctx context.Context, ref Reference, opts *PullOptions) error {
+	if ref.transport != TransportS3 {
+		return fmt.Errorf("%s is not an s3:// reference", ref.Familiar())
+	}
+	client, err := opts.s3Client()
+	if err != nil {
+		return err
+	}
+	var h v1.Hash
+	if ref.digest != "" {
+		if h, err = v1.NewHash(ref.digest); err != nil {
+			return err
+		}
+	} else {
+		log := opts.Log
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		if h, _, err = resolveS3Tag(ctx, client, ref, log); err != nil {
+			return err
+		}
+	}
+	key := ref.s3.indexKey(h)
+	if _, err := client.HeadObject(ctx, ref.s3.bucket, key); err != nil {
+		return s3Error(err, fmt.Sprintf("reading s3://%s/%s (the index of %s)", ref.s3.bucket, key, ref.Familiar()))
+	}
+	return nil
 }

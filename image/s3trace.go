@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -122,4 +123,37 @@ func SaveS3Trace(ctx context.Context, client *s3.Client, ref Reference, image v1
 		return false, s3Error(err, "storing the prefetch trace "+obj)
 	}
 	return true, nil
+}
+
+// LoadTraces returns up to max of the prefetch traces stored beside the
+// lazy image (every command's whose first run left one), for warming the
+// chunk cache before runs come (pe serve's presets). Traces that do not
+// fit the image are skipped, as a run skips them; a listing that fails is
+// an error naming the prefix.
+func (s *S3Image) LoadTraces(ctx context.Context, max int) ([]*blockstore.Trace, error) {
+	if s.Lazy == nil || s.client == nil || max <= 0 {
+		return nil, nil
+	}
+	prefix := s.ref.s3.key("traces", "sha256", s.Digest.Hex) + "/"
+	var out []*blockstore.Trace
+	for o, err := range s.client.ListObjects(ctx, s.ref.s3.bucket, prefix) {
+		if err != nil {
+			return out, s3Error(err, fmt.Sprintf("listing the prefetch traces s3://%s/%s", s.ref.s3.bucket, prefix))
+		}
+		key, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), ".json")
+		if !ok || len(key) != 64 || !isLowerHex(key) {
+			continue // not a trace pe wrote
+		}
+		t, err := LoadS3Trace(ctx, s.client, s.ref, s.Digest, s.Lazy.Index(), key)
+		if err != nil || t == nil {
+			if ctx.Err() != nil {
+				return out, ctx.Err()
+			}
+			continue
+		}
+		if out = append(out, t); len(out) >= max {
+			break
+		}
+	}
+	return out, nil
 }

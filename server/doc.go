@@ -28,4 +28,19 @@
 // detail carries host paths or the guest console (a 500's says only that
 // the server failed, with the request id the log has the error under).
 // docs/security.md has the threat model.
+//
+// A worker behind a load balancer (docs/api.md, deploy/): GET and HEAD
+// /healthz answer 200 "ready" only when a run can run here (Config.Prepare
+// done: the boot snapshot made; every preset resolving, the bucket of
+// each s3:// preset answering; Config.DiskDirs with Config.MinFreeDisk
+// free), else 503 with one line per reason ("not ready: ...",
+// "draining"), from state the background checks (Start) keep, so a probe
+// is cheap; ?json gives a HealthReport; /metrics has pe_ready and
+// pe_draining. s3:// presets are warmed once resolved (Config.Warm). When
+// Serve's context is done the server drains: /healthz answers "draining",
+// new runs get 503 Draining (Retry-After: 1, Connection: close, the body
+// not read) on the listener that stays open for Config.DrainGrace at least
+// and until the accepted runs finish (at most the drain timeout); Abort
+// stops it at once. Every answer given before the body was read whole
+// closes the connection instead of reading the rest.
 package server

@@ -74,6 +74,33 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	return m, nil
 }
 
+// registerHealthMetrics registers pe_ready and pe_draining, read from the
+// readiness state at each scrape.
+func (s *Server) registerHealthMetrics(reg *prometheus.Registry) error {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pe_ready",
+			Help: "1 when /healthz answers ready (the worker takes runs), else 0.",
+		}, func() float64 { return boolGauge(s.report().Ready) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pe_draining",
+			Help: "1 once the worker is shutting down (refusing new runs, finishing its own), else 0.",
+		}, func() float64 { return boolGauge(s.draining.Load()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // chunkMetric is one pe_chunk_*_total counter and the Stats field it shows.
 type chunkMetric struct {
 	desc  *prometheus.Desc

@@ -44,7 +44,11 @@ func badRequest(name, format string, args ...any) *apiError {
 // handleRun is POST /api/v2/runi/{arch}/{os}/{reference...}.
 func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 	s.inFlight.Add(1)
-	defer s.inFlight.Done()
+	s.runs.Add(1)
+	defer func() {
+		s.runs.Add(-1)
+		s.inFlight.Done()
+	}()
 	if err := s.run(w, r); err != nil {
 		var ae *apiError
 		if !errors.As(err, &ae) {
@@ -53,9 +57,14 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		switch ae.status {
 		case http.StatusServiceUnavailable:
 			retry := s.cfg.MaxWait / 2
-			if ae.name == "RegistryRateLimited" {
+			switch ae.name {
+			case "RegistryRateLimited":
 				// The registry's limit lasts longer than a queue.
 				retry = time.Minute
+			case "Draining":
+				// Another worker can take it now.
+				retry = time.Second
+				w.Header().Set("Connection", "close")
 			}
 			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(retry/time.Second))))
 		case http.StatusRequestTimeout:
@@ -425,8 +434,12 @@ func packOutputs(w io.Writer, res *engine.RunResult, outputDir string) error {
 	return aw.Close()
 }
 
-// queueError maps a queue refusal to 503.
+// queueError maps a queue refusal to 503: QueueFull, or Draining when the
+// server shuts down.
 func queueError(err error) error {
+	if errors.Is(err, errDraining) {
+		return &apiError{http.StatusServiceUnavailable, "Draining", "this worker is shutting down: send the request to another one"}
+	}
 	return &apiError{http.StatusServiceUnavailable, "QueueFull", err.Error()}
 }
 

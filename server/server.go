@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -135,6 +136,31 @@ type Config struct {
 	// lazily read s3:// images go through, shown on /metrics as
 	// pe_chunk_*_total.
 	ChunkStats func() blockstore.Stats
+
+	// Prepare, when set, is the worker's start-up work (see
+	// EnginePreparation): /healthz answers not ready until it is done.
+	Prepare *Preparation
+	// CheckS3, when set, asks the bucket of an s3:// preset whether it
+	// answers for the image (image.CheckS3): every HealthInterval, so
+	// that a worker whose store is broken leaves its balancer's pool.
+	CheckS3 func(ctx context.Context, ref string) error
+	// Warm, when set, is given each preset's image once it first
+	// resolves, in the background, to fetch what its runs will read
+	// (engine.WarmImage); it returns what it did when done or when ctx
+	// is. It never holds readiness up.
+	Warm func(ctx context.Context, img *engine.ResolvedImage) blockstore.PrefetchResult
+	// DiskDirs are the directories (cache, temporary files) whose file
+	// systems must keep MinFreeDisk free for the worker to be ready.
+	DiskDirs    []string
+	MinFreeDisk DiskLimit
+	// HealthInterval is how often the readiness checks run (default
+	// DefaultHealthInterval).
+	HealthInterval time.Duration
+	// DrainGrace is the least time Serve keeps answering after its
+	// context is done (not ready, new runs refused with 503), so that
+	// the balancer's health check sees the worker leave before its
+	// listener closes: about the balancer's check interval × fall count.
+	DrainGrace time.Duration
 }
 
 // Server is pe serve's HTTP handler.
@@ -147,6 +173,17 @@ type Server struct {
 	metrics  *metrics
 	allowed  []string
 	inFlight sync.WaitGroup
+	// runs counts the run requests in progress (inFlight's count), for
+	// Serve's drain.
+	runs atomic.Int64
+
+	// health is the kept state of the readiness checks (Start), and
+	// draining is set once Serve's context is done.
+	health   health
+	draining atomic.Bool
+	// abort cuts the runs in progress off (Abort).
+	abort     chan struct{}
+	abortOnce sync.Once
 
 	readLimiter *rateLimiter
 	gistBudget  *rateLimiter
@@ -169,6 +206,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxQueue = 4 * cfg.Slots
 	}
 	cfg.MaxWait = pickDuration(cfg.MaxWait, 30*time.Second)
+	cfg.HealthInterval = pickDuration(cfg.HealthInterval, DefaultHealthInterval)
 	cfg.BodyTimeout = pickDuration(cfg.BodyTimeout, 10*time.Second)
 	cfg.WriteTimeout = pickDuration(cfg.WriteTimeout, 30*time.Second)
 	cfg.RunTimeout = pickDuration(cfg.RunTimeout, engine.DefaultTimeout)
@@ -223,6 +261,7 @@ func New(cfg Config) (*Server, error) {
 		limiter: newRateLimiter(cfg.RatePerSecond, cfg.RateBurst),
 		keys:    clientKeys{trusted: cfg.TrustedProxies},
 		allowed: allowed,
+		abort:   make(chan struct{}),
 	}
 	s.readLimiter = newRateLimiter(cfg.RatePerSecond*readRateFactor, cfg.RateBurst*readRateFactor)
 	s.gistBudget = newRateLimiter(float64(cfg.GistsPerHour)/3600, cfg.GistsPerHour)
@@ -239,6 +278,9 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.metrics = m
+	if err := s.registerHealthMetrics(cfg.Registry); err != nil {
+		return nil, err
+	}
 	s.queue.onChange = func(queued, running int) {
 		m.queueDepth.Set(float64(queued))
 		m.vmsRunning.Set(float64(running))
@@ -259,7 +301,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 
 func (s *Server) routes() http.Handler {
 	api := http.NewServeMux()
-	api.Handle("POST /api/v2/runi/{arch}/{os}/{reference...}", s.limited(http.HandlerFunc(s.handleRun)))
+	api.Handle("POST /api/v2/runi/{arch}/{os}/{reference...}", s.refuseDraining(s.limited(http.HandlerFunc(s.handleRun))))
 	api.Handle("GET /api/gh/gist/{id}", s.limited(http.HandlerFunc(s.handleGist)))
 	api.Handle("GET /api/gh/gist/{id}/{revision}", s.limited(http.HandlerFunc(s.handleGist)))
 	api.Handle("GET /api/v2/images", s.limitedBy(s.readLimiter, http.HandlerFunc(s.handleImages)))
@@ -268,10 +310,7 @@ func (s *Server) routes() http.Handler {
 	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NotFound", r.Method+" "+r.URL.Path+" is not part of the API")
 	})
-	api.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
+	api.HandleFunc("GET /healthz", s.handleHealth) // and HEAD
 	api.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 	// "/" takes every method: "GET /" would conflict with "/api/".
 	api.Handle("/", s.staticHandler())
@@ -322,6 +361,10 @@ func (s *Server) limitedBy(l *rateLimiter, next http.Handler) http.Handler {
 	})
 }
 
+// lingerTimeout bounds the reading of the rest of a body the server
+// answered without reading (see logged).
+const lingerTimeout = 2 * time.Second
+
 type ctxKey int
 
 const requestIDKey ctxKey = 0
@@ -339,8 +382,26 @@ func (s *Server) logged(next http.Handler) http.Handler {
 		}
 		w.Header().Set("X-Request-Id", id)
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+			// An answer given before the body was read whole (a refusal)
+			// closes the connection: Go's server would otherwise read up
+			// to 256 KiB of the rest before answering, waiting for ever
+			// for a body that does not come, and the balancer or client
+			// may send the body elsewhere.
+			body := &trackedBody{ReadCloser: r.Body}
+			r.Body, rec.body = body, body
+		}
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
 		next.ServeHTTP(rec, r)
+		if rec.body != nil && !rec.body.eof.Load() {
+			// Not read whole: the answer went out first (Connection:
+			// close), and Go's server now reads up to 256 KiB of the rest
+			// before it closes the connection, so that a client still
+			// sending gets the answer rather than a reset. A body that
+			// does not come must not hold the connection (and a drain):
+			// that read is bounded.
+			http.NewResponseController(w).SetReadDeadline(time.Now().Add(min(s.cfg.BodyTimeout, lingerTimeout)))
+		}
 		route := routeLabel(r)
 		s.metrics.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
 		s.cfg.Log.LogAttrs(r.Context(), slog.LevelInfo, "request",
@@ -383,23 +444,31 @@ func routeLabel(r *http.Request) string {
 	return "static"
 }
 
-// statusRecorder remembers the status and size of a response.
+// statusRecorder remembers the status and size of a response, and asks
+// to close the connection when the request's body was not read whole.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
 	wrote  bool
+	// body is the request's body (nil when it has none).
+	body *trackedBody
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
 	if !r.wrote {
 		r.status, r.wrote = code, true
+		if r.body != nil && !r.body.eof.Load() {
+			r.Header().Set("Connection", "close")
+		}
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
 func (r *statusRecorder) Write(b []byte) (int, error) {
-	r.wrote = true
+	if !r.wrote {
+		r.WriteHeader(http.StatusOK)
+	}
 	n, err := r.ResponseWriter.Write(b)
 	r.bytes += int64(n)
 	return n, err
@@ -407,6 +476,40 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the connection's deadlines.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// trackedBody is a request body that knows whether it was read to its end.
+type trackedBody struct {
+	io.ReadCloser
+	eof atomic.Bool
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
+}
+
+// refuseDraining answers 503 Draining to runs that come once the server
+// drains, before reading their body, with Retry-After and Connection:
+// close: the balancer sends them to another worker.
+func (s *Server) refuseDraining(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			drainingAnswer(w)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// drainingAnswer is the answer to a run a draining server refuses.
+func drainingAnswer(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	w.Header().Set("Connection", "close")
+	writeError(w, http.StatusServiceUnavailable, "Draining", "this worker is shutting down: send the request to another one")
+}
 
 // writeError answers with the API's error JSON, with the request id that
 // logged set.
@@ -430,17 +533,27 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// Serve serves on ln until ctx is done, then shuts down gracefully: it
-// stops accepting connections and new runs, lets the accepted ones finish
-// (up to drainTimeout), and returns.
+// ErrAborted is Serve's error when Abort cut the runs in progress off.
+var ErrAborted = errors.New("stopped at once: the runs in progress were cut off")
+
+// Serve serves on ln until ctx is done, then drains: /healthz answers 503
+// "draining" and new runs get 503 Draining (with Retry-After and
+// Connection: close, before their body is read) while the listener stays
+// open, for at least Config.DrainGrace and until the runs accepted before
+// (running or queued) have finished, at most drainTimeout (or the grace,
+// when longer); runs still going then are cut off. Then it closes the
+// listener and the connections and returns nil. Abort ends the drain at
+// once (ErrAborted). Serve starts the readiness checks (Start).
 func (s *Server) Serve(ctx context.Context, ln net.Listener, drainTimeout time.Duration) error {
+	s.Start(ctx)
 	hs := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		// Runs outlive ctx: a drain lets them finish.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -448,18 +561,65 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, drainTimeout time.D
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
+	case <-s.abort:
 	}
+	start := time.Now()
+	s.draining.Store(true)
 	s.queue.drain()
-	sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	defer cancel()
-	err := hs.Shutdown(sctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		// Runs still going past the drain time: cut them off.
+	// Every answer from now on closes its connection: the balancer and
+	// clients open their next one to another worker.
+	hs.SetKeepAlivesEnabled(false)
+	s.cfg.Log.Info("draining", "runs", s.runs.Load(), "grace", s.cfg.DrainGrace, "timeout", drainTimeout)
+	deadline := start.Add(max(drainTimeout, s.cfg.DrainGrace))
+	graceEnd := start.Add(s.cfg.DrainGrace)
+	aborted := s.waitDrained(graceEnd, deadline)
+	if aborted {
 		hs.Close()
+	} else {
+		// The runs are done (or out of time): close the listener and the
+		// idle connections, and give what is still being answered (a
+		// gist, an image list) a moment.
+		sctx, cancel := context.WithTimeout(context.Background(), max(time.Until(deadline), 5*time.Second))
+		err := hs.Shutdown(sctx)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			// Runs still going past the drain time: cut them off.
+			s.cfg.Log.Warn("drain timeout: cutting off the runs in progress", "runs", s.runs.Load())
+			hs.Close()
+		}
 	}
 	s.inFlight.Wait()
-	if err2 := <-errc; err2 != nil && !errors.Is(err2, http.ErrServerClosed) {
-		return err2
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
 	}
-	return err
+	if aborted {
+		return ErrAborted
+	}
+	s.cfg.Log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// waitDrained waits until graceEnd has passed and no run is in progress,
+// or until deadline, or Abort (true).
+func (s *Server) waitDrained(graceEnd, deadline time.Time) (aborted bool) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		if !now.Before(deadline) || !now.Before(graceEnd) && s.runs.Load() == 0 {
+			return false
+		}
+		select {
+		case <-s.abort:
+			return true
+		case <-t.C:
+		}
+	}
+}
+
+// Abort stops Serve at once: the runs in progress are cut off (their VMs
+// killed, their files removed) and Serve returns ErrAborted. For a second
+// SIGTERM or SIGINT during a drain.
+func (s *Server) Abort() {
+	s.abortOnce.Do(func() { close(s.abort) })
 }

@@ -528,8 +528,11 @@ func TestGracefulShutdown(t *testing.T) {
 	}()
 	waitFor(t, func() bool { _, r := s.queue.counts(); return r == 1 })
 	stop()
-	// New connections are refused while the run finishes.
-	waitFor(t, func() bool { _, err := net.Dial("tcp", ln.Addr().String()); return err != nil })
+	// New runs are refused while the run finishes (TestDrain has more).
+	waitFor(t, func() bool {
+		resp, _ := post(t, url+"/api/v2/runi/amd64/linux/demo", "application/json", []byte(`{"cmd":["echo"]}`))
+		return resp.StatusCode == 503
+	})
 	fake.release <- struct{}{}
 	if st := <-done; st != 200 {
 		t.Errorf("the run in progress at shutdown: status %d, want 200", st)
@@ -540,7 +543,8 @@ func TestGracefulShutdown(t *testing.T) {
 }
 
 func TestInfoEndpoints(t *testing.T) {
-	_, url := testServer(t, Config{Slots: 3, GitHubAPI: "http://gh.example"})
+	s, url := testServer(t, Config{Slots: 3, GitHubAPI: "http://gh.example"})
+	s.Start(t.Context())
 	get := func(path string) (*http.Response, []byte) {
 		resp, err := http.Get(url + path)
 		if err != nil {
@@ -568,9 +572,7 @@ func TestInfoEndpoints(t *testing.T) {
 	if cfg.GitHubAPI != "http://gh.example" || cfg.MaxBody != 1<<20 {
 		t.Errorf("config %+v", cfg)
 	}
-	if resp, b := get("/healthz"); resp.StatusCode != 200 || string(b) != "ok\n" {
-		t.Errorf("healthz: %d %q", resp.StatusCode, b)
-	}
+	waitHealth(t, url, 200, "ready\n")
 	if resp, b := get("/api/v2/nothing"); resp.StatusCode != 404 || !strings.Contains(string(b), `"error"`) {
 		t.Errorf("unknown API path: %d %s", resp.StatusCode, b)
 	}

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/pe-project/pe/engine/enginetest"
 )
 
 // TestMain lets the tests run the test binary as pe itself.
@@ -15,7 +17,9 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	enginetest.Cleanup()
+	os.Exit(code)
 }
 
 // pe runs pe's main with args and returns its exit status and output.

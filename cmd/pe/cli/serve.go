@@ -6,10 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -46,7 +49,32 @@ type serveFlags struct {
 	pullTimeout              time.Duration
 	cacheMaxSize             sizeFlag
 	chunkCache               sizeFlag
+	minFreeDisk              diskLimitFlag
+	drainGrace               time.Duration
+	checkInterval            time.Duration
 }
+
+// diskLimitFlag is --min-free-disk: a size or a percentage.
+type diskLimitFlag struct {
+	text  string
+	limit server.DiskLimit
+}
+
+// Set implements pflag.Value.
+func (f *diskLimitFlag) Set(s string) error {
+	l, err := server.ParseDiskLimit(s)
+	if err != nil {
+		return &flagValueError{fmt.Sprintf("--min-free-disk %q: want a size such as 1GiB, or a percentage such as 5%% (0: no limit)", s)}
+	}
+	f.text, f.limit = s, l
+	return nil
+}
+
+// String implements pflag.Value.
+func (f *diskLimitFlag) String() string { return f.text }
+
+// Type implements pflag.Value.
+func (f *diskLimitFlag) Type() string { return "size|percent" }
 
 // newServeCmd returns "pe serve".
 func newServeCmd(a *app) *cobra.Command {
@@ -78,9 +106,32 @@ server fetch --gists-per-hour gists from GitHub (cached ones are free).
 Each run takes one of --slots VM slots; up to --queue more wait, each at most
 --max-wait, in order of arrival; past that the answer is 503 with Retry-After.
 Each client (its address; X-Forwarded-For only from --trusted-proxy peers) may
-start --rate runs a second, in bursts of --burst. On SIGINT or SIGTERM pe serve
-stops accepting requests and lets the runs in progress finish. With --snapshots
-it keeps a VM snapshot of each preset and restores it instead of booting.
+start --rate runs a second, in bursts of --burst. With --snapshots it keeps a VM
+snapshot of each preset and restores it instead of booting.
+
+Behind a load balancer (HAProxy: deploy/), each worker started with the same
+flags serves the same presets. GET (or HEAD) /healthz answers 200 "ready" only
+when a run can run here: the boot snapshot is made (or, with --cold, the VMM
+chosen), every preset resolves and the bucket of each s3:// preset answers for
+it, and the file systems of the cache and temporary directories have more than
+--min-free-disk free; these are checked in the background every
+--check-interval, so a probe is cheap. Otherwise it answers 503 with one line
+per reason ("not ready: ...", "draining"); /healthz?json (or ?verbose) gives
+the same as JSON, and /metrics has pe_ready and pe_draining. s3:// presets are
+read lazily and warmed at start: their metadata chunks and the chunks their
+stored prefetch traces list are fetched into the chunk cache.
+
+On SIGTERM or SIGINT pe serve drains: /healthz answers 503 "draining", new runs
+get 503 Draining with Retry-After: 1 and Connection: close before their body is
+read (the balancer sends them to another worker), the runs it accepted (running
+or queued) finish, at most --drain-timeout, and the listener stays open for at
+least --drain-grace (set it to about the balancer's check interval × fall
+count, HAProxy's inter × fall, so that it sees the worker leave first); then
+pe serve exits 0. A second SIGTERM or SIGINT stops it at once: the runs in
+progress are cut off, their VMs killed and their files removed. When the queue
+is full (--queue, --max-wait) or a client is over --rate, the answer (503 or
+429, with Retry-After) also comes before the body is read, with Connection:
+close.
 
 Images are pulled and converted before a run waits for a VM slot, at most
 --max-conversions at once (more get 503 with Retry-After), each within
@@ -119,7 +170,11 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.IntVar(&f.burst, "burst", 4, "how many of them may come at once")
 	fs.BoolVar(&f.cold, "cold", false, "boot a VM for every run instead of restoring pe's boot snapshot (made by the first run, in the cache)")
 	fs.BoolVar(&f.snapshots, "snapshots", false, "keep a VM snapshot of each preset (in the cache directory) and restore it for the preset's runs instead of booting")
-	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress may take to finish")
+	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress (and queued) may take to finish")
+	fs.DurationVar(&f.drainGrace, "drain-grace", 0, "at shutdown, the least time to keep answering (not ready, new runs 503) before the listener closes: about the balancer's check interval × fall count")
+	fs.DurationVar(&f.checkInterval, "check-interval", server.DefaultHealthInterval, "how often the readiness checks of /healthz run (presets, their buckets, free disk)")
+	f.minFreeDisk.Set("1GiB")
+	fs.Var(&f.minFreeDisk, "min-free-disk", "answer not ready on /healthz while the file system of the cache or temporary directory has less free than this: a size such as 1GiB, or a percentage such as 5% (0: no limit)")
 	fs.BoolVar(&f.registryAuth, "registry-auth", false, "pull with the operator's registry credentials (docker's config.json and helpers); by default pulls are anonymous, so visitors reach public images only")
 	fs.StringVar(&f.githubTokenFile, "github-token-file", "", "fetch gists with the GitHub token in this file (by default without one: 60 requests an hour for the whole server)")
 	fs.IntVar(&f.gistsPerHour, "gists-per-hour", 30, "gists a client may have the server fetch from GitHub per hour (cached ones are free; 0: no limit)")
@@ -176,14 +231,6 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	}
 	allow := serveAllow(cmd, f)
 	memMiB := f.memory.MiB()
-	if !f.cold {
-		// Made now, the boot snapshot does not hold up the first request.
-		go func() {
-			if err := eng.EnsureBootSnapshot(cmd.Context(), memMiB, 0); err != nil && cmd.Context().Err() == nil {
-				log.Warn("no boot snapshot: runs boot", "error", err)
-			}
-		}()
-	}
 	var snaps *engine.SnapshotPool
 	if f.snapshots {
 		dir := filepath.Join(engineCacheDir(f.cacheDir), "snapshots")
@@ -219,14 +266,27 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 		TrustedProxies: trusted,
 		Log:            log,
 		ChunkStats:     chunks.Stats,
+		// Made in the background, the boot snapshot does not hold up
+		// the first request: the worker is not ready until it is there.
+		Prepare:        server.EnginePreparation(eng, !f.cold, memMiB, log.Warn),
+		CheckS3:        server.S3Checker(popts),
+		Warm:           engine.WarmImage,
+		DiskDirs:       []string{engineCacheDir(f.cacheDir), os.TempDir()},
+		MinFreeDisk:    f.minFreeDisk.limit,
+		HealthInterval: f.checkInterval,
+		DrainGrace:     f.drainGrace,
 	})
 	if err != nil {
 		return err
 	}
+	defer abortOnSecondSignal(srv, log)()
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
+	// The readiness checks start before the address is out: a probe
+	// finds them under way.
+	srv.Start(cmd.Context())
 	fmt.Fprintf(cmd.ErrOrStderr(), "pe serve: http://%s/ (%d presets, %d VM slots; Ctrl+C stops)\n", ln.Addr(), len(presets), f.slots)
 	err = srv.Serve(cmd.Context(), ln, f.drain)
 	if cmd.Context().Err() != nil && err == nil {
@@ -235,11 +295,41 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	return err
 }
 
+// abortOnSecondSignal has a second SIGTERM or SIGINT stop srv at once
+// (the first one, which main turns into the end of the command's
+// context, starts the drain). The returned func stops listening.
+func abortOnSecondSignal(srv *server.Server, log *slog.Logger) func() {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for n := 1; ; n++ {
+			select {
+			case <-done:
+				return
+			case sig := <-sigs:
+				if n >= 2 {
+					log.Warn("second signal: stopping at once, cutting the runs in progress off", "signal", sig.String())
+					srv.Abort()
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sigs)
+		close(done)
+	}
+}
+
 // serveChecks checks the flags that only pe serve has, and parses
 // --trusted-proxy.
 func serveChecks(cmd *cobra.Command, f *serveFlags) ([]netip.Prefix, error) {
 	if f.maxConversions < 1 || f.pullTimeout <= 0 {
 		return nil, usageErrorf(cmd, "--max-conversions and --pull-timeout: want at least 1 and a positive duration")
+	}
+	if f.checkInterval <= 0 || f.drainGrace < 0 {
+		return nil, usageErrorf(cmd, "--check-interval and --drain-grace: want a positive duration and one of 0 or more")
 	}
 	if f.slots < 1 {
 		return nil, usageErrorf(cmd, "--slots %d: want at least 1", f.slots)
