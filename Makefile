@@ -19,12 +19,13 @@ build:
 	$(GO) build -o bin/pe ./cmd/pe
 	CGO_ENABLED=0 $(GO) build -ldflags='-s -w' -o bin/pe-init ./guest/cmd/pe-init
 
-## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the NBD clients qemu-utils and libnbd-bin, versitygw, the guest kernel, chromium, the page's npm packages), download Go modules
+## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the NBD clients qemu-utils and libnbd-bin, HAProxy (the fleet test), versitygw, the guest kernel, chromium, the page's npm packages), download Go modules
 deps: deps-vm deps-web deps-s3 kernel
 	command -v mkfs.erofs >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y erofs-utils)
 	dpkg -s busybox-static >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) apt-get install -y busybox-static)
 	command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y qemu-utils)
 	command -v nbdinfo >/dev/null && command -v nbdcopy >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y libnbd-bin)
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || ($(SUDO) apt-get update && $(SUDO) apt-get install -y haproxy)
 	$(GO) mod download
 
 ## deps-vm: install QEMU when missing
