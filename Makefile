@@ -10,7 +10,7 @@ DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps deps-vm deps-web deps-s3 kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot bench-lazy fuzz clean
+.PHONY: all build deps deps-vm deps-web deps-s3 kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot bench-lazy bench-fleet fuzz clean
 
 all: build
 
@@ -106,6 +106,10 @@ bench-snapshot: deps build
 ## bench-lazy: issue 16's figures: gcc -c hello.c from a ~1.5 GB image in a versitygw bucket behind a 30 ms, 125 MB/s proxy, local vs download-whole vs lazy (cold, traced, warm); BIG=1 checks a 5 GB image
 bench-lazy: deps build
 	scripts/bench-lazy.sh
+
+## bench-fleet: issue 17's figures: echo runs through deploy/haproxy.cfg with 1 and 3 workers against straight to one worker, and the time a killed worker takes to leave the pool
+bench-fleet: deps
+	scripts/bench-fleet.sh
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 fuzz:

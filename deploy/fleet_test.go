@@ -55,6 +55,7 @@ func TestFleet(t *testing.T) {
 	t.Run("UnhealthyWorker", func(t *testing.T) { testUnhealthyWorker(t, f) })
 	t.Run("EdgeRateLimit", func(t *testing.T) { testEdgeRateLimit(t, f) })
 	t.Run("Metrics", func(t *testing.T) { testMetrics(t, f) })
+	t.Run("NoWorker", func(t *testing.T) { testNoWorker(t, f) })
 }
 
 // testRequestIDAndClient checks what HAProxy adds to a request: the
@@ -66,6 +67,9 @@ func testRequestIDAndClient(t *testing.T, f *fleet) {
 	a := f.run(t.Context(), c, "id-token", "fleet-request-1", nil)
 	if a.status != 200 || a.stdout != "id-token\n" || a.requestID != "fleet-request-1" {
 		t.Errorf("run with X-Request-Id fleet-request-1: %s", a)
+	}
+	if err := waitFor(5*time.Second, func() bool { return strings.Contains(f.lbLog.String(), "{fleet-request-1}") }); err != nil {
+		t.Errorf("HAProxy's log has no line with {fleet-request-1}")
 	}
 	b := f.run(t.Context(), c, "no-id", "", http.Header{"X-Forwarded-For": {"203.0.113.9"}})
 	if b.status != 200 || len(b.requestID) != 36 {
@@ -317,8 +321,33 @@ func testMetrics(t *testing.T, f *fleet) {
 	if code, body := get(f.adminURL + "/metrics"); code != 200 || !strings.Contains(body, `proxy="pe",server="w1"`) {
 		t.Errorf("HAProxy's /metrics: %d, without server pe/w1\n%s", code, clip(body))
 	}
+	if code, body := get(f.adminURL + "/stats"); code != 200 || !strings.Contains(body, "w1") {
+		t.Errorf("HAProxy's /stats: %d\n%s", code, clip(body))
+	}
 	if code, _ := get(f.lb + "/metrics"); code != http.StatusNotFound {
 		t.Errorf("/metrics on the public address: %d, want 404", code)
+	}
+}
+
+// testNoWorker puts every worker in maintenance through the admin socket:
+// HAProxy answers 503 itself, with Retry-After, the request id and the
+// API's error JSON.
+func testNoWorker(t *testing.T, f *fleet) {
+	setState := func(state string) {
+		for _, w := range f.workers {
+			if out, err := f.admin("set server pe/" + w.name + " state " + state); err != nil || strings.TrimSpace(out) != "" {
+				t.Fatalf("set server pe/%s state %s: %v %s", w.name, state, err, out)
+			}
+		}
+	}
+	setState("maint")
+	a := f.run(t.Context(), f.client("127.0.0.8"), "none", "no-worker-1", nil)
+	setState("ready")
+	for _, w := range f.workers {
+		f.waitStatus(t, w, "UP")
+	}
+	if a.status != http.StatusServiceUnavailable || a.retryAfter != "5" || a.errorName != "NoWorker" || a.requestID != "no-worker-1" || !strings.Contains(a.body, `"request_id":"no-worker-1"`) {
+		t.Errorf("run with every worker in maintenance: %s; want HAProxy's 503 NoWorker with Retry-After 5", a)
 	}
 }
 
@@ -775,7 +804,11 @@ func waitFor(d time.Duration, cond func() bool) error {
 
 // get returns the status and body of a GET, 0 when it failed.
 func get(url string) (int, string) {
-	c := &http.Client{Timeout: 5 * time.Second}
+	return getWith(&http.Client{Timeout: 5 * time.Second}, url)
+}
+
+// getWith is get with client c.
+func getWith(c *http.Client, url string) (int, string) {
 	resp, err := c.Get(url)
 	if err != nil {
 		return 0, err.Error()
