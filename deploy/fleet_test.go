@@ -550,7 +550,7 @@ func (w *worker) start(t testing.TB, f *fleet) {
 	args := []string{"serve", "--listen", w.addr, "--accel", "tcg", "--cache-dir", w.cache,
 		"--preset", "demo=" + preset, "--allow-image", "",
 		"--slots", strconv.Itoa(slots), "--queue", "2", "--max-wait", "30s", "--run-timeout", "20s",
-		"--trusted-proxy", "127.0.0.1/32", "--rate", "5", "--burst", "20",
+		"--trusted-proxy", "127.0.0.1/32", "--rate", "5", "--burst", "50",
 		"--drain-timeout", "60s", "--drain-grace", "3s"}
 	w.log = &syncBuffer{}
 	w.cmd = exec.Command(f.peBin, append(args, w.extraArgs...)...)
