@@ -31,6 +31,7 @@ import (
 const (
 	numWorkers = 3
 	slots      = 1
+	queue      = 2
 	// lbRate is PE_LB_RATE: requests to the costly API paths a client
 	// may make in 10 s before HAProxy answers 429.
 	lbRate = 40
@@ -50,6 +51,7 @@ func TestFleet(t *testing.T) {
 
 	t.Run("RequestIDAndClient", func(t *testing.T) { testRequestIDAndClient(t, f) })
 	t.Run("Burst", func(t *testing.T) { testBurst(t, f) })
+	t.Run("FullWorker", func(t *testing.T) { testFullWorker(t, f) })
 	t.Run("KilledWorker", func(t *testing.T) { testKilledWorker(t, f) })
 	t.Run("RollingRestart", func(t *testing.T) { testRollingRestart(t, f) })
 	t.Run("UnhealthyWorker", func(t *testing.T) { testUnhealthyWorker(t, f) })
@@ -119,6 +121,52 @@ func testBurst(t *testing.T, f *fleet) {
 	}
 	if busy < 2 {
 		t.Errorf("the burst went to %d workers (sessions before %v, after %v), want them all sharing it", busy, before, after)
+	}
+}
+
+// testFullWorker fills a worker from outside HAProxy (another balancer's
+// clients, say): one run in its slot, --queue 2 waiting. The runs HAProxy
+// sends it get 503 and are sent to the other workers (retry-on 503,
+// option redispatch): every one succeeds.
+func testFullWorker(t *testing.T, f *fleet) {
+	w := f.workers[0]
+	direct := f.client("127.0.0.30")
+	// The fillers go when the test is done with them: their clients
+	// hang up, and the worker drops their runs.
+	fill, unfill := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer unfill()
+	for range 1 + queue {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.runCmd(fill, direct, w.url(), []string{"sh", "-c", "sleep 10; echo filler"}, "filler", "", nil)
+		}()
+	}
+	if err := waitFor(30*time.Second, func() bool {
+		_, m := get(w.url() + "/metrics")
+		return strings.Contains(m, "\npe_queue_depth 2\n") && strings.Contains(m, "\npe_vms_running 1\n")
+	}); err != nil {
+		t.Fatalf("%s never had 1 run going and 2 waiting: %v", w.name, err)
+	}
+	redispatched := func() int {
+		n, _ := strconv.Atoi(f.stat(t, w.name)["wredis"])
+		return n
+	}
+	before := redispatched()
+	// Four runs: the other two workers have room for them all (a slot
+	// and two places in the queue each), so a retry never has to go
+	// back to the full one.
+	for _, a := range f.burst(t.Context(), 4, "full", nil) {
+		if a.status != 200 {
+			t.Errorf("run while %s was full: %s", w.name, a)
+		} else if err := a.check(); err != nil {
+			t.Error(err)
+		}
+	}
+	if after := redispatched(); after == before {
+		t.Errorf("HAProxy redispatched no request away from the full %s (wredis %d)", w.name, after)
 	}
 }
 
@@ -498,7 +546,7 @@ func (f *fleet) startHAProxy(t testing.TB, haproxy string) {
 		"PE_LB_SOCKET="+f.socket,
 		"PE_LB_LOG=stdout",
 		"PE_LB_RATE="+strconv.Itoa(lbRate),
-		"PE_SLOTS="+strconv.Itoa(slots))
+		"PE_MAXCONN="+strconv.Itoa(slots+queue))
 	for i, w := range f.workers {
 		env = append(env, fmt.Sprintf("PE_WORKER%d=%s", i+1, w.addr))
 	}
@@ -549,7 +597,7 @@ func (w *worker) start(t testing.TB, f *fleet) {
 	t.Helper()
 	args := []string{"serve", "--listen", w.addr, "--accel", "tcg", "--cache-dir", w.cache,
 		"--preset", "demo=" + preset, "--allow-image", "",
-		"--slots", strconv.Itoa(slots), "--queue", "2", "--max-wait", "30s", "--run-timeout", "20s",
+		"--slots", strconv.Itoa(slots), "--queue", strconv.Itoa(queue), "--max-wait", "30s", "--run-timeout", "20s",
 		"--trusted-proxy", "127.0.0.1/32", "--rate", "5", "--burst", "50",
 		"--drain-timeout", "60s", "--drain-grace", "3s"}
 	w.log = &syncBuffer{}
@@ -661,7 +709,12 @@ func (f *fleet) run(ctx context.Context, c *http.Client, token, requestID string
 	if len(base) > 0 {
 		url = base[0]
 	}
-	body, _ := json.Marshal(map[string]any{"cmd": []string{"echo", token}})
+	return f.runCmd(ctx, c, url, []string{"echo", token}, token, requestID, h)
+}
+
+// runCmd runs argv at base, whose output should be token and a newline.
+func (f *fleet) runCmd(ctx context.Context, c *http.Client, url string, argv []string, token, requestID string, h http.Header) answer {
+	body, _ := json.Marshal(map[string]any{"cmd": argv})
 	req, _ := http.NewRequestWithContext(ctx, "POST", url+"/api/v2/runi/amd64/linux/demo", bytes.NewReader(body))
 	for k, v := range h {
 		req.Header[k] = v
