@@ -141,7 +141,7 @@ func testFullWorker(t *testing.T, f *fleet) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f.runCmd(fill, direct, w.url(), []string{"sh", "-c", "sleep 10; echo filler"}, "filler", "", nil)
+			f.runCmd(fill, direct, w.url(), []string{"sh", "-c", "sleep 10; echo filler"}, "filler", "", nil, 0)
 		}()
 	}
 	if err := waitFor(30*time.Second, func() bool {
@@ -157,8 +157,20 @@ func testFullWorker(t *testing.T, f *fleet) {
 	before := redispatched()
 	// Four runs: the other two workers have room for them all (a slot
 	// and two places in the queue each), so a retry never has to go
-	// back to the full one.
-	for _, a := range f.burst(t.Context(), 4, "full", nil) {
+	// back to the full one. Their bodies are larger than HAProxy's
+	// default buffer (16 KiB): tune.bufsize keeps them whole for a retry.
+	answers := make([]answer, 4)
+	var runs sync.WaitGroup
+	for i := range answers {
+		runs.Add(1)
+		go func() {
+			defer runs.Done()
+			tok := fmt.Sprintf("full-%d", i)
+			answers[i] = f.runCmd(t.Context(), f.client("127.0.0.31"), f.lb, []string{"echo", tok}, tok, tok, nil, 30<<10)
+		}()
+	}
+	runs.Wait()
+	for _, a := range answers {
 		if a.status != 200 {
 			t.Errorf("run while %s was full: %s", w.name, a)
 		} else if err := a.check(); err != nil {
@@ -709,12 +721,17 @@ func (f *fleet) run(ctx context.Context, c *http.Client, token, requestID string
 	if len(base) > 0 {
 		url = base[0]
 	}
-	return f.runCmd(ctx, c, url, []string{"echo", token}, token, requestID, h)
+	return f.runCmd(ctx, c, url, []string{"echo", token}, token, requestID, h, 0)
 }
 
-// runCmd runs argv at base, whose output should be token and a newline.
-func (f *fleet) runCmd(ctx context.Context, c *http.Client, url string, argv []string, token, requestID string, h http.Header) answer {
-	body, _ := json.Marshal(map[string]any{"cmd": argv})
+// runCmd runs argv at base, whose output should be token and a newline;
+// the request body carries pad more bytes in a field the API ignores.
+func (f *fleet) runCmd(ctx context.Context, c *http.Client, url string, argv []string, token, requestID string, h http.Header, pad int) answer {
+	payload := map[string]any{"cmd": argv}
+	if pad > 0 {
+		payload["pad"] = strings.Repeat("x", pad)
+	}
+	body, _ := json.Marshal(payload)
 	req, _ := http.NewRequestWithContext(ctx, "POST", url+"/api/v2/runi/amd64/linux/demo", bytes.NewReader(body))
 	for k, v := range h {
 		req.Header[k] = v
