@@ -244,6 +244,10 @@ func testRollingRestart(t *testing.T, f *fleet) {
 				mu.Lock()
 				answers = append(answers, a)
 				mu.Unlock()
+				if a.status != 200 {
+					// A client that failed does not hammer on.
+					time.Sleep(time.Second)
+				}
 			}
 		}()
 	}
@@ -257,14 +261,19 @@ func testRollingRestart(t *testing.T, f *fleet) {
 	if len(answers) < 2*numWorkers {
 		t.Errorf("only %d runs during the rolling restart: no load to speak of", len(answers))
 	}
+	failed := 0
 	for _, a := range answers {
-		if a.status != 200 {
-			t.Errorf("run during the rolling restart failed: %s", a)
-		} else if err := a.check(); err != nil {
-			t.Error(err)
+		err := a.check()
+		if a.status != 200 && err == nil {
+			err = fmt.Errorf("run during the rolling restart failed: %s", a)
+		}
+		if err != nil {
+			if failed++; failed <= 5 {
+				t.Error(err)
+			}
 		}
 	}
-	t.Logf("%d runs during the rolling restart", len(answers))
+	t.Logf("%d runs during the rolling restart, %d failed", len(answers), failed)
 }
 
 // testUnhealthyWorker restarts a worker whose bucket is unreachable, then
