@@ -131,8 +131,7 @@ func testBurst(t *testing.T, f *fleet) {
 func testFullWorker(t *testing.T, f *fleet) {
 	w := f.workers[0]
 	direct := f.client("127.0.0.30")
-	// The fillers go when the test is done with them: their clients
-	// hang up, and the worker drops their runs.
+	// The fillers' clients hang up when the test is done with them.
 	fill, unfill := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -183,8 +182,10 @@ func testFullWorker(t *testing.T, f *fleet) {
 }
 
 // testKilledWorker SIGKILLs a worker while a burst runs: every request is
-// answered before the client's timeout, with its own result or a clear
-// error, the worker leaves the pool, and later runs go to the others.
+// answered before the client's timeout, with its own result (HAProxy runs
+// those the killed worker held again elsewhere) or a refusal with
+// Retry-After; the worker leaves the pool, and later runs go to the
+// others.
 func testKilledWorker(t *testing.T, f *fleet) {
 	victim := f.workers[1]
 	var answers []answer
@@ -296,9 +297,11 @@ func testUnhealthyWorker(t *testing.T, f *fleet) {
 	for _, c := range []struct {
 		name      string
 		args, env []string
+		// why is in the /healthz line that says what is wrong.
+		why string
 	}{
-		{"broken store", nil, []string{"AWS_ENDPOINT_URL=http://" + deadAddr(t)}},
-		{"full disk", []string{"--min-free-disk", fmt.Sprintf("%dMiB", 2*freeMiB+1024)}, nil},
+		{"broken store", nil, []string{"AWS_ENDPOINT_URL=http://" + deadAddr(t)}, "preset demo"},
+		{"full disk", []string{"--min-free-disk", fmt.Sprintf("%dMiB", 2*freeMiB+1024)}, nil, "--min-free-disk"},
 	} {
 		w.stop(t)
 		w.extraArgs, w.extraEnv = c.args, c.env
@@ -308,10 +311,10 @@ func testUnhealthyWorker(t *testing.T, f *fleet) {
 		err := waitFor(60*time.Second, func() bool {
 			var code int
 			code, body = get(w.url() + "/healthz")
-			return code == http.StatusServiceUnavailable && strings.HasPrefix(body, "not ready")
+			return code == http.StatusServiceUnavailable && strings.HasPrefix(body, "not ready") && strings.Contains(body, c.why)
 		})
 		if err != nil {
-			t.Errorf("%s: %s/healthz answered %q, want 503 not ready: …", c.name, w.name, body)
+			t.Errorf("%s: %s/healthz answered %q, want 503 not ready: … naming %s", c.name, w.name, body, c.why)
 			continue
 		}
 		// ...and HAProxy's check (not a refused connection) keeps it out.
