@@ -10,7 +10,7 @@ DEMO_OCI ?= /tmp/pe-demo-oci
 # sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all build deps deps-vm deps-web deps-s3 kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot bench-lazy fuzz clean
+.PHONY: all build deps deps-vm deps-web deps-s3 kernel web test test-web demo demo-erofs serve bench bench-image bench-run bench-serve bench-snapshot bench-lazy bench-fleet fuzz clean
 
 all: build
 
@@ -19,12 +19,13 @@ build:
 	$(GO) build -o bin/pe ./cmd/pe
 	CGO_ENABLED=0 $(GO) build -ldflags='-s -w' -o bin/pe-init ./guest/cmd/pe-init
 
-## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the NBD clients qemu-utils and libnbd-bin, versitygw, the guest kernel, chromium, the page's npm packages), download Go modules
+## deps: install what the tests need when missing (erofs-utils, QEMU, busybox-static, the NBD clients qemu-utils and libnbd-bin, HAProxy (the fleet test), versitygw, the guest kernel, chromium, the page's npm packages), download Go modules
 deps: deps-vm deps-web deps-s3 kernel
 	command -v mkfs.erofs >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y erofs-utils)
 	dpkg -s busybox-static >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) apt-get install -y busybox-static)
 	command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y qemu-utils)
 	command -v nbdinfo >/dev/null && command -v nbdcopy >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y libnbd-bin)
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || ($(SUDO) apt-get update && $(SUDO) apt-get install -y haproxy)
 	$(GO) mod download
 
 ## deps-vm: install QEMU when missing
@@ -105,6 +106,10 @@ bench-snapshot: deps build
 ## bench-lazy: issue 16's figures: gcc -c hello.c from a ~1.5 GB image in a versitygw bucket behind a 30 ms, 125 MB/s proxy, local vs download-whole vs lazy (cold, traced, warm); BIG=1 checks a 5 GB image
 bench-lazy: deps build
 	scripts/bench-lazy.sh
+
+## bench-fleet: issue 17's figures: echo runs through deploy/haproxy.cfg with 1 and 3 workers against straight to one worker, and the time a killed worker takes to leave the pool
+bench-fleet: deps
+	scripts/bench-fleet.sh
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 fuzz:

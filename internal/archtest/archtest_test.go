@@ -35,6 +35,7 @@ var layers = map[string]int{
 	"server":    3,
 	"cmd":       4,
 	"scripts":   4, // benchmark helpers (scripts/mkimage), like commands
+	"deploy":    5, // the fleet test: runs pe (a binary) behind HAProxy, above the commands
 
 	"blockstore": 0, // lazily read images (chunk store, NBD server, S3 client; DESIGN.md §6), beside erofs; imports nothing of ours
 }
