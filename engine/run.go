@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -114,6 +115,17 @@ func (e *Engine) checkRequest(r *RunRequest) (*RunRequest, error) {
 	}
 	if lim := e.limits(); req.MaxOutput < 0 || req.MaxOutput > lim.MaxOutput {
 		return nil, fmt.Errorf("max output %d: want 1 to %d bytes", req.MaxOutput, lim.MaxOutput)
+	}
+	if l := req.Live; l != nil {
+		if l.Stdin != nil && req.Stdin != nil {
+			return nil, errors.New("run: standard input both whole (Stdin) and streamed (Live.Stdin)")
+		}
+		if l.TTY != nil {
+			if l.TTY.Rows == 0 || l.TTY.Cols == 0 {
+				return nil, fmt.Errorf("run: terminal size %dx%d", l.TTY.Rows, l.TTY.Cols)
+			}
+			return nil, ErrTTYUnsupported
+		}
 	}
 	// Checked again when the outputs come back; now, so that a run that
 	// could not deliver them does not start.
