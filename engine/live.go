@@ -1,9 +1,17 @@
 package engine
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"os"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/pe-project/pe/guest"
 )
@@ -87,4 +95,108 @@ func streamRequest(live *Live) *guest.StreamRequest {
 		s.TTY = &guest.WindowSize{Rows: live.TTY.Rows, Cols: live.TTY.Cols}
 	}
 	return s
+}
+
+// liveDrainWait bounds the wait, once the VM is gone, for the data
+// channel's last bytes to reach the caller's writers (which may be slow:
+// the time is theirs, but a channel whose end something else holds open
+// must not hold the run).
+const liveDrainWait = 30 * time.Second
+
+// liveStream is a run's end of the data channel.
+type liveStream struct {
+	hs  *guest.HostStream
+	log *slog.Logger
+	// done ends the signal forwarder.
+	done chan struct{}
+}
+
+// startLive makes the data channel of a run with live: a socket pair
+// whose one end the VMM inherits (returned; the caller closes it once
+// the VM has started) and whose other the engine serves.
+func (e *Engine) startLive(live *Live) (*liveStream, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("data channel socket pair: %w", err)
+	}
+	mine := os.NewFile(uintptr(fds[0]), "stream")
+	theirs := os.NewFile(uintptr(fds[1]), "stream-vmm")
+	conn, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, nil, fmt.Errorf("data channel: %w", err)
+	}
+	ls := &liveStream{log: e.log, done: make(chan struct{})}
+	sigs := make(chan int)
+	cfg := guest.HostStreamConfig{
+		Stdout: live.Stdout, Stderr: live.Stderr, Stdin: live.Stdin,
+		Signals: sigs, OnStart: live.OnStart, Log: e.log,
+	}
+	if live.TTY != nil {
+		cfg.Resize = live.TTY.Resize
+	}
+	ls.hs = guest.StartHostStream(conn, cfg)
+	if live.Signals != nil {
+		go func() {
+			for {
+				select {
+				case s := <-live.Signals:
+					select {
+					case sigs <- int(s):
+					case <-ls.done:
+						return
+					}
+				case <-ls.done:
+					return
+				}
+			}
+		}()
+	}
+	return ls, theirs, nil
+}
+
+// drain waits, the VM gone, for the channel's last frames to be
+// delivered (bounded by liveDrainWait and ctx).
+func (ls *liveStream) drain(ctx context.Context) {
+	if ls == nil {
+		return
+	}
+	t := time.NewTimer(liveDrainWait)
+	defer t.Stop()
+	select {
+	case <-ls.hs.Done():
+	case <-t.C:
+		ls.log.Warn("the data channel did not end with the VM; stopped")
+	case <-ctx.Done():
+	}
+	ls.stop()
+	// The reader ends at once, unless it is writing to a slow writer.
+	select {
+	case <-ls.hs.Done():
+	case <-time.After(time.Second):
+	}
+}
+
+// complete writes what the channel did not deliver of res's output.
+func (ls *liveStream) complete(res *RunResult) {
+	if ls == nil {
+		return
+	}
+	ls.hs.Complete(res.Stdout, res.Stderr)
+}
+
+// stop ends the stream (it may be called more than once).
+func (ls *liveStream) stop() {
+	if ls == nil {
+		return
+	}
+	select {
+	case <-ls.done:
+	default:
+		close(ls.done)
+	}
+	// Not waiting for Done: a Write of the caller's in progress ends
+	// when the caller's writer lets it.
+	ls.hs.Stop()
 }

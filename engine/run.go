@@ -55,7 +55,19 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		}
 		defer e.stopLazyDisk(vm.lazy)
 	}
+	var live *liveStream
+	if req.Live != nil {
+		if live, vm.stream, err = e.startLive(req.Live); err != nil {
+			return nil, err
+		}
+		defer live.stop()
+	}
 	m, l, err := e.startVM(ctx, p.launch, vm)
+	if vm.stream != nil {
+		// QEMU has its copy: pe's end reads EOF once QEMU is gone.
+		vm.stream.Close()
+		vm.stream = nil
+	}
 	if err != nil {
 		return nil, e.lazyError(vm, err)
 	}
@@ -66,6 +78,8 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		return nil, e.lazyError(vm, err)
 	}
 	t.lap("vm")
+	// The VM is gone: what it sent on the data channel is delivered.
+	live.drain(ctx)
 	if vm.lazy != nil {
 		// The guest saw I/O errors reading its image: whatever it made
 		// of them, the result is not the program's.
@@ -84,6 +98,9 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		}
 	}
 	res, err := e.collect(req, l, vm, m, x, t)
+	if res != nil {
+		live.complete(res)
+	}
 	if res != nil && vm.lazy != nil {
 		res.ImageBlocks = vm.lazy.runStats()
 		if res.TimedOut && vm.lazy.stalled > 0 {
@@ -289,6 +306,7 @@ func (e *Engine) writeIOFile(p *runPlan, req *RunRequest, t *timer) (*runVM, err
 		Time:      time.Now(),
 		Seed:      make([]byte, guest.SeedSize),
 		Nonce:     rand.Text(),
+		Stream:    streamRequest(req.Live),
 	}
 	rand.Read(greq.Seed)
 	if err := guest.WriteIOFile(ioPath, greq, req.Stdin, req.InputDir, e.limits()); err != nil {

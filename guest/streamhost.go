@@ -348,6 +348,14 @@ func (h *HostStream) pump(stdin chan<- []byte) {
 // the channel delivered that are not the start of the result's are
 // logged and nothing more is written to that stream.
 func (h *HostStream) Complete(stdout, stderr []byte) {
+	select {
+	case <-h.readDone:
+	default:
+		// A writer is still being written: writing more would be out of
+		// order.
+		h.log.Warn("the data channel's last bytes were not delivered in time; the rest of the output is not written")
+		return
+	}
 	for i, full := range [][]byte{stdout, stderr} {
 		w := []io.Writer{h.cfg.Stdout, h.cfg.Stderr}[i]
 		name := []string{"stdout", "stderr"}[i]

@@ -88,6 +88,11 @@ type Config struct {
 	OnStep func(step string, took time.Duration)
 }
 
+// StreamPortName is the name of the data channel's virtio-serial port,
+// as the guest looks for it: guest.StreamPortName (package vmm does not
+// import package guest; engine's tests check they agree).
+const StreamPortName = "pe.stream"
+
 // Defaults applied to a [Config]'s zero fields.
 const (
 	DefaultCPUs      = 1
