@@ -239,6 +239,6 @@ func Info() vmm.BackendInfo {
 		// Its devices are virtio-pci. The guest loads virtio_mmio as well,
 		// as it always has for cloud-hypervisor (the initramfs it boots
 		// is the one with both transports).
-		GuestModules: []string{"virtio_mmio", "virtio_pci", "virtio_blk"},
+		GuestModules: []string{"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_console"},
 	}
 }
