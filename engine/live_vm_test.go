@@ -2,7 +2,9 @@ package engine
 
 import (
 	"bytes"
+	"context"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -264,5 +266,69 @@ func TestVMLiveChannelOutOfReach(t *testing.T) {
 	}
 	if rec.text("out") != string(res.Stdout) {
 		t.Errorf("streamed %q", rec.text("out"))
+	}
+}
+
+// channelForger is QEMU with a hostile guest's bytes on the data channel
+// before the real guest's: what a guest whose init were taken over could
+// send.
+type channelForger struct {
+	vmm.Backend
+	forged []byte
+}
+
+func (b *channelForger) Start(ctx context.Context, cfg *vmm.Config) (vmm.Machine, error) {
+	if cfg.Stream != nil {
+		// The VMM's end: what is written here, the engine reads as the
+		// guest's.
+		cfg.Stream.Write(b.forged)
+	}
+	return b.Backend.Start(ctx, cfg)
+}
+
+// TestVMLiveForgedChannel runs programs while a hostile guest writes
+// garbage and forged frames (an "end", output) on the channel: the run
+// and its result are the program's, the garbage ends the stream only,
+// and the caller then gets the result's output.
+func TestVMLiveForgedChannel(t *testing.T) {
+	t.Parallel()
+	f := vmSetup(t)
+	frame := func(typ guest.FrameType, p string) []byte {
+		b, err := guest.AppendFrame(nil, guest.Frame{Type: typ, Payload: []byte(p)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name     string
+		forged   []byte
+		streamed string // what the caller's Stdout gets
+	}{
+		{"garbage", append([]byte("\x04\x06\x00\x00\x00exit 0"), bytes.Repeat([]byte{0xff}, 1<<16)...), "real\n"},
+		{"huge length", []byte("\x01\xff\xff\xff\x7f"), "real\n"},
+		{"forged frames", slices.Concat(frame(guest.FrameStarted, ""), frame(guest.FrameStdout, "forged\n"), frame(guest.FrameEnd, "")), "forged\nreal\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := New(Options{
+				Images:     StaticSource{"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()}},
+				Backend:    &channelForger{Backend: qemu.New(""), forged: tc.forged},
+				Accel:      vmm.AccelTCG,
+				KernelInfo: f.kernel, InitBinary: f.init,
+				CacheDir: filepath.Join(f.dir, "cache"), TempDir: t.TempDir(),
+				Log: testLogger(t),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rec arrivals
+			res := run(t, e, &RunRequest{Overrides: Overrides{Cmd: sh("echo real; echo err >&2; exit 5")}, Live: rec.live()})
+			if res.ExitStatus() != 5 || string(res.Stdout) != "real\n" || string(res.Stderr) != "err\n" || res.TimedOut {
+				t.Errorf("result: exit %d, stdout %q, stderr %q, timed out %v; want the program's", res.ExitStatus(), res.Stdout, res.Stderr, res.TimedOut)
+			}
+			if got := rec.text("out"); got != tc.streamed {
+				t.Errorf("streamed stdout %q, want %q", got, tc.streamed)
+			}
+		})
 	}
 }
