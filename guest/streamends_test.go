@@ -297,3 +297,29 @@ func TestGuestStreamCloseUnblocks(t *testing.T) {
 	g.Close()
 	waitDone(t, wrote)
 }
+
+// TestStreamEndsWithVM checks that a VMM gone with pe's bytes unread (a
+// reset) or in the middle of a frame is the end of the stream, not a
+// broken one.
+func TestStreamEndsWithVM(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		last []byte
+	}{
+		{"reset", nil},
+		{"cut frame", []byte("\x01\x10\x00\x00\x00abc")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hc, gc := socketPair(t)
+			h := StartHostStream(hc, HostStreamConfig{})
+			defer h.Stop()
+			time.Sleep(50 * time.Millisecond) // the first credit, never read
+			gc.Write(tc.last)
+			gc.Close()
+			waitDone(t, h.Done())
+			if err := h.Err(); err != nil {
+				t.Errorf("Err = %v, want nil", err)
+			}
+		})
+	}
+}

@@ -126,8 +126,8 @@ func (h *HostStream) Stop() {
 }
 
 // Err is why the stream ended early: the guest broke the protocol (an
-// error wrapping ErrBadFrame) or the channel failed; nil for a stream
-// that ran to its end.
+// error wrapping ErrBadFrame); nil for a stream that ran to its end, or
+// ended with the VM (end of file, a frame cut short, a reset).
 func (h *HostStream) Err() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -142,9 +142,16 @@ func (h *HostStream) read() {
 	for {
 		f, err := r.Next()
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !h.stopped() {
+			switch {
+			case h.stopped() || errors.Is(err, io.EOF):
+			case errors.Is(err, ErrBadFrame):
 				h.fail(fmt.Errorf("data channel: %w", err))
 				h.discard()
+			default:
+				// The VM went while a frame was on its way, or with
+				// bytes of pe's unread (a reset): the end of the
+				// channel, nothing wrong with it.
+				h.log.Debug("data channel: ended", "error", err)
 			}
 			return
 		}
