@@ -27,7 +27,8 @@ type Live struct {
 	// Stdout and Stderr receive the program's stdout and stderr as it
 	// writes them, each in order, each exactly once. Writes come from
 	// one goroutine of the engine, never at the same time, in the order
-	// the guest wrote the two streams. A slow writer slows the program
+	// the guest wrote the two streams, each at most
+	// guest.StreamMaxPayload bytes. A slow writer slows the program
 	// down (back-pressure through the channel's credit): the engine holds
 	// at most one frame (guest.StreamMaxPayload bytes) of it.
 	//
@@ -90,7 +91,7 @@ func streamRequest(live *Live) *guest.StreamRequest {
 	if live == nil {
 		return nil
 	}
-	s := &guest.StreamRequest{Stdin: live.Stdin != nil}
+	s := &guest.StreamRequest{Output: live.Stdout != nil || live.Stderr != nil, Stdin: live.Stdin != nil}
 	if live.TTY != nil {
 		s.TTY = &guest.WindowSize{Rows: live.TTY.Rows, Cols: live.TTY.Cols}
 	}

@@ -377,10 +377,15 @@ func (h *HostStream) Complete(stdout, stderr []byte) {
 			h.log.Error("the output streamed on the data channel is not the run's; the result's is not written after it", "stream", name, "streamed", n, "result", len(full))
 			continue
 		}
-		if rest := full[n:]; len(rest) > 0 {
-			if _, err := w.Write(rest); err != nil {
+		// In frames, as the channel would have: writers see no larger
+		// writes.
+		for rest := full[n:]; len(rest) > 0; {
+			k := min(len(rest), StreamMaxPayload)
+			if _, err := w.Write(rest[:k]); err != nil {
 				h.log.Warn("writing the rest of the program's output failed", "stream", name, "error", err)
+				break
 			}
+			rest = rest[k:]
 		}
 	}
 }
