@@ -323,3 +323,30 @@ func TestStreamEndsWithVM(t *testing.T) {
 		})
 	}
 }
+
+// memWriterAt is an io.WriterAt in memory.
+type memWriterAt struct{ b []byte }
+
+func (m *memWriterAt) WriteAt(p []byte, off int64) (int, error) {
+	if need := int(off) + len(p); need > len(m.b) {
+		m.b = append(m.b, make([]byte, need-len(m.b))...)
+	}
+	return copy(m.b[off:], p), nil
+}
+
+// TestWriteKept checks what the data channel gets of a stream: exactly
+// the bytes the I/O disk kept, none past the cap.
+func TestWriteKept(t *testing.T) {
+	var disk memWriterAt
+	s := &StreamWriter{w: &disk, limit: 10}
+	var kept []string
+	for _, p := range []string{"hello ", "world", "!!!"} {
+		kept = append(kept, string(s.WriteKept([]byte(p))))
+	}
+	if diff := cmp.Diff([]string{"hello ", "worl", ""}, kept); diff != "" {
+		t.Errorf("kept (-want +got):\n%s", diff)
+	}
+	if string(disk.b) != "hello worl" || !s.Truncated() {
+		t.Errorf("disk %q, truncated %v", disk.b, s.Truncated())
+	}
+}
