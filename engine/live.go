@@ -106,7 +106,7 @@ const liveDrainWait = 30 * time.Second
 
 // liveStream is a run's end of the data channel.
 type liveStream struct {
-	hs  *guest.HostStream
+	hs  *hostStream
 	log *slog.Logger
 	// done ends the signal forwarder.
 	done chan struct{}
@@ -130,14 +130,14 @@ func (e *Engine) startLive(live *Live) (*liveStream, *os.File, error) {
 	}
 	ls := &liveStream{log: e.log, done: make(chan struct{})}
 	sigs := make(chan int)
-	cfg := guest.HostStreamConfig{
+	cfg := hostStreamConfig{
 		Stdout: live.Stdout, Stderr: live.Stderr, Stdin: live.Stdin,
 		Signals: sigs, OnStart: live.OnStart, Log: e.log,
 	}
 	if live.TTY != nil {
 		cfg.Resize = live.TTY.Resize
 	}
-	ls.hs = guest.StartHostStream(conn, cfg)
+	ls.hs = startHostStream(conn, cfg)
 	if live.Signals != nil {
 		go func() {
 			for {

@@ -241,7 +241,7 @@ func TestVMLiveBackPressure(t *testing.T) {
 	}
 	// In flight when the program ended: the credit window, the pipe and
 	// what the drain holds.
-	if slack := size - atDone; slack > guest.DefaultStreamWindow+256<<10 {
+	if slack := size - atDone; slack > streamWindow+256<<10 {
 		t.Errorf("the program ended with %d bytes not yet taken by the writer: it was not held back", slack)
 	}
 	if maxWrite > guest.StreamMaxPayload {
