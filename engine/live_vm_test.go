@@ -124,10 +124,16 @@ func TestVMLiveOutput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var rec arrivals
+			live := rec.live()
+			var started time.Time
+			live.OnStart = func() { started = time.Now() }
 			res := run(t, tc.e, &RunRequest{
 				Overrides: Overrides{Cmd: sh("echo out1; echo err1 >&2; sleep 3; echo out2; echo err2 >&2; echo err3 >&2")},
-				Live:      rec.live(), Snapshot: tc.snap,
+				Live:      live, Snapshot: tc.snap,
 			})
+			if started.IsZero() || started.After(rec.when("out", "out1")) {
+				t.Errorf("OnStart called at %v, the first line came at %v", started, rec.when("out", "out1"))
+			}
 			if res.Launch != tc.launch {
 				t.Errorf("launch %s, want %s", res.Launch, tc.launch)
 			}
