@@ -253,8 +253,11 @@ type RunRequest struct {
 	// directory, user).
 	Overrides
 	// Stdin is the program's standard input, read whole before the VM
-	// starts; nil gives it /dev/null.
+	// starts; nil gives it /dev/null (or Live.Stdin, streamed).
 	Stdin io.Reader
+	// Live, when set, streams the run while it goes: output as it is
+	// written, stdin, signals (see Live). The result is the same.
+	Live *Live
 	// InputDir is copied to /run/pe/input ("" for none).
 	InputDir string
 	// OutputDir receives /run/pe/output ("" to drop it). It must not

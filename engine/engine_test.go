@@ -169,7 +169,7 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 	os.WriteFile(filepath.Join(kdir, "vmlinuz"), []byte("kernel"), 0o644)
 	os.WriteFile(filepath.Join(kdir, "modules.builtin"), []byte(strings.Join([]string{
 		"kernel/drivers/virtio/virtio_mmio.ko", "kernel/drivers/virtio/virtio_pci.ko",
-		"kernel/drivers/block/virtio_blk.ko", "kernel/fs/erofs/erofs.ko", "kernel/fs/overlayfs/overlay.ko",
+		"kernel/drivers/block/virtio_blk.ko", "kernel/drivers/char/virtio_console.ko", "kernel/fs/erofs/erofs.ko", "kernel/fs/overlayfs/overlay.ko",
 	}, "\n")), 0o644)
 	tree := filepath.Join(dir, "tree")
 	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)

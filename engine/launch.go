@@ -66,6 +66,9 @@ type machine struct {
 	// console receives the guest console (the run's, and the engine's
 	// watch for the result-ready line).
 	console io.Writer
+	// stream, when set, is the VMM's end of the data channel (see
+	// vmm.Config.Stream).
+	stream *os.File
 	// onStep receives a restore's steps.
 	onStep func(step string, took time.Duration)
 }
@@ -93,6 +96,7 @@ func (e *Engine) vmConfig(vm *machine) *vmm.Config {
 		Accel:     vm.choice.Accel,
 		WorkDir:   vm.work,
 		Console:   vm.console,
+		Stream:    vm.stream,
 		Log:       e.log,
 	}
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,7 +55,19 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		}
 		defer e.stopLazyDisk(vm.lazy)
 	}
+	var live *liveStream
+	if req.Live != nil {
+		if live, vm.stream, err = e.startLive(req.Live); err != nil {
+			return nil, err
+		}
+		defer live.stop()
+	}
 	m, l, err := e.startVM(ctx, p.launch, vm)
+	if vm.stream != nil {
+		// QEMU has its copy: pe's end reads EOF once QEMU is gone.
+		vm.stream.Close()
+		vm.stream = nil
+	}
 	if err != nil {
 		return nil, e.lazyError(vm, err)
 	}
@@ -65,6 +78,8 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		return nil, e.lazyError(vm, err)
 	}
 	t.lap("vm")
+	// The VM is gone: what it sent on the data channel is delivered.
+	live.drain(ctx)
 	if vm.lazy != nil {
 		// The guest saw I/O errors reading its image: whatever it made
 		// of them, the result is not the program's.
@@ -83,6 +98,9 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		}
 	}
 	res, err := e.collect(req, l, vm, m, x, t)
+	if res != nil {
+		live.complete(res)
+	}
 	if res != nil && vm.lazy != nil {
 		res.ImageBlocks = vm.lazy.runStats()
 		if res.TimedOut && vm.lazy.stalled > 0 {
@@ -114,6 +132,17 @@ func (e *Engine) checkRequest(r *RunRequest) (*RunRequest, error) {
 	}
 	if lim := e.limits(); req.MaxOutput < 0 || req.MaxOutput > lim.MaxOutput {
 		return nil, fmt.Errorf("max output %d: want 1 to %d bytes", req.MaxOutput, lim.MaxOutput)
+	}
+	if l := req.Live; l != nil {
+		if l.Stdin != nil && req.Stdin != nil {
+			return nil, errors.New("run: standard input both whole (Stdin) and streamed (Live.Stdin)")
+		}
+		if l.TTY != nil {
+			if l.TTY.Rows == 0 || l.TTY.Cols == 0 {
+				return nil, fmt.Errorf("run: terminal size %dx%d", l.TTY.Rows, l.TTY.Cols)
+			}
+			return nil, ErrTTYUnsupported
+		}
 	}
 	// Checked again when the outputs come back; now, so that a run that
 	// could not deliver them does not start.
@@ -277,6 +306,7 @@ func (e *Engine) writeIOFile(p *runPlan, req *RunRequest, t *timer) (*runVM, err
 		Time:      time.Now(),
 		Seed:      make([]byte, guest.SeedSize),
 		Nonce:     rand.Text(),
+		Stream:    streamRequest(req.Live),
 	}
 	rand.Read(greq.Seed)
 	if err := guest.WriteIOFile(ioPath, greq, req.Stdin, req.InputDir, e.limits()); err != nil {

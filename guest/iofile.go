@@ -423,6 +423,14 @@ func (r *Request) validate() error {
 			return fmt.Errorf("request: %q contains a NUL byte", s)
 		}
 	}
+	if s := r.Stream; s != nil {
+		if s.Stdin && r.HasStdin {
+			return errors.New("request: stdin both in the I/O file and on the data channel")
+		}
+		if s.TTY != nil && (s.TTY.Rows == 0 || s.TTY.Cols == 0) {
+			return fmt.Errorf("request: terminal size %dx%d", s.TTY.Rows, s.TTY.Cols)
+		}
+	}
 	if len(r.Hostname) > 64 {
 		return fmt.Errorf("request: hostname %q longer than 64 bytes", r.Hostname)
 	}

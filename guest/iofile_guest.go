@@ -239,21 +239,30 @@ func (s *StreamWriter) setLimit(n int64) {
 // Write keeps what fits under the cap and drops the rest. It always reports
 // success; an I/O error is kept for [StreamWriter.Err].
 func (s *StreamWriter) Write(p []byte) (int, error) {
+	s.WriteKept(p)
+	return len(p), nil
+}
+
+// WriteKept is Write, returning the part of p it kept (the start of p,
+// empty past the cap): what a copy of the stream within the same cap
+// gets, such as the data channel's.
+func (s *StreamWriter) WriteKept(p []byte) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.total += int64(len(p))
 	if s.frozen || s.err != nil {
-		return len(p), nil
+		return nil
 	}
 	keep := min(int64(len(p)), s.limit-s.n)
 	if keep > 0 {
 		if _, err := s.w.WriteAt(p[:keep], s.off+s.n); err != nil {
 			s.err = err
-			return len(p), nil
+			return nil
 		}
 		s.n += keep
+		return p[:keep]
 	}
-	return len(p), nil
+	return nil
 }
 
 // Truncated reports whether more was written than kept.

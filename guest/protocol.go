@@ -137,6 +137,11 @@ type Request struct {
 	// sees it. A host that checks both trusts neither a console line nor
 	// a result the program could have forged (see docs/guest.md).
 	Nonce string `json:"nonce,omitempty"`
+	// Stream, when set, asks the init to use the data channel (see
+	// [StreamRequest] and stream.go): output copied to it as written,
+	// stdin and a terminal from it as asked. Without it the init leaves
+	// the channel closed.
+	Stream *StreamRequest `json:"stream,omitempty"`
 }
 
 // Result is what the guest reports about one run.

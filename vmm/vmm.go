@@ -69,12 +69,34 @@ type Config struct {
 	// Console, when set, receives the guest console as it is written, on
 	// top of the copy the machine keeps (pe run --debug).
 	Console io.Writer
+	// Stream, when set, is pe's way to the guest's data channel (see
+	// guest/stream.go): a connected stream socket (one end of a socket
+	// pair) whose other end pe reads and writes. The VMM inherits a copy
+	// of it as the backend of the channel's device (QEMU: the
+	// virtio-serial port guest.StreamPortName; cloud-hypervisor: its
+	// virtio-console), so a confined VMM needs no socket file. The caller
+	// keeps Stream and closes it once Start (or RestoreSnapshot) has
+	// returned, so that its own end reads EOF when the VMM is gone. The
+	// device is there with or without Stream (a snapshot's machine and a
+	// restored one must have the same devices); without, nothing is
+	// behind it.
+	Stream *os.File
 	// Log receives the backend's debug messages; nil discards them.
 	Log *slog.Logger
 	// OnStep, when set, is told how long each start-up step took (see
 	// Steps.Run): the break-down of a boot or a restore.
 	OnStep func(step string, took time.Duration)
 }
+
+// StreamPortName is the name of the data channel's virtio-serial port,
+// as the guest looks for it: guest.StreamPortName (package vmm does not
+// import package guest; engine's tests check they agree).
+const StreamPortName = "pe.stream"
+
+// CmdlineStream is the kernel command line parameter that names the data
+// channel's device where it is no named virtio-serial port (the guest's
+// guest.CmdlineStream).
+const CmdlineStream = "pe.stream"
 
 // Defaults applied to a [Config]'s zero fields.
 const (

@@ -7,15 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/pe-project/pe/cmd/pe/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	context.AfterFunc(ctx, stop) // after the first signal, a second one kills pe at once
+	// The first SIGINT or SIGTERM cancels ctx (pe run forwards it to its
+	// program first); after that, one more kills pe at once.
+	ctx, stop := cli.NotifyContext(context.Background())
+	context.AfterFunc(ctx, stop)
 	err := cli.New().ExecuteContext(ctx)
 	var status *cli.ExitStatus
 	switch {

@@ -2,6 +2,7 @@ package guestinit
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"sync/atomic"
 	"time"
@@ -302,7 +303,17 @@ func (in *vmInit) runProgram(req *guest.Request) (*guest.Result, error) {
 	if !req.HasStdin {
 		stdin = nil
 	}
-	res := in.sb.Run(req, stdin, iof.Stdout(), iof.Stderr())
+	var stdout, stderr io.Writer = iof.Stdout(), iof.Stderr()
+	var live *liveRun
+	if req.Stream != nil {
+		var liveIn io.Reader
+		stdout, stderr, liveIn, live = in.startStream(req, iof)
+		if req.Stream.Stdin {
+			stdin = liveIn
+		}
+	}
+	res := in.sb.Run(req, stdin, stdout, stderr)
+	live.end()
 	in.timings["mounts"] = in.mounts.Microseconds()
 	return res, nil
 }

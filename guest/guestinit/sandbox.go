@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -71,6 +72,15 @@ type Sandbox struct {
 	// configuration: what depends on the request (the root's sizes and
 	// owners, the input files).
 	Configure func(req *guest.Request) error
+	// Started, if set, is called once the program has its configuration
+	// (the child is executing it); Exited once it has ended, before its
+	// output streams are drained. The data channel uses them.
+	Started, Exited func()
+
+	// runMu guards running, the child of the program running now, for
+	// Signal.
+	runMu   sync.Mutex
+	running *stage2Child
 
 	child *stage2Child // started by Start, used up by Run
 	// spawned is a child Spawn started, which Start sets up.
@@ -411,9 +421,17 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	start := time.Now()
 	s.Log.Debugf("program started: %q", req.Argv)
+	s.setRunning(c)
+	if s.Started != nil {
+		s.Started()
+	}
 	var waitErr error
 	waitErr, res.TimedOut = s.wait(c, req.Timeout)
 	elapsed := time.Since(start)
+	s.setRunning(nil)
+	if s.Exited != nil {
+		s.Exited()
+	}
 	res.Timings = map[string]int64{"program": elapsed.Microseconds()}
 	defer func() { res.Timings["collect"] = (time.Since(start) - elapsed).Microseconds() }()
 	s.settle(c, drained)
@@ -425,6 +443,24 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	s.Log.Debugf("program ended after %v: exit %d %s", elapsed.Round(time.Millisecond), res.ExitCode, res.Signal)
 	return res, nil
+}
+
+func (s *Sandbox) setRunning(c *stage2Child) {
+	s.runMu.Lock()
+	s.running = c
+	s.runMu.Unlock()
+}
+
+// Signal sends sig to the program running now (none: nothing). The
+// program is the init of its PID namespace: as in a container, the
+// kernel drops a signal it has no handler for, but SIGKILL and SIGSTOP.
+func (s *Sandbox) Signal(sig syscall.Signal) error {
+	s.runMu.Lock()
+	defer s.runMu.Unlock()
+	if s.running == nil {
+		return nil
+	}
+	return s.running.cmd.Process.Signal(sig)
 }
 
 // limit writes req's memory and pids limits to the child's cgroup.

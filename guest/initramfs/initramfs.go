@@ -27,18 +27,19 @@ import (
 
 // DefaultModules are the kernel modules the guest init needs, by module
 // name: the virtio transports (MMIO for QEMU microvm, PCI for
-// cloud-hypervisor), the virtio disk driver and the two file systems of the
-// container root. Their dependencies are added by [Build]; modules
+// cloud-hypervisor), the virtio disk driver, the virtio console and serial
+// driver (the data channel, see guest/stream.go) and the two file systems
+// of the container root. Their dependencies are added by [Build]; modules
 // the kernel has built in are skipped. The rest the init relies on (tmpfs,
 // devtmpfs, cgroup v2 with memory and pids, user and PID namespaces, the
 // 8250 serial console) is built into Debian's cloud kernel.
-var DefaultModules = []string{"virtio_mmio", "virtio_pci", "virtio_blk", "erofs", "overlay"}
+var DefaultModules = []string{"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_console", "erofs", "overlay"}
 
 // MMIOModules are DefaultModules without the PCI transport, for QEMU's
 // microvm machine, whose devices are all virtio-mmio. Each module costs
 // boot time (tens of milliseconds under TCG), so a guest loads only what
 // its machine has.
-var MMIOModules = []string{"virtio_mmio", "virtio_blk", "erofs", "overlay"}
+var MMIOModules = []string{"virtio_mmio", "virtio_blk", "virtio_console", "erofs", "overlay"}
 
 // RootModules are the file systems of the container root (the EROFS image
 // under a tmpfs overlay): the modules every guest loads after those its

@@ -92,6 +92,8 @@ type access struct {
 	kernel, initramfs string
 	disks             []string
 	addFD             []string
+	// stream is the data channel's socket descriptor, "" for none.
+	stream string
 }
 
 // pathAccess names every file by its host path; NBD sockets are passed
@@ -109,7 +111,21 @@ func pathAccess(cfg *vmm.Config, t fdTable) (access, error) {
 		}
 		a.disks = append(a.disks, fd)
 	}
-	return a, nil
+	return a, streamFD(cfg, &a, t)
+}
+
+// streamFD passes a copy of cfg's data channel socket, if any, to QEMU
+// (the caller keeps cfg.Stream) and sets a.stream to its number there.
+func streamFD(cfg *vmm.Config, a *access, t fdTable) error {
+	if cfg.Stream == nil {
+		return nil
+	}
+	fd, err := unix.FcntlInt(cfg.Stream.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("data channel socket: %w", err)
+	}
+	a.stream = strconv.Itoa(t.add(os.NewFile(uintptr(fd), "stream")))
+	return nil
 }
 
 // nbdFD passes a copy of d's NBD socket to QEMU (the caller keeps d.NBD)
@@ -212,7 +228,7 @@ func fdAccess(cfg *vmm.Config, t fdTable) (access, error) {
 		}
 		a.disks = append(a.disks, "/dev/fdset/"+set)
 	}
-	return a, nil
+	return a, streamFD(cfg, &a, t)
 }
 
 // jailSpec returns the jail for a machine of cfg, its mount point a new

@@ -43,6 +43,9 @@ func TestNBDArgs(t *testing.T) {
 		"-device", "virtio-blk-device,drive=disk0",
 		"-drive", "id=disk1,file=/tmp/io.img,format=raw,if=none,cache=unsafe",
 		"-device", "virtio-blk-device,drive=disk1",
+		"-device", "virtio-serial-device",
+		"-chardev", "null,id=pe-stream",
+		"-device", "virtserialport,chardev=pe-stream,name=pe.stream",
 	}
 	if i < 0 || !slices.Equal(args[i:], want) {
 		t.Errorf("disk arguments %q, want %q", args[max(i, 0):], want)

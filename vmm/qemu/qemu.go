@@ -227,8 +227,25 @@ func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 		}
 		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id)
 	}
+	// The data channel: a virtio-serial port the guest finds by its
+	// name, after the disks so that they keep their names. It is there
+	// without a stream too, so that every machine has the same devices
+	// (a snapshot's and the VMs restored from it must).
+	chardev := "null,id=" + streamChardev
+	if a.stream != "" {
+		// A connected socket QEMU inherits, as the QMP monitor's.
+		chardev = "socket,id=" + streamChardev + ",fd=" + a.stream + ",server=off"
+	}
+	args = append(args,
+		"-device", "virtio-serial-device",
+		"-chardev", chardev,
+		"-device", "virtserialport,chardev="+streamChardev+",name="+vmm.StreamPortName,
+	)
 	return args
 }
+
+// streamChardev is the id of the data channel's chardev.
+const streamChardev = "pe-stream"
 
 // escape doubles commas, QEMU's option separator, in a value.
 func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
@@ -246,7 +263,7 @@ func Info() vmm.BackendInfo {
 		Install: InstallHint,
 		// The microvm machine's devices are all virtio-mmio: the guest
 		// loads no PCI transport (each module costs boot time).
-		GuestModules: []string{"virtio_mmio", "virtio_blk"},
+		GuestModules: []string{"virtio_mmio", "virtio_blk", "virtio_console"},
 		Facts: func(path string) []vmm.Fact {
 			return []vmm.Fact{New(path).Confinement().Fact()}
 		},

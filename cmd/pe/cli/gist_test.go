@@ -176,11 +176,13 @@ func TestGistCreateCmd(t *testing.T) {
 
 // captured is what a fake engine saw of a run.
 type captured struct {
-	req      engine.RunRequest
-	opts     engine.Options
-	stdin    string
-	input    map[string]string
-	platform string
+	req   engine.RunRequest
+	opts  engine.Options
+	stdin string
+	// streamedStdin: stdin came as Live.Stdin (-i), not whole.
+	streamedStdin bool
+	input         map[string]string
+	platform      string
 }
 
 // runCaptured runs pe in-process with an engine that records the request
@@ -191,11 +193,16 @@ func runCaptured(t *testing.T, args ...string) (*captured, string, error) {
 	a := &app{lookupEnv: func(k string) (string, bool) { return "", false }}
 	a.runEngine = func(ctx context.Context, opts engine.Options, req *engine.RunRequest) (*engine.RunResult, error) {
 		got = &captured{req: *req, opts: opts}
-		if req.Stdin != nil {
-			b, _ := io.ReadAll(req.Stdin)
+		stdin := req.Stdin
+		if req.Live != nil && req.Live.Stdin != nil {
+			stdin = req.Live.Stdin
+			got.streamedStdin = true
+		}
+		if stdin != nil {
+			b, _ := io.ReadAll(stdin)
 			got.stdin = string(b)
 		}
-		got.req.Stdin = nil
+		got.req.Stdin, got.req.Live = nil, nil
 		if req.InputDir != "" {
 			got.input = readTree(t, req.InputDir)
 		}
@@ -204,7 +211,12 @@ func runCaptured(t *testing.T, args ...string) (*captured, string, error) {
 				got.platform = cs.Options.Platform
 			}
 		}
-		return &engine.RunResult{Stdout: []byte("ran\n")}, nil
+		res := &engine.RunResult{Stdout: []byte("ran\n")}
+		if req.Live != nil && req.Live.Stdout != nil {
+			// The engine writes the output to Live's writers.
+			req.Live.Stdout.Write(res.Stdout)
+		}
+		return res, nil
 	}
 	cmd := newRoot(a)
 	var out, errOut strings.Builder

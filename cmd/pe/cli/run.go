@@ -77,6 +77,7 @@ type runFlags struct {
 	workdir, user string
 	entrypoint    string
 	interactive   bool
+	tty           bool
 	stdinFile     string
 	inputDir      string
 	outputDir     string
@@ -122,7 +123,11 @@ restored from the snapshot in DIR (made by pe snapshot create), already booted
 with its image, which takes a fraction of a boot's time. Everything else is the
 same; --memory and --cpus, if given, must be the snapshot's.
 
-The program's standard output and error go to pe's. pe exits with the
+The program's standard output and error go to pe's as it writes them. With
+-i, pe's standard input is streamed to the program while it runs; --stdin FILE
+gives it a file, whole. SIGINT and SIGTERM to pe are forwarded to the program
+(which, as PID 1 of its container, ignores those it has no handler for); a
+second one stops the VM. pe exits with the
 program's status, 128+N when signal N killed it, 124 when --timeout killed it,
 and 125 when pe itself failed (one line on standard error says why).
 --json prints one JSON object instead: exit_code, signal, timed_out, stdout,
@@ -166,7 +171,8 @@ raises GitHub's rate limit.`,
 	fs.StringVarP(&f.workdir, "workdir", "w", "", "the working directory inside the image (absolute)")
 	fs.StringVarP(&f.user, "user", "u", "", "the user: name, UID, name:group or UID:GID (names from the image's /etc/passwd, /etc/group)")
 	fs.StringVar(&f.entrypoint, "entrypoint", "", "replace the image's entrypoint (and drop its cmd); '' clears it")
-	fs.BoolVarP(&f.interactive, "interactive", "i", false, "give pe's standard input to the program (read whole before the VM starts)")
+	fs.BoolVarP(&f.interactive, "interactive", "i", false, "stream pe's standard input to the program while it runs")
+	fs.BoolVarP(&f.tty, "tty", "t", false, "run the program on a terminal (needs a terminal on pe's standard input)")
 	fs.StringVar(&f.stdinFile, "stdin", "", "give this file to the program as standard input")
 	fs.StringVar(&f.inputDir, "input", "", "copy this directory to /run/pe/input in the VM (modes and symlinks kept)")
 	fs.StringVar(&f.outputDir, "output", "", "copy /run/pe/output from the VM into this directory afterwards (a new or empty one: pe never changes what is there)")
@@ -243,6 +249,17 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		return err
 	}
 	defer closeStdin()
+	var liveStdin io.Reader
+	if f.interactive {
+		// Streamed while the program runs, not read whole first.
+		liveStdin, req.Stdin = req.Stdin, nil
+	}
+	var release func()
+	cio := &commandIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}
+	if req.Live, release, err = runLive(cio, f.asJSON, liveStdin, f.tty); err != nil {
+		return usageErrorf(cmd, "-t: %v", err)
+	}
+	defer release()
 	if err := checkInputDir(f.inputDir); err != nil {
 		return err
 	}
@@ -266,7 +283,7 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printRunResult(cmd, f, res)
+	return printRunResult(cmd, f, res, req.Live.Stdout != nil)
 }
 
 // runExample checks the flags that go with --gist and --files, loads the
@@ -391,7 +408,8 @@ func runEngineOptions(cmd *cobra.Command, a *app, f *runFlags) (engine.Options, 
 
 // printRunResult prints the program's output (or, with --json, the
 // result) and pe's notes, and returns the program's exit status.
-func printRunResult(cmd *cobra.Command, f *runFlags, res *engine.RunResult) error {
+// streamed says the engine wrote the output already (engine.Live).
+func printRunResult(cmd *cobra.Command, f *runFlags, res *engine.RunResult, streamed bool) error {
 	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	if f.asJSON {
 		b, err := json.Marshal(res)
@@ -402,10 +420,12 @@ func printRunResult(cmd *cobra.Command, f *runFlags, res *engine.RunResult) erro
 			return err
 		}
 	} else {
-		if _, err := out.Write(res.Stdout); err != nil {
-			return err
+		if !streamed {
+			if _, err := out.Write(res.Stdout); err != nil {
+				return err
+			}
+			errOut.Write(res.Stderr)
 		}
-		errOut.Write(res.Stderr)
 		for _, note := range runNotes(res, f) {
 			fmt.Fprintf(errOut, "pe: %s\n", note)
 		}

@@ -1,0 +1,81 @@
+package guest
+
+import (
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+)
+
+// socketPair is a connected pair of stream sockets, as the engine and
+// QEMU's chardev have.
+func socketPair(t *testing.T) (host, guest net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "sock")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+func waitDone(t *testing.T, c <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out")
+	}
+}
+
+func TestGuestStreamCloseUnblocks(t *testing.T) {
+	_, gc := socketPair(t)
+	g := NewGuestStream(gc, t.Logf) // no host: no credit ever
+	wrote := make(chan struct{})
+	go func() {
+		g.Writer(FrameStdout).Write([]byte("stuck"))
+		close(wrote)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	g.Close()
+	waitDone(t, wrote)
+}
+
+// memWriterAt is an io.WriterAt in memory.
+type memWriterAt struct{ b []byte }
+
+func (m *memWriterAt) WriteAt(p []byte, off int64) (int, error) {
+	if need := int(off) + len(p); need > len(m.b) {
+		m.b = append(m.b, make([]byte, need-len(m.b))...)
+	}
+	return copy(m.b[off:], p), nil
+}
+
+// TestWriteKept checks what the data channel gets of a stream: exactly
+// the bytes the I/O disk kept, none past the cap.
+func TestWriteKept(t *testing.T) {
+	var disk memWriterAt
+	s := &StreamWriter{w: &disk, limit: 10}
+	var kept []string
+	for _, p := range []string{"hello ", "world", "!!!"} {
+		kept = append(kept, string(s.WriteKept([]byte(p))))
+	}
+	if diff := cmp.Diff([]string{"hello ", "worl", ""}, kept); diff != "" {
+		t.Errorf("kept (-want +got):\n%s", diff)
+	}
+	if string(disk.b) != "hello worl" || !s.Truncated() {
+		t.Errorf("disk %q, truncated %v", disk.b, s.Truncated())
+	}
+}
