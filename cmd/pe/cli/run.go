@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -255,10 +256,14 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		liveStdin, req.Stdin = req.Stdin, nil
 	}
 	var release func()
+	ctx, stop := context.WithCancel(cmd.Context())
+	defer stop()
 	cio := &commandIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}
-	if req.Live, release, err = runLive(cio, f.asJSON, liveStdin, f.tty); err != nil {
+	if req.Live, release, err = runLive(cio, f.asJSON, liveStdin, f.tty, stop); err != nil {
 		return usageErrorf(cmd, "-t: %v", err)
 	}
+	// Deferred, the terminal -it made raw is restored on every way out
+	// (a panic included); called again below, before pe prints its notes.
 	defer release()
 	if err := checkInputDir(f.inputDir); err != nil {
 		return err
@@ -275,7 +280,8 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 			return err
 		}
 	}
-	res, err := a.runEngine(cmd.Context(), opts, req)
+	res, err := a.runEngine(ctx, opts, req)
+	release()
 	// The chunks a lazy run fetched are written to the chunk cache in
 	// the background: wait for them before pe exits, once the result is
 	// out.
