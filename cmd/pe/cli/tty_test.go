@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/pe-project/pe/engine"
 )
 
 // openPTY opens a pseudo-terminal of the host, standing in for the
@@ -168,3 +172,93 @@ func TestRunTTYVM(t *testing.T) {
 		t.Errorf("the terminal's mode was not restored:\nbefore %+v\nafter  %+v", before, after)
 	}
 }
+
+// TestRunTTYFlags runs pe run -t and -it on a host pseudo-terminal with
+// an engine that records the request: the terminal's size and stdin go
+// with the run as asked, -it's terminal is raw during the run, -t's is
+// left alone, and the terminal is restored after the run whether it
+// failed or not; -it's default time limit is an interactive one.
+func TestRunTTYFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		args        []string
+		fail        bool
+		hup         bool // SIGHUP to pe during the run
+		wantRaw     bool
+		wantStdin   bool
+		wantTimeout time.Duration
+	}{
+		{"-it", []string{"-it"}, false, false, true, true, interactiveTimeout},
+		{"-it, the VM failing", []string{"-it"}, true, false, true, true, interactiveTimeout},
+		{"-it, SIGHUP stops the run", []string{"-it"}, true, true, true, true, interactiveTimeout},
+		{"-it --timeout", []string{"-it", "--timeout", "5s"}, false, false, true, true, 5 * time.Second},
+		{"-t alone", []string{"-t"}, false, false, false, false, 10 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("PE_CACHE_DIR", t.TempDir())
+			_, secondary := openPTY(t, 25, 90)
+			fd := int(secondary.Fd())
+			before, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				raw     bool
+				tty     *engineTTY
+				stdin   bool
+				timeout time.Duration
+			}
+			a := &app{lookupEnv: func(string) (string, bool) { return "", false }}
+			a.runEngine = func(ctx context.Context, opts engine.Options, req *engine.RunRequest) (*engine.RunResult, error) {
+				during, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+				if err != nil {
+					return nil, err
+				}
+				got.raw = during.Lflag&(unix.ECHO|unix.ICANON|unix.ISIG) == 0
+				if l := req.Live; l != nil && l.TTY != nil {
+					got.tty = &engineTTY{l.TTY.Rows, l.TTY.Cols}
+					got.stdin = l.Stdin != nil
+				}
+				got.timeout = req.Timeout
+				if tc.hup {
+					syscall.Kill(os.Getpid(), syscall.SIGHUP)
+					select {
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					case <-time.After(time.Minute):
+						return nil, errors.New("SIGHUP did not stop the run")
+					}
+				}
+				if tc.fail {
+					return nil, errors.New("the VM failed")
+				}
+				return &engine.RunResult{}, nil
+			}
+			cmd := newRoot(a)
+			cmd.SetArgs(append(append([]string{"run"}, tc.args...), "img.erofs", "sh"))
+			cmd.SetIn(secondary)
+			cmd.SetOut(secondary)
+			cmd.SetErr(secondary)
+			err = cmd.ExecuteContext(t.Context())
+			if (err != nil) != tc.fail || tc.hup && !errors.Is(err, context.Canceled) {
+				t.Errorf("pe run: %v", err)
+			}
+			if diff := cmp.Diff(&engineTTY{25, 90}, got.tty); diff != "" {
+				t.Errorf("terminal (-want +got):\n%s", diff)
+			}
+			if got.raw != tc.wantRaw || got.stdin != tc.wantStdin || got.timeout != tc.wantTimeout {
+				t.Errorf("raw %v, stdin %v, timeout %v; want %v, %v, %v", got.raw, got.stdin, got.timeout, tc.wantRaw, tc.wantStdin, tc.wantTimeout)
+			}
+			after, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *after != *before {
+				t.Errorf("the terminal's mode was not restored:\nbefore %+v\nafter  %+v", before, after)
+			}
+		})
+	}
+}
+
+// engineTTY is a terminal's size as a test compares it.
+type engineTTY struct{ Rows, Cols uint16 }
