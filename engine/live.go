@@ -64,7 +64,9 @@ type Live struct {
 	// typed on it: the guest's line discipline turns Ctrl-C, Ctrl-Z and
 	// Ctrl-\ into signals for the terminal's foreground process group,
 	// so a caller with a terminal of its own puts it in raw mode and
-	// passes them on as bytes.
+	// passes them on as bytes. Stdin's end is not the program's end of
+	// input on a terminal (that is Ctrl-D, a byte too): it only stops
+	// the typing.
 	TTY *TTY
 	// OnStart, when set, is called once the guest reports the program
 	// started (informational: a guest that never says so still runs).

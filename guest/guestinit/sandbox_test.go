@@ -555,3 +555,18 @@ echo via-dev-tty > /dev/tty; exit 4`
 		})
 	}
 }
+
+// The terminal's output goes to the same capped writer as a pipe's: past
+// the cap it is counted, not kept, and the program runs on to its end.
+func TestSandboxTTYOutputCap(t *testing.T) {
+	dir := sandboxDir(t)
+	r := shRequest(`head -c 100000 /dev/zero; exit 5`)
+	r.Stream = &guest.StreamRequest{TTY: &guest.WindowSize{Rows: 24, Cols: 80}}
+	res := runSandbox(t, dir, childParams{Request: r, MaxOutput: 1000})
+	if res.Result.ExitCode != 5 {
+		t.Errorf("exit %d (error %q), want 5", res.Result.ExitCode, res.Result.Error)
+	}
+	if res.Stdout != strings.Repeat("\x00", 1000) || res.StdoutTotal != 100000 {
+		t.Errorf("stdout %d bytes %.20q of %d written, want 1000 NULs of 100000", len(res.Stdout), res.Stdout, res.StdoutTotal)
+	}
+}
