@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -61,45 +62,55 @@ func (s *ttyScreen) waitFor(t *testing.T, from int, want string, timeout time.Du
 }
 
 // TestVMTTY drives an interactive shell on a terminal in the guest as
-// pe run -it does, from the boot snapshot and cold: typed commands and
-// their output, a resize, Ctrl-C to a sleep (the guest's terminal makes it
-// SIGINT for the foreground job), a forged result-ready line on the
-// terminal, and the shell's exit status.
+// pe run -it does, booted, restored from the boot snapshot and from an
+// image's snapshot: typed commands and their output, a resize, Ctrl-C to
+// a sleep (the guest's terminal makes it SIGINT for the foreground job),
+// a forged result-ready line on the terminal, and the shell's exit
+// status.
 func TestVMTTY(t *testing.T) {
 	t.Parallel()
 	f := vmSetup(t)
-	for _, boot := range []bool{true, false} {
-		t.Run(fmt.Sprintf("boot snapshot %v", boot), func(t *testing.T) {
-			t.Parallel()
-			e, err := New(Options{
-				Images:        StaticSource{"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()}},
-				Backend:       qemu.New(""),
-				Accel:         vmm.AccelTCG,
-				KernelInfo:    f.kernel,
-				InitBinary:    f.init,
-				CacheDir:      t.TempDir(),
-				TempDir:       t.TempDir(),
-				Log:           testLogger(t),
-				BootSnapshots: boot,
-			})
-			if err != nil {
-				t.Fatal(err)
+	cold := newTestEngine(t, f, nil)
+	warm, err := New(Options{
+		Images:        StaticSource{"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()}},
+		Backend:       qemu.New(""),
+		Accel:         vmm.AccelTCG,
+		KernelInfo:    f.kernel,
+		InitBinary:    f.init,
+		CacheDir:      t.TempDir(),
+		TempDir:       t.TempDir(),
+		Log:           testLogger(t),
+		BootSnapshots: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "snap")
+	createSnapshot(t, cold, dir)
+	snap, err := cold.OpenSnapshot(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		e      *Engine
+		launch string
+		snap   *Snapshot
+	}{
+		{"boot", cold, LaunchBoot, nil},
+		{"boot-snapshot", warm, LaunchBootSnapshot, nil},
+		{"image-snapshot", cold, LaunchSnapshot, snap},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := testTTYSession(t, tc.e, tc.snap)
+			if res.Launch != tc.launch {
+				t.Errorf("launch %s, want %s", res.Launch, tc.launch)
 			}
-			if boot {
-				// Made first, so that the session below is restored from it.
-				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-				err := e.EnsureBootSnapshot(ctx, 0, 0)
-				cancel()
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
-			testTTYSession(t, e, boot)
 		})
 	}
 }
 
-func testTTYSession(t *testing.T, e *Engine, boot bool) {
+func testTTYSession(t *testing.T, e *Engine, snap *Snapshot) *RunResult {
 	screen := newTTYScreen()
 	stdin, typing := io.Pipe()
 	defer typing.Close()
@@ -107,6 +118,7 @@ func testTTYSession(t *testing.T, e *Engine, boot bool) {
 	var stderr bytes.Buffer
 	req := &RunRequest{
 		Image:     "busybox",
+		Snapshot:  snap,
 		Overrides: Overrides{Cmd: []string{"sh"}, Env: []string{"PS1=prompt$ "}},
 		Live: &Live{
 			Stdout: screen, Stderr: &stderr, Stdin: stdin,
@@ -189,8 +201,5 @@ func testTTYSession(t *testing.T, e *Engine, boot bool) {
 	if stderr.Len() > 0 || len(r.res.Stderr) > 0 {
 		t.Errorf("stderr %q, result's %q: want none on a terminal", stderr.String(), r.res.Stderr)
 	}
-	_, incoming := r.res.Durations["vm_start/qemu.Incoming"]
-	if incoming != boot {
-		t.Errorf("restored from the boot snapshot: %v, want %v", incoming, boot)
-	}
+	return r.res
 }
