@@ -285,6 +285,12 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 			return err
 		}
 	}
+	if req.Live.TTY != nil && liveStdin != nil && opts.Notice != nil {
+		// pe's terminal is raw during the run: a line of pe's returns
+		// the cursor itself.
+		notice := opts.Notice
+		opts.Notice = func(msg string) { notice(msg + "\r") }
+	}
 	res, err := a.runEngine(ctx, opts, req)
 	release()
 	// The chunks a lazy run fetched are written to the chunk cache in
