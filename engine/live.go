@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -61,8 +60,14 @@ type Live struct {
 	Signals <-chan syscall.Signal
 	// TTY, when set, runs the program on a pseudo-terminal in the guest
 	// (as docker run -t): stdin, stdout and stderr are the terminal, so
-	// everything comes on Stdout. Not implemented yet: Run refuses it with
-	// ErrTTYUnsupported.
+	// everything comes on Stdout (and in RunResult.Stdout, the terminal's
+	// "\r\n" and echo included), nothing on Stderr. Stdin's bytes are
+	// typed on it: the guest's line discipline turns Ctrl-C, Ctrl-Z and
+	// Ctrl-\ into signals for the terminal's foreground process group,
+	// so a caller with a terminal of its own puts it in raw mode and
+	// passes them on as bytes. Stdin's end is not the program's end of
+	// input on a terminal (that is Ctrl-D, a byte too): it only stops
+	// the typing.
 	TTY *TTY
 	// OnStart, when set, is called once the guest reports the program
 	// started (informational: a guest that never says so still runs).
@@ -80,10 +85,6 @@ type TTY struct {
 
 // WindowSize is a terminal's size in characters.
 type WindowSize = guest.WindowSize
-
-// ErrTTYUnsupported is returned by Run for a run with Live.TTY until the
-// guest's pseudo-terminal is implemented.
-var ErrTTYUnsupported = errors.New("a terminal for the program (Live.TTY) is not implemented yet")
 
 // streamRequest is what the guest is asked to do with the data channel
 // for live (nil: nothing).

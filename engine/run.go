@@ -141,7 +141,6 @@ func (e *Engine) checkRequest(r *RunRequest) (*RunRequest, error) {
 			if l.TTY.Rows == 0 || l.TTY.Cols == 0 {
 				return nil, fmt.Errorf("run: terminal size %dx%d", l.TTY.Rows, l.TTY.Cols)
 			}
-			return nil, ErrTTYUnsupported
 		}
 	}
 	// Checked again when the outputs come back; now, so that a run that

@@ -78,9 +78,12 @@ type Sandbox struct {
 	Started, Exited func()
 
 	// runMu guards running, the child of the program running now, for
-	// Signal.
-	runMu   sync.Mutex
-	running *stage2Child
+	// Signal; term, the primary end of its terminal, and pendingSize, a
+	// size Resize got before the terminal was made, for Resize.
+	runMu       sync.Mutex
+	running     *stage2Child
+	term        *os.File
+	pendingSize *guest.WindowSize
 
 	child *stage2Child // started by Start, used up by Run
 	// spawned is a child Spawn started, which Start sets up.
@@ -98,6 +101,9 @@ type stage2Child struct {
 	// The init's ends: the configuration and failure report, the program's
 	// output and its standard input.
 	cfgW, failR, outR, errR, inW *os.File
+	// term is the primary end of the program's terminal (see pty.go), for
+	// a run with one.
+	term *os.File
 	// mountNS holds the program's mount namespace once the child made it,
 	// so that the program's exit does not tear it down: see Close.
 	mountNS *os.File
@@ -105,12 +111,12 @@ type stage2Child struct {
 
 // closePipes closes the init's ends of the pipes.
 func (c *stage2Child) closePipes() {
-	for _, f := range []*os.File{c.cfgW, c.failR, c.outR, c.errR, c.inW} {
+	for _, f := range []*os.File{c.cfgW, c.failR, c.outR, c.errR, c.inW, c.term} {
 		if f != nil {
 			f.Close()
 		}
 	}
-	c.cfgW, c.failR, c.outR, c.errR, c.inW = nil, nil, nil, nil, nil
+	c.cfgW, c.failR, c.outR, c.errR, c.inW, c.term = nil, nil, nil, nil, nil, nil
 }
 
 // release closes the pipes, lets the mount namespace go and removes the
@@ -158,6 +164,10 @@ type stage2Config struct {
 	// NullStdin replaces the pipe on the child's standard input with
 	// /dev/null: the request has no input for it.
 	NullStdin bool `json:"null_stdin"`
+	// TTY, when set, is the path in the container of the terminal the
+	// init made for the program (see pty.go): its standard streams and
+	// controlling terminal.
+	TTY string `json:"tty,omitempty"`
 }
 
 // stage2Ready is the byte the stage-2 child writes on fd 4 once the
@@ -406,6 +416,9 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	c := s.child
 	s.child = nil
 	defer func() {
+		s.runMu.Lock()
+		s.term = nil
+		s.runMu.Unlock()
 		c.closePipes()
 		s.retired = append(s.retired, c)
 	}()
@@ -413,8 +426,16 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 		c.kill()
 		return res, err
 	}
-	drained := c.connect(stdin, stdout, stderr)
-	sendErr, err := s.configure(c, req, stdin == nil)
+	var ttyPath string
+	if req.Stream != nil && req.Stream.TTY != nil {
+		var err error
+		if ttyPath, err = s.openTTY(c, req); err != nil {
+			c.kill()
+			return res, err
+		}
+	}
+	drained, streams := c.connect(stdin, stdout, stderr)
+	sendErr, err := s.configure(c, req, stdin == nil && ttyPath == "", ttyPath)
 	if err != nil {
 		c.kill()
 		return res, err
@@ -434,7 +455,7 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	res.Timings = map[string]int64{"program": elapsed.Microseconds()}
 	defer func() { res.Timings["collect"] = (time.Since(start) - elapsed).Microseconds() }()
-	s.settle(c, drained)
+	s.settle(c, drained, streams)
 	if err := c.status(res, waitErr); err != nil {
 		return res, err
 	}
@@ -443,6 +464,36 @@ func (s *Sandbox) run(req *guest.Request, stdin io.Reader, stdout, stderr io.Wri
 	}
 	s.Log.Debugf("program ended after %v: exit %d %s", elapsed.Round(time.Millisecond), res.ExitCode, res.Signal)
 	return res, nil
+}
+
+// openTTY makes the terminal of req's program (Request.Stream.TTY) and
+// returns its path in the container.
+func (s *Sandbox) openTTY(c *stage2Child, req *guest.Request) (string, error) {
+	s.runMu.Lock()
+	defer s.runMu.Unlock()
+	ws := *req.Stream.TTY
+	if s.pendingSize != nil {
+		ws, s.pendingSize = *s.pendingSize, nil
+	}
+	term, path, err := c.openPTY(ws, req.UID)
+	if err != nil {
+		return "", err
+	}
+	c.term, s.term = term, term
+	return path, nil
+}
+
+// Resize sets the size of the running program's terminal (the kernel
+// sends it SIGWINCH); before the terminal exists, the size is kept for
+// it. A run without a terminal ignores it.
+func (s *Sandbox) Resize(ws guest.WindowSize) error {
+	s.runMu.Lock()
+	defer s.runMu.Unlock()
+	if s.term == nil {
+		s.pendingSize = &ws
+		return nil
+	}
+	return setWinsize(s.term, ws)
 }
 
 func (s *Sandbox) setRunning(c *stage2Child) {
@@ -476,33 +527,49 @@ func (c *stage2Child) limit(req *guest.Request) error {
 }
 
 // connect copies stdin (nil: none) to the child and its output streams to
-// stdout and stderr, as they come; drained gets a value as each output
-// stream ends.
-func (c *stage2Child) connect(stdin io.Reader, stdout, stderr io.Writer) (drained chan struct{}) {
-	if stdin != nil {
+// stdout and stderr, as they come; drained gets a value as each of the
+// output streams (streams of them, returned) ends. With a terminal, stdin goes to it and its
+// output to stdout; the child's pipes, which the terminal replaces, end
+// when it executes the program.
+func (c *stage2Child) connect(stdin io.Reader, stdout, stderr io.Writer) (drained chan struct{}, streams int) {
+	switch {
+	case stdin != nil && c.term != nil:
+		// Not closed at stdin's end: a terminal has no end of input
+		// but its own (Ctrl-D is a byte on it).
+		go io.Copy(c.term, stdin)
+		c.inW.Close()
+	case stdin != nil:
 		go func(w *os.File) {
 			io.Copy(w, stdin) // EPIPE when the program stops reading: fine
 			w.Close()
 		}(c.inW)
-	} else {
+	default:
 		c.inW.Close()
 	}
 	c.inW = nil // closed by its writer
 
-	drained = make(chan struct{}, 2)
+	streams = 2
+	drained = make(chan struct{}, 3)
 	drain := func(r *os.File, w io.Writer) {
 		io.Copy(w, r)
 		drained <- struct{}{}
 	}
 	go drain(c.outR, stdout)
 	go drain(c.errR, stderr)
-	return drained
+	if c.term != nil {
+		streams++
+		go func(term *os.File) {
+			copyTTYOut(term, stdout)
+			drained <- struct{}{}
+		}(c.term)
+	}
+	return drained, streams
 }
 
 // configure runs Configure and sends the child the program. A failure to
 // send (sendErr) is not yet an error: the child is gone, and its failure
 // report, read after its end, says why.
-func (s *Sandbox) configure(c *stage2Child, req *guest.Request, nullStdin bool) (sendErr, err error) {
+func (s *Sandbox) configure(c *stage2Child, req *guest.Request, nullStdin bool, tty string) (sendErr, err error) {
 	if s.Configure != nil {
 		if err := s.Configure(req); err != nil {
 			return nil, err
@@ -512,7 +579,7 @@ func (s *Sandbox) configure(c *stage2Child, req *guest.Request, nullStdin bool) 
 	if err != nil {
 		return nil, err
 	}
-	cfg.NullStdin = nullStdin
+	cfg.NullStdin, cfg.TTY = nullStdin, tty
 	sendErr = json.NewEncoder(c.cfgW).Encode(cfg)
 	if sendErr != nil {
 		// The child closes fd 3 only once it has read this.
@@ -547,8 +614,9 @@ func (s *Sandbox) wait(c *stage2Child, limit time.Duration) (waitErr error, time
 }
 
 // settle waits, after the child's end, for its cgroup to empty and its
-// output streams to end, forcing both when they do not.
-func (s *Sandbox) settle(c *stage2Child, drained chan struct{}) {
+// output streams (streams of them) to end, forcing both when they do
+// not.
+func (s *Sandbox) settle(c *stage2Child, drained chan struct{}, streams int) {
 	// The program was the init of its PID namespace, whose end took every
 	// process in there with it: the cgroup is empty, unless something got
 	// out, which is then killed.
@@ -558,14 +626,20 @@ func (s *Sandbox) settle(c *stage2Child, drained chan struct{}) {
 		c.cg.waitEmpty(drainGrace)
 	}
 	deadline := time.After(drainGrace)
-	for range 2 {
+	for i := 0; i < streams; i++ {
 		select {
 		case <-drained:
 		case <-deadline:
 			s.Log.Infof("output pipes still open %v after the program ended: closing them", drainGrace)
 			c.outR.Close()
 			c.errR.Close()
-			<-drained
+			if c.term != nil {
+				c.term.Close()
+			}
+			for ; i < streams; i++ {
+				<-drained
+			}
+			return
 		}
 	}
 }

@@ -513,3 +513,60 @@ func TestSandboxStartReportsSetupFailure(t *testing.T) {
 		t.Errorf("Start error %q, want it to contain %q", res.StartErr, want)
 	}
 }
+
+// A run with a terminal: the program's three streams are the secondary
+// end of a pseudo-terminal of its own devpts, its controlling terminal,
+// of the requested size and owned by its user; what the terminal echoes
+// and the program writes all come on stdout, with the terminal's "\r\n".
+func TestSandboxTTY(t *testing.T) {
+	dir := sandboxDir(t)
+	script := `tty; stty size; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-tty
+stat -c 'owner %u:%g %a' "$(tty)"
+read line; echo "got $line"; echo to-stderr >&2
+# the controlling terminal: /dev/tty opens it
+echo via-dev-tty > /dev/tty; exit 4`
+	for _, tc := range []struct {
+		name  string
+		p     childParams
+		owner string
+	}{
+		{"root, spawned first as for a boot snapshot", childParams{PreSpawn: true}, "owner 0:5 620"},
+		{"an unprivileged user", childParams{PreStart: true}, "owner 1000:5 620"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.p.Request = shRequest(script)
+			if tc.owner != "owner 0:5 620" {
+				tc.p.Request.UID, tc.p.Request.GID = 1000, 1000
+			}
+			tc.p.Request.Stream = &guest.StreamRequest{TTY: &guest.WindowSize{Rows: 33, Cols: 101}}
+			tc.p.Stdin = []byte("hello\n")
+			res := runSandbox(t, dir, tc.p)
+			if r := res.Result; r.ExitCode != 4 || r.Error != "" {
+				t.Errorf("exit %d error %q, want 4 and none", r.ExitCode, r.Error)
+			}
+			for _, want := range []string{"/dev/pts/0\r\n", "33 101\r\n", "all-tty\r\n", tc.owner + "\r\n", "got hello\r\n", "to-stderr\r\n", "via-dev-tty\r\n"} {
+				if !strings.Contains(res.Stdout, want) {
+					t.Errorf("stdout %q lacks %q", res.Stdout, want)
+				}
+			}
+			if res.Stderr != "" {
+				t.Errorf("stderr %q, want nothing: the terminal is all the program's streams", res.Stderr)
+			}
+		})
+	}
+}
+
+// The terminal's output goes to the same capped writer as a pipe's: past
+// the cap it is counted, not kept, and the program runs on to its end.
+func TestSandboxTTYOutputCap(t *testing.T) {
+	dir := sandboxDir(t)
+	r := shRequest(`head -c 100000 /dev/zero; exit 5`)
+	r.Stream = &guest.StreamRequest{TTY: &guest.WindowSize{Rows: 24, Cols: 80}}
+	res := runSandbox(t, dir, childParams{Request: r, MaxOutput: 1000})
+	if res.Result.ExitCode != 5 {
+		t.Errorf("exit %d (error %q), want 5", res.Result.ExitCode, res.Result.Error)
+	}
+	if res.Stdout != strings.Repeat("\x00", 1000) || res.StdoutTotal != 100000 {
+		t.Errorf("stdout %d bytes %.20q of %d written, want 1000 NULs of 100000", len(res.Stdout), res.Stdout, res.StdoutTotal)
+	}
+}

@@ -137,7 +137,7 @@ func enterRoot(setup *stage2Setup) error {
 }
 
 // configureChild applies what the configuration changes of the setup:
-// /dev/shm's size, the hostname, standard input.
+// /dev/shm's size, the hostname, standard input, the terminal.
 func configureChild(setup *stage2Setup, cfg *stage2Config) error {
 	if cfg.ShmSize != setup.ShmSize && cfg.ShmSize > 0 {
 		if err := unix.Mount("", "/dev/shm", "", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size="+itoa(cfg.ShmSize)); err != nil {
@@ -146,6 +146,11 @@ func configureChild(setup *stage2Setup, cfg *stage2Config) error {
 	}
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		return setupErr("sandbox: hostname: %v", err)
+	}
+	if cfg.TTY != "" {
+		if err := attachTTY(cfg.TTY); err != nil {
+			return err
+		}
 	}
 	if cfg.NullStdin {
 		// The program's /dev/null, bound from the init's.

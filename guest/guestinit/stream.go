@@ -154,6 +154,13 @@ func (in *vmInit) startStream(req *guest.Request, iof *guest.IOFile) (stdout, st
 		lr.gs.SetStdin(pw)
 		stdin = pr
 	}
+	if req.Stream.TTY != nil {
+		lr.gs.SetResize(func(ws guest.WindowSize) {
+			if err := in.sb.Resize(ws); err != nil {
+				in.log.Debugf("resize the program's terminal: %v", err)
+			}
+		})
+	}
 	lr.gs.SetSignal(func(sig int) {
 		if err := in.sb.Signal(syscall.Signal(sig)); err != nil {
 			in.log.Debugf("signal %d to the program: %v", sig, err)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -176,7 +177,7 @@ raises GitHub's rate limit.`,
 	fs.StringVar(&f.stdinFile, "stdin", "", "give this file to the program as standard input")
 	fs.StringVar(&f.inputDir, "input", "", "copy this directory to /run/pe/input in the VM (modes and symlinks kept)")
 	fs.StringVar(&f.outputDir, "output", "", "copy /run/pe/output from the VM into this directory afterwards (a new or empty one: pe never changes what is there)")
-	fs.DurationVar(&f.timeout, "timeout", engine.DefaultTimeout, "the program's time limit")
+	fs.DurationVar(&f.timeout, "timeout", engine.DefaultTimeout, "the program's time limit (1h with -it)")
 	memoryVar(fs, &f.memory, "the VM's memory")
 	cpusVar(fs, &f.cpus, "the VM's vCPUs")
 	sizeVar(fs, &f.maxOutput, "max-output", "1MiB", maxOutputSpec, "keep at most this much of stdout and of stderr each (and of the output directory)")
@@ -239,6 +240,11 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	if f.timeout <= 0 {
 		return usageErrorf(cmd, "--timeout %v: want a positive duration", f.timeout)
 	}
+	if f.tty && f.interactive && f.timeout == engine.DefaultTimeout && !cmd.Flags().Changed("timeout") {
+		// Someone types at an interactive session: a batch run's 10 s
+		// would end it mid-sentence.
+		f.timeout, req.Timeout = interactiveTimeout, interactiveTimeout
+	}
 	req.MemoryMiB = f.memory.MiB()
 	if f.snapshot != "" && !cmd.Flags().Changed("memory") {
 		req.MemoryMiB = 0
@@ -255,10 +261,14 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 		liveStdin, req.Stdin = req.Stdin, nil
 	}
 	var release func()
+	ctx, stop := context.WithCancel(cmd.Context())
+	defer stop()
 	cio := &commandIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}
-	if req.Live, release, err = runLive(cio, f.asJSON, liveStdin, f.tty); err != nil {
+	if req.Live, release, err = runLive(cio, f.asJSON, liveStdin, f.tty, stop); err != nil {
 		return usageErrorf(cmd, "-t: %v", err)
 	}
+	// Deferred, the terminal -it made raw is restored on every way out
+	// (a panic included); called again below, before pe prints its notes.
 	defer release()
 	if err := checkInputDir(f.inputDir); err != nil {
 		return err
@@ -275,7 +285,14 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 			return err
 		}
 	}
-	res, err := a.runEngine(cmd.Context(), opts, req)
+	if req.Live.TTY != nil && liveStdin != nil && opts.Notice != nil {
+		// pe's terminal is raw during the run: a line of pe's returns
+		// the cursor itself.
+		notice := opts.Notice
+		opts.Notice = func(msg string) { notice(msg + "\r") }
+	}
+	res, err := a.runEngine(ctx, opts, req)
+	release()
 	// The chunks a lazy run fetched are written to the chunk cache in
 	// the background: wait for them before pe exits, once the result is
 	// out.
@@ -285,6 +302,10 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	}
 	return printRunResult(cmd, f, res, req.Live.Stdout != nil)
 }
+
+// interactiveTimeout is pe run -it's time limit when --timeout is not
+// given.
+const interactiveTimeout = time.Hour
 
 // runExample checks the flags that go with --gist and --files, loads the
 // files they give, sets the flags pe.toml gives and the command line did

@@ -64,6 +64,8 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"run", "--max-output", "0", "img"}, "--max-output"},
 		{[]string{"run", "--cpus", "0", "img"}, "--cpus 0"},
 		{[]string{"run", "-i", "--stdin", "f", "img"}, "choose one"},
+		{[]string{"run", "-t", "img"}, "-t: the input device is not a TTY"},
+		{[]string{"run", "-it", "img"}, "-t: the input device is not a TTY"},
 		{[]string{"run", "-e", "=x", "img"}, "NAME=VALUE"},
 		{[]string{"run", "--stdin", "/nonexistent/in", "img"}, "/nonexistent/in"},
 		{[]string{"run", "--input", "/nonexistent/dir", "img"}, "/nonexistent/dir"},
