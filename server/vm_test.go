@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -378,5 +380,56 @@ func TestVMOverload(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(work); len(left) > 0 {
 		t.Errorf("left in the work directory: %v", left)
+	}
+}
+
+// TestVMStream streams a run over a real VM: the line printed before a
+// sleep arrives before the sleep ends, and the result comes after it
+// with both lines.
+func TestVMStream(t *testing.T) {
+	url := vmServer(t, Config{})
+	body := `{"cmd":["sh","-c","echo first; sleep 2; echo second >&2; echo third"]}`
+	resp := postStream(t, t.Context(), url+"/api/v2/runi/amd64/linux/busybox", "application/json", []byte(body))
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	var first, result time.Time
+	var names []string
+	var stdout, stderr string
+	var res RunResponse
+	for ev := range readEvents(resp.Body) {
+		if ev.name == ":" {
+			continue
+		}
+		names = append(names, ev.name)
+		var s string
+		switch ev.name {
+		case "stdout", "stderr":
+			if err := json.Unmarshal([]byte(ev.data), &s); err != nil {
+				t.Fatal(err)
+			}
+			if ev.name == "stdout" {
+				stdout += s
+			} else {
+				stderr += s
+			}
+			if strings.Contains(stdout, "first") && first.IsZero() {
+				first = ev.at
+			}
+		case "result":
+			result = ev.at
+			if err := json.Unmarshal([]byte(ev.data), &res); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("events %q; first line %v before the result", names, result.Sub(first))
+	if stdout != "first\nthird\n" || stderr != "second\n" || res.Stdout == nil || *res.Stdout != stdout || res.Kind != KindOk {
+		t.Errorf("live stdout %q stderr %q, result %+v", stdout, stderr, res)
+	}
+	if first.IsZero() || result.Sub(first) < 1500*time.Millisecond {
+		t.Errorf("the first line came %v before the result: want it before the 2 s sleep ended", result.Sub(first))
 	}
 }
