@@ -61,6 +61,9 @@ func readEvents(r io.Reader) <-chan sseEvent {
 // body.
 func postStream(t *testing.T, ctx context.Context, url, ctype string, body []byte) *http.Response {
 	t.Helper()
+	// A server that never answers fails the test instead of hanging it.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	t.Cleanup(cancel)
 	req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -121,11 +124,18 @@ func collectStream(t *testing.T, ch <-chan sseEvent) (names []string, stdout, st
 	return names, stdout, stderr, data
 }
 
+// releaseAtEnd releases fake's blocked runs when the test ends, so that
+// a failing test does not hang in the server's Close.
+func releaseAtEnd(t *testing.T, fake *fakeRunner) {
+	t.Cleanup(func() { close(fake.release) })
+}
+
 // TestStreamLive checks output arrives while the run goes on: the line
 // is read while the program still waits, before anything releases it.
 func TestStreamLive(t *testing.T) {
 	fake := newFakeRunner()
 	_, url := testServer(t, Config{Runner: fake})
+	releaseAtEnd(t, fake)
 	resp := postStream(t, t.Context(), url+"/api/v2/runi/amd64/linux/demo", "application/json", []byte(`{"cmd":["liveblock","hello"]}`))
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" || resp.Header.Get("X-Accel-Buffering") != "no" {
@@ -211,6 +221,7 @@ func TestStreamResultIsTheBatchAnswer(t *testing.T) {
 func TestStreamRefusals(t *testing.T) {
 	fake := newFakeRunner()
 	s, url := testServer(t, Config{Runner: fake, Slots: 1, MaxQueue: 1, MaxWait: 200 * time.Millisecond})
+	releaseAtEnd(t, fake)
 	run := url + "/api/v2/runi/amd64/linux/demo"
 
 	for _, c := range []struct {
@@ -288,6 +299,7 @@ func TestStreamRateLimited(t *testing.T) {
 func TestStreamKeepAlive(t *testing.T) {
 	fake := newFakeRunner()
 	s, url := testServer(t, Config{Runner: fake})
+	releaseAtEnd(t, fake)
 	s.keepAlive = 50 * time.Millisecond
 	resp := postStream(t, t.Context(), url+"/api/v2/runi/amd64/linux/demo", "application/json", []byte(`{"cmd":["liveblock","x"]}`))
 	defer resp.Body.Close()
