@@ -27,7 +27,8 @@ type Live struct {
 	// Stdout and Stderr receive the program's stdout and stderr as it
 	// writes them, each in order, each exactly once. Writes come from
 	// one goroutine of the engine, never at the same time, in the order
-	// the guest wrote the two streams. A slow writer slows the program
+	// the guest wrote the two streams, each at most
+	// guest.StreamMaxPayload bytes. A slow writer slows the program
 	// down (back-pressure through the channel's credit): the engine holds
 	// at most one frame (guest.StreamMaxPayload bytes) of it.
 	//
@@ -90,7 +91,7 @@ func streamRequest(live *Live) *guest.StreamRequest {
 	if live == nil {
 		return nil
 	}
-	s := &guest.StreamRequest{Stdin: live.Stdin != nil}
+	s := &guest.StreamRequest{Output: live.Stdout != nil || live.Stderr != nil, Stdin: live.Stdin != nil}
 	if live.TTY != nil {
 		s.TTY = &guest.WindowSize{Rows: live.TTY.Rows, Cols: live.TTY.Cols}
 	}
@@ -105,7 +106,7 @@ const liveDrainWait = 30 * time.Second
 
 // liveStream is a run's end of the data channel.
 type liveStream struct {
-	hs  *guest.HostStream
+	hs  *hostStream
 	log *slog.Logger
 	// done ends the signal forwarder.
 	done chan struct{}
@@ -129,14 +130,14 @@ func (e *Engine) startLive(live *Live) (*liveStream, *os.File, error) {
 	}
 	ls := &liveStream{log: e.log, done: make(chan struct{})}
 	sigs := make(chan int)
-	cfg := guest.HostStreamConfig{
+	cfg := hostStreamConfig{
 		Stdout: live.Stdout, Stderr: live.Stderr, Stdin: live.Stdin,
 		Signals: sigs, OnStart: live.OnStart, Log: e.log,
 	}
 	if live.TTY != nil {
 		cfg.Resize = live.TTY.Resize
 	}
-	ls.hs = guest.StartHostStream(conn, cfg)
+	ls.hs = startHostStream(conn, cfg)
 	if live.Signals != nil {
 		go func() {
 			for {

@@ -308,16 +308,21 @@ func (r *FrameReader) Next() (Frame, error) {
 	return f, nil
 }
 
-// StreamRequest is what a [Request] asks of the data channel: the guest
-// streams the program's stdout and stderr on it (copies of what goes to
-// the I/O disk, within the same MaxOutput), and, as asked, takes the
-// program's stdin from it and runs the program on a terminal.
+// StreamRequest is what a [Request] asks of the data channel: as asked,
+// the guest streams the program's stdout and stderr on it (copies of what
+// goes to the I/O disk, within the same MaxOutput), takes the program's
+// stdin from it and runs the program on a terminal; signals it always
+// takes.
 type StreamRequest struct {
+	// Output says the program's stdout and stderr are copied on the
+	// channel (FrameStdout, FrameStderr) as it writes them.
+	Output bool `json:"output,omitempty"`
 	// Stdin says the program's standard input comes from the channel
 	// (FrameStdin until FrameStdinEOF) rather than the I/O file.
 	Stdin bool `json:"stdin,omitempty"`
 	// TTY, when set, runs the program on a pseudo-terminal of this
 	// initial size: its stdin, stdout and stderr are the terminal, its
-	// output comes as FrameStdout only, and FrameWindowSize resizes it.
+	// output comes as FrameStdout only (with Output), and FrameWindowSize
+	// resizes it.
 	TTY *WindowSize `json:"tty,omitempty"`
 }

@@ -93,6 +93,11 @@ type Config struct {
 // import package guest; engine's tests check they agree).
 const StreamPortName = "pe.stream"
 
+// CmdlineStream is the kernel command line parameter that names the data
+// channel's device where it is no named virtio-serial port (the guest's
+// guest.CmdlineStream).
+const CmdlineStream = "pe.stream"
+
 // Defaults applied to a [Config]'s zero fields.
 const (
 	DefaultCPUs      = 1

@@ -20,7 +20,7 @@ import (
 // the data channel once the program has ended: a host that reads slowly
 // then gets the rest from the result instead (the engine writes what
 // the channel did not deliver), and the run's end does not wait for it.
-const streamDrainGrace = time.Second
+const streamDrainGrace = 5 * time.Second
 
 // streamEOFPoll is how often a read of the port that found the host not
 // connected (end of file) tries again.
@@ -145,8 +145,10 @@ func (in *vmInit) startStream(req *guest.Request, iof *guest.IOFile) (stdout, st
 	}
 	lr = &liveRun{port: &portConn{f: f}}
 	lr.gs = guest.NewGuestStream(lr.port, in.log.Infof)
-	stdout = keptTee{iof.Stdout(), lr.gs.Writer(guest.FrameStdout)}
-	stderr = keptTee{iof.Stderr(), lr.gs.Writer(guest.FrameStderr)}
+	if req.Stream.Output {
+		stdout = keptTee{iof.Stdout(), lr.gs.Writer(guest.FrameStdout)}
+		stderr = keptTee{iof.Stderr(), lr.gs.Writer(guest.FrameStderr)}
+	}
 	if req.Stream.Stdin {
 		pr, pw := io.Pipe()
 		lr.gs.SetStdin(pw)

@@ -18,11 +18,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/pe-project/pe/vmm"
 )
@@ -43,13 +48,22 @@ const (
 	StepBinaryName     = "cloudhypervisor.Binary"
 	StepArgsName       = "cloudhypervisor.Args"
 	StepWaitAPIName    = "cloudhypervisor.WaitAPI"
+	StepStreamName     = "cloudhypervisor.Stream"
 )
 
 // Files the backend makes in the work directory.
 const (
 	ConsoleFileName = "console.log"
 	APISocketName   = "api.sock"
+	// StreamSocketName is the socket of the virtio-console, the data
+	// channel (see vmm.Config.Stream), which cloud-hypervisor listens on.
+	StreamSocketName = "stream.sock"
 )
+
+// StreamDevice is the guest's device of the data channel: the
+// virtio-console, the first hvc terminal. The command line names it
+// (vmm.CmdlineStream), since it is no named virtio-serial port.
+const StreamDevice = "/dev/hvc0"
 
 // ErrNeedsKVM is returned when a config asks cloud-hypervisor for TCG.
 var ErrNeedsKVM = errors.New("cloud-hypervisor runs guests with KVM only; use --vmm qemu for TCG")
@@ -98,13 +112,51 @@ func (b *Backend) DefaultSteps() vmm.Steps {
 				}
 			}
 			l.ConsoleFile = filepath.Join(l.WorkDir, ConsoleFileName)
-			l.Args = Args(l.Config, l.ConsoleFile, filepath.Join(l.WorkDir, APISocketName))
+			l.Args = Args(l.Config, l.ConsoleFile, filepath.Join(l.WorkDir, APISocketName), filepath.Join(l.WorkDir, StreamSocketName))
 			return nil
 		}},
 		vmm.StepStartProcess,
 		stepWaitAPI,
+		stepStream,
 	}
 }
+
+// stepStream connects the data channel: cloud-hypervisor listens on the
+// console's socket, and pe copies between it and the config's Stream
+// (a copy of it, kept until the machine is gone) both ways.
+var stepStream = vmm.Step{Name: StepStreamName, Fn: func(ctx context.Context, l *vmm.Launch) error {
+	if l.Config.Stream == nil {
+		return nil
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", filepath.Join(l.WorkDir, StreamSocketName))
+	if err != nil {
+		return fmt.Errorf("data channel: %w", err)
+	}
+	fd, err := unix.FcntlInt(l.Config.Stream.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("data channel: %w", err)
+	}
+	// Non-blocking, so that the runtime's poller has it and a Close ends
+	// the Read in progress of the other copy.
+	unix.SetNonblock(fd, true)
+	stream := os.NewFile(uintptr(fd), "stream")
+	l.OnCleanup(func() {
+		conn.Close()
+		stream.Close()
+	})
+	go func() {
+		io.Copy(conn, stream)
+		conn.(*net.UnixConn).CloseWrite()
+	}()
+	go func() {
+		io.Copy(stream, conn)
+		// The guest's side is gone: pe's end reads EOF.
+		stream.Close()
+	}()
+	return nil
+}}
 
 var stepRequireKVM = vmm.Step{Name: StepRequireKVMName, Fn: func(ctx context.Context, l *vmm.Launch) error {
 	if l.Config.Accel != vmm.AccelKVM {
@@ -173,21 +225,29 @@ func Version(ctx context.Context, binary string) (string, error) {
 }
 
 // Cmdline returns the kernel command line for cfg: cfg.Cmdline with the
-// serial console added unless it names one.
+// serial console and the data channel's device (StreamDevice) added
+// unless it names them.
 func Cmdline(cfg *vmm.Config) string {
-	for _, f := range strings.Fields(cfg.Cmdline) {
-		if strings.HasPrefix(f, "console=") {
-			return cfg.Cmdline
+	var extra []string
+	for _, p := range []struct{ key, value string }{{"console=", "ttyS0"}, {vmm.CmdlineStream + "=", StreamDevice}} {
+		found := false
+		for _, f := range strings.Fields(cfg.Cmdline) {
+			found = found || strings.HasPrefix(f, p.key)
+		}
+		if !found {
+			extra = append(extra, p.key+p.value)
 		}
 	}
-	return strings.TrimSpace("console=ttyS0 " + cfg.Cmdline)
+	return strings.TrimSpace(strings.Join(extra, " ") + " " + cfg.Cmdline)
 }
 
 // Args returns cloud-hypervisor's arguments for cfg (defaults applied),
 // without argv[0]: the kernel, initramfs and command line, vCPUs, memory,
-// the disks after one --disk flag, the virtio console off and the serial
-// console into consoleFile, and the API on apiSocket.
-func Args(cfg *vmm.Config, consoleFile, apiSocket string) []string {
+// the disks after one --disk flag, the virtio console (the data channel)
+// on streamSocket, the serial console into consoleFile, and the API on
+// apiSocket. The virtio console is there with or without a stream, so
+// that every machine has the same devices.
+func Args(cfg *vmm.Config, consoleFile, apiSocket, streamSocket string) []string {
 	args := []string{"--kernel", cfg.Kernel}
 	if cfg.Initramfs != "" {
 		args = append(args, "--initramfs", cfg.Initramfs)
@@ -208,7 +268,7 @@ func Args(cfg *vmm.Config, consoleFile, apiSocket string) []string {
 		}
 	}
 	args = append(args,
-		"--console", "off",
+		"--console", "socket="+value(streamSocket),
 		"--serial", "file="+value(consoleFile),
 		"--api-socket", "path="+value(apiSocket),
 	)

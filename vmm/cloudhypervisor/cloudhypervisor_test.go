@@ -55,13 +55,13 @@ func runConfig() *vmm.Config {
 }
 
 func TestArgs(t *testing.T) {
-	got := Args(runConfig(), "/w/console.log", "/w/api.sock")
+	got := Args(runConfig(), "/w/console.log", "/w/api.sock", "/w/stream.sock")
 	golden(t, "run-args", strings.Join(got, "\n")+"\n")
 
 	// No disks, no initramfs: no empty --disk or --initramfs flags.
-	bare := Args((&vmm.Config{Kernel: "/k/vmlinuz", Cmdline: "console=hvc0", Accel: vmm.AccelKVM}).WithDefaults(), "/c", "/a")
-	want := []string{"--kernel", "/k/vmlinuz", "--cmdline", "console=hvc0", "--cpus", "boot=1", "--memory", "size=512M",
-		"--console", "off", "--serial", "file=/c", "--api-socket", "path=/a"}
+	bare := Args((&vmm.Config{Kernel: "/k/vmlinuz", Cmdline: "console=hvc0 pe.stream=/dev/hvc1", Accel: vmm.AccelKVM}).WithDefaults(), "/c", "/a", "/s,1")
+	want := []string{"--kernel", "/k/vmlinuz", "--cmdline", "console=hvc0 pe.stream=/dev/hvc1", "--cpus", "boot=1", "--memory", "size=512M",
+		"--console", `socket="/s,1"`, "--serial", "file=/c", "--api-socket", "path=/a"}
 	if diff := cmp.Diff(want, bare); diff != "" {
 		t.Errorf("Args (-want +got):\n%s", diff)
 	}

@@ -58,9 +58,10 @@ func RestoreArgs(sourceDir, apiSocket string) []string {
 }
 
 // RewriteConfig returns a snapshot's config.json with the disks' paths
-// replaced by disks' (same number, same order) and the serial port on the
-// Unix socket serialSocket. Keys pe does not know are kept.
-func RewriteConfig(configJSON []byte, disks []vmm.Disk, serialSocket string) ([]byte, error) {
+// replaced by disks' (same number, same order), the serial port on the
+// Unix socket serialSocket and a virtio-console on a socket (the data
+// channel) on streamSocket. Keys pe does not know are kept.
+func RewriteConfig(configJSON []byte, disks []vmm.Disk, serialSocket, streamSocket string) ([]byte, error) {
 	var cfg map[string]json.RawMessage
 	if err := json.Unmarshal(configJSON, &cfg); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", chConfigFile, err)
@@ -87,6 +88,21 @@ func RewriteConfig(configJSON []byte, disks []vmm.Disk, serialSocket string) ([]
 	cfg["disks"] = b
 	if cfg["serial"], err = json.Marshal(map[string]string{"mode": "Socket", "socket": serialSocket}); err != nil {
 		return nil, err
+	}
+	// The socket the snapshot's VM listened on was in its own work
+	// directory. A console that was off (a snapshot of an older pe) stays
+	// off: the device state must match the devices.
+	var console map[string]any
+	if raw, ok := cfg["console"]; ok {
+		if err := json.Unmarshal(raw, &console); err != nil {
+			return nil, fmt.Errorf("snapshot %s: console: %w", chConfigFile, err)
+		}
+	}
+	if mode, _ := console["mode"].(string); mode == "Socket" {
+		console["socket"] = streamSocket
+		if cfg["console"], err = json.Marshal(console); err != nil {
+			return nil, err
+		}
 	}
 	return json.Marshal(cfg)
 }
@@ -177,7 +193,7 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 				return err
 			}
 			sock := filepath.Join(l.WorkDir, serialSocketName)
-			cj, err := RewriteConfig(configJSON, l.Config.Disks, sock)
+			cj, err := RewriteConfig(configJSON, l.Config.Disks, sock, filepath.Join(l.WorkDir, StreamSocketName))
 			if err != nil {
 				return err
 			}
@@ -195,6 +211,7 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 		}},
 		vmm.StepStartProcess,
 		stepWaitAPI,
+		stepStream,
 		{Name: StepResumeName, Fn: func(ctx context.Context, l *vmm.Launch) error {
 			var d net.Dialer
 			conn, err := d.DialContext(ctx, "unix", filepath.Join(l.WorkDir, serialSocketName))

@@ -25,13 +25,13 @@ func TestRestoreArgs(t *testing.T) {
 	}
 }
 
-// TestRewriteConfig gives a snapshot's config.json the run's disks and a
-// serial socket, keeping everything else.
+// TestRewriteConfig gives a snapshot's config.json the run's disks, a
+// serial socket and the data channel's socket, keeping everything else.
 func TestRewriteConfig(t *testing.T) {
 	in := `{"payload":{"kernel":"/k"},"memory":{"size":536870912,"shared":false},
 		"disks":[{"path":"/img.erofs","readonly":true,"id":"_disk0"},{"path":"/old/io.img","id":"_disk1"}],
-		"serial":{"mode":"File","file":"/old/console.log"},"console":{"mode":"Off"}}`
-	out, err := RewriteConfig([]byte(in), []vmm.Disk{{Path: "/img.erofs", ReadOnly: true}, {Path: "/new/io.img"}}, "/w/serial.sock")
+		"serial":{"mode":"File","file":"/old/console.log"},"console":{"mode":"Socket","socket":"/old/stream.sock","iommu":false}}`
+	out, err := RewriteConfig([]byte(in), []vmm.Disk{{Path: "/img.erofs", ReadOnly: true}, {Path: "/new/io.img"}}, "/w/serial.sock", "/w/stream.sock")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,10 +47,21 @@ func TestRewriteConfig(t *testing.T) {
 			map[string]any{"path": "/new/io.img", "id": "_disk1"},
 		},
 		"serial":  map[string]any{"mode": "Socket", "socket": "/w/serial.sock"},
-		"console": map[string]any{"mode": "Off"},
+		"console": map[string]any{"mode": "Socket", "socket": "/w/stream.sock", "iommu": false},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+	// A snapshot whose console was off (an older pe's) keeps it off.
+	off := strings.Replace(in, `{"mode":"Socket","socket":"/old/stream.sock","iommu":false}`, `{"mode":"Off"}`, 1)
+	out, err = RewriteConfig([]byte(off), []vmm.Disk{{Path: "/img.erofs", ReadOnly: true}, {Path: "/new/io.img"}}, "/w/serial.sock", "/w/stream.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	json.Unmarshal(out, &got)
+	if diff := cmp.Diff(map[string]any{"mode": "Off"}, got["console"]); diff != "" {
+		t.Errorf("console off (-want +got):\n%s", diff)
 	}
 	for _, c := range []struct {
 		disks []vmm.Disk
@@ -59,11 +70,11 @@ func TestRewriteConfig(t *testing.T) {
 		{[]vmm.Disk{{Path: "/a"}}, "2 disks, the run has 1"},
 		{[]vmm.Disk{{Path: "/a"}, {Path: "/b"}}, "read-only"},
 	} {
-		if _, err := RewriteConfig([]byte(in), c.disks, "/s"); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := RewriteConfig([]byte(in), c.disks, "/s", "/t"); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("RewriteConfig(%v): %v, want an error with %q", c.disks, err, c.want)
 		}
 	}
-	if _, err := RewriteConfig([]byte("{"), nil, "/s"); err == nil {
+	if _, err := RewriteConfig([]byte("{"), nil, "/s", "/t"); err == nil {
 		t.Error("RewriteConfig of broken JSON: no error")
 	}
 }

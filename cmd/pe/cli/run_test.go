@@ -95,6 +95,9 @@ var vmCLIDir string
 
 // TestMain removes the VM tests' fixture after the tests.
 func TestMain(m *testing.M) {
+	if os.Getenv(runCLIEnv) == "1" {
+		os.Exit(runCLIMain())
+	}
 	code := m.Run()
 	if vmCLIDir != "" {
 		os.RemoveAll(vmCLIDir)
@@ -128,7 +131,7 @@ var vmCLIFixture = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755)
-	for _, a := range []string{"sh", "cat", "echo", "id"} {
+	for _, a := range []string{"sh", "cat", "echo", "id", "sleep", "head"} {
 		os.Symlink("busybox", filepath.Join(root, "bin", a))
 	}
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\n"), 0o644)

@@ -1,4 +1,4 @@
-package guest
+package engine
 
 import (
 	"bytes"
@@ -10,49 +10,51 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+
+	"github.com/pe-project/pe/guest"
 )
 
-// DefaultStreamWindow is the output credit a HostStream keeps granted:
+// streamWindow is the output credit a hostStream keeps granted:
 // the most bytes of output in flight between the program and the host's
 // writers. A round trip of credit under emulation takes milliseconds, so
 // it is a few frames, not one.
-const DefaultStreamWindow = 256 << 10
+const streamWindow = 256 << 10
 
 // streamStdinWindowMax bounds the stdin credit a guest may grant ahead:
 // more means the guest's stream is broken.
 const streamStdinWindowMax = 16 << 20
 
-// HostStreamConfig says where a HostStream delivers the guest's output
+// hostStreamConfig says where a hostStream delivers the guest's output
 // and what it sends the guest.
-type HostStreamConfig struct {
+type hostStreamConfig struct {
 	// Stdout and Stderr receive the output frames' bytes, in order, from
 	// one goroutine (nil discards). A slow writer holds the guest's
 	// credit back; one that fails is written no more (the rest of its
 	// stream is discarded).
 	Stdout, Stderr io.Writer
 	// Stdin, when set, is read within the guest's credit and sent as
-	// FrameStdin, then FrameStdinEOF at its end (or error).
+	// guest.FrameStdin, then guest.FrameStdinEOF at its end (or error).
 	Stdin io.Reader
 	// Signals and Resize are sent as FrameSignal and FrameWindowSize.
 	Signals <-chan int
-	Resize  <-chan WindowSize
-	// OnStart is called at the guest's FrameStarted.
+	Resize  <-chan guest.WindowSize
+	// OnStart is called at the guest's guest.FrameStarted.
 	OnStart func()
-	// Window is the output credit kept granted (0: DefaultStreamWindow).
+	// Window is the output credit kept granted (0: streamWindow).
 	Window uint32
 	// Log receives what went wrong on the channel.
 	Log *slog.Logger
 }
 
-// HostStream is the host's end of the data channel of one run (see
-// stream.go). Frames the guest sends are checked: a frame that breaks
+// hostStream is the host's end of the data channel of one run (see
+// guest/stream.go). Frames the guest sends are checked: a frame that breaks
 // the format, goes the wrong way or exceeds its credit ends the stream
 // (logged, see Err), after which the host discards what comes, granting
 // credit still, so that the guest's writes never block the program for
 // it: nothing on the channel can hold up or end the run.
-type HostStream struct {
+type hostStream struct {
 	conn io.ReadWriteCloser
-	cfg  HostStreamConfig
+	cfg  hostStreamConfig
 	log  *slog.Logger
 
 	// readDone is closed when the reader has seen the end of the channel.
@@ -79,13 +81,13 @@ type delivered struct {
 	broken bool // the writer failed
 }
 
-// StartHostStream serves the host's end of a channel on conn (closed by
+// startHostStream serves the host's end of a channel on conn (closed by
 // Stop), granting the guest its first output credit at once.
-func StartHostStream(conn io.ReadWriteCloser, cfg HostStreamConfig) *HostStream {
+func startHostStream(conn io.ReadWriteCloser, cfg hostStreamConfig) *hostStream {
 	if cfg.Window == 0 {
-		cfg.Window = DefaultStreamWindow
+		cfg.Window = streamWindow
 	}
-	h := &HostStream{
+	h := &hostStream{
 		conn: conn, cfg: cfg, log: cfg.Log,
 		readDone: make(chan struct{}), stop: make(chan struct{}),
 		wakeSender: make(chan struct{}, 1), wakePump: make(chan struct{}, 1),
@@ -105,7 +107,7 @@ func StartHostStream(conn io.ReadWriteCloser, cfg HostStreamConfig) *HostStream 
 	return h
 }
 
-func (h *HostStream) wake(c chan struct{}) {
+func (h *hostStream) wake(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
 	default:
@@ -114,11 +116,11 @@ func (h *HostStream) wake(c chan struct{}) {
 
 // Done is closed once the guest's end of the channel is gone (the VM
 // stopped) and everything it sent is delivered, or Stop was called.
-func (h *HostStream) Done() <-chan struct{} { return h.readDone }
+func (h *hostStream) Done() <-chan struct{} { return h.readDone }
 
 // Stop closes the channel and ends the stream's goroutines but a Read
 // of Stdin in progress; a writer's Write in progress still completes.
-func (h *HostStream) Stop() {
+func (h *hostStream) Stop() {
 	h.stopOnce.Do(func() {
 		close(h.stop)
 		h.conn.Close()
@@ -126,33 +128,40 @@ func (h *HostStream) Stop() {
 }
 
 // Err is why the stream ended early: the guest broke the protocol (an
-// error wrapping ErrBadFrame) or the channel failed; nil for a stream
-// that ran to its end.
-func (h *HostStream) Err() error {
+// error wrapping guest.ErrBadFrame); nil for a stream that ran to its end, or
+// ended with the VM (end of file, a frame cut short, a reset).
+func (h *hostStream) Err() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.err
 }
 
 // read reads the guest's frames until the channel ends.
-func (h *HostStream) read() {
+func (h *hostStream) read() {
 	defer close(h.readDone)
-	r := NewFrameReader(h.conn, false)
+	r := guest.NewFrameReader(h.conn, false)
 	var credit int64 = int64(h.cfg.Window)
 	for {
 		f, err := r.Next()
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !h.stopped() {
+			switch {
+			case h.stopped() || errors.Is(err, io.EOF):
+			case errors.Is(err, guest.ErrBadFrame):
 				h.fail(fmt.Errorf("data channel: %w", err))
 				h.discard()
+			default:
+				// The VM went while a frame was on its way, or with
+				// bytes of pe's unread (a reset): the end of the
+				// channel, nothing wrong with it.
+				h.log.Debug("data channel: ended", "error", err)
 			}
 			return
 		}
 		switch f.Type {
-		case FrameStdout, FrameStderr:
+		case guest.FrameStdout, guest.FrameStderr:
 			n := int64(len(f.Payload))
 			if n > credit {
-				h.fail(fmt.Errorf("data channel: %w: %d bytes of output past the credit of %d", ErrBadFrame, n, credit))
+				h.fail(fmt.Errorf("data channel: %w: %d bytes of output past the credit of %d", guest.ErrBadFrame, n, credit))
 				h.discard()
 				return
 			}
@@ -160,19 +169,19 @@ func (h *HostStream) read() {
 			h.deliver(f.Type, f.Payload)
 			credit += n
 			h.addGrant(uint64(n))
-		case FrameStarted:
+		case guest.FrameStarted:
 			if h.cfg.OnStart != nil {
 				h.cfg.OnStart()
 			}
-		case FrameEnd:
+		case guest.FrameEnd:
 			h.log.Debug("data channel: the guest's output ended")
-		case FrameStdinCredit:
+		case guest.FrameStdinCredit:
 			h.mu.Lock()
 			h.stdinCredit += int64(f.Credit())
 			over := h.stdinCredit > streamStdinWindowMax
 			h.mu.Unlock()
 			if over {
-				h.fail(fmt.Errorf("data channel: %w: stdin credit past %d bytes", ErrBadFrame, streamStdinWindowMax))
+				h.fail(fmt.Errorf("data channel: %w: stdin credit past %d bytes", guest.ErrBadFrame, streamStdinWindowMax))
 				h.discard()
 				return
 			}
@@ -181,7 +190,7 @@ func (h *HostStream) read() {
 	}
 }
 
-func (h *HostStream) stopped() bool {
+func (h *hostStream) stopped() bool {
 	select {
 	case <-h.stop:
 		return true
@@ -191,7 +200,7 @@ func (h *HostStream) stopped() bool {
 }
 
 // fail records err, the first error of the stream.
-func (h *HostStream) fail(err error) {
+func (h *hostStream) fail(err error) {
 	h.mu.Lock()
 	if h.err == nil {
 		h.err = err
@@ -202,7 +211,7 @@ func (h *HostStream) fail(err error) {
 
 // discard reads and drops what the guest sends until the channel ends,
 // granting it all the credit it could want so that it never waits.
-func (h *HostStream) discard() {
+func (h *hostStream) discard() {
 	h.addGrant(math.MaxUint32)
 	buf := make([]byte, 64<<10)
 	var n int64
@@ -220,9 +229,9 @@ func (h *HostStream) discard() {
 }
 
 // deliver writes an output frame's bytes to its writer.
-func (h *HostStream) deliver(t FrameType, p []byte) {
+func (h *hostStream) deliver(t guest.FrameType, p []byte) {
 	i, w := 0, h.cfg.Stdout
-	if t == FrameStderr {
+	if t == guest.FrameStderr {
 		i, w = 1, h.cfg.Stderr
 	}
 	d := &h.out[i]
@@ -240,7 +249,7 @@ func (h *HostStream) deliver(t FrameType, p []byte) {
 	h.mu.Unlock()
 }
 
-func (h *HostStream) addGrant(n uint64) {
+func (h *hostStream) addGrant(n uint64) {
 	h.mu.Lock()
 	h.grant += n
 	h.mu.Unlock()
@@ -249,9 +258,9 @@ func (h *HostStream) addGrant(n uint64) {
 
 // send is the only writer of the channel: credit grants, stdin, its end,
 // signals and sizes, as they come.
-func (h *HostStream) send(stdin <-chan []byte) {
-	write := func(f Frame) bool {
-		if err := WriteFrame(h.conn, f); err != nil {
+func (h *hostStream) send(stdin <-chan []byte) {
+	write := func(f guest.Frame) bool {
+		if err := guest.WriteFrame(h.conn, f); err != nil {
 			if !h.stopped() {
 				h.log.Debug("data channel: sending to the guest", "frame", f.Type.String(), "error", err)
 			}
@@ -270,35 +279,35 @@ func (h *HostStream) send(stdin <-chan []byte) {
 			h.mu.Unlock()
 			for g > 0 {
 				n := min(g, math.MaxUint32)
-				if !write(CreditFrame(FrameOutputCredit, uint32(n))) {
+				if !write(guest.CreditFrame(guest.FrameOutputCredit, uint32(n))) {
 					return
 				}
 				g -= n
 			}
 		case p, ok := <-stdin:
 			if !ok {
-				if !write(Frame{Type: FrameStdinEOF}) {
+				if !write(guest.Frame{Type: guest.FrameStdinEOF}) {
 					return
 				}
 				stdin = nil
 				continue
 			}
-			if !write(Frame{Type: FrameStdin, Payload: p}) {
+			if !write(guest.Frame{Type: guest.FrameStdin, Payload: p}) {
 				return
 			}
 		case sig := <-h.cfg.Signals:
-			if sig < 1 || sig > StreamMaxSignal {
+			if sig < 1 || sig > guest.StreamMaxSignal {
 				h.log.Warn("data channel: signal out of range not sent", "signal", sig)
 				continue
 			}
-			if !write(SignalFrame(sig)) {
+			if !write(guest.SignalFrame(sig)) {
 				return
 			}
 		case ws := <-h.cfg.Resize:
 			if ws.Rows == 0 || ws.Cols == 0 {
 				continue
 			}
-			if !write(WindowSizeFrame(ws)) {
+			if !write(guest.WindowSizeFrame(ws)) {
 				return
 			}
 		}
@@ -307,9 +316,9 @@ func (h *HostStream) send(stdin <-chan []byte) {
 
 // pump reads Stdin within the guest's credit and hands it to the sender;
 // it closes stdin at Stdin's end.
-func (h *HostStream) pump(stdin chan<- []byte) {
+func (h *hostStream) pump(stdin chan<- []byte) {
 	defer close(stdin)
-	buf := make([]byte, StreamMaxPayload)
+	buf := make([]byte, guest.StreamMaxPayload)
 	for {
 		h.mu.Lock()
 		credit := h.stdinCredit
@@ -347,7 +356,7 @@ func (h *HostStream) pump(stdin chan<- []byte) {
 // the stream is done (call it after Done is closed, or after Stop). Bytes
 // the channel delivered that are not the start of the result's are
 // logged and nothing more is written to that stream.
-func (h *HostStream) Complete(stdout, stderr []byte) {
+func (h *hostStream) Complete(stdout, stderr []byte) {
 	select {
 	case <-h.readDone:
 	default:
@@ -370,10 +379,15 @@ func (h *HostStream) Complete(stdout, stderr []byte) {
 			h.log.Error("the output streamed on the data channel is not the run's; the result's is not written after it", "stream", name, "streamed", n, "result", len(full))
 			continue
 		}
-		if rest := full[n:]; len(rest) > 0 {
-			if _, err := w.Write(rest); err != nil {
+		// In frames, as the channel would have: writers see no larger
+		// writes.
+		for rest := full[n:]; len(rest) > 0; {
+			k := min(len(rest), guest.StreamMaxPayload)
+			if _, err := w.Write(rest[:k]); err != nil {
 				h.log.Warn("writing the rest of the program's output failed", "stream", name, "error", err)
+				break
 			}
+			rest = rest[k:]
 		}
 	}
 }
