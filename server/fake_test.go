@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +38,17 @@ import (
 //	                   path in the error)
 //	badoutput          runs, but its output files are refused
 //
+// With RunRequest.Live it streams as the engine does: OnStart once the
+// "program" starts (not for vmfail and imagefail, which fail before),
+// and, once the run has its result, whatever of the result's stdout and
+// stderr the program did not write live. These programs write live:
+//
+//	live MS ARG...     each ARG and a newline, MS milliseconds apart; an
+//	                   ARG starting "err:" goes to stderr (without it)
+//	liveblock TEXT     writes TEXT and a newline, then waits for release
+//	flood N            writes N bytes of 'x' in 32 KiB writes
+//	startfail          writes "starting", then fails as a VM error
+//
 // The request goes through the engine's own merge of the overrides
 // first, so that what the engine refuses the fake refuses too.
 // Every request it gets is recorded in order.
@@ -55,6 +67,47 @@ func newFakeRunner() *fakeRunner {
 }
 
 func (f *fakeRunner) Run(ctx context.Context, r *engine.RunRequest) (*engine.RunResult, error) {
+	var lw *fakeLive
+	if r.Live != nil {
+		lw = &fakeLive{Live: r.Live}
+	}
+	res, err := f.run(ctx, r, lw)
+	if res != nil && lw != nil {
+		// As the engine: the writers end up with exactly the result's
+		// output.
+		lw.write(true, res.Stdout[min(lw.stdout, len(res.Stdout)):])
+		lw.write(false, res.Stderr[min(lw.stderr, len(res.Stderr)):])
+	}
+	return res, err
+}
+
+// fakeLive writes a fake run's live output and counts it.
+type fakeLive struct {
+	*engine.Live
+	stdout, stderr int
+}
+
+func (l *fakeLive) start() {
+	if l != nil && l.OnStart != nil {
+		l.OnStart()
+	}
+}
+
+func (l *fakeLive) write(stdout bool, b []byte) {
+	if l == nil || len(b) == 0 {
+		return
+	}
+	w, n := l.Stderr, &l.stderr
+	if stdout {
+		w, n = l.Stdout, &l.stdout
+	}
+	*n += len(b)
+	if w != nil {
+		w.Write(b)
+	}
+}
+
+func (f *fakeRunner) run(ctx context.Context, r *engine.RunRequest, lw *fakeLive) (*engine.RunResult, error) {
 	f.mu.Lock()
 	f.requests = append(f.requests, *r)
 	f.running++
@@ -88,7 +141,50 @@ func (f *fakeRunner) Run(ctx context.Context, r *engine.RunRequest) (*engine.Run
 	case f.started <- argv[len(argv)-1]:
 	default:
 	}
+	if argv[0] != "vmfail" && argv[0] != "imagefail" {
+		lw.start()
+	}
 	switch argv[0] {
+	case "live":
+		ms, _ := strconv.Atoi(arg(1))
+		for i, a := range argv[min(2, len(argv)):] {
+			if i > 0 {
+				select {
+				case <-time.After(time.Duration(min(max(ms, 0), 10000)) * time.Millisecond):
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			if t, ok := strings.CutPrefix(a, "err:"); ok {
+				res.Stderr = append(res.Stderr, t+"\n"...)
+				lw.write(false, []byte(t+"\n"))
+			} else {
+				res.Stdout = append(res.Stdout, a+"\n"...)
+				lw.write(true, []byte(a+"\n"))
+			}
+		}
+	case "liveblock":
+		res.Stdout = []byte(arg(1) + "\n")
+		lw.write(true, res.Stdout)
+		select {
+		case <-f.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	case "flood":
+		n, _ := strconv.Atoi(arg(1))
+		res.Stdout = bytes.Repeat([]byte("x"), min(max(n, 0), 64<<20))
+		for b := res.Stdout; len(b) > 0 && ctx.Err() == nil; {
+			k := min(len(b), 32<<10)
+			lw.write(true, b[:k])
+			b = b[k:]
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	case "startfail":
+		lw.write(true, []byte("starting\n"))
+		return nil, &engine.VMError{VMM: "qemu", Accel: "tcg", Err: errors.New("the VM died")}
 	case "echo":
 		res.Stdout = []byte(strings.Join(argv[1:], " ") + "\n")
 	case "cat":

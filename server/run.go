@@ -49,7 +49,16 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		s.runs.Add(-1)
 		s.inFlight.Done()
 	}()
-	if err := s.run(w, r); err != nil {
+	var lr *liveResponse
+	if wantsStream(r) {
+		// The run's context, also cancelled when the stream's connection
+		// breaks.
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		r = r.WithContext(ctx)
+		lr = s.newLiveResponse(w, r, cancel)
+	}
+	if err := s.run(w, r, lr); err != nil {
 		var ae *apiError
 		if !errors.As(err, &ae) {
 			ae = &apiError{http.StatusInternalServerError, "Internal", err.Error()}
@@ -78,12 +87,19 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 			level = slog.LevelWarn
 		}
 		s.cfg.Log.Log(r.Context(), level, "run refused", "request_id", id, "status", ae.status, "error", ae.name, "detail", ae.detail)
+		if lr != nil && lr.finish() {
+			// The stream has begun (status 200 sent): the error is its
+			// last event.
+			lr.fail(ae.status, ae.name, publicDetail(ae, id))
+			return
+		}
 		writeError(w, ae.status, ae.name, publicDetail(ae, id))
 	}
 }
 
-// run does one run request; an error is answered by handleRun.
-func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
+// run does one run request, streaming it with lr when not nil; an error
+// is answered by handleRun.
+func (s *Server) run(w http.ResponseWriter, r *http.Request, lr *liveResponse) error {
 	if a, o := r.PathValue("arch"), r.PathValue("os"); a != s.cfg.Arch {
 		return badRequest("ArchMismatch", "this server runs %s/%s images, not arch %q", s.cfg.Arch, s.cfg.OS, clip(a, 100))
 	} else if o != s.cfg.OS {
@@ -141,6 +157,9 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer closeStdin()
+	if lr != nil {
+		run.Live = lr.live()
+	}
 
 	// A preset's run restores its snapshot, when there is one: the
 	// snapshot's machine is the run's.
@@ -160,16 +179,16 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) error {
 		run.Resolved = img
 	}
 
-	res, runStart, err := s.execute(r, run)
+	res, runStart, err := s.execute(r, run, lr)
 	if err != nil {
 		return err
 	}
-	return s.respond(w, r, res, preset, run.OutputDir, archiveMode, runStart)
+	return s.respond(w, r, res, preset, run.OutputDir, archiveMode, runStart, lr)
 }
 
 // execute waits for a run slot and runs run; it returns the result and
 // when the run started.
-func (s *Server) execute(r *http.Request, run *engine.RunRequest) (*engine.RunResult, time.Time, error) {
+func (s *Server) execute(r *http.Request, run *engine.RunRequest, lr *liveResponse) (*engine.RunResult, time.Time, error) {
 	waitStart := time.Now()
 	release, err := s.queue.acquire(r.Context(), s.cfg.MaxWait)
 	if err != nil {
@@ -179,6 +198,9 @@ func (s *Server) execute(r *http.Request, run *engine.RunRequest) (*engine.RunRe
 		return nil, time.Time{}, queueError(err)
 	}
 	s.metrics.queueWait.Observe(time.Since(waitStart).Seconds())
+	if lr != nil {
+		lr.slot(run.Timeout)
+	}
 	runStart := time.Now()
 	res, err := s.cfg.Runner.Run(r.Context(), run)
 	release()
@@ -260,8 +282,9 @@ func (s *Server) engineRequest(req *RunRequest, source, work string, archive []b
 }
 
 // respond answers a run that gave a result: JSON, or the response archive
-// with the output files for an archive request.
-func (s *Server) respond(w http.ResponseWriter, r *http.Request, res *engine.RunResult, preset, outputDir string, archiveMode bool, runStart time.Time) error {
+// with the output files for an archive request; as the stream's last
+// events when lr is not nil.
+func (s *Server) respond(w http.ResponseWriter, r *http.Request, res *engine.RunResult, preset, outputDir string, archiveMode bool, runStart time.Time, lr *liveResponse) error {
 	if res.Image.Converted {
 		s.metrics.imageCache.WithLabelValues("miss").Inc()
 	} else {
@@ -279,6 +302,22 @@ func (s *Server) respond(w http.ResponseWriter, r *http.Request, res *engine.Run
 	js, err := json.Marshal(resp)
 	if err != nil {
 		return err
+	}
+	if lr != nil {
+		var archive []byte
+		if archiveMode {
+			var out bytes.Buffer
+			if err := packOutputs(&out, res, outputDir); err != nil {
+				return fmt.Errorf("packing the output files: %w", err)
+			}
+			archive = out.Bytes()
+		}
+		// A run that neither started nor wrote (as far as the stream
+		// knows) still answers as a stream: the client asked for one.
+		lr.begin()
+		lr.finish()
+		lr.result(js, archive)
+		return nil
 	}
 
 	// A client that stops reading must not hold the handler for ever.

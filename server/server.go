@@ -188,6 +188,10 @@ type Server struct {
 	readLimiter *rateLimiter
 	gistBudget  *rateLimiter
 
+	// keepAlive and liveStall time streaming runs (stream.go): tests
+	// shorten them.
+	keepAlive, liveStall time.Duration
+
 	// images is the answer of GET /api/v2/images, replaced whole by
 	// refreshImages: readers never wait for a resolution.
 	images           atomic.Pointer[imagesAnswer]
@@ -262,6 +266,9 @@ func New(cfg Config) (*Server, error) {
 		keys:    clientKeys{trusted: cfg.TrustedProxies},
 		allowed: allowed,
 		abort:   make(chan struct{}),
+
+		keepAlive: keepAliveInterval,
+		liveStall: liveStallTimeout,
 	}
 	s.readLimiter = newRateLimiter(cfg.RatePerSecond*readRateFactor, cfg.RateBurst*readRateFactor)
 	s.gistBudget = newRateLimiter(float64(cfg.GistsPerHour)/3600, cfg.GistsPerHour)

@@ -1,15 +1,20 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -378,5 +383,128 @@ func TestVMOverload(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(work); len(left) > 0 {
 		t.Errorf("left in the work directory: %v", left)
+	}
+}
+
+// TestVMStream streams a run over a real VM: the line printed before a
+// sleep arrives before the sleep ends, and the result comes after it
+// with both lines.
+func TestVMStream(t *testing.T) {
+	url := vmServer(t, Config{})
+	body := `{"cmd":["sh","-c","echo first; sleep 2; echo second >&2; echo third"]}`
+	resp := postStream(t, t.Context(), url+"/api/v2/runi/amd64/linux/busybox", "application/json", []byte(body))
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	var first, result time.Time
+	var names []string
+	var stdout, stderr string
+	var res RunResponse
+	for ev := range readEvents(resp.Body) {
+		if ev.name == ":" {
+			continue
+		}
+		names = append(names, ev.name)
+		var s string
+		switch ev.name {
+		case "stdout", "stderr":
+			if err := json.Unmarshal([]byte(ev.data), &s); err != nil {
+				t.Fatal(err)
+			}
+			if ev.name == "stdout" {
+				stdout += s
+			} else {
+				stderr += s
+			}
+			if strings.Contains(stdout, "first") && first.IsZero() {
+				first = ev.at
+			}
+		case "result":
+			result = ev.at
+			if err := json.Unmarshal([]byte(ev.data), &res); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("events %q; first line %v before the result", names, result.Sub(first))
+	if stdout != "first\nthird\n" || stderr != "second\n" || res.Stdout == nil || *res.Stdout != stdout || res.Kind != KindOk {
+		t.Errorf("live stdout %q stderr %q, result %+v", stdout, stderr, res)
+	}
+	if first.IsZero() || result.Sub(first) < 1500*time.Millisecond {
+		t.Errorf("the first line came %v before the result: want it before the 2 s sleep ended", result.Sub(first))
+	}
+}
+
+// smallWriteBuffers gives accepted connections small socket send
+// buffers, so that a client that does not read is felt at once.
+type smallWriteBuffers struct{ net.Listener }
+
+func (l smallWriteBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(8 << 10)
+	}
+	return c, err
+}
+
+// TestVMStreamSlowClient streams a program that floods its output (yes)
+// to a client that reads nothing: the program is held back until its
+// time limit at most, the VM's slot comes back while the client still
+// reads nothing, and the client then finds the live output dropped and
+// the run's result (Overtime).
+func TestVMStreamSlowClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM; skipped with -short")
+	}
+	f := enginetest.Setup(t)
+	s, err := New(Config{
+		Runner: newTestEngine(t, f), Slots: 1, Presets: []Preset{{Name: "busybox"}},
+		RunTimeout: 30 * time.Second, RatePerSecond: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the time limit may end the wait for the client.
+	s.liveStall = 10 * time.Minute
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &httptest.Server{Listener: smallWriteBuffers{ln}, Config: &http.Server{Handler: s}}
+	ts.Start()
+	defer ts.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	body := `{"cmd":["sh","-c","echo go; yes"],"timeout_ms":3000}`
+	fmt.Fprintf(c, "POST /api/v2/runi/amd64/linux/busybox HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	start := time.Now()
+	for began := false; ; time.Sleep(10 * time.Millisecond) {
+		_, running := s.queue.counts()
+		began = began || running == 1
+		if began && running == 0 {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			t.Fatalf("the run holds its slot %v after it was sent, the client reading nothing", time.Since(start))
+		}
+	}
+	t.Logf("the slot came back %v after the run was sent, the client reading nothing", time.Since(start))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, stdout, _, data := collectStream(t, readEvents(resp.Body))
+	if len(names) < 3 || names[len(names)-2] != "dropped" || names[len(names)-1] != "result" || !strings.HasPrefix(stdout, "go\ny\ny\n") {
+		t.Errorf("events %q (stdout %d bytes): want start, stdout, dropped, result", names[max(0, len(names)-3):], len(stdout))
+	}
+	var res RunResponse
+	if err := json.Unmarshal([]byte(data["result"]), &res); err != nil || res.Kind != KindOvertime {
+		t.Errorf("result %.300s: %v; want Overtime", data["result"], err)
 	}
 }

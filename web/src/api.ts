@@ -1,7 +1,8 @@
 // The `pe serve` HTTP API as the page uses it.
 
 import { frame, unframe, unpack, pack, ArchiveFile } from "./pearchive";
-import { decodeUtf8 } from "./bytes";
+import { base64ToBytes, decodeUtf8 } from "./bytes";
+import { SseParser } from "./sse";
 
 export interface ImagePreset {
   reference: string;
@@ -139,22 +140,93 @@ export async function run(image: string, body: Uint8Array, signal?: AbortSignal)
     signal,
   });
   if (!r.ok) throw await apiError(r);
+  return batchResult(r, t0);
+}
+
+/** What a streaming run reports while it goes. */
+export interface LiveCallbacks {
+  /** The program started (the stream began). */
+  onStart?(requestId: string): void;
+  /** Output as the program writes it (text; invalid UTF-8 bytes are U+FFFD). */
+  onOutput?(stream: "stdout" | "stderr", text: string): void;
+  /** The live output stopped (the page fell behind); the result still has all of it. */
+  onDropped?(): void;
+}
+
+/**
+ * runLive runs as run() does, asking for the streaming form (Accept: text/event-stream): output
+ * arrives through cb while the program runs, and the result is the same as run()'s (the stream's
+ * last events carry the batch answer). A server that answers without a stream is read as run().
+ */
+export async function runLive(image: string, body: Uint8Array, cb: LiveCallbacks, signal?: AbortSignal): Promise<RunResult> {
+  const t0 = performance.now();
+  const r = await fetch(`api/v2/runi/amd64/linux/${refPath(image)}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/x.pe.archivev1", Accept: "text/event-stream, application/x.pe.archivev1;q=0.5" },
+    body: body as BodyInit,
+    signal,
+  });
+  if (!r.ok) throw await apiError(r);
+  if (mediaType(r) !== "text/event-stream" || !r.body) return batchResult(r, t0);
+  const parser = new SseParser();
+  const dec = new TextDecoder();
+  const reader = r.body.getReader();
+  let archive: Uint8Array | null = null;
+  for (;;) {
+    const { done, value } = await reader.read();
+    const events = parser.push(done ? dec.decode() + "\n\n" : dec.decode(value, { stream: true }));
+    for (const ev of events) {
+      switch (ev.event) {
+        case "start":
+          cb.onStart?.(String((JSON.parse(ev.data) as { request_id?: unknown }).request_id ?? ""));
+          break;
+        case "stdout":
+        case "stderr":
+          cb.onOutput?.(ev.event, JSON.parse(ev.data) as string);
+          break;
+        case "dropped":
+          cb.onDropped?.();
+          break;
+        case "archive":
+          archive = base64ToBytes(JSON.parse(ev.data) as string);
+          break;
+        case "result": {
+          void reader.cancel().catch(() => {});
+          const response = JSON.parse(ev.data) as RunResponse;
+          return resultOf(response, archive, performance.now() - t0);
+        }
+        case "error": {
+          void reader.cancel().catch(() => {});
+          const e = JSON.parse(ev.data) as { status?: number; error?: string; detail?: string };
+          throw new ApiError(e.status ?? 500, e.error ?? "error", e.detail ?? "", null);
+        }
+      }
+    }
+    if (done) throw new Error("the server's stream ended before the run's result");
+  }
+}
+
+function mediaType(r: Response): string {
+  return (r.headers.get("Content-Type") || "").split(";")[0].trim().toLowerCase();
+}
+
+/** Reads the request/response API's answer: JSON, or the framed JSON and response archive. */
+async function batchResult(r: Response, t0: number): Promise<RunResult> {
   const buf = new Uint8Array(await r.arrayBuffer());
   const elapsed = performance.now() - t0;
-  const ct = (r.headers.get("Content-Type") || "").split(";")[0].trim();
-  const enc = new TextEncoder();
-  if (ct === "application/json") {
-    const response = JSON.parse(decodeUtf8(buf) ?? "{}") as RunResponse;
-    return {
-      response,
-      stdout: enc.encode(response.stdout ?? ""),
-      stderr: enc.encode(response.stderr ?? ""),
-      files: [],
-      elapsed,
-    };
+  if (mediaType(r) === "application/json") {
+    return resultOf(JSON.parse(decodeUtf8(buf) ?? "{}") as RunResponse, null, elapsed);
   }
   const { json, archive } = unframe(buf);
-  const response = json as RunResponse;
+  return resultOf(json as RunResponse, archive, elapsed);
+}
+
+/** The result of a run answered with response (and, for an archive request, its archive). */
+export function resultOf(response: RunResponse, archive: Uint8Array | null, elapsed: number): RunResult {
+  if (archive === null) {
+    const enc = new TextEncoder();
+    return { response, stdout: enc.encode(response.stdout ?? ""), stderr: enc.encode(response.stderr ?? ""), files: [], elapsed };
+  }
   let stdout: Uint8Array = new Uint8Array(0);
   let stderr: Uint8Array = new Uint8Array(0);
   const files: OutputFile[] = [];

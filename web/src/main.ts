@@ -380,6 +380,10 @@ function renderOutputs(res: api.RunResult) {
 }
 
 function showOutput(key: string) {
+  if (live) {
+    showLive(key);
+    return;
+  }
   const o = outputs.find((x) => x.key === key);
   if (!o) {
     el.outPanel.replaceChildren();
@@ -396,11 +400,80 @@ function showOutput(key: string) {
     return;
   }
   const pre = document.createElement("pre");
-  pre.className = "text";
+  pre.className = o.key === "stderr" ? "text stderr" : "text";
   pre.textContent = text;
   const foot = para(`${formatSize(o.data.length)} `, "out-foot");
   foot.append(downloadLink(o.name, o.data));
   el.outPanel.replaceChildren(pre, foot);
+}
+
+// ---------------------------------------------------------------- live output
+
+// The output of the run going on, as the server streams it (null between runs). The result
+// replaces it: the live text is a preview (invalid UTF-8 shown as U+FFFD, binary data as text).
+let live: { stdout: string; stderr: string; note: string } | null = null;
+
+function beginLive() {
+  for (const u of blobUrls) URL.revokeObjectURL(u);
+  blobUrls = [];
+  live = { stdout: "", stderr: "", note: "running…" };
+  outputs = [];
+  const keep = outTabs.current === "stderr" ? "stderr" : "stdout";
+  outTabs.set(
+    [
+      { key: "stdout", label: "stdout", className: "empty" },
+      { key: "stderr", label: "stderr", className: "empty" },
+    ],
+    keep,
+  );
+  showLive(keep);
+}
+
+function showLive(key: string) {
+  if (!live) return;
+  const stream = key === "stderr" ? "stderr" : "stdout";
+  const pre = document.createElement("pre");
+  pre.className = `text live ${stream}`;
+  pre.textContent = live[stream];
+  el.outPanel.dataset.output = stream;
+  el.outPanel.replaceChildren(pre, para(live.note, "out-foot live-note"));
+  el.outTabs.querySelector(`[data-key="${stream}"]`)?.classList.remove("fresh");
+}
+
+function appendLive(stream: "stdout" | "stderr", text: string) {
+  if (!live || !text) return;
+  live[stream] += text;
+  const tab = el.outTabs.querySelector(`[data-key="${stream}"]`);
+  tab?.classList.remove("empty");
+  if (outTabs.current !== stream) {
+    tab?.classList.add("fresh");
+    return;
+  }
+  const pre = el.outPanel.querySelector("pre.live");
+  if (!pre) return showLive(stream);
+  const p = el.outPanel;
+  const atEnd = p.scrollTop + p.clientHeight >= p.scrollHeight - 4;
+  pre.append(text);
+  if (atEnd) p.scrollTop = p.scrollHeight;
+}
+
+function liveNote(text: string) {
+  if (!live) return;
+  live.note = text;
+  const n = el.outPanel.querySelector(".live-note");
+  if (n) n.textContent = text;
+}
+
+/** Ends the live view of a run that gave no result: what came stays, as outputs. */
+function endLive() {
+  if (!live) return;
+  const enc = new TextEncoder();
+  outputs = [
+    { key: "stdout", name: "stdout", data: enc.encode(live.stdout) },
+    { key: "stderr", name: "stderr", data: enc.encode(live.stderr) },
+  ];
+  live = null;
+  showOutput(outTabs.current);
 }
 
 function runInfo(res: api.RunResult): string {
@@ -470,12 +543,18 @@ async function doRun() {
     ahead = 0;
   }
   const poller = new AbortController();
+  // Once the stream says the program started, the status line counts the seconds without asking.
+  let started = false;
   const poll = async () => {
     setStatus("pending", ahead > 0 ? `Queued (position ${ahead})…` : "Running…");
     for (;;) {
       await new Promise((r) => setTimeout(r, 300)); // first wait: let the server see our request
       if (poller.signal.aborted) break;
       const secs = ((performance.now() - t0) / 1000).toFixed(1);
+      if (started) {
+        setStatus("pending", `Running… ${secs} s`);
+        continue;
+      }
       try {
         const s = await api.getStatus(poller.signal);
         if (poller.signal.aborted) break;
@@ -491,8 +570,21 @@ async function doRun() {
   };
   void poll();
   try {
-    const res = await api.run(st.image, body);
+    const res = await api.runLive(st.image, body, {
+      onStart: () => {
+        started = true;
+        ahead = 0;
+        setStatus("pending", `Running… ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        beginLive();
+      },
+      onOutput: (stream, text) => {
+        if (!live) beginLive();
+        appendLive(stream, text);
+      },
+      onDropped: () => liveNote("running… (live output stopped: the page fell behind; the result will have it all)"),
+    });
     poller.abort();
+    live = null;
     const r = res.response;
     const failed = r.kind === "Panic";
     setStatus(failed ? "error" : "done", api.describeResult(res));
@@ -500,6 +592,7 @@ async function doRun() {
     renderOutputs(res);
   } catch (e) {
     poller.abort();
+    endLive();
     setStatus("error", `Error: ${(e as Error).message}`);
   } finally {
     running = false;

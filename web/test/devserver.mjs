@@ -1,6 +1,7 @@
 // A tiny stand-in for `pe serve` for front-end work: serves ../../server/static and answers the API the
-// page uses with canned data. Runs are faked: `sh FILE` / `sh -c '…'` interpret echo/cat/exit/head lines,
-// nothing else. Not used by the real test harness (that runs e2e.mjs against `pe serve`).
+// page uses with canned data. Runs are faked: `sh FILE` / `sh -c '…'` interpret echo/cat/exit/head/sleep
+// lines, nothing else. A run asked for with Accept: text/event-stream is streamed as `pe serve` does
+// (start, stdout/stderr as each line runs, archive, result). Not used by the real test harness (that runs e2e.mjs against `pe serve`).
 //
 //   node test/devserver.mjs [--port 8090]     env: DEV_DELAY_MS (default 1500)
 //
@@ -59,11 +60,13 @@ function send(res, status, body, headers = {}) {
 const json = (res, status, v, headers = {}) => send(res, status, JSON.stringify(v), { "Content-Type": "application/json", ...headers });
 const readBody = (req) => new Promise((ok, bad) => { const c = []; req.on("data", (d) => c.push(d)); req.on("end", () => ok(Buffer.concat(c))); req.on("error", bad); });
 
-function fakeRun(reqJson, files) {
+// fakeRun runs the fake program; onOut(stream, data), when given, gets stdout and stderr as each
+// line writes them.
+async function fakeRun(reqJson, files, onOut) {
   const out = { stdout: "", stderr: "", dir: new Map(), code: 0 };
   const argv = [...(reqJson.entrypoint ?? []), ...(reqJson.cmd ?? ["sh"])];
   const text = (p) => { const f = files.get(p.replace(/^\/run\/pe\/input\//, "")); return f ? Buffer.from(f).toString() : null; };
-  const line = (l) => {
+  const line = async (l) => {
     l = l.trim();
     if (!l || l.startsWith("#")) return true;
     let words;
@@ -81,15 +84,18 @@ function fakeRun(reqJson, files) {
     else if (words[0] === "exit") { out.code = Number(words[1] ?? 0); return false; }
     else if (words[0] === "head" && words[1] === "-c") { const n = Number(words[2]); data = Buffer.from(Array.from({ length: n }, (_, i) => (i * 73 + 11) & 255)); }
     else if (words[0] === "ls") data = [...files.keys()].join("\n") + "\n";
+    else if (words[0] === "sleep") { await new Promise((r) => setTimeout(r, Math.min(Number(words[1]) || 0, 10) * 1000)); return true; }
     else return true; // everything else is silently ignored by the fake
-    if (target === "stdout") out.stdout += data;
-    else if (target === "stderr") out.stderr += data;
+    if (target === "stdout" || target === "stderr") {
+      out[target] += data;
+      onOut?.(target, data);
+    }
     else if (target.startsWith("/run/pe/output/")) out.dir.set(target.slice("/run/pe/output/".length), Buffer.from(data));
     return true;
   };
-  if (argv[0] === "sh" && argv[1] === "-c") { for (const l of (argv[2] ?? "").split("\n")) if (!line(l)) break; }
-  else if (argv[0] === "sh" && argv[1]) { const t = text(argv[1]); if (t === null) { out.stderr += `sh: can't open '${argv[1]}': No such file or directory\n`; out.code = 2; } else for (const l of t.split("\n")) if (!line(l)) break; }
-  else if (argv[0] === "echo" || argv[0] === "cat" || argv[0] === "exit" || argv[0] === "ls") line(argv.map((w) => (/^[\w./-]+$/.test(w) ? w : `'${w.replace(/'/g, "'\\''")}'`)).join(" "));
+  if (argv[0] === "sh" && argv[1] === "-c") { for (const l of (argv[2] ?? "").split("\n")) if (!(await line(l))) break; }
+  else if (argv[0] === "sh" && argv[1]) { const t = text(argv[1]); if (t === null) { out.stderr += `sh: can't open '${argv[1]}': No such file or directory\n`; out.code = 2; } else for (const l of t.split("\n")) if (!(await line(l))) break; }
+  else if (argv[0] === "echo" || argv[0] === "cat" || argv[0] === "exit" || argv[0] === "ls") await line(argv.map((w) => (/^[\w./-]+$/.test(w) ? w : `'${w.replace(/'/g, "'\\''")}'`)).join(" "));
   else { out.stderr += `${argv[0]}: not found (this is the fake devserver)\n`; out.code = 127; }
   return out;
 }
@@ -118,7 +124,13 @@ async function runi(req, res, ref) {
   queued--; runningNow++;
   const t0 = Date.now();
   await new Promise((r) => setTimeout(r, delay));
-  const o = fakeRun(reqJson, files);
+  const streaming = (req.headers.accept ?? "").includes("text/event-stream");
+  const event = (name, data) => res.write(`event: ${name}\ndata: ${data}\n\n`);
+  if (streaming) {
+    res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" });
+    event("start", JSON.stringify({ request_id: "dev" + t0 }));
+  }
+  const o = await fakeRun(reqJson, files, streaming ? (t, d) => event(t, JSON.stringify(Buffer.from(d).toString())) : undefined);
   runningNow--; release();
   const archive = pack([
     { path: "stdout", data: o.stdout },
@@ -131,6 +143,11 @@ async function runi(req, res, ref) {
     manifest_digest: images.images.find((i) => i.reference === ref)?.digest ?? "sha256:" + "0".repeat(64),
     stdout_truncated: false, stderr_truncated: false, output_truncated: false, duration_ms: Date.now() - t0,
   };
+  if (streaming) {
+    event("archive", JSON.stringify(Buffer.from(archive).toString("base64")));
+    event("result", JSON.stringify(resp));
+    return res.end();
+  }
   send(res, 200, frame(resp, archive), { "Content-Type": "application/x.pe.archivev1" });
 }
 

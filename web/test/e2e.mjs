@@ -7,7 +7,7 @@
 // PE_SCREENSHOT_DIR (write pe-desktop.png / pe-phone.png there), PE_CHROMIUM (default /usr/bin/chromium),
 // PE_RUN_TIMEOUT_MS (default 120000: runs are VMs, under emulation 5–20 s each),
 // PE_GIST_TOKEN (when set, step 6 saves a gist through the config's github_api with this token; only
-// for a fake GitHub API such as test/devserver.mjs's).
+// for a fake GitHub API such as test/devserver.mjs's), PE_E2E_ONLY=live (run step 7 alone).
 
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
@@ -94,7 +94,38 @@ async function selectOutput(page, name) {
   await tab.click();
 }
 
+// 7. Live output: a line printed before a 3 s sleep is on the page while the run still goes on.
+async function liveStep() {
+  step = "7 live output";
+  log(`step ${step}`);
+  const lp = await openPage(`${BASE}/`);
+  await lp.fill("#cmd", "sh test.sh");
+  await selectFile(lp, "test.sh");
+  await setEditorText(lp, `echo ${marker}-first\necho ${marker}-err >&2\nsleep 3\necho ${marker}-second\n`);
+  await lp.click("#run");
+  const t0 = Date.now();
+  await lp.waitForFunction((m) => document.getElementById("out-panel").textContent.includes(m), `${marker}-first`, { timeout: RUN_TIMEOUT });
+  const shown = Date.now();
+  const seen = await lp.evaluate(() => ({ state: document.getElementById("status").dataset.state, out: document.getElementById("out-panel").textContent }));
+  if (seen.state !== "pending") fail(`the first line came with the result (status ${seen.state}), not before it`);
+  if (seen.out.includes(`${marker}-second`)) fail("the line after the sleep came with the first one: the output was not streamed");
+  // stderr's tab shows it has output, while the run goes on
+  await lp.waitForFunction(() => !document.querySelector('#out-tabs [data-key="stderr"]').classList.contains("empty"), null, { timeout: 2500 })
+    .catch(() => fail("the stderr tab did not get the line written to stderr before the sleep"));
+  if ((await lp.getAttribute("#status", "data-state")) !== "pending") fail("the run ended before its stderr line was shown");
+  log(`  first line shown ${((shown - t0) / 1000).toFixed(1)} s after Run, while running`);
+  await waitRun(lp, { expectStdout: `${marker}-second` });
+  const after = Date.now() - shown;
+  if (after < 1500) fail(`the run ended ${after} ms after the first line was shown: the line did not come before the sleep`);
+  const out = await lp.textContent("#out-panel");
+  if (!out.includes(`${marker}-first\n${marker}-second`)) fail(`stdout after the run ${JSON.stringify(out)}`);
+  await selectOutput(lp, "stderr");
+  if (!(await lp.textContent("#out-panel")).includes(`${marker}-err`)) fail("stderr tab lacks the stderr line after the run");
+  await lp.close();
+}
+
 async function main() {
+  if (process.env.PE_E2E_ONLY === "live") return liveStep();
   // 1. Edit test.sh, run with the button, then again with Ctrl+Enter.
   step = "1 edit and run";
   log(`step ${step} (marker ${marker})`);
@@ -277,6 +308,8 @@ async function main() {
     await lp.close();
     await sp.close();
   } else log(`step ${step}: skipped (PE_GIST_TOKEN not set)`);
+
+  await liveStep();
 
   const relevant = consoleErrors.filter((e) => !/favicon/.test(e));
   if (relevant.length) fail(`browser console errors:\n  ${relevant.join("\n  ")}`);

@@ -40,3 +40,22 @@ test("pe.toml timeouts become timeout_ms", () => {
   assert.equal(durationMs("-3s"), undefined);
   assert.equal(durationMs(undefined), undefined);
 });
+
+test("a streamed result reads as the batch answer", async () => {
+  const { resultOf } = await import("../../src/api");
+  const json = resultOf({ kind: "Ok", stdout: "hé\n", stderr: "" }, null, 5);
+  assert.deepEqual(new TextDecoder().decode(json.stdout), "hé\n");
+  assert.equal(json.files.length, 0);
+  const { pack } = await import("../../src/pearchive");
+  const ar = pack([
+    { path: "stdout", data: "out\n" },
+    { path: "stderr", data: "err\n" },
+    { path: "dir/r.txt", data: "file\n" },
+  ]);
+  const withFiles = resultOf({ kind: "Ok" }, ar, 5);
+  const dec = new TextDecoder();
+  assert.deepEqual(
+    [dec.decode(withFiles.stdout), dec.decode(withFiles.stderr), withFiles.files.map((f) => [f.name, dec.decode(f.data)])],
+    ["out\n", "err\n", [["r.txt", "file\n"]]],
+  );
+});
