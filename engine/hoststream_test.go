@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,31 +12,15 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"golang.org/x/sys/unix"
+
+	"github.com/pe-project/pe/guest/guesttest"
 
 	"github.com/pe-project/pe/guest"
 )
 
 // socketPair is a connected pair of stream sockets, as the engine and
 // QEMU's chardev have.
-func socketPair(t *testing.T) (host, guest net.Conn) {
-	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "sock")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	return conn(fds[0]), conn(fds[1])
-}
+var socketPair = guesttest.SocketPair
 
 // syncBuffer is a bytes.Buffer safe for concurrent use.
 type syncBuffer struct {

@@ -5,10 +5,14 @@ package guesttest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // InstallBusybox copies the static busybox binary to bin/busybox and links
@@ -54,4 +58,26 @@ func MakeTree(root, busybox string, dirs []string, files map[string]string) erro
 		}
 	}
 	return nil
+}
+
+// SocketPair returns a connected pair of stream sockets, as the engine and
+// QEMU's chardev for the data channel have; both are closed when the test
+// ends.
+func SocketPair(t testing.TB) (host, guest net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "sock")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	return conn(fds[0]), conn(fds[1])
 }
