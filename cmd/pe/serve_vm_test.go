@@ -255,7 +255,12 @@ func TestServeWorkerVM(t *testing.T) {
 	w.waitHealth(t, 200, "ready\n", 2*time.Minute)
 	res = w.run("sleep 60")
 	w.waitRunning(t)
-	kids := descendants(w.cmd.Process.Pid)
+	// The run holds its slot a moment before its VMM starts.
+	var kids []int
+	for deadline := time.Now().Add(time.Minute); len(kids) == 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		kids = descendants(w.cmd.Process.Pid)
+	}
 	if len(kids) == 0 {
 		t.Fatal("no VMM process under pe serve during a run")
 	}
