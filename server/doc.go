@@ -38,9 +38,10 @@
 // is cheap; ?json gives a HealthReport; /metrics has pe_ready and
 // pe_draining. s3:// presets are warmed once resolved (Config.Warm). When
 // Serve's context is done the server drains: /healthz answers "draining",
-// new runs get 503 Draining (Retry-After: 1, Connection: close, the body
-// not read) on the listener that stays open for Config.DrainGrace at least
-// and until the accepted runs finish (at most the drain timeout); Abort
+// runs are still taken for Config.DrainGrace (while the balancer's checks
+// notice), then new runs get 503 Draining (Retry-After: 1, Connection:
+// close, the body not read) on the listener that stays open until the
+// accepted runs finish (at most the drain timeout); Abort
 // stops it at once. Every answer given before the body was read whole
 // closes the connection instead of reading the rest.
 package server

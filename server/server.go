@@ -156,10 +156,11 @@ type Config struct {
 	// HealthInterval is how often the readiness checks run (default
 	// DefaultHealthInterval).
 	HealthInterval time.Duration
-	// DrainGrace is the least time Serve keeps answering after its
-	// context is done (not ready, new runs refused with 503), so that
-	// the balancer's health check sees the worker leave before its
-	// listener closes: about the balancer's check interval × fall count.
+	// DrainGrace is the time Serve keeps taking runs after its context
+	// is done while /healthz answers "draining", and the least time it
+	// keeps answering, so that the balancer's health check sees the
+	// worker leave before it refuses runs and before its listener
+	// closes: about the balancer's check interval × fall count.
 	DrainGrace time.Duration
 }
 
@@ -181,6 +182,9 @@ type Server struct {
 	// draining is set once Serve's context is done.
 	health   health
 	draining atomic.Bool
+	// refusing is set once a draining server takes no new run: at once,
+	// or at the end of Config.DrainGrace.
+	refusing atomic.Bool
 	// abort cuts the runs in progress off (Abort).
 	abort     chan struct{}
 	abortOnce sync.Once
@@ -499,11 +503,12 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 }
 
 // refuseDraining answers 503 Draining to runs that come once the server
-// drains, before reading their body, with Retry-After and Connection:
-// close: the balancer sends them to another worker.
+// refuses them (a drain past its grace), before reading their body, with
+// Retry-After and Connection: close: the balancer sends them to another
+// worker.
 func (s *Server) refuseDraining(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.draining.Load() {
+		if s.refusing.Load() {
 			drainingAnswer(w)
 			return
 		}
@@ -544,11 +549,14 @@ func writeJSON(w http.ResponseWriter, v any) {
 var ErrAborted = errors.New("stopped at once: the runs in progress were cut off")
 
 // Serve serves on ln until ctx is done, then drains: /healthz answers 503
-// "draining" and new runs get 503 Draining (with Retry-After and
-// Connection: close, before their body is read) while the listener stays
-// open, for at least Config.DrainGrace and until the runs accepted before
-// (running or queued) have finished, at most drainTimeout (or the grace,
-// when longer); runs still going then are cut off. Then it closes the
+// "draining" at once, runs are still taken for Config.DrainGrace (the
+// time the balancer's health checks need to see it: until then it sends
+// runs, and refusing them would fail those the other workers have no room
+// for), then new runs get 503 Draining (with Retry-After and Connection:
+// close, before their body is read) while the listener stays open until
+// the runs accepted (running or queued) have finished, at most
+// drainTimeout (or the grace, when longer); runs still going then are cut
+// off. Then it closes the
 // listener and the connections and returns nil. Abort ends the drain at
 // once (ErrAborted). Serve starts the readiness checks (Start).
 func (s *Server) Serve(ctx context.Context, ln net.Listener, drainTimeout time.Duration) error {
@@ -572,10 +580,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, drainTimeout time.D
 	}
 	start := time.Now()
 	s.draining.Store(true)
-	s.queue.drain()
 	// Every answer from now on closes its connection: the balancer and
 	// clients open their next one to another worker.
 	hs.SetKeepAlivesEnabled(false)
+	if s.cfg.DrainGrace <= 0 {
+		s.refuse()
+	}
 	s.cfg.Log.Info("draining", "runs", s.runs.Load(), "grace", s.cfg.DrainGrace, "timeout", drainTimeout)
 	deadline := start.Add(max(drainTimeout, s.cfg.DrainGrace))
 	graceEnd := start.Add(s.cfg.DrainGrace)
@@ -606,13 +616,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, drainTimeout time.D
 	return nil
 }
 
+// refuse makes the server refuse new runs (503 Draining), and its queue
+// take no more: the end of a drain's grace.
+func (s *Server) refuse() {
+	s.refusing.Store(true)
+	s.queue.drain()
+}
+
 // waitDrained waits until graceEnd has passed and no run is in progress,
-// or until deadline, or Abort (true).
+// or until deadline, or Abort (true). Runs keep being taken until
+// graceEnd: the balancer sends them until its health checks see the
+// drain, and a run it sends then is better run here than refused when the
+// other workers are full.
 func (s *Server) waitDrained(graceEnd, deadline time.Time) (aborted bool) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
 		now := time.Now()
+		if !now.Before(graceEnd) && !s.refusing.Load() {
+			s.refuse()
+		}
 		if !now.Before(deadline) || !now.Before(graceEnd) && s.runs.Load() == 0 {
 			return false
 		}

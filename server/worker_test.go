@@ -427,13 +427,39 @@ func TestDrain(t *testing.T) {
 // TestDrainGrace checks Serve stays up answering "draining" for
 // DrainGrace even with no run in progress, so that the balancer's health
 // check sees it leave before the listener closes.
+//
+// During the grace it still takes runs (the balancer sends them until its
+// checks see the drain, and refusing them fails those no other worker has
+// room for) and Serve waits for them; after it, runs get 503 Draining.
 func TestDrainGrace(t *testing.T) {
-	const grace = 500 * time.Millisecond
-	sv := serveTest(t, Config{DrainGrace: grace}, time.Second)
+	const grace = 1500 * time.Millisecond
+	fake := newFakeRunner()
+	sv := serveTest(t, Config{Runner: fake, DrainGrace: grace}, time.Minute)
 	waitHealth(t, sv.url, 200, "ready\n")
 	start := time.Now()
 	sv.stop()
 	waitHealth(t, sv.url, 503, "draining\n")
+	during := make(chan string, 1)
+	go func() {
+		resp, b := post(t, sv.url+"/api/v2/runi/amd64/linux/demo", "application/json", []byte(`{"cmd":["block"]}`))
+		during <- fmt.Sprint(resp.StatusCode, " ", strings.Contains(string(b), `"Ok"`))
+	}()
+	waitFor(t, func() bool { _, r := sv.s.queue.counts(); return r == 1 })
+	if time.Since(start) >= grace {
+		t.Fatalf("the run sent during the grace started %v after the stop, past the grace", time.Since(start))
+	}
+	time.Sleep(time.Until(start.Add(grace + 200*time.Millisecond)))
+	resp := rawRequest(t, sv.addr, "/api/v2/runi/amd64/linux/demo", 100, "", 5*time.Second)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("a new run after the grace: %d Retry-After %q, want 503, 1", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if err := sv.wait(100 * time.Millisecond); !errors.Is(err, errStillServing) {
+		t.Fatalf("Serve returned %v with the run taken during the grace in progress", err)
+	}
+	fake.release <- struct{}{}
+	if r := <-during; r != "200 true" {
+		t.Errorf("the run sent during the grace: %s, want 200 with a result", r)
+	}
 	if err := sv.wait(10 * time.Second); err != nil {
 		t.Errorf("Serve: %v", err)
 	}

@@ -224,7 +224,8 @@ func TestServeWorkerVM(t *testing.T) {
 	cache, tmp := t.TempDir(), t.TempDir()
 
 	// A fresh cache: the boot snapshot is made at start.
-	w := startWorker(t, f, cache, tmp, "--drain-grace", "1s")
+	const grace = 3 * time.Second
+	w := startWorker(t, f, cache, tmp, "--drain-grace", grace.String())
 	if st, b := w.health(t); st != 503 || !strings.HasPrefix(b, "not ready: boot snapshot not made yet\n") {
 		t.Errorf("healthz at start: %d %q, want 503 not ready: boot snapshot not made yet", st, b)
 	}
@@ -236,18 +237,24 @@ func TestServeWorkerVM(t *testing.T) {
 	start := time.Now()
 	w.cmd.Process.Signal(syscall.SIGTERM)
 	w.waitHealth(t, 503, "draining\n", 10*time.Second)
+	// Within the grace the balancer may still send runs: taken.
+	inGrace := w.run("echo in-grace")
+	time.Sleep(time.Until(start.Add(grace + 500*time.Millisecond)))
 	if r := <-w.run("echo new"); r.status != 503 || !strings.Contains(r.stdout, "Draining") {
-		t.Errorf("a new run while draining: %d %q, want 503 Draining", r.status, r.stdout)
+		t.Errorf("a new run after the drain's grace: %d %q, want 503 Draining", r.status, r.stdout)
 	}
 	if r := <-res; r.err != nil || r.status != 200 || r.stdout != "finished\n" {
 		t.Errorf("the run in progress at SIGTERM: %+v, want 200 finished", r)
+	}
+	if r := <-inGrace; r.err != nil || r.status != 200 || r.stdout != "in-grace\n" {
+		t.Errorf("a run sent during the drain's grace: %+v, want 200 in-grace", r)
 	}
 	if err := <-w.done; err != nil {
 		t.Errorf("pe serve after the drain: %v, want exit status 0", err)
 	}
 	w.done <- nil
-	if d := time.Since(start); d < time.Second {
-		t.Errorf("pe serve exited %v after SIGTERM, within its --drain-grace 1s", d)
+	if d := time.Since(start); d < grace {
+		t.Errorf("pe serve exited %v after SIGTERM, within its --drain-grace %v", d, grace)
 	}
 
 	// SIGKILL during a run: its QEMU dies with it.

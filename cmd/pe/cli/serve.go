@@ -121,13 +121,14 @@ the same as JSON, and /metrics has pe_ready and pe_draining. s3:// presets are
 read lazily and warmed at start: their metadata chunks and the chunks their
 stored prefetch traces list are fetched into the chunk cache.
 
-On SIGTERM or SIGINT pe serve drains: /healthz answers 503 "draining", new runs
-get 503 Draining with Retry-After: 1 and Connection: close before their body is
-read (the balancer sends them to another worker), the runs it accepted (running
-or queued) finish, at most --drain-timeout, and the listener stays open for at
-least --drain-grace (set it to about the balancer's check interval × fall
-count, HAProxy's inter × fall, so that it sees the worker leave first); then
-pe serve exits 0. A second SIGTERM or SIGINT stops it at once: the runs in
+On SIGTERM or SIGINT pe serve drains: /healthz answers 503 "draining" at once;
+for --drain-grace runs are still taken (set it to about the balancer's check
+interval × fall count, HAProxy's inter × fall: until its checks see the worker
+leave, the balancer sends runs, which may have nowhere else to go); after it,
+new runs get 503 Draining with Retry-After: 1 and Connection: close before
+their body is read (the balancer sends them to another worker); the runs it
+accepted (running or queued) finish, at most --drain-timeout; then pe serve
+exits 0. A second SIGTERM or SIGINT stops it at once: the runs in
 progress are cut off, their VMs killed and their files removed. When the queue
 is full (--queue, --max-wait) or a client is over --rate, the answer (503 or
 429, with Retry-After) also comes before the body is read, with Connection:
@@ -171,7 +172,7 @@ Logs are JSON lines on standard error, one per request with its request id.`,
 	fs.BoolVar(&f.cold, "cold", false, "boot a VM for every run instead of restoring pe's boot snapshot (made by the first run, in the cache)")
 	fs.BoolVar(&f.snapshots, "snapshots", false, "keep a VM snapshot of each preset (in the cache directory) and restore it for the preset's runs instead of booting")
 	fs.DurationVar(&f.drain, "drain-timeout", 2*time.Minute, "at shutdown, how long the runs in progress (and queued) may take to finish")
-	fs.DurationVar(&f.drainGrace, "drain-grace", 0, "at shutdown, the least time to keep answering (not ready, new runs 503) before the listener closes: about the balancer's check interval × fall count")
+	fs.DurationVar(&f.drainGrace, "drain-grace", 0, "at shutdown, how long to keep taking runs while /healthz says draining, before refusing them (503) and closing the listener: about the balancer's check interval × fall count")
 	fs.DurationVar(&f.checkInterval, "check-interval", server.DefaultHealthInterval, "how often the readiness checks of /healthz run (presets, their buckets, free disk)")
 	f.minFreeDisk.Set("1GiB")
 	fs.Var(&f.minFreeDisk, "min-free-disk", "answer not ready on /healthz while the file system of the cache or temporary directory has less free than this: a size such as 1GiB, or a percentage such as 5% (0: no limit)")
