@@ -240,6 +240,11 @@ func runRun(cmd *cobra.Command, a *app, f *runFlags, args []string) error {
 	if f.timeout <= 0 {
 		return usageErrorf(cmd, "--timeout %v: want a positive duration", f.timeout)
 	}
+	if f.tty && f.asJSON {
+		// A terminal's output (its echo, its control sequences) is for a
+		// person, and a raw terminal would mangle the JSON's lines.
+		return usageErrorf(cmd, "-t and --json do not go together: a terminal's output is for a person, --json's for a program")
+	}
 	if f.tty && f.interactive && f.timeout == engine.DefaultTimeout && !cmd.Flags().Changed("timeout") {
 		// Someone types at an interactive session: a batch run's 10 s
 		// would end it mid-sentence.

@@ -66,6 +66,7 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"run", "-i", "--stdin", "f", "img"}, "choose one"},
 		{[]string{"run", "-t", "img"}, "-t: the input device is not a TTY"},
 		{[]string{"run", "-it", "img"}, "-t: the input device is not a TTY"},
+		{[]string{"run", "-it", "--json", "img"}, "-t and --json do not go together"},
 		{[]string{"run", "-e", "=x", "img"}, "NAME=VALUE"},
 		{[]string{"run", "--stdin", "/nonexistent/in", "img"}, "/nonexistent/in"},
 		{[]string{"run", "--input", "/nonexistent/dir", "img"}, "/nonexistent/dir"},
