@@ -11,15 +11,17 @@ import (
 
 // metrics are what /metrics shows.
 type metrics struct {
-	requests     *prometheus.CounterVec
-	runDuration  *prometheus.HistogramVec
-	queueWait    prometheus.Histogram
-	queueDepth   prometheus.Gauge
-	vmsRunning   prometheus.Gauge
-	imageCache   *prometheus.CounterVec
-	rateLimited  prometheus.Counter
-	gistRequests *prometheus.CounterVec
-	snapshotRuns *prometheus.CounterVec
+	requests    *prometheus.CounterVec
+	runDuration *prometheus.HistogramVec
+	queueWait   prometheus.Histogram
+	queueDepth  prometheus.Gauge
+	vmsRunning  prometheus.Gauge
+	imageCache  *prometheus.CounterVec
+	rateLimited prometheus.Counter
+	// streamDropped counts streamed runs whose client fell behind.
+	streamDropped prometheus.Counter
+	gistRequests  *prometheus.CounterVec
+	snapshotRuns  *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -54,6 +56,10 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "pe_rate_limited_total",
 			Help: "Requests refused by the per-client rate limit.",
 		}),
+		streamDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pe_stream_dropped_total",
+			Help: "Streamed runs whose client fell behind, so that their live output stopped (the run went on to its result).",
+		}),
 		gistRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pe_gist_requests_total",
 			Help: "Gist proxy requests, by outcome.",
@@ -64,7 +70,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		}, []string{"result"}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.requests, m.runDuration, m.queueWait, m.queueDepth, m.vmsRunning, m.imageCache, m.rateLimited, m.gistRequests, m.snapshotRuns,
+		m.requests, m.runDuration, m.queueWait, m.queueDepth, m.vmsRunning, m.imageCache, m.rateLimited, m.streamDropped, m.gistRequests, m.snapshotRuns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
 		if err := reg.Register(c); err != nil {

@@ -99,7 +99,9 @@ type liveResponse struct {
 	done       chan struct{} // closed by finish: the sender sends what is queued and ends
 	senderDone chan struct{} // closed when the sender ends
 	dropped    atomic.Bool
-	broken     atomic.Bool
+	// onDrop counts a drop (pe_stream_dropped_total).
+	onDrop func()
+	broken atomic.Bool
 
 	stateMu    sync.Mutex
 	began      bool
@@ -117,7 +119,7 @@ type liveResponse struct {
 func (s *Server) newLiveResponse(w http.ResponseWriter, r *http.Request, cancelRun context.CancelFunc) *liveResponse {
 	return &liveResponse{
 		w: w, rc: http.NewResponseController(w), ctx: r.Context(), cancelRun: cancelRun,
-		log: s.cfg.Log, id: requestID(r),
+		log: s.cfg.Log, id: requestID(r), onDrop: s.metrics.streamDropped.Inc,
 		stall: s.liveStall, keepAlive: s.keepAlive, writeTimeout: s.cfg.WriteTimeout,
 		events: make(chan []byte, liveQueue), done: make(chan struct{}), senderDone: make(chan struct{}),
 	}
@@ -294,6 +296,9 @@ func (lr *liveResponse) send(ev []byte) bool {
 		return true
 	case <-t.C:
 		lr.log.Info("streaming client fell behind: live output dropped, the run goes on", "request_id", lr.id)
+		if lr.onDrop != nil {
+			lr.onDrop()
+		}
 	case <-lr.ctx.Done():
 	case <-lr.done:
 	case <-lr.senderDone:

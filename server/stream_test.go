@@ -367,6 +367,9 @@ func TestStreamSlowClient(t *testing.T) {
 	if len(names) < 3 || names[len(names)-2] != "dropped" || names[len(names)-1] != "result" {
 		t.Errorf("events end %q, want dropped then result", names[max(0, len(names)-3):])
 	}
+	if v := metricValue(t, url, "pe_stream_dropped_total"); v != "1" {
+		t.Errorf("pe_stream_dropped_total %q, want 1", v)
+	}
 	if len(stdout) == 0 || len(stdout) >= 48<<20 || strings.Trim(stdout, "x") != "" {
 		t.Errorf("live stdout %d bytes of x, want some, not all", len(stdout))
 	}
