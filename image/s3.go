@@ -309,6 +309,20 @@ func resolveS3Tag(ctx context.Context, client *s3.Client, ref Reference, log *sl
 	return h, index, nil
 }
 
+// fetchS3Index reads the index h from ref's bucket and checks it against
+// h.
+func fetchS3Index(ctx context.Context, client *s3.Client, ref Reference, h v1.Hash) ([]byte, error) {
+	bucket, key := ref.s3.bucket, ref.s3.indexKey(h)
+	b, err := client.ReadAll(ctx, bucket, key, blockstore.MaxIndexBytes)
+	if err != nil {
+		return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", ref.Familiar(), bucket, key))
+	}
+	if err := checkDigest(b, h, fmt.Sprintf("index s3://%s/%s", bucket, key)); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
 // parseTagObject splits a tag object into the sha256 digest of its first
 // line and the index bytes after it (nil when there are none). It does
 // not check the index against the digest.
@@ -403,10 +417,7 @@ func (c *Cache) ensureS3(ctx context.Context, ref Reference, h v1.Hash, client *
 	ib := index
 	if ib == nil {
 		var err error
-		if ib, err = client.ReadAll(ctx, bucket, indexKey, blockstore.MaxIndexBytes); err != nil {
-			return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", what, bucket, indexKey))
-		}
-		if err := checkDigest(ib, h, fmt.Sprintf("index s3://%s/%s", bucket, indexKey)); err != nil {
+		if ib, err = fetchS3Index(ctx, client, ref, h); err != nil {
 			return nil, err
 		}
 	}

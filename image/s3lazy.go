@@ -329,18 +329,14 @@ func (c *Cache) s3Index(ctx context.Context, ref Reference, h v1.Hash, o *pullCo
 		o.Log.Warn("dropping a damaged copy of an image index", "path", path)
 		os.Remove(path)
 	}
-	loc, bucket := ref.s3, ref.s3.bucket
-	key := loc.indexKey(h)
+	bucket, key := ref.s3.bucket, ref.s3.indexKey(h)
 	b := inline
 	if b == nil {
 		client, err := o.s3Client()
 		if err != nil {
 			return nil, err
 		}
-		if b, err = client.ReadAll(ctx, bucket, key, blockstore.MaxIndexBytes); err != nil {
-			return nil, s3Error(err, fmt.Sprintf("index of %s (s3://%s/%s)", ref.Familiar(), bucket, key))
-		}
-		if err := checkDigest(b, h, fmt.Sprintf("index s3://%s/%s", bucket, key)); err != nil {
+		if b, err = fetchS3Index(ctx, client, ref, h); err != nil {
 			return nil, err
 		}
 	}
