@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pe-project/pe/engine/enginetest"
 )
 
 // runCLIEnv makes the test binary run pe, as main does (runCLIMain).
@@ -147,7 +149,7 @@ func TestRunLiveVM(t *testing.T) {
 			t.Errorf("exit %d, stderr %s; want 125, interrupted", code, cmd.Stderr)
 		}
 		time.Sleep(500 * time.Millisecond)
-		if kids := leftChildren(); len(kids) > 0 {
+		if kids := enginetest.ChildProcesses(); len(kids) > 0 {
 			t.Errorf("processes left behind: %q", kids)
 		}
 	})
@@ -163,26 +165,4 @@ func readerOf(s *bufio.Scanner) io.Reader {
 		pw.Close()
 	}()
 	return pr
-}
-
-// leftChildren lists this process's children but the go tool's.
-func leftChildren() []string {
-	me := fmt.Sprint(os.Getpid())
-	var kids []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		if f := strings.Fields(s[i+1:]); len(f) > 1 && f[1] == me {
-			kids = append(kids, e.Name()+" "+s[strings.IndexByte(s, '(')+1:i])
-		}
-	}
-	return kids
 }
