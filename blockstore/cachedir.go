@@ -9,11 +9,11 @@ import (
 )
 
 // ChunkPath returns where a Store whose Options.Dir is dir keeps the chunk
-// with this sha256 (64 lowercase hex digits): dir/chunks/<2 hex>/<digest>.
+// with this sha256 (64 lowercase hex digits): dir/chunks/<digest>.
 // Tools that inspect or trim the cache without opening a Store (which
 // would evict to its own bound) use it.
 func ChunkPath(dir, digest string) string {
-	return filepath.Join(dir, "chunks", digest[:2], digest)
+	return filepath.Join(dir, "chunks", digest)
 }
 
 // CachedBytes returns how many of the bytes of the image ix describes the

@@ -23,10 +23,14 @@
 //
 // # The cache directory
 //
-// Each verified chunk is one file, Dir/chunks/<first 2 hex>/<sha256 hex>,
-// written as a temporary file under Dir/tmp, flushed to the disk and only
-// then renamed into place, so a name never holds partial or unverified
-// content, whatever crash happens; a cached file shorter than its chunk is
+// Each verified chunk is one file, Dir/chunks/<sha256 hex>. A fetched
+// chunk first waits in memory, serving reads, until the fetches pause
+// (Options.CommitDelay) or too many wait (Options.MaxPendingBytes); the
+// waiting chunks are then written as temporary files under Dir/tmp,
+// flushed to the disk together (one syncfs) and only then renamed into
+// place, so a name never holds partial or unverified content, whatever
+// crash happens, and a run's burst of fetches costs no file system work
+// while its guest starts; a cached file shorter than its chunk is
 // dropped and fetched again, and Options.VerifyCached also hashes each
 // cached file on its first use in a process, against a damaged disk.
 // Naming chunks by content shares identical chunks between images

@@ -104,7 +104,7 @@ func openImage(t testing.TB, s *Store, ix *Index, f Fetcher) *Image {
 // chunkFiles lists the chunk files in a cache directory.
 func chunkFiles(t testing.TB, dir string) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "chunks", "*", "*"))
+	files, err := filepath.Glob(filepath.Join(dir, "chunks", "*"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,4 +116,15 @@ func errorsAs[T error](err error) (T, bool) {
 	var target T
 	ok := errors.As(err, &target)
 	return target, ok
+}
+
+// flightsNow returns the digests of the fetches in progress.
+func (s *Store) flightsNow() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ds []string
+	for d := range s.flights {
+		ds = append(ds, d)
+	}
+	return ds
 }

@@ -230,7 +230,7 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 // read (not a prefetch) wants it.
 func (im *Image) cachedOrFlight(i int, dst []byte, inOff int64, demand bool) *flight {
 	for attempt := 0; ; attempt++ {
-		if attempt == 0 && im.readOpen(i, dst, inOff) {
+		if attempt == 0 && im.readOpen(i, dst, inOff) || im.s.pendingRead(im.ix.Chunks[i], dst, inOff) {
 			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
 			return nil
 		}

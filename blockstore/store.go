@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults of Options' zero values.
@@ -26,7 +28,21 @@ const (
 	// the first has not answered: several times the 24-47 ms of an S3
 	// ranged GET (lazy-blocks.md §4.1), so only the slow tail is hedged.
 	DefaultHedgeAfter = 250 * time.Millisecond
+	// DefaultCommitDelay is how long fetched chunks wait in memory after
+	// the last one arrived before they are written to the cache together:
+	// a run's burst of prefetches ends, then its chunks go to disk, with
+	// one flush for all of them, instead of costing a file, a write and a
+	// flush each while the guest is starting and the CPU is scarcest.
+	DefaultCommitDelay = time.Second
+	// DefaultMaxPendingBytes bounds the fetched chunks held in memory
+	// before they are written: past it they are written at once.
+	DefaultMaxPendingBytes = 128 << 20
 )
+
+// maxCommitWait bounds how long a fetched chunk waits to be written
+// however long fetches keep arriving: a steady stream of runs (pe serve)
+// never lets the cache go idle.
+const maxCommitWait = 10 * time.Second
 
 // staleTmpAge is how old a temporary chunk file must be before NewStore
 // removes it: a writer writes one in milliseconds, so one this old was
@@ -68,6 +84,14 @@ type Options struct {
 	// Hashing costs about 0.4 ms per 512 KiB chunk per process
 	// (docs/benchmarks.md), which a warm run would pay on every start.
 	VerifyCached bool
+	// CommitDelay is how long verified chunks stay in memory, serving
+	// reads, after the last chunk was fetched, before they are written
+	// to the cache directory in one batch (at most maxCommitWait after
+	// the first of them; Close writes them at once).
+	CommitDelay time.Duration
+	// MaxPendingBytes bounds the verified chunks held in memory waiting
+	// to be written; past it they are written at once.
+	MaxPendingBytes int64
 }
 
 // Store is a bounded cache of verified chunks on local disk, one file per
@@ -87,10 +111,26 @@ type Store struct {
 	// against its digest (or wrote), with the last time it set the
 	// file's mtime.
 	verified map[string]time.Time
+	// pending holds verified chunks not yet written to the cache
+	// directory, by digest: reads take them from memory until commit
+	// writes the batch.
+	pending      map[string]pendingChunk
+	pendingBytes int64
+	firstPending time.Time // when the oldest pending chunk arrived
+	lastPending  time.Time // when the newest did
+	commitTimer  *time.Timer
+	commitMu     sync.Mutex // one commit at a time
 
 	used    atomic.Int64 // bytes in chunk files, as of the last scan plus writes since
 	evictMu sync.Mutex
 	writes  sync.WaitGroup // cache writes in progress
+}
+
+// pendingChunk is a verified chunk waiting to be written, with the image
+// whose read fetched it (its write errors count there).
+type pendingChunk struct {
+	data []byte
+	im   *Image
 }
 
 // flight is one chunk's fetch, which every read of that chunk waits for.
@@ -127,12 +167,19 @@ func NewStore(o Options) (*Store, error) {
 	if o.HedgeAfter == 0 {
 		o.HedgeAfter = DefaultHedgeAfter
 	}
+	if o.CommitDelay <= 0 {
+		o.CommitDelay = DefaultCommitDelay
+	}
+	if o.MaxPendingBytes <= 0 {
+		o.MaxPendingBytes = DefaultMaxPendingBytes
+	}
 	s := &Store{
 		o:        o,
 		chunkDir: filepath.Join(o.Dir, "chunks"),
 		tmpDir:   filepath.Join(o.Dir, "tmp"),
 		flights:  map[string]*flight{},
 		verified: map[string]time.Time{},
+		pending:  map[string]pendingChunk{},
 	}
 	for _, d := range []string{s.chunkDir, s.tmpDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -140,6 +187,9 @@ func NewStore(o Options) (*Store, error) {
 		}
 	}
 	if err := s.removeStaleTmp(); err != nil {
+		return nil, err
+	}
+	if err := s.flattenChunkDir(); err != nil {
 		return nil, err
 	}
 	if err := s.evict(); err != nil {
@@ -162,10 +212,46 @@ func (s *Store) removeStaleTmp() error {
 	return nil
 }
 
-// Close waits for the cache writes in progress, so that every chunk
-// fetched so far is kept for the next run. The store stays usable.
+// flattenChunkDir moves the chunk files earlier versions kept in fan-out
+// directories (chunks/<2 hex>/<sha256>) to chunks/<sha256>, where reads
+// look for them, and removes the emptied directories. Creating a fan-out
+// directory cost a fresh cache one mkdir per chunk, as dear as the
+// chunk's own file, and a single directory of 20,000 entries is nothing
+// to ext4 or XFS.
+func (s *Store) flattenChunkDir() error {
+	entries, err := os.ReadDir(s.chunkDir)
+	if err != nil {
+		return fmt.Errorf("blockstore: listing %s: %w", s.chunkDir, err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || len(e.Name()) != 2 {
+			continue
+		}
+		sub := filepath.Join(s.chunkDir, e.Name())
+		files, err := os.ReadDir(sub)
+		if err != nil {
+			continue // another process flattened it meanwhile
+		}
+		for _, f := range files {
+			os.Rename(filepath.Join(sub, f.Name()), filepath.Join(s.chunkDir, f.Name()))
+		}
+		os.Remove(sub)
+	}
+	return nil
+}
+
+// Close waits for the fetches in progress and writes every chunk fetched
+// so far to the cache directory, so that the next run finds them. The
+// store stays usable.
 func (s *Store) Close() error {
 	s.writes.Wait()
+	s.mu.Lock()
+	if s.commitTimer != nil {
+		s.commitTimer.Stop()
+		s.commitTimer = nil
+	}
+	s.mu.Unlock()
+	s.commit()
 	return nil
 }
 
@@ -265,10 +351,10 @@ func (s *Store) touch(digest, path string, last time.Time) {
 }
 
 // acquire returns the flight fetching chunk i, starting one if none is.
-// With recheck, it returns nil instead if the chunk's file exists: a read
-// that missed it may have raced the rename of a flight that finished
-// since (a flight leaves the map only after its file is in place), and
-// should look at the cache again rather than fetch a second time.
+// With recheck, it returns nil instead if the chunk is pending or its file
+// exists: a read that missed it may have raced a flight that finished
+// since (a flight leaves the map only once its chunk is pending) or a
+// commit, and should look again rather than fetch a second time.
 // A demand read's new flight counts as a demand fetch in im's sched.
 func (s *Store) acquire(im *Image, i int, recheck, demand bool) *flight {
 	digest := im.ix.Chunks[i]
@@ -280,6 +366,9 @@ func (s *Store) acquire(im *Image, i int, recheck, demand bool) *flight {
 		return fl
 	}
 	if recheck {
+		if _, ok := s.pending[digest]; ok {
+			return nil
+		}
 		if _, err := os.Stat(s.chunkPath(digest)); err == nil {
 			return nil
 		}
@@ -300,8 +389,9 @@ func (s *Store) acquire(im *Image, i int, recheck, demand bool) *flight {
 func (s *Store) has(digest string) bool {
 	s.mu.Lock()
 	fl := s.flights[digest]
+	_, pending := s.pending[digest]
 	s.mu.Unlock()
-	if fl != nil {
+	if fl != nil || pending {
 		return true
 	}
 	_, err := os.Stat(s.chunkPath(digest))
@@ -333,9 +423,9 @@ func (s *Store) leave(digest string, fl *flight) {
 }
 
 // run fetches and verifies chunk i for fl's waiters, wakes them, then
-// writes the chunk to the cache (its flush to the disk is off the reads'
-// path). The flight stays findable until the file is in place, so a read
-// in between takes the bytes from the flight instead of fetching again.
+// hands the chunk to the pending ones the next commit writes. The flight
+// stays findable until the chunk is pending, so a read in between takes
+// the bytes from the flight instead of fetching again.
 func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 	defer s.writes.Done() // Add is in acquire, before Close can wait
 	digest := im.ix.Chunks[i]
@@ -354,7 +444,7 @@ func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 		im.sched.endDemand()
 	}
 	if err == nil {
-		s.write(im, digest, data)
+		s.addPending(im, digest, data)
 	}
 }
 
@@ -471,45 +561,184 @@ func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byt
 	}
 }
 
-// write puts a verified chunk into the cache through a temporary file,
-// flushed to the disk and renamed into place, so the chunk's name only
-// ever holds the complete, verified content, whatever crash happens. A
-// failed write (a full disk) only costs a later refetch.
-func (s *Store) write(im *Image, digest string, data []byte) {
-	path := s.chunkPath(digest)
-	err := func() error {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			return err
-		}
-		tmp, err := os.CreateTemp(s.tmpDir, "chunk-*")
-		if err != nil {
-			return err
-		}
-		_, err = tmp.Write(data)
-		if err == nil {
-			err = tmp.Sync()
-		}
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), path)
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-		return err
-	}()
-	if err != nil {
-		im.both.add(func(c *counters) *atomic.Int64 { return &c.cacheWriteErrors }, 1)
+// pendingRead copies chunk digest's bytes from inOff into dst if the
+// chunk is pending.
+func (s *Store) pendingRead(digest string, dst []byte, inOff int64) bool {
+	s.mu.Lock()
+	p, ok := s.pending[digest]
+	s.mu.Unlock()
+	if ok {
+		copy(dst, p.data[inOff:]) // pending data is never changed
+	}
+	return ok
+}
+
+// addPending makes a verified chunk pending, and schedules the commit
+// that writes it: CommitDelay after the last chunk arrived, or at once
+// when the pending chunks are over MaxPendingBytes.
+func (s *Store) addPending(im *Image, digest string, data []byte) {
+	now := time.Now()
+	s.mu.Lock()
+	if _, ok := s.pending[digest]; !ok {
+		s.pending[digest] = pendingChunk{data: data, im: im}
+		s.pendingBytes += int64(len(data))
+	}
+	if s.firstPending.IsZero() {
+		s.firstPending = now
+	}
+	s.lastPending = now
+	full := s.pendingBytes >= s.o.MaxPendingBytes
+	if !full && s.commitTimer == nil {
+		s.commitTimer = time.AfterFunc(s.o.CommitDelay, s.commitWhenIdle)
+	}
+	s.mu.Unlock()
+	if full {
+		s.commit()
+	}
+}
+
+// commitWhenIdle is the commit timer's: it commits once no chunk arrived
+// for CommitDelay, or the oldest pending one has waited maxCommitWait,
+// and otherwise waits again.
+func (s *Store) commitWhenIdle() {
+	s.mu.Lock()
+	s.commitTimer = nil
+	if len(s.pending) == 0 {
+		s.mu.Unlock()
 		return
 	}
-	s.mu.Lock()
-	s.verified[digest] = time.Now()
+	now := time.Now()
+	if wait := s.o.CommitDelay - now.Sub(s.lastPending); wait > 0 && now.Sub(s.firstPending) < maxCommitWait {
+		s.commitTimer = time.AfterFunc(wait, s.commitWhenIdle)
+		s.mu.Unlock()
+		return
+	}
 	s.mu.Unlock()
-	if s.used.Add(int64(len(data))) > s.o.MaxBytes {
+	s.commit()
+}
+
+// commit writes the pending chunks into the cache: each to a temporary
+// file, then one flush of the file system for all of them, then each
+// renamed to its digest. A chunk's name thus only ever holds its complete,
+// verified content, whatever crash happens; a crash before the renames
+// only loses the batch, which is fetched again. A chunk that cannot be
+// written (a full disk) leaves memory and costs a later refetch.
+func (s *Store) commit() {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	type entry struct {
+		digest string
+		pendingChunk
+		tmp string
+	}
+	s.mu.Lock()
+	batch := make([]entry, 0, len(s.pending))
+	for d, p := range s.pending {
+		batch = append(batch, entry{digest: d, pendingChunk: p})
+	}
+	s.firstPending = time.Time{}
+	s.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	failed := func(e entry) {
+		e.im.both.add(func(c *counters) *atomic.Int64 { return &c.cacheWriteErrors }, 1)
+		if e.tmp != "" {
+			os.Remove(e.tmp)
+		}
+	}
+	written := batch[:0]
+	for _, e := range batch {
+		tmp, err := writeTemp(s.tmpDir, e.data)
+		if err != nil {
+			failed(e)
+			continue
+		}
+		e.tmp = tmp
+		written = append(written, e)
+	}
+	paths := make([]string, len(written))
+	for k, e := range written {
+		paths[k] = e.tmp
+	}
+	if err := syncFiles(s.tmpDir, paths); err != nil {
+		for _, e := range written {
+			failed(e)
+		}
+		written = written[:0]
+	}
+	var added int64
+	now := time.Now()
+	committed := make(map[string]bool, len(written))
+	for _, e := range written {
+		if err := os.Rename(e.tmp, s.chunkPath(e.digest)); err != nil {
+			failed(e)
+			continue
+		}
+		committed[e.digest] = true
+		added += int64(len(e.data))
+	}
+	s.mu.Lock()
+	for _, e := range batch {
+		delete(s.pending, e.digest)
+		s.pendingBytes -= int64(len(e.data))
+		if committed[e.digest] {
+			s.verified[e.digest] = now
+		}
+	}
+	s.mu.Unlock()
+	if s.used.Add(added) > s.o.MaxBytes {
 		s.evict()
 	}
+}
+
+// syncFiles flushes the files at paths, all in dir, to the disk: with one
+// syncfs(2) of dir's file system, which costs one journal commit where a
+// fsync per file costs one each, or, where syncfs is missing, a fsync
+// per file.
+func syncFiles(dir string, paths []string) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = unix.Syncfs(int(d.Fd()))
+	d.Close()
+	if !errors.Is(err, unix.ENOSYS) {
+		return err
+	}
+	for _, p := range paths {
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeTemp writes data to a new temporary file in dir, not flushed, and
+// returns its path.
+func writeTemp(dir string, data []byte) (string, error) {
+	f, err := os.CreateTemp(dir, "chunk-*")
+	if err != nil {
+		return "", err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
 }
 
 // evict scans the cache and, if it is over MaxBytes, removes the least

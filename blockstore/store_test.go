@@ -628,3 +628,97 @@ func TestKeptFiles(t *testing.T) {
 		t.Errorf("a kept file after Close: read error %v, want os.ErrClosed", err)
 	}
 }
+
+// TestPendingChunks: a fetched chunk serves reads from memory, nothing is
+// written while fetches go on, and the batch is written once the fetches
+// pause for CommitDelay, or at once on Close.
+func TestPendingChunks(t *testing.T) {
+	data, ix := testImage(t, 4*cs, cs)
+	read := func(t *testing.T, im *Image, c int64) {
+		t.Helper()
+		p := make([]byte, cs)
+		if _, err := im.ReadAtContext(t.Context(), p, c*cs); err != nil || !bytes.Equal(p, data[c*cs:][:cs]) {
+			t.Fatalf("reading chunk %d: %v", c, err)
+		}
+	}
+	t.Run("close", func(t *testing.T) {
+		s := newStore(t, Options{CommitDelay: time.Hour})
+		f := &fakeFetcher{data: data}
+		im := openImage(t, s, ix, f)
+		read(t, im, 0)
+		read(t, im, 1)
+		waitFor(t, func() bool { return len(s.flightsNow()) == 0 }, "the flights to end")
+		read(t, im, 0) // from memory
+		if err := im.Prefetch(t.Context(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(chunkFiles(t, s.o.Dir)); n != 0 {
+			t.Errorf("%d chunk files before the commit, want none", n)
+		}
+		if d := cmp.Diff(Stats{Gets: 2, Misses: 2, Hits: 2, BytesFetched: 2 * cs}, im.Stats(), cmpIgnoreStall); d != "" {
+			t.Errorf("stats (-want +got):\n%s", d)
+		}
+		s.Close()
+		want := []string{s.chunkPath(ix.Chunks[0]), s.chunkPath(ix.Chunks[1])}
+		slices.Sort(want)
+		if d := cmp.Diff(want, chunkFiles(t, s.o.Dir)); d != "" {
+			t.Errorf("chunk files after Close (-want +got):\n%s", d)
+		}
+		if tmp, _ := os.ReadDir(filepath.Join(s.o.Dir, "tmp")); len(tmp) != 0 {
+			t.Errorf("%d temporary files left after the commit", len(tmp))
+		}
+		if u := s.Usage(); u != 2*cs {
+			t.Errorf("usage %d after the commit, want %d", u, 2*cs)
+		}
+		read(t, im, 1) // from the file now
+		if f.calls.Load() != 2 {
+			t.Errorf("%d fetches, want 2", f.calls.Load())
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		s := newStore(t, Options{CommitDelay: 20 * time.Millisecond})
+		im := openImage(t, s, ix, &fakeFetcher{data: data})
+		read(t, im, 2)
+		waitFor(t, func() bool { return len(chunkFiles(t, s.o.Dir)) == 1 }, "the idle commit")
+	})
+	t.Run("full", func(t *testing.T) {
+		s := newStore(t, Options{CommitDelay: time.Hour, MaxPendingBytes: 2 * cs})
+		im := openImage(t, s, ix, &fakeFetcher{data: data})
+		read(t, im, 0)
+		waitFor(t, func() bool { return len(s.flightsNow()) == 0 }, "the flight to end")
+		if n := len(chunkFiles(t, s.o.Dir)); n != 0 {
+			t.Fatalf("%d chunk files with one chunk pending of two allowed, want none", n)
+		}
+		read(t, im, 3)
+		waitFor(t, func() bool { return len(chunkFiles(t, s.o.Dir)) == 2 }, "the commit of a full batch")
+	})
+}
+
+// TestFlattenChunkDir: chunks an earlier version kept in fan-out
+// directories are moved where reads find them.
+func TestFlattenChunkDir(t *testing.T) {
+	data, ix := testImage(t, 2*cs, cs)
+	dir := t.TempDir()
+	for c := range 2 {
+		d := ix.Chunks[c]
+		old := filepath.Join(dir, "chunks", d[:2], d)
+		if err := os.MkdirAll(filepath.Dir(old), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(old, data[c*cs:][:cs], 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := newStore(t, Options{Dir: dir})
+	want := []string{s.chunkPath(ix.Chunks[0]), s.chunkPath(ix.Chunks[1])}
+	slices.Sort(want)
+	if d := cmp.Diff(want, chunkFiles(t, dir)); d != "" {
+		t.Errorf("chunk files after NewStore (-want +got):\n%s", d)
+	}
+	f := &fakeFetcher{data: data}
+	im := openImage(t, s, ix, f)
+	p := make([]byte, len(data))
+	if _, err := im.ReadAtContext(t.Context(), p, 0); err != nil || !bytes.Equal(p, data) || f.calls.Load() != 0 {
+		t.Errorf("read of the moved chunks: %v, %d fetches", err, f.calls.Load())
+	}
+}

@@ -5,7 +5,7 @@ package image
 // fetched from the bucket, verified and kept in a chunk cache shared by
 // every image and every pe using the cache directory:
 //
-//	s3/chunks/<2 hex>/<sha256>      verified chunks (blockstore.Store)
+//	s3/chunks/<sha256>              verified chunks (blockstore.Store)
 //	s3/tmp/                         the store's temporary files
 //	s3/indexes/sha256/<hex>.json    the index of every image opened, named by
 //	                                its sha256, which is the image's digest
@@ -74,10 +74,10 @@ func (c *Cache) ChunkStore(maxBytes int64) (*blockstore.Store, error) {
 	return s, nil
 }
 
-// FlushChunkStore waits for the chunk store's cache writes in progress, if
-// this process opened the store: a short-lived process (pe run) calls it
-// before it exits, so that the chunks its run fetched are there for the
-// next one.
+// FlushChunkStore waits for the chunk store's fetches in progress and
+// writes the fetched chunks still held in memory to the cache, if this
+// process opened the store: a process calls it before it exits, so that
+// the chunks its runs fetched are there for the next one.
 func (c *Cache) FlushChunkStore() {
 	chunkStores.Lock()
 	s := chunkStores.m[c.path(s3LazyDir)]

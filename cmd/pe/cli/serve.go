@@ -290,6 +290,9 @@ func runServe(cmd *cobra.Command, a *app, f *serveFlags) error {
 	srv.Start(cmd.Context())
 	fmt.Fprintf(cmd.ErrOrStderr(), "pe serve: http://%s/ (%d presets, %d VM slots; Ctrl+C stops)\n", ln.Addr(), len(presets), f.slots)
 	err = srv.Serve(cmd.Context(), ln, f.drain)
+	// The chunks fetched in the last second wait in memory to be written
+	// to the chunk cache: write them before the process ends.
+	chunks.Close()
 	if cmd.Context().Err() != nil && err == nil {
 		log.Info("stopped")
 	}
