@@ -309,6 +309,33 @@ func resolveS3Tag(ctx context.Context, client *s3.Client, ref Reference, log *sl
 	return h, index, nil
 }
 
+// readS3TagDigest reads the digest ref's tag names with a ranged read of
+// the tag object's first line only: a readiness check asks every few
+// seconds, and the index the object carries after that line is of no
+// use to it.
+func readS3TagDigest(ctx context.Context, client *s3.Client, ref Reference) (v1.Hash, error) {
+	key := ref.s3.tagKey(ref.tag)
+	what := fmt.Sprintf("image %s (tag object s3://%s/%s)", ref.Familiar(), ref.s3.bucket, key)
+	var head []byte
+	r, err := client.ReadRange(ctx, ref.s3.bucket, key, 0, maxTagObject+1)
+	switch {
+	case errors.Is(err, s3.ErrInvalidRange): // an empty object
+	case err != nil:
+		return v1.Hash{}, s3Error(err, what)
+	default:
+		head, err = io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			return v1.Hash{}, s3Error(err, what)
+		}
+	}
+	h, _, err := parseTagObject(head)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("tag object s3://%s/%s: %w", ref.s3.bucket, key, err)
+	}
+	return h, nil
+}
+
 // fetchS3Index reads the index h from ref's bucket and checks it against
 // h.
 func fetchS3Index(ctx context.Context, client *s3.Client, ref Reference, h v1.Hash) ([]byte, error) {

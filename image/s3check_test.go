@@ -2,11 +2,15 @@ package image
 
 import (
 	"errors"
+	"io"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pe-project/pe/blockstore"
 	"github.com/pe-project/pe/blockstore/s3"
+	"github.com/pe-project/pe/blockstore/s3/s3test"
 )
 
 // TestCheckS3 checks a server's readiness check of an s3:// image asks the
@@ -99,5 +103,77 @@ func TestS3LoadTraces(t *testing.T) {
 	}
 	if got, err := img.LoadTraces(ctx, 2); err != nil || len(got) != 2 {
 		t.Errorf("LoadTraces of at most 2: %d, %v", len(got), err)
+	}
+}
+
+// countingTransport counts the response body bytes it hands on.
+type countingTransport struct {
+	next http.RoundTripper
+	n    atomic.Int64
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(r)
+	if err == nil {
+		resp.Body = &countingBody{resp.Body, &c.n}
+	}
+	return resp, err
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// TestCheckS3TagFirstLine checks the readiness check reads only the tag
+// object's first line (the index it carries can be hundreds of KB, and
+// the check runs every few seconds), and still judges the line.
+func TestCheckS3TagFirstLine(t *testing.T) {
+	g, client := s3Env(t)
+	ctx := t.Context()
+	file := writeTestEROFSSize(t, t.TempDir(), 16<<20) // an index of a few KB
+	ref, _ := ParseReference("s3://images/ce/tool:v1")
+	res, err := PushEROFS(ctx, file, []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1)), ref, PushOptions{PullOptions: PullOptions{S3: client}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := client.ReadAll(ctx, "images", "ce/tool/tags/v1", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := &countingTransport{next: s3.NewTransport()}
+	counted, err := s3.New(s3.Config{Endpoint: g.Endpoint, Region: "us-east-1", AccessKeyID: s3test.AccessKey,
+		SecretAccessKey: s3test.SecretKey, PathStyle: true}, s3.Options{MaxAttempts: 1, HTTPClient: &http.Client{Transport: ct}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := &PullOptions{S3: counted}
+	if err := CheckS3(ctx, ref, opts); err != nil {
+		t.Fatalf("CheckS3 of a pushed image: %v", err)
+	}
+	if n := ct.n.Load(); n > maxTagObject+1 || int64(len(tag)) <= maxTagObject+1 {
+		t.Errorf("CheckS3 read %d body bytes of a %d-byte tag object; want at most %d", n, len(tag), maxTagObject+1)
+	}
+	for _, tt := range []struct {
+		name, body, want string
+	}{
+		{"digest line only", res.Digest.String() + "\n", ""},
+		{"empty", "", "does not start with a sha256 digest"},
+		{"not a digest", "latest\n", "does not start with a sha256 digest"},
+		{"long first line", strings.Repeat("a", 5000), "first line is over"},
+	} {
+		if _, err := client.PutObject(ctx, "images", "ce/tool/tags/v1", []byte(tt.body), s3.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err := CheckS3(ctx, ref, opts)
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%s: CheckS3 = %v; want an error containing %q", tt.name, err, tt.want)
+		}
 	}
 }

@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -390,11 +389,7 @@ func CheckS3(ctx context.Context, ref Reference, opts *PullOptions) error {
 			return err
 		}
 	} else {
-		log := opts.Log
-		if log == nil {
-			log = slog.New(slog.DiscardHandler)
-		}
-		if h, _, err = resolveS3Tag(ctx, client, ref, log); err != nil {
+		if h, err = readS3TagDigest(ctx, client, ref); err != nil {
 			return err
 		}
 	}
