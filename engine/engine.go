@@ -90,6 +90,14 @@ type Options struct {
 	// instead of over NBD: the cloud-hypervisor path, tested where
 	// cloud-hypervisor cannot run.
 	LazyFUSE bool
+	// YieldCores keeps pe's own work during a run (serving and fetching
+	// the lazy disk, streaming, waiting) off the cores the VM's vCPUs run
+	// on: while a run's VM is up, this process's Go scheduler is limited
+	// (runtime.GOMAXPROCS) to the machine's cores minus the VM's vCPUs,
+	// at least one. The image's preparation before (pull, conversion)
+	// keeps every core. The setting is process-wide: for a process that
+	// runs one VM at a time (pe run), not pe serve.
+	YieldCores bool
 }
 
 // Engine runs programs in micro-VMs. It is safe for concurrent use; at most

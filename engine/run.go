@@ -43,6 +43,10 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 	}
 	defer func() { <-e.sem }()
 	t.lap("queue")
+	if e.opts.YieldCores {
+		_, cpus := machineOrDefaults(req.MemoryMiB, req.CPUs)
+		defer yieldCores(cpus)()
+	}
 	vm, err := e.writeIOFile(p, req, t)
 	if err != nil {
 		return nil, err

@@ -426,6 +426,7 @@ func runEngineOptions(cmd *cobra.Command, a *app, f *runFlags) (engine.Options, 
 	f.flushChunks = cache.FlushChunkStore
 	opts := f.vmFlags.engineOptions(a, &engine.FileSource{Next: &engine.CacheSource{Cache: cache, Options: popts, ChunkCacheSize: f.chunkCache.Bytes()}}, f.cacheDir, lim)
 	opts.BootSnapshots = !f.cold
+	opts.YieldCores = true // one VM: pe's own work stays off its vCPUs' cores
 	if stderr := cmd.ErrOrStderr(); isTerminal(stderr) && !f.asJSON {
 		opts.Notice = func(msg string) { fmt.Fprintf(stderr, "pe: %s\n", msg) }
 	}
