@@ -91,12 +91,14 @@ type Options struct {
 	// cloud-hypervisor cannot run.
 	LazyFUSE bool
 	// YieldCores keeps pe's own work during a run (serving and fetching
-	// the lazy disk, streaming, waiting) off the cores the VM's vCPUs run
-	// on: while a run's VM is up, this process's Go scheduler is limited
-	// (runtime.GOMAXPROCS) to the machine's cores minus the VM's vCPUs,
-	// at least one. The image's preparation before (pull, conversion)
-	// keeps every core. The setting is process-wide: for a process that
-	// runs one VM at a time (pe run), not pe serve.
+	// the lazy disk, streaming, waiting) from taking cores from the VM's
+	// vCPUs: while a run's VM is up, this process's Go scheduler is
+	// limited (runtime.GOMAXPROCS) to the machine's cores minus the VM's
+	// vCPUs, at least one, and once the VMM has started pe's threads run
+	// 10 nicer than it. The image's preparation before (pull, conversion)
+	// keeps every core at full priority. Process-wide and, without
+	// privilege, not undone: for a process that runs one VM and ends
+	// (pe run), not pe serve.
 	YieldCores bool
 }
 

@@ -76,6 +76,9 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		return nil, e.lazyError(vm, err)
 	}
 	defer m.Kill()
+	if e.opts.YieldCores {
+		lowerPriority() // after the VMM started: it keeps pe's priority
+	}
 	t.lap("vm_start")
 	x, err := e.wait(ctx, m, vm, req.Timeout)
 	if err != nil {
