@@ -49,6 +49,9 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		s.runs.Add(-1)
 		s.inFlight.Done()
 	}()
+	// The same POST answers with JSON or, asked for it, server-sent
+	// events: a cache in between must not mix them up.
+	w.Header().Add("Vary", "Accept")
 	var lr *liveResponse
 	if wantsStream(r) {
 		// The run's context, also cancelled when the stream's connection

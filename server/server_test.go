@@ -285,6 +285,9 @@ func TestRunRefusals(t *testing.T) {
 			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type %q", ct)
 			}
+			if v := resp.Header.Get("Vary"); v != "Accept" {
+				t.Errorf("Vary %q, want Accept: the run's answer depends on it", v)
+			}
 		})
 	}
 }
