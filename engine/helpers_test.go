@@ -238,3 +238,56 @@ func brokenOptions(f *vmFixture, vmlinuz, init, cacheDir, tempDir string, change
 	change(&o)
 	return o
 }
+
+// newBootSnapshotEngine is an engine over QEMU TCG and the busybox image
+// whose runs restore a boot snapshot, in a cache directory of its own;
+// change, when not nil, adjusts its options first.
+func newBootSnapshotEngine(t *testing.T, f *vmFixture, change func(*Options)) *Engine {
+	t.Helper()
+	o := Options{
+		Images:        StaticSource{"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()}},
+		Backend:       qemu.New(""),
+		Accel:         vmm.AccelTCG,
+		KernelInfo:    f.kernel,
+		InitBinary:    f.init,
+		CacheDir:      t.TempDir(),
+		TempDir:       t.TempDir(),
+		Log:           testLogger(t),
+		BootSnapshots: true,
+	}
+	if change != nil {
+		change(&o)
+	}
+	e, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// launchCase is one of the three ways a run's VM comes up.
+type launchCase struct {
+	name   string
+	e      *Engine
+	launch string
+	snap   *Snapshot
+}
+
+// launchCases returns the three ways a busybox run's VM comes up: a boot,
+// the boot snapshot, and an image snapshot (made now).
+func launchCases(t *testing.T, f *vmFixture) []launchCase {
+	t.Helper()
+	cold := newTestEngine(t, f, nil)
+	warm := newBootSnapshotEngine(t, f, nil)
+	dir := filepath.Join(t.TempDir(), "snap")
+	createSnapshot(t, cold, dir)
+	snap, err := cold.OpenSnapshot(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []launchCase{
+		{"boot", cold, LaunchBoot, nil},
+		{"boot-snapshot", warm, LaunchBootSnapshot, nil},
+		{"image-snapshot", cold, LaunchSnapshot, snap},
+	}
+}

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/pe-project/pe/guest"
-	"github.com/pe-project/pe/vmm"
-	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // TestBenchLive measures the data channel (docs/benchmarks.md, "Live
@@ -33,19 +31,7 @@ func TestBenchLive(t *testing.T) {
 	}
 	f := vmSetup(t)
 	const size = 100 << 20
-	e, err := New(Options{
-		Images:     StaticSource{"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()}},
-		Backend:    qemu.New(""),
-		Accel:      vmm.AccelTCG,
-		KernelInfo: f.kernel, InitBinary: f.init,
-		CacheDir: t.TempDir(), TempDir: t.TempDir(),
-		Log:           testLogger(t),
-		BootSnapshots: true,
-		Limits:        guest.Limits{MaxOutput: size},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := newBootSnapshotEngine(t, f, func(o *Options) { o.Limits = guest.Limits{MaxOutput: size} })
 	// Makes the boot snapshot.
 	run(t, e, &RunRequest{Overrides: Overrides{Cmd: []string{"true"}}})
 

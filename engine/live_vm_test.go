@@ -93,35 +93,7 @@ func (r *arrivals) live() *Live {
 func TestVMLiveOutput(t *testing.T) {
 	t.Parallel()
 	f := vmSetup(t)
-	cold := newTestEngine(t, f, nil)
-	warm, err := New(Options{
-		Images:     StaticSource{"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()}},
-		Backend:    qemu.New(""),
-		Accel:      vmm.AccelTCG,
-		KernelInfo: f.kernel, InitBinary: f.init,
-		CacheDir: t.TempDir(), TempDir: t.TempDir(),
-		Log:           testLogger(t),
-		BootSnapshots: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "snap")
-	createSnapshot(t, cold, dir)
-	snap, err := cold.OpenSnapshot(t.Context(), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name   string
-		e      *Engine
-		launch string
-		snap   *Snapshot
-	}{
-		{"boot", cold, LaunchBoot, nil},
-		{"boot-snapshot", warm, LaunchBootSnapshot, nil},
-		{"image-snapshot", cold, LaunchSnapshot, snap},
-	} {
+	for _, tc := range launchCases(t, f) {
 		t.Run(tc.name, func(t *testing.T) {
 			var rec arrivals
 			live := rec.live()

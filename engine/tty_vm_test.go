@@ -5,15 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/pe-project/pe/guest"
-	"github.com/pe-project/pe/vmm"
-	"github.com/pe-project/pe/vmm/qemu"
 )
 
 // ttyScreen is the caller's end of a Live.TTY run's output: what came on
@@ -70,37 +67,7 @@ func (s *ttyScreen) waitFor(t *testing.T, from int, want string, timeout time.Du
 func TestVMTTY(t *testing.T) {
 	t.Parallel()
 	f := vmSetup(t)
-	cold := newTestEngine(t, f, nil)
-	warm, err := New(Options{
-		Images:        StaticSource{"busybox": {Reference: "busybox", Digest: "sha256:test", EROFSPath: f.erofs, Config: busyboxConfig()}},
-		Backend:       qemu.New(""),
-		Accel:         vmm.AccelTCG,
-		KernelInfo:    f.kernel,
-		InitBinary:    f.init,
-		CacheDir:      t.TempDir(),
-		TempDir:       t.TempDir(),
-		Log:           testLogger(t),
-		BootSnapshots: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "snap")
-	createSnapshot(t, cold, dir)
-	snap, err := cold.OpenSnapshot(t.Context(), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name   string
-		e      *Engine
-		launch string
-		snap   *Snapshot
-	}{
-		{"boot", cold, LaunchBoot, nil},
-		{"boot-snapshot", warm, LaunchBootSnapshot, nil},
-		{"image-snapshot", cold, LaunchSnapshot, snap},
-	} {
+	for _, tc := range launchCases(t, f) {
 		t.Run(tc.name, func(t *testing.T) {
 			res := testTTYSession(t, tc.e, tc.snap)
 			if res.Launch != tc.launch {
