@@ -137,12 +137,28 @@ func writeTestEROFSSize(t *testing.T, dir string, size int) string {
 
 const testS3Config = `{"architecture":"` + "ARCH" + `","os":"linux","config":{"Entrypoint":["/bin/tool"],"Env":["A=1"]},"rootfs":{"type":"layers","diff_ids":[]}}`
 
+// testS3ConfigJSON is testS3Config for this machine's architecture.
+func testS3ConfigJSON() []byte {
+	return []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1))
+}
+
+// pushTestEROFS pushes the EROFS file to ref through client, with
+// testS3ConfigJSON as its config.
+func pushTestEROFS(t *testing.T, client *s3.Client, file string, ref Reference) *PushResult {
+	t.Helper()
+	res, err := PushEROFS(t.Context(), file, testS3ConfigJSON(), ref, PushOptions{PullOptions: PullOptions{S3: client}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 func TestS3PushPull(t *testing.T) {
 	g, client := s3Env(t)
 	ctx := t.Context()
 	dir := t.TempDir()
 	file := writeTestEROFS(t, dir)
-	config := []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1))
+	config := testS3ConfigJSON()
 	dest, err := ParseReference("s3://images/team/tool:v1")
 	if err != nil {
 		t.Fatal(err)

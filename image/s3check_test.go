@@ -22,10 +22,7 @@ func TestCheckS3(t *testing.T) {
 	ctx := t.Context()
 	file := writeTestEROFS(t, t.TempDir())
 	ref, _ := ParseReference("s3://images/ce/tool:v1")
-	res, err := PushEROFS(ctx, file, []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1)), ref, PushOptions{PullOptions: PullOptions{S3: client}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := pushTestEROFS(t, client, file, ref)
 	pinned, _ := ParseReference("s3://images/ce/tool@" + res.Digest.String())
 	opts := &PullOptions{S3: client}
 	for _, r := range []Reference{ref, pinned} {
@@ -62,10 +59,7 @@ func TestS3LoadTraces(t *testing.T) {
 	ctx := t.Context()
 	file := writeTestEROFS(t, t.TempDir())
 	ref, _ := ParseReference("s3://images/ce/tool:v1")
-	res, err := PushEROFS(ctx, file, []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1)), ref, PushOptions{PullOptions: PullOptions{S3: client}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := pushTestEROFS(t, client, file, ref)
 	c, err := OpenCache(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -139,10 +133,7 @@ func TestCheckS3TagFirstLine(t *testing.T) {
 	ctx := t.Context()
 	file := writeTestEROFSSize(t, t.TempDir(), 16<<20) // an index of a few KB
 	ref, _ := ParseReference("s3://images/ce/tool:v1")
-	res, err := PushEROFS(ctx, file, []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1)), ref, PushOptions{PullOptions: PullOptions{S3: client}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := pushTestEROFS(t, client, file, ref)
 	tag, err := client.ReadAll(ctx, "images", "ce/tool/tags/v1", 1<<20)
 	if err != nil {
 		t.Fatal(err)

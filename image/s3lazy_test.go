@@ -50,10 +50,7 @@ func TestOpenS3Lazy(t *testing.T) {
 		t.Fatal(err)
 	}
 	dest, _ := ParseReference("s3://images/ce/tool:v1")
-	res, err := PushEROFS(ctx, file, []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1)), dest, PushOptions{PullOptions: PullOptions{S3: client}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := pushTestEROFS(t, client, file, dest)
 	c, err := OpenCache(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 func TestLazyListRemove(t *testing.T) {
 	_, client := s3Env(t)
 	ctx := t.Context()
-	config := []byte(strings.Replace(testS3Config, "ARCH", strings.TrimPrefix(DefaultPlatform(), "linux/"), 1))
+	config := testS3ConfigJSON()
 	c, err := OpenCache(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
