@@ -55,14 +55,8 @@ func (l *eventLog) writer(name string) io.Writer {
 	})
 }
 
-func waitDone(t *testing.T, c <-chan struct{}) {
-	t.Helper()
-	select {
-	case <-c:
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out")
-	}
-}
+// waitDone waits for a channel's close, at most 10 s.
+var waitDone = guesttest.WaitDone
 
 func TestStreamOutputInOrder(t *testing.T) {
 	hc, gc := socketPair(t)

@@ -13,14 +13,8 @@ import (
 // QEMU's chardev have.
 var socketPair = guesttest.SocketPair
 
-func waitDone(t *testing.T, c <-chan struct{}) {
-	t.Helper()
-	select {
-	case <-c:
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out")
-	}
-}
+// waitDone waits for a channel's close, at most 10 s.
+var waitDone = guesttest.WaitDone
 
 func TestGuestStreamCloseUnblocks(t *testing.T) {
 	_, gc := socketPair(t)

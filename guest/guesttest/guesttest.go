@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,4 +81,14 @@ func SocketPair(t testing.TB) (host, guest net.Conn) {
 		return c
 	}
 	return conn(fds[0]), conn(fds[1])
+}
+
+// WaitDone waits for c to be closed, failing the test after 10 s.
+func WaitDone(t testing.TB, c <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out")
+	}
 }
