@@ -41,7 +41,7 @@ func TestNBDArgs(t *testing.T) {
 	want := []string{
 		"-drive", "id=disk0,format=raw,if=none,file.driver=nbd,file.server.type=fd,file.server.str=3,file.export=img,,1,readonly=on",
 		"-device", "virtio-blk-device,drive=disk0",
-		"-drive", "id=disk1,file=/tmp/io.img,format=raw,if=none,cache=unsafe",
+		"-drive", "id=disk1,file=/tmp/io.img,file.drop-cache=off,format=raw,if=none,cache=unsafe",
 		"-device", "virtio-blk-device,drive=disk1",
 		"-device", "virtio-serial-device",
 		"-chardev", "null,id=pe-stream",

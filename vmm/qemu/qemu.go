@@ -211,7 +211,12 @@ func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 	)
 	for i, d := range cfg.Disks {
 		id := "disk" + strconv.Itoa(i)
-		drive := "id=" + id + ",file=" + escape(a.disks[i]) + ",format=raw,if=none"
+		// drop-cache=off: a restore (an incoming migration) would
+		// otherwise drop the host's page cache of the file
+		// (POSIX_FADV_DONTNEED, for storage shared between hosts), and
+		// every run restored from a snapshot would read its image from
+		// disk again.
+		drive := "id=" + id + ",file=" + escape(a.disks[i]) + ",file.drop-cache=off,format=raw,if=none"
 		if d.NBD != nil {
 			// QEMU's NBD client on the inherited, connected socket. It
 			// cannot reconnect: the descriptor is gone once closed.
