@@ -5,7 +5,8 @@
 # request, one link of RATE bytes/s shared by all connections, as a distant
 # store), and `gcc -c hello.c && echo ok` is run from it five ways:
 #
-#   a  local:  pe run IMAGE.erofs ...                       (fresh cache)
+#   a  local:  pe run IMAGE.erofs ...                       (fresh cache, after
+#              one untimed run of the same, as e follows d)
 #   b  whole:  pe image pull s3://... + pe run s3://...     (fresh cache; the sum)
 #   c  cold:   pe run s3://... with no prefetch trace       (fresh cache)
 #   d  trace:  pe run s3://... after a run on another cache recorded its
@@ -46,6 +47,9 @@
 #        RUN_FLAGS="...": more pe run flags for every run (e.g. --accel tcg)
 #        LAZY_FLAGS="...": more pe run flags for the lazy runs (c, d, e, BIG)
 #        LEGS=ade: run only these legs (default abcde; e needs d)
+#        SETTLE=N: before each timed leg, sync and wait N seconds (default
+#          0: none). On a VM whose host takes freed memory back (free page
+#          reporting) the pause slows every leg, a most (docs/benchmarks.md).
 #        STORE_NICE=N: the niceness of versitygw and the proxy (default 19).
 #          They stand in for a distant store, but run on this machine: at
 #          nice 0 their CPU (about 0.3 s per cold run on 2 cores) comes out
@@ -59,6 +63,7 @@ RUN_FLAGS=${RUN_FLAGS:-}
 LAZY_FLAGS=${LAZY_FLAGS:-}
 LEGS=${LEGS:-abcde}
 STORE_NICE=${STORE_NICE:-19}
+SETTLE=${SETTLE:-0}
 # want LEG: whether LEGS has LEG.
 want() { case $LEGS in *"$1"*) return 0 ;; esac; return 1; }
 GO=${GO:-go}
@@ -180,6 +185,10 @@ proxy_since() {
 timed() {
 	local leg=$1 cache=$2 m t0
 	shift 2
+	if [ "$SETTLE" != 0 ]; then
+		sync
+		sleep "$SETTLE"
+	fi
 	m=$(proxy_mark)
 	t0=$(now)
 	set +o pipefail
@@ -281,6 +290,10 @@ for r in $(seq "$ROUNDS"); do
 	if want a; then
 		fresh
 		c=$FRESH
+		# The same run once untimed first, as e follows d: then a,
+		# like e, reads what the run before it read, and finds it in
+		# the host's page cache as that run left it.
+		XDG_CACHE_HOME=$c "$PE" "${RUN[@]}" "$IMAGE" "${CMD[@]}" >/dev/null
 		timed a "$c" "${RUN[@]}" "$IMAGE" "${CMD[@]}"
 		check_out a ok
 	fi
@@ -374,7 +387,7 @@ cat <<EOF
 Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s.
 S3: versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections; both at nice $STORE_NICE.
 Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
-Median of $ROUNDS rounds; time from the pe command's start to its first byte of output (pe run prints the program's output when the VM ends); each leg on a fresh cache holding the boot snapshot.${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
+Median of $ROUNDS rounds; time from the pe command's start to its first byte of output (pe run prints the program's output when the VM ends); each leg on a fresh cache holding the boot snapshot.$([ "$SETTLE" = 0 ] || echo " Each timed leg after sync and $SETTLE s.")${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
 $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).
 
 | leg | what | median to first output | min | pe's image phase (median) | GETs (proxy) | bytes through the proxy (% of image) | pe --json bytes_fetched |

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -81,4 +82,27 @@ func startServerB(b *testing.B, exps ...Export) *testServer {
 	go s.Serve(ln)
 	b.Cleanup(func() { s.Close() })
 	return &testServer{Server: s, sock: sock, logs: &logBuffer{}}
+}
+
+// BenchmarkQemuImgLatency reads a 256 MiB file-backed export with
+// qemu-img bench, one 128 KiB request at a time (as a guest's page
+// faults read its disk): the time per request of QEMU's NBD client and
+// pe's server, against qemu-img reading the file itself.
+func BenchmarkQemuImgLatency(b *testing.B) {
+	needToolB(b, "qemu-img")
+	f := benchFile(b)
+	st, _ := f.Stat()
+	ts := startServerB(b, Export{Name: "img", Data: f, Size: st.Size()})
+	const requests = 2000
+	for _, c := range []struct{ name, target string }{{"file", f.Name()}, {"nbd", ts.url("img")}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				out, err := exec.Command("qemu-img", "bench", "-f", "raw", "-c", strconv.Itoa(requests), "-d", "1", "-s", "131072", "-S", "131072", c.target).CombinedOutput()
+				if err != nil {
+					b.Fatalf("qemu-img bench: %v\n%s", err, out)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*requests), "µs/request")
+		})
+	}
 }
