@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pe-project/pe/internal/atomicfile"
 	"github.com/pe-project/pe/vmm"
 )
 
@@ -34,7 +35,7 @@ func TestRestoreKeepsPageCache(t *testing.T) {
 	disk := filepath.Join(dir, "disk.img")
 	// Written out, so that its pages are clean: dirty pages are not
 	// dropped.
-	if err := writeSynced(disk, randomImage(4<<20, 5, 6)); err != nil {
+	if err := atomicfile.Write(disk, randomImage(4<<20, 5, 6), atomicfile.Options{Perm: 0o600, Sync: true}); err != nil {
 		t.Fatal(err)
 	}
 	initrd := hashInitrd(t, k, busybox, "echo snap-ready\nread line\npoweroff -f\n")
@@ -98,21 +99,4 @@ func residentPages(t *testing.T, path string) (resident, total int) {
 		resident += int(v & 1)
 	}
 	return resident, len(vec)
-}
-
-// writeSynced writes data to a new file at path and syncs it.
-func writeSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
