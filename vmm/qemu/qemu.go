@@ -185,7 +185,8 @@ func (b *Backend) prefix() []string {
 // output, and each disk as a virtio-blk-device (an NBD disk through
 // QEMU's NBD client on its inherited socket). Read-write disks use
 // cache=unsafe: the guest's flushes are skipped, since the file is only
-// read once QEMU has exited.
+// read once QEMU has exited. File disks keep their host page cache across
+// a restore (drop-cache=off).
 func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 	accel, cpu := "tcg", "max"
 	if cfg.Accel == vmm.AccelKVM {
