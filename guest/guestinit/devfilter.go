@@ -150,6 +150,10 @@ type bpfProgAttachAttr struct {
 	replaceBPFFD uint32
 }
 
+// maxLoadTries bounds the loads that a pending signal interrupts: Go
+// preempts a thread at most every 10 ms, and a load takes microseconds.
+const maxLoadTries = 1000
+
 // loadDeviceFilter loads the filter for allowed and returns its fd. When
 // the kernel refuses it, the error carries the verifier's log.
 func loadDeviceFilter(allowed []allowedDevice) (int, error) {
@@ -172,6 +176,12 @@ func loadDeviceFilter(allowed []allowedDevice) (int, error) {
 		return int(fd), errno
 	}
 	fd, errno := load(nil)
+	// The verifier gives up with EAGAIN when a signal is pending, and Go's
+	// scheduler signals threads to preempt them (SIGURG): load again, as
+	// libbpf and cilium/ebpf do, a bounded number of times.
+	for try := 0; (errno == unix.EAGAIN || errno == unix.EINTR) && try < maxLoadTries; try++ {
+		fd, errno = load(nil)
+	}
 	if errno == 0 {
 		return fd, nil
 	}
