@@ -9,6 +9,14 @@
 // DecodeIndex reads one back, rejecting anything malformed. A Fetcher reads
 // byte ranges of the image's remote object.
 //
+// An index may also describe the chunks packed (Packed: each one LZ4
+// block, or raw where LZ4 does not shrink it, one after the other in one
+// object; BuildPacked and NewPackedReader make it). The Fetcher of such
+// an image reads that object: the store fetches a chunk's stored range
+// and decodes it (UnpackChunk) into exactly the chunk's length before the
+// digest check below, so a chunk that does not decode is treated as one
+// that does not match.
+//
 // Store.Open returns an Image, an io.ReaderAt over the image: a read copies
 // cached chunks from disk and fetches missing ones. Every chunk is checked
 // against its sha256 before any of its bytes is used:

@@ -14,7 +14,7 @@ type DigestError struct {
 	Offset int64  // the chunk's first byte in the image
 	Length int64
 	Want   string // the index's sha256 of the chunk
-	Got    string // the sha256 of the bytes last fetched
+	Got    string // the sha256 of the bytes last fetched, or why they did not decode (packed chunks)
 }
 
 func (e *DigestError) Error() string {

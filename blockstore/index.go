@@ -73,6 +73,11 @@ type Index struct {
 	// image push: /etc/passwd and /etc/group, which a run consults
 	// before its VM starts). The store does not read it.
 	Files json.RawMessage `json:"files,omitempty"`
+	// Packed, when set, says the chunks are also stored compressed in
+	// one object (see Packed), which a lazy reader fetches instead of
+	// the image's own. Optional: indexes written before it, and pushes
+	// that chose not to, have none.
+	Packed *Packed `json:"packed,omitempty"`
 }
 
 // NumChunks is the number of chunks an image of size bytes has when cut
@@ -93,7 +98,8 @@ func (ix *Index) ChunkRange(i int) (off, length int64) {
 // Validate checks the index against the format's rules: the version, a
 // well-formed digest, sizes within the limits, a chunk size that is a
 // multiple of MinChunkSize, exactly one well-formed digest per chunk, and
-// metadata chunks (if any) increasing and in range.
+// metadata chunks (if any) increasing and in range, and packed chunks (if
+// any) of a known codec, one per chunk, none longer than its chunk.
 func (ix *Index) Validate() error {
 	if ix.Version != IndexVersion {
 		return fmt.Errorf("%w: version %d, want %d", ErrInvalidIndex, ix.Version, IndexVersion)
@@ -128,6 +134,9 @@ func (ix *Index) Validate() error {
 			return fmt.Errorf("%w: metadata chunk entry %d is %d: want increasing chunk numbers below %d", ErrInvalidIndex, k, i, len(ix.Chunks))
 		}
 		prev = i
+	}
+	if ix.Packed != nil {
+		return ix.Packed.validate(ix)
 	}
 	return nil
 }

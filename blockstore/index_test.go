@@ -105,6 +105,12 @@ func TestDecodeIndexErrors(t *testing.T) {
 		{"metadata chunk twice", strings.Replace(valid, `"chunks"`, `"metadataChunks":[1,1],"chunks"`, 1), "metadata chunk entry 1 is 1"},
 		{"negative metadata chunk", strings.Replace(valid, `"chunks"`, `"metadataChunks":[-1],"chunks"`, 1), "metadata chunk entry 0 is -1"},
 		{"size as string", strings.Replace(valid, `"size":5000`, `"size":"5000"`, 1), "cannot unmarshal string"},
+		{"packed: unknown codec", strings.Replace(valid, `"chunks"`, `"packed":{"codec":"zstd","digest":"sha256:`+d+`","sizes":[100,100]},"chunks"`, 1), `codec "zstd"`},
+		{"packed: no digest", strings.Replace(valid, `"chunks"`, `"packed":{"codec":"lz4","sizes":[100,100]},"chunks"`, 1), "packed object digest"},
+		{"packed: too few sizes", strings.Replace(valid, `"chunks"`, `"packed":{"codec":"lz4","digest":"sha256:`+d+`","sizes":[100]},"chunks"`, 1), "1 packed chunk sizes for 2 chunks"},
+		{"packed: empty chunk", strings.Replace(valid, `"chunks"`, `"packed":{"codec":"lz4","digest":"sha256:`+d+`","sizes":[0,100]},"chunks"`, 1), "packed chunk 0 is 0 bytes"},
+		{"packed: longer than its chunk", strings.Replace(valid, `"chunks"`, `"packed":{"codec":"lz4","digest":"sha256:`+d+`","sizes":[4096,905]},"chunks"`, 1), "packed chunk 1 is 905 bytes, want 1..904"},
+		{"packed: unknown field", strings.Replace(valid, `"chunks"`, `"packed":{"codec":"lz4","digest":"sha256:`+d+`","sizes":[1,1],"offsets":[0,1]},"chunks"`, 1), "unknown field"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ix, err := DecodeIndex([]byte(tt.in))
@@ -133,6 +139,7 @@ func FuzzDecodeIndex(f *testing.F) {
 	f.Add([]byte(`{"version":1,"digest":"sha256:` + d + `","size":5000,"chunkSize":4096,"chunks":["` + d + `","` + d + `"]}`))
 	f.Add([]byte(`{"version":1,"digest":"sha256:` + d + `","size":4096,"chunkSize":4096,"chunks":["` + d + `"],"config":{"Env":["A=1"]}}`))
 	f.Add([]byte(`{"version":1,"digest":"sha256:` + d + `","size":5000,"chunkSize":4096,"chunks":["` + d + `","` + d + `"],"metadataChunks":[0,1]}`))
+	f.Add([]byte(`{"version":1,"digest":"sha256:` + d + `","size":5000,"chunkSize":4096,"chunks":["` + d + `","` + d + `"],"packed":{"codec":"lz4","digest":"sha256:` + d + `","sizes":[1000,904]}}`))
 	f.Add([]byte(`{"version":1}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -154,6 +161,17 @@ func FuzzDecodeIndex(f *testing.F) {
 				t.Fatalf("chunk %d range %d+%d outside image of %d", i, off, n, ix.Size)
 			}
 		}
+		if ix.Packed != nil {
+			var end int64
+			for i := range ix.Chunks {
+				off, n := ix.PackedRange(i)
+				_, cn := ix.ChunkRange(i)
+				if off != end || n <= 0 || n > cn {
+					t.Fatalf("packed chunk %d at %d+%d (after %d), its chunk %d bytes", i, off, n, end, cn)
+				}
+				end += n
+			}
+		}
 		enc, err := ix.Encode()
 		if err != nil {
 			t.Fatalf("accepted index does not encode: %v", err)
@@ -162,7 +180,7 @@ func FuzzDecodeIndex(f *testing.F) {
 		if err != nil {
 			t.Fatalf("encoded index does not decode: %v", err)
 		}
-		if d := cmp.Diff(ix, back); d != "" {
+		if d := cmp.Diff(ix, back, cmp.AllowUnexported(Packed{})); d != "" {
 			t.Fatalf("round trip (-first +second):\n%s", d)
 		}
 	})

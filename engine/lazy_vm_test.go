@@ -37,7 +37,7 @@ type lazyEnv struct {
 	ref     string // s3://images/ce/bb:v1
 	pinned  string // the same @digest
 	digest  string
-	blob    string // the blob's file in the gateway's directory
+	blob    string // the packed chunks' blob file in the gateway's directory
 	size    int64
 	chunks  int64
 	cache   *image.Cache
@@ -86,11 +86,16 @@ func newLazyEnv(t *testing.T) *lazyEnv {
 	if env.pinned, err = image.PinS3(env.ref, env.digest); err != nil {
 		t.Fatal(err)
 	}
+	// Two blobs: the image, and its packed chunks, which lazy runs read.
 	blobs, _ := filepath.Glob(filepath.Join(g.Dir, "images", "ce", "blobs", "sha256", "*"))
-	if len(blobs) != 1 {
-		t.Fatalf("blobs in the bucket: %q", blobs)
+	if len(blobs) != 2 || res.PackedSize == 0 {
+		t.Fatalf("blobs in the bucket: %q; pushed %+v", blobs, res)
 	}
-	env.blob = blobs[0]
+	for _, b := range blobs {
+		if fi, err := os.Stat(b); err == nil && fi.Size() == res.PackedSize {
+			env.blob = b
+		}
+	}
 	env.cacheTo = t.TempDir()
 	if env.cache, err = image.OpenCache(env.cacheTo); err != nil {
 		t.Fatal(err)

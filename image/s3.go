@@ -4,6 +4,12 @@ package image
 // s3://BUCKET/PREFIX/NAME as:
 //
 //	PREFIX/blobs/sha256/<hex>           the EROFS image, named by its sha256
+//	PREFIX/blobs/sha256/<hex>           its chunks packed (each one LZ4 block,
+//	                                    or raw where LZ4 does not shrink it),
+//	                                    one after the other, named by their
+//	                                    sha256: what lazy runs fetch
+//	                                    (blockstore.Packed; absent when the
+//	                                    push chose ChunkCodecNone)
 //	PREFIX/indexes/sha256/<hex>.json    a blockstore.Index of that blob (chunk
 //	                                    digests, the OCI config in Config),
 //	                                    named by the sha256 of its own bytes
@@ -16,8 +22,11 @@ package image
 //	                                    per command (s3trace.go)
 //
 // The image's digest is its index's: it covers the blob's digest, its
-// chunks' digests and the config, so one digest pins everything a run
-// reads. Blobs and indexes are immutable and shared by every name under
+// chunks' digests, the packed object's digest and stored lengths, and the
+// config, so one digest pins everything a run reads. The packed object
+// about halves what a lazy run fetches (the chunks a gcc run touches pack
+// to 0.54 of their size) for about half the image's size again in
+// storage; pe image pull still downloads the image itself. Blobs and indexes are immutable and shared by every name under
 // the prefix; only tags move. A reader trusts nothing it has not checked
 // against the digest it started from.
 
@@ -89,7 +98,16 @@ type PushOptions struct {
 	// s3.UploadOptions; zero values are its defaults).
 	PartSize    int64
 	Concurrency int
+	// ChunkCodec says how the chunks are also stored packed for lazy
+	// readers (blockstore.Packed): "" or blockstore.CodecLZ4 for LZ4,
+	// ChunkCodecNone for not at all (lazy runs then fetch the blob's raw
+	// ranges, and the bucket holds the image once).
+	ChunkCodec string
 }
+
+// ChunkCodecNone is the PushOptions.ChunkCodec that stores no packed
+// chunks.
+const ChunkCodecNone = "none"
 
 // PushResult is what Push stored.
 type PushResult struct {
@@ -106,6 +124,11 @@ type PushResult struct {
 	Resumed     bool
 	BytesReused int64
 	BytesSent   int64
+	// PackedSize is the length of the packed chunks' object (0 when the
+	// push stored none), and PackedSent is false when the bucket already
+	// had it.
+	PackedSize int64
+	PackedSent bool
 }
 
 // Push stores the image src names (anything Get takes) in the bucket dest
@@ -177,6 +200,15 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 	if ix.Files, err = indexFiles(path); err != nil {
 		o.Log.Warn("pushing without the image's user database in the index", "image", path, "error", err)
 	}
+	switch opts.ChunkCodec {
+	case "", blockstore.CodecLZ4:
+		if ix.Packed, err = packChunks(ctx, path, ix); err != nil {
+			return nil, err
+		}
+	case ChunkCodecNone:
+	default:
+		return nil, fmt.Errorf("chunk codec %q: want %s or %s", opts.ChunkCodec, blockstore.CodecLZ4, ChunkCodecNone)
+	}
 	ib, err := ix.Encode()
 	if err != nil {
 		return nil, fmt.Errorf("indexing %s: %w", path, err)
@@ -187,18 +219,35 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 	what := dest.Familiar()
 
 	blobKey := loc.blobKey(strings.TrimPrefix(ix.Digest, "sha256:"))
-	info, err := client.HeadObject(ctx, bucket, blobKey)
-	switch {
-	case err == nil && info.Size == ix.Size:
-		o.Log.Info("the bucket has the image's blob", "key", blobKey)
-	case err == nil || errors.Is(err, s3.ErrNotFound):
-		// A blob of the wrong size under a content-addressed name is
-		// damage: replace it.
-		if err := pushBlob(ctx, client, bucket, blobKey, path, ix.Size, opts, o, what, res); err != nil {
+	openImage := func() (io.Reader, func(), error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		return f, func() { f.Close() }, nil
+	}
+	up, err := pushBlobOnce(ctx, client, bucket, blobKey, "blob", openImage, ix.Size, opts, o, what)
+	if err != nil {
+		return nil, err
+	}
+	if up != nil {
+		res.BlobSent, res.Resumed, res.BytesSent, res.BytesReused = true, up.Resumed, up.BytesSent, up.BytesReused
+	}
+	if p := ix.Packed; p != nil {
+		res.PackedSize = p.Size()
+		openPacked := func() (io.Reader, func(), error) {
+			f, err := os.Open(path)
+			if err != nil {
+				return nil, nil, err
+			}
+			return blockstore.NewPackedReader(ctx, f, ix, p), func() { f.Close() }, nil
+		}
+		key := loc.blobKey(strings.TrimPrefix(p.Digest, "sha256:"))
+		up, err := pushBlobOnce(ctx, client, bucket, key, "packed chunks", openPacked, res.PackedSize, opts, o, what)
+		if err != nil {
 			return nil, err
 		}
-	default:
-		return nil, s3Error(err, "checking the bucket for the image's blob")
+		res.PackedSent = up != nil
 	}
 
 	indexKey := loc.indexKey(res.Digest)
@@ -217,31 +266,64 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 		return nil, s3Error(err, "storing the tag "+what)
 	}
 	o.Log.Info("pushed image", "reference", what, "digest", res.Digest, "bytes", ix.Size, "blob_sent", res.BlobSent,
-		"resumed", res.Resumed, "bytes_sent", res.BytesSent, "bytes_reused", res.BytesReused)
+		"resumed", res.Resumed, "bytes_sent", res.BytesSent, "bytes_reused", res.BytesReused,
+		"packed_bytes", res.PackedSize, "packed_sent", res.PackedSent)
 	return res, nil
 }
 
-// pushBlob uploads the EROFS file at path as the blob key, continuing an
-// upload an interrupted push left unfinished. Pushes of the same image
-// from several machines at once may share one multipart upload or race to
-// complete theirs: an upload that vanishes under us (completed or aborted
-// by another push) is fine when the blob is then there, and is started
-// again when it is not.
-func pushBlob(ctx context.Context, client *s3.Client, bucket, key, path string, size int64, opts PushOptions, o *pullConfig, what string, res *PushResult) error {
+// packChunks describes the image file's chunks packed (blockstore.Packed),
+// for lazy readers.
+func packChunks(ctx context.Context, path string, ix *blockstore.Index) (*blockstore.Packed, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("packing the chunks of %s: %w", path, err)
 	}
 	defer f.Close()
+	p, err := blockstore.BuildPacked(ctx, f, ix)
+	if err != nil {
+		return nil, fmt.Errorf("packing the chunks of %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// pushBlobOnce uploads the content-addressed object key (what names it in
+// logs and errors: "blob") of size bytes, from the readers open returns,
+// unless the bucket has it. It returns nil when nothing was sent.
+func pushBlobOnce(ctx context.Context, client *s3.Client, bucket, key, kind string, open func() (io.Reader, func(), error), size int64, opts PushOptions, o *pullConfig, what string) (*s3.UploadResult, error) {
+	info, err := client.HeadObject(ctx, bucket, key)
+	switch {
+	case err == nil && info.Size == size:
+		o.Log.Info("the bucket has the image's "+kind, "key", key)
+		return nil, nil
+	case err == nil || errors.Is(err, s3.ErrNotFound):
+		// An object of the wrong size under a content-addressed name
+		// is damage: replace it.
+		return pushBlob(ctx, client, bucket, key, open, size, opts, o, what)
+	default:
+		return nil, s3Error(err, "checking the bucket for the image's "+kind)
+	}
+}
+
+// pushBlob uploads the object key of size bytes from the readers open
+// returns (one per attempt, closed with its func), continuing an upload
+// an interrupted push left unfinished, and returns what was sent (nil
+// when another push completed the object meanwhile). Pushes of the same
+// image from several machines at once may share one multipart upload or
+// race to complete theirs: an upload that vanishes under us (completed or
+// aborted by another push) is fine when the object is then there, and is
+// started again when it is not.
+func pushBlob(ctx context.Context, client *s3.Client, bucket, key string, open func() (io.Reader, func(), error), size int64, opts PushOptions, o *pullConfig, what string) (*s3.UploadResult, error) {
 	const attempts = 4
 	for attempt := 1; ; attempt++ {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
+		r, done, err := open()
+		if err != nil {
+			return nil, err
 		}
 		counter := o.newProgressCounter(what, PhaseUpload, size)
-		up, err := client.UploadResumable(ctx, bucket, key, f, s3.UploadOptions{
+		up, err := client.UploadResumable(ctx, bucket, key, r, s3.UploadOptions{
 			PartSize: opts.PartSize, Concurrency: opts.Concurrency, Progress: counter.add,
 		})
+		done()
 		if err == nil {
 			if up.ResumeError != nil {
 				o.Log.Info("cannot look for an interrupted upload to resume; uploaded afresh", "key", key, "error", up.ResumeError)
@@ -250,11 +332,10 @@ func pushBlob(ctx context.Context, client *s3.Client, bucket, key, path string, 
 				o.Log.Info("resumed an interrupted upload", "key", key, "parts_reused", up.PartsReused, "bytes_reused", up.BytesReused)
 			}
 			o.progress(Progress{Reference: what, Phase: PhaseUpload, Complete: counter.done(), Total: size, Done: true})
-			res.BlobSent, res.Resumed, res.BytesSent, res.BytesReused = true, up.Resumed, up.BytesSent, up.BytesReused
-			return nil
+			return up, nil
 		}
 		if ctx.Err() != nil {
-			return s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
+			return nil, s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
 		}
 		// Worth another try: the upload vanished or its parts did
 		// (another push completed the upload we shared: NoSuchUpload,
@@ -264,25 +345,25 @@ func pushBlob(ctx context.Context, client *s3.Client, bucket, key, path string, 
 		var serr *s3.Error
 		again := errors.Is(err, s3.ErrNotFound) || s3.IsRetriable(err) || !errors.As(err, &serr) || serr.Code == "InvalidPart"
 		if !again {
-			return s3Error(err, "uploading the image to "+what)
+			return nil, s3Error(err, "uploading the image to "+what)
 		}
 		// Give a concurrent Complete the time to finish, then look.
 		select {
 		case <-ctx.Done():
-			return s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
+			return nil, s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
 		case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
 		}
 		if info, herr := client.HeadObject(ctx, bucket, key); herr == nil && info.Size == size {
-			o.Log.Info("another push completed the image's blob", "key", key, "error", err)
+			o.Log.Info("another push completed the object", "key", key, "error", err)
 			// Our upload, if still there, is of no use now.
 			client.AbortUploads(ctx, bucket, key)
 			o.progress(Progress{Reference: what, Phase: PhaseUpload, Complete: size, Total: size, Done: true})
-			return nil
+			return nil, nil
 		}
 		if attempt == attempts {
-			return s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
+			return nil, s3Error(err, "uploading the image to "+what+" (run the same push again to resume it)")
 		}
-		o.Log.Info("the upload of the image's blob failed or vanished; trying again", "key", key, "error", err)
+		o.Log.Info("the upload failed or vanished; trying again", "key", key, "error", err)
 	}
 }
 

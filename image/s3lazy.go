@@ -237,7 +237,7 @@ func (c *Cache) OpenS3(ctx context.Context, ref Reference, opts PullOptions, sto
 	if err != nil {
 		return nil, err
 	}
-	obj := client.Object(ref.s3.bucket, ref.s3.blobKey(strings.TrimPrefix(ix.Digest, "sha256:")))
+	obj := client.Object(ref.s3.bucket, ref.s3.blobKey(lazyBlobHex(ix)))
 	im, err := store.Open(ix, s3Fetcher{obj})
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", what, err)
@@ -353,6 +353,16 @@ func (c *Cache) s3Index(ctx context.Context, ref Reference, h v1.Hash, o *pullCo
 		return nil, fmt.Errorf("keeping the index of %s: %w", ref.Familiar(), err)
 	}
 	return ix, nil
+}
+
+// lazyBlobHex returns the hex digest of the blob a lazy reader of ix
+// fetches chunks from: the packed chunks' when the push stored them (the
+// smaller object), else the image's.
+func lazyBlobHex(ix *blockstore.Index) string {
+	if ix.Packed != nil {
+		return strings.TrimPrefix(ix.Packed.Digest, "sha256:")
+	}
+	return strings.TrimPrefix(ix.Digest, "sha256:")
 }
 
 // s3Fetcher is an S3 object as a blockstore.Fetcher: answers retrying

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -146,10 +147,15 @@ func TestOpenS3Lazy(t *testing.T) {
 		cachedAndNot(t, pinnedRef, wrong, `access denied to bucket "images"`, "1 attempt")
 	})
 	t.Run("deleted from the bucket", func(t *testing.T) {
-		// The blob is named by the EROFS image's digest, not the index's.
-		blob := filepath.Join(g.Dir, "images", "ce/blobs/sha256", sha256Hex(data))
-		if err := os.Remove(blob); err != nil {
-			t.Fatal(err)
+		// Both blobs: the EROFS image and its packed chunks.
+		blobs, _ := filepath.Glob(filepath.Join(g.Dir, "images", "ce/blobs/sha256", "*"))
+		if len(blobs) != 2 || !slices.Contains(blobs, filepath.Join(g.Dir, "images", "ce/blobs/sha256", sha256Hex(data))) {
+			t.Fatalf("blobs in the bucket: %v; want the image's and its packed chunks'", blobs)
+		}
+		for _, b := range blobs {
+			if err := os.Remove(b); err != nil {
+				t.Fatal(err)
+			}
 		}
 		os.Remove(filepath.Join(g.Dir, "images", "ce/indexes/sha256", res.Digest.Hex+".json"))
 		cachedAndNot(t, pinnedRef, client, "not found", "1 attempt")

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pe-project/pe/blockstore"
 	"github.com/pe-project/pe/blockstore/s3"
 	"github.com/pe-project/pe/blockstore/s3/s3test"
 )
@@ -68,65 +69,98 @@ func unfinishedUploads(t *testing.T, c *s3.Client) []string {
 }
 
 // TestS3PushResume: a push interrupted after some parts is continued by
-// the next push, which sends only the missing parts.
+// the next push, which sends only the missing parts: of the image's blob,
+// and of its packed chunks.
 func TestS3PushResume(t *testing.T) {
-	g, client := s3Env(t)
 	file := writeTestEROFSSize(t, t.TempDir(), 7*s3.MinPartSize+999)
 	data, _ := os.ReadFile(file)
 	parts := (len(data) + s3.MinPartSize - 1) / s3.MinPartSize
-	dest, _ := ParseReference("s3://images/ce/big:v1")
-
-	ctx, cancel := context.WithCancel(t.Context())
-	pc := &partCounter{cancelAfter: 3, cancel: cancel}
-	// One part at a time, so that none is still arriving at the server
-	// after the cancellation, which would make the count below racy.
-	opts := PushOptions{PullOptions: PullOptions{S3: s3ClientVia(t, g, pc, s3test.SecretKey)}, PartSize: s3.MinPartSize, Concurrency: 1}
-	_, err := PushEROFS(ctx, file, DefaultEROFSConfig(), dest, opts)
-	t.Logf("the interrupted push: %v", err)
-	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "run the same push again") {
-		t.Fatalf("interrupted push: %v; want context.Canceled saying to push again", err)
-	}
-	if _, err := client.HeadObject(t.Context(), "images", "ce/big/tags/v1"); !errors.Is(err, s3.ErrNotFound) {
-		t.Errorf("the tag after an interrupted push: %v; want none", err)
-	}
-	sentBefore := 0
-	for u, err := range client.ListMultipartUploads(t.Context(), "images", "") {
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, err := range client.ListParts(t.Context(), "images", u.Key, u.UploadID) {
-			if err != nil {
-				t.Fatal(err)
-			}
-			sentBefore++
-		}
-	}
-	if sentBefore != 3 {
-		t.Fatalf("the interrupted push left %d parts of %d; want 3", sentBefore, parts)
-	}
-
-	pc2 := &partCounter{}
-	opts.S3, opts.Concurrency = s3ClientVia(t, g, pc2, s3test.SecretKey), 2
-	res, err := PushEROFS(t.Context(), file, DefaultEROFSConfig(), dest, opts)
+	ix, err := blockstore.BuildIndexFile(t.Context(), file, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.Resumed || res.BytesReused != int64(sentBefore)*s3.MinPartSize || res.BytesReused+res.BytesSent != int64(len(data)) {
-		t.Errorf("resumed push: %+v; want %d bytes reused (%d parts) and the rest sent", res, sentBefore*s3.MinPartSize, sentBefore)
+	p, err := blockstore.BuildPacked(t.Context(), bytes.NewReader(data), ix)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := pc2.count(); got != parts-sentBefore {
-		t.Errorf("the resumed push sent %d parts; want the %d missing of %d", got, parts-sentBefore, parts)
-	}
-	blob, err := os.ReadFile(filepath.Join(g.Dir, "images", "ce/blobs/sha256", sha256Hex(data)))
-	if err != nil || sha256Hex(blob) != sha256Hex(data) {
-		t.Errorf("the blob in the bucket: %d bytes, %v; want the file's %d bytes and sha256", len(blob), err, len(data))
-	}
-	if left := unfinishedUploads(t, client); len(left) != 0 {
-		t.Errorf("unfinished uploads left: %v", left)
-	}
-	c, _ := OpenCache(t.TempDir())
-	if img, err := c.Pull(t.Context(), dest, PullOptions{S3: client}); err != nil || img.Digest != res.Digest {
-		t.Errorf("pull of the resumed push: %v, %v", img, err)
+	packedParts := int((p.Size() + s3.MinPartSize - 1) / s3.MinPartSize)
+	for _, tt := range []struct {
+		name  string
+		codec string
+		// the interrupted push's parts: 3 of the blob, or all of it
+		// and 3 of the packed chunks
+		cancelAfter, wantResent int
+	}{
+		{"image blob", ChunkCodecNone, 3, parts - 3},
+		{"packed chunks", "", parts + 3, packedParts - 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g, client := s3Env(t)
+			dest, _ := ParseReference("s3://images/ce/big:v1")
+			ctx, cancel := context.WithCancel(t.Context())
+			pc := &partCounter{cancelAfter: tt.cancelAfter, cancel: cancel}
+			// One part at a time, so that none is still arriving at the
+			// server after the cancellation, which would make the count
+			// below racy.
+			opts := PushOptions{PullOptions: PullOptions{S3: s3ClientVia(t, g, pc, s3test.SecretKey)}, PartSize: s3.MinPartSize, Concurrency: 1, ChunkCodec: tt.codec}
+			_, err := PushEROFS(ctx, file, DefaultEROFSConfig(), dest, opts)
+			t.Logf("the interrupted push: %v", err)
+			if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "run the same push again") {
+				t.Fatalf("interrupted push: %v; want context.Canceled saying to push again", err)
+			}
+			if _, err := client.HeadObject(t.Context(), "images", "ce/big/tags/v1"); !errors.Is(err, s3.ErrNotFound) {
+				t.Errorf("the tag after an interrupted push: %v; want none", err)
+			}
+			sentBefore := 0
+			for u, err := range client.ListMultipartUploads(t.Context(), "images", "") {
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, err := range client.ListParts(t.Context(), "images", u.Key, u.UploadID) {
+					if err != nil {
+						t.Fatal(err)
+					}
+					sentBefore++
+				}
+			}
+			if sentBefore != 3 {
+				t.Fatalf("the interrupted push left %d unfinished parts; want 3", sentBefore)
+			}
+
+			pc2 := &partCounter{}
+			opts.S3, opts.Concurrency = s3ClientVia(t, g, pc2, s3test.SecretKey), 2
+			res, err := PushEROFS(t.Context(), file, DefaultEROFSConfig(), dest, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pc2.count(); got != tt.wantResent {
+				t.Errorf("the resumed push sent %d parts; want the %d missing", got, tt.wantResent)
+			}
+			if tt.codec == ChunkCodecNone {
+				if !res.Resumed || res.BytesReused != int64(sentBefore)*s3.MinPartSize || res.BytesReused+res.BytesSent != int64(len(data)) {
+					t.Errorf("resumed push: %+v; want %d bytes reused (%d parts) and the rest sent", res, sentBefore*s3.MinPartSize, sentBefore)
+				}
+			} else {
+				if res.BlobSent || !res.PackedSent || res.PackedSize != p.Size() {
+					t.Errorf("resumed push: %+v; want the packed chunks (%d bytes) sent, not the blob", res, p.Size())
+				}
+				packed, err := os.ReadFile(filepath.Join(g.Dir, "images", "ce/blobs/sha256", strings.TrimPrefix(p.Digest, "sha256:")))
+				if err != nil || "sha256:"+sha256Hex(packed) != p.Digest {
+					t.Errorf("the packed chunks in the bucket: %d bytes, %v; want %d bytes of %s", len(packed), err, p.Size(), p.Digest)
+				}
+			}
+			blob, err := os.ReadFile(filepath.Join(g.Dir, "images", "ce/blobs/sha256", sha256Hex(data)))
+			if err != nil || sha256Hex(blob) != sha256Hex(data) {
+				t.Errorf("the blob in the bucket: %d bytes, %v; want the file's %d bytes and sha256", len(blob), err, len(data))
+			}
+			if left := unfinishedUploads(t, client); len(left) != 0 {
+				t.Errorf("unfinished uploads left: %v", left)
+			}
+			c, _ := OpenCache(t.TempDir())
+			if img, err := c.Pull(t.Context(), dest, PullOptions{S3: client}); err != nil || img.Digest != res.Digest {
+				t.Errorf("pull of the resumed push: %v, %v", img, err)
+			}
+		})
 	}
 }
 

@@ -236,7 +236,7 @@ func TestS3TraceTwoMachines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob := client.Object("images", "team/blobs/sha256/"+strings.TrimPrefix(ix.Digest, "sha256:"))
+	blob := client.Object("images", "team/blobs/sha256/"+lazyBlobHex(ix))
 	key := TraceKey("/bin/tool", "/")
 
 	// The program: mount, look up the tool, read 100 KiB at its middle.

@@ -6,15 +6,20 @@
 # store), and `gcc -c hello.c && echo ok` is run from it five ways:
 #
 #   a  local:  pe run IMAGE.erofs ...                       (fresh cache, after
-#              one untimed run of the same, as e follows d)
+#              one untimed run of the same)
 #   b  whole:  pe image pull s3://... + pe run s3://...     (fresh cache; the sum)
 #   c  cold:   pe run s3://... with no prefetch trace       (fresh cache)
 #   d  trace:  pe run s3://... after a run on another cache recorded its
 #              trace in the bucket                          (fresh cache)
-#   e  warm:   pe run s3://... again on d's cache
+#   e  warm:   pe run s3://... again on d's cache (after one untimed run
+#              of the same, as a)
 #
-# ROUNDS rounds (default 3), the legs in that order in each; the medians are
-# shown. The time is from the pe command's start to the first byte of its
+# ROUNDS rounds (default 3); the medians are shown. In each round b, c and
+# d run in that order, then a and e in turns (a first in odd rounds). Every
+# timed leg but b and c follows a warm run of the same command (d: an
+# untimed a), never a cold one: on a host that takes freed memory back
+# (free page reporting), the run after a cold one pays for the memory the
+# cold run freed (docs/benchmarks.md). The time is from the pe command's start to the first byte of its
 # output (pe run prints the program's output when the VM ends; its exit
 # comes after, once the chunk cache's writes are flushed): the issue's
 # "time to first output". Every leg's cache is a copy
@@ -284,18 +289,23 @@ RUN=(run --json --input "$work/in" $RUN_FLAGS)
 # shellcheck disable=SC2206
 LAZY=($LAZY_FLAGS)
 CMD=(sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok')
+# untimed CACHE ARGS...: the benchmark's command from ARGS (an image
+# reference, with flags before it) on CACHE, untimed, its output dropped.
+untimed() {
+	local cache=$1
+	shift
+	XDG_CACHE_HOME=$cache "$PE" "${RUN[@]}" "$@" "${CMD[@]}" >/dev/null
+}
 
 for r in $(seq "$ROUNDS"); do
 	echo "bench-lazy: round $r of $ROUNDS" >&2
 	if want a; then
 		fresh
-		c=$FRESH
-		# The same run once untimed first, as e follows d: then a,
-		# like e, reads what the run before it read, and finds it in
-		# the host's page cache as that run left it.
-		XDG_CACHE_HOME=$c "$PE" "${RUN[@]}" "$IMAGE" "${CMD[@]}" >/dev/null
-		timed a "$c" "${RUN[@]}" "$IMAGE" "${CMD[@]}"
-		check_out a ok
+		A=$FRESH
+		# Leg a's first run on its cache, untimed: the timed one, like
+		# e, reads what a run before it read, and finds it in the
+		# host's page cache as that run left it.
+		untimed "$A" "$IMAGE"
 	fi
 
 	if want b; then
@@ -316,6 +326,8 @@ for r in $(seq "$ROUNDS"); do
 		check_out c ok
 	fi
 
+	pair=()
+	want a && pair+=(a)
 	if want d; then
 		# d: a first run on another cache records the trace in the bucket.
 		fresh
@@ -323,15 +335,32 @@ for r in $(seq "$ROUNDS"); do
 		timed d_prime "$p" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
 		check_out d_prime ok
 		fresh
-		c=$FRESH
-		timed d "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+		D=$FRESH
+		# Like every timed leg, d follows a warm run of the command, not
+		# the cold run above (whose freed memory and written chunks the
+		# next run pays for on a host with free page reporting).
+		want a && untimed "$A" "$IMAGE"
+		timed d "$D" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
 		check_out d ok
 
 		if want e; then
-			timed e "$c" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
-			check_out e ok
+			# Leg e's first warm run on d's cache, untimed, as leg a's.
+			untimed "$D" "${LAZY[@]}" "$REF"
+			pair+=(e)
 		fi
 	fi
+	# a and e in turns, a first in odd rounds: each follows a warm run,
+	# and neither always the same one.
+	if [ $((r % 2)) = 0 ] && [ ${#pair[@]} = 2 ]; then
+		pair=(e a)
+	fi
+	for leg in "${pair[@]}"; do
+		case $leg in
+		a) timed a "$A" "${RUN[@]}" "$IMAGE" "${CMD[@]}" ;;
+		e) timed e "$D" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}" ;;
+		esac
+		check_out "$leg" ok
+	done
 	rm -rf "$work/caches"
 done
 

@@ -87,4 +87,17 @@ func TestImagePushPull(t *testing.T) {
 	if _, _, err := run(t, "", "image", "push", img, "busybox"); err == nil || !strings.Contains(err.Error(), "s3://") {
 		t.Errorf("push to a registry reference: %v; want a usage error", err)
 	}
+	// Without packed chunks: another index, so another digest, and the
+	// same image pulled.
+	plain, stderr, err := run(t, "", "image", "push", "--chunk-compression", "none", img, "s3://images/ce/tree:plain")
+	if err != nil || strings.TrimSpace(plain) == digest || !strings.HasPrefix(plain, "sha256:") {
+		t.Errorf("push --chunk-compression none: %q, %v; want a digest other than %s\n%s", plain, err, digest, stderr)
+	}
+	cache2 := t.TempDir()
+	if pulled, _, err := run(t, "", "image", "pull", "--cache-dir", cache2, "s3://images/ce/tree:plain"); err != nil || pulled != plain {
+		t.Errorf("pull of the plain push: %q, %v; want %q", pulled, err, plain)
+	}
+	if _, _, err := run(t, "", "image", "push", "--chunk-compression", "zstd", img, "s3://images/ce/tree:z"); err == nil || !strings.Contains(err.Error(), `--chunk-compression "zstd"`) {
+		t.Errorf("push --chunk-compression zstd: %v; want a usage error naming it", err)
+	}
 }
