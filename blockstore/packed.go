@@ -142,9 +142,10 @@ func BuildPacked(ctx context.Context, r io.ReaderAt, ix *Index) (*Packed, error)
 	whole := sha256.New()
 	// Workers pack chunks in parallel; the digest needs them in order,
 	// so each batch is hashed once all its chunks are packed.
+	// A batch holds each chunk twice (read, packed): 8 chunks a worker,
+	// at most 64 MiB of chunks, at least one a worker.
 	workers := max(1, runtime.GOMAXPROCS(0))
-	const perWorker = 8
-	batch := workers * perWorker
+	batch := max(workers, min(8*workers, int((64<<20)/ix.ChunkSize)))
 	stored := make([][]byte, batch)
 	bufs := make([][]byte, batch)
 	raws := make([][]byte, batch)

@@ -51,6 +51,8 @@
 #        KEEP=1: keep the work directory (bucket, caches, JSON of every run)
 #        RUN_FLAGS="...": more pe run flags for every run (e.g. --accel tcg)
 #        LAZY_FLAGS="...": more pe run flags for the lazy runs (c, d, e, BIG)
+#        PUSH_FLAGS="...": pe image push flags (e.g. --chunk-compression none,
+#          to measure lazy runs of the raw image)
 #        LEGS=ade: run only these legs (default abcde; e needs d)
 #        SETTLE=N: before each timed leg, sync and wait N seconds (default
 #          0: none). On a VM whose host takes freed memory back (free page
@@ -66,6 +68,7 @@ DELAY=${DELAY:-30ms}
 RATE=${RATE:-125000000}
 RUN_FLAGS=${RUN_FLAGS:-}
 LAZY_FLAGS=${LAZY_FLAGS:-}
+PUSH_FLAGS=${PUSH_FLAGS:-}
 LEGS=${LEGS:-abcde}
 STORE_NICE=${STORE_NICE:-19}
 SETTLE=${SETTLE:-0}
@@ -147,7 +150,8 @@ else
 fi
 # The push goes straight to versitygw: it is not what is measured.
 t0=$(now)
-XDG_CACHE_HOME=$work/push-cache AWS_ENDPOINT_URL=$GW "$PE" image push "$IMAGE" "$REF" >"$work/digest"
+# shellcheck disable=SC2086
+XDG_CACHE_HOME=$work/push-cache AWS_ENDPOINT_URL=$GW "$PE" image push $PUSH_FLAGS "$IMAGE" "$REF" >"$work/digest"
 push_ms=$(ms_since "$t0")
 export AWS_ENDPOINT_URL=$PROXY
 (cd "$gwdir/bench" && find . -type f | sort) >"$work/pushed.list"
@@ -413,7 +417,7 @@ bytes_ok() {
 
 cat <<EOF
 
-Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s.
+Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s (pe image push ${PUSH_FLAGS:-with no flags}).
 S3: versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections; both at nice $STORE_NICE.
 Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
 Median of $ROUNDS rounds; time from the pe command's start to its first byte of output (pe run prints the program's output when the VM ends); each leg on a fresh cache holding the boot snapshot.$([ "$SETTLE" = 0 ] || echo " Each timed leg after sync and $SETTLE s.")${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
