@@ -225,6 +225,51 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 	return nil
 }
 
+// prefetchRun is Prefetch of the n chunks from first, adjacent in the
+// image, with one request for the run of them from first that nothing
+// holds yet (Store.acquireRun); the others are prefetched one by one. It
+// returns each chunk's error, nil for one now cached.
+func (im *Image) prefetchRun(ctx context.Context, first, n int) []error {
+	errs := make([]error, n)
+	if im.ctx.Err() != nil {
+		for k := range errs {
+			errs[k] = ErrClosed
+		}
+		return errs
+	}
+	var fls []*flight
+	if n > 1 {
+		fls = im.s.acquireRun(im, first, n)
+	}
+	if len(fls) > 0 {
+		go im.s.runMany(im, first, fls)
+		wctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(im.ctx, cancel)
+		for k, fl := range fls {
+			digest := im.ix.Chunks[first+k]
+			if wctx.Err() != nil {
+				im.s.leave(digest, fl) // given up: no longer waited for
+				errs[k] = wctx.Err()
+				continue
+			}
+			errs[k] = im.s.wait(wctx, digest, fl)
+		}
+		stop()
+		cancel()
+		if im.ctx.Err() != nil {
+			for k := range fls {
+				if errs[k] != nil {
+					errs[k] = ErrClosed
+				}
+			}
+		}
+	}
+	for k := len(fls); k < n; k++ {
+		errs[k] = im.Prefetch(ctx, first+k)
+	}
+	return errs
+}
+
 // cachedOrFlight copies chunk i's bytes from inOff into dst from the
 // cache and returns nil, or returns the flight to wait for; demand says a
 // read (not a prefetch) wants it.

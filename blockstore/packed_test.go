@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/pierrec/lz4/v4"
@@ -214,4 +215,85 @@ func FuzzUnpackChunk(f *testing.F) {
 			t.Fatalf("%d bytes for a chunk of %d", len(got), length)
 		}
 	})
+}
+
+// TestPrefetchCoalesces: a prefetch fetches chunks adjacent in the image
+// that its order lists with one request (at most maxRunChunks), from the
+// packed object as from the image, and a chunk that does not check in
+// such a request is fetched again on its own.
+func TestPrefetchCoalesces(t *testing.T) {
+	data, ix := testImage(t, 12*cs+100, cs)
+	rawIx := *ix
+	obj := packedBytes(t, data, ix)
+	for _, tt := range []struct {
+		name      string
+		ix        *Index
+		obj       []byte
+		order     []int
+		corrupt   func(n int64) bool
+		wantGets  int64
+		wantBytes func(ix *Index) int64
+	}{
+		// 0-3, 4-5 (5 listed later), 7, 9-12: four requests.
+		{"raw", &rawIx, data, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, nil, 4, nil},
+		{"packed", ix, obj, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, nil, 4, nil},
+		// The first request's first chunk is corrupt: fetched again
+		// alone, its neighbours kept.
+		{"corrupt in a run", ix, obj, []int{0, 1, 2}, func(n int64) bool { return n == 1 }, 2, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t, Options{})
+			f := &fakeFetcher{data: tt.obj, corrupt: tt.corrupt}
+			im := openImage(t, s, tt.ix, f)
+			// One worker: with more, a worker may claim a chunk
+			// another would have taken along, and the runs differ.
+			res := im.PrefetchOrder(t.Context(), tt.order, 1).Wait()
+			if res.Err != nil || res.Failed != 0 {
+				t.Fatalf("prefetch: %+v", res)
+			}
+			st := im.Stats()
+			if st.Gets != tt.wantGets {
+				t.Errorf("%d GETs, want %d (stats %+v)", st.Gets, tt.wantGets, st)
+			}
+			// Every chunk listed reads without a fetch, and right.
+			for _, i := range tt.order {
+				off, n := tt.ix.ChunkRange(i)
+				p := make([]byte, n)
+				if _, err := im.ReadAtContext(t.Context(), p, off); err != nil || !bytes.Equal(p, data[off:off+n]) {
+					t.Errorf("chunk %d after the prefetch: %v, equal %v", i, err, bytes.Equal(p, data[off:off+n]))
+				}
+			}
+			if after := im.Stats(); after.Gets != st.Gets {
+				t.Errorf("reads after the prefetch made %d more GETs", after.Gets-st.Gets)
+			}
+			if tt.corrupt != nil && st.DigestMismatches != 1 {
+				t.Errorf("%d digest mismatches, want 1", st.DigestMismatches)
+			}
+		})
+	}
+}
+
+// TestPrefetchRunJoinedByRead: a demand read that joins a chunk of a
+// coalesced prefetch gets it even when the prefetch is stopped meanwhile.
+func TestPrefetchRunJoinedByRead(t *testing.T) {
+	data, ix := testImage(t, 4*cs, cs)
+	s := newStore(t, Options{HedgeAfter: -1})
+	f := &fakeFetcher{data: data, latency: 300 * time.Millisecond}
+	im := openImage(t, s, ix, f)
+	pf := im.PrefetchOrder(t.Context(), []int{0, 1, 2, 3}, 1)
+	waitFor(t, func() bool { return f.calls.Load() == 1 }, "the coalesced request")
+	read := make(chan error, 1)
+	p := make([]byte, 10)
+	go func() {
+		_, err := im.ReadAtContext(t.Context(), p, 2*cs)
+		read <- err
+	}()
+	waitFor(t, func() bool { return im.Stats().Joins == 1 }, "the read joining chunk 2")
+	pf.Stop()
+	if err := <-read; err != nil || !bytes.Equal(p, data[2*cs:2*cs+10]) {
+		t.Fatalf("read of a chunk the stopped prefetch was fetching: %v", err)
+	}
+	if st := im.Stats(); st.Gets != 1 {
+		t.Errorf("%d GETs, want the one coalesced request", st.Gets)
+	}
 }

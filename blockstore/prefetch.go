@@ -135,28 +135,69 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 		next int
 		wg   sync.WaitGroup
 	)
-	// claim returns the next chunk to fetch, skipping cached ones, or -1
-	// when order is used up.
-	claim := func() int {
+	// queued holds the chunks of order no worker has claimed yet, taken
+	// those taken along with another (counted in that one's run).
+	queued := make(map[int]bool, len(order))
+	taken := map[int]bool{}
+	for _, i := range order {
+		if i >= 0 && i < len(im.ix.Chunks) {
+			queued[i] = true
+		}
+	}
+	// claim returns the next chunk to fetch, skipping cached ones, and
+	// how many chunks from it to fetch with one request: it takes along
+	// the chunks right after it in the image that order lists further on
+	// and are not cached (up to Options.PrefetchRun), since one request
+	// for adjacent chunks costs the store, the link and pe less than one
+	// each. Another worker may claim one of those first; the run then
+	// ends before it. It returns -1 when order is used up.
+	claim := func() (int, int) {
 		for {
 			mu.Lock()
 			if next >= len(order) || ctx.Err() != nil {
 				mu.Unlock()
-				return -1
+				return -1, 0
 			}
 			i := order[next]
 			next++
-			mu.Unlock()
-			if i < 0 || i >= len(im.ix.Chunks) {
+			if !queued[i] {
+				// Out of range, taken along already, or listed
+				// before (which counts as cached).
+				if i >= 0 && i < len(im.ix.Chunks) && !taken[i] {
+					p.res.Cached++
+				}
+				mu.Unlock()
 				continue
 			}
+			delete(queued, i)
+			mu.Unlock()
 			if im.isCached(i) {
 				mu.Lock()
 				p.res.Cached++
 				mu.Unlock()
 				continue
 			}
-			return i
+			n := 1
+			for n < im.s.o.PrefetchRun {
+				mu.Lock()
+				ok := queued[i+n]
+				delete(queued, i+n)
+				if ok {
+					taken[i+n] = true
+				}
+				mu.Unlock()
+				if !ok {
+					break
+				}
+				if im.isCached(i + n) {
+					mu.Lock()
+					p.res.Cached++
+					mu.Unlock()
+					break
+				}
+				n++
+			}
+			return i, n
 		}
 	}
 	for range min(workers, len(order)) {
@@ -167,22 +208,24 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 				if err := im.sched.take(ctx, workers); err != nil {
 					return
 				}
-				i := claim()
+				i, n := claim()
 				if i < 0 {
 					im.sched.release()
 					return
 				}
-				err := im.Prefetch(ctx, i)
+				errs := im.prefetchRun(ctx, i, n)
 				im.sched.release()
 				mu.Lock()
-				switch {
-				case err == nil:
-					p.res.Fetched++
-				case ctx.Err() != nil || errors.Is(err, ErrClosed):
-				default:
-					p.res.Failed++
-					if p.res.Err == nil {
-						p.res.Err = err
+				for _, err := range errs {
+					switch {
+					case err == nil:
+						p.res.Fetched++
+					case ctx.Err() != nil || errors.Is(err, ErrClosed):
+					default:
+						p.res.Failed++
+						if p.res.Err == nil {
+							p.res.Err = err
+						}
 					}
 				}
 				mu.Unlock()
