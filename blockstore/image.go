@@ -226,46 +226,47 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 }
 
 // prefetchRun is Prefetch of the n chunks from first, adjacent in the
-// image, with one request for the run of them from first that nothing
-// holds yet (Store.acquireRun); the others are prefetched one by one. It
-// returns each chunk's error, nil for one now cached.
+// image: each run of them that nothing holds yet is fetched with one
+// request (Store.acquireRun, Store.runMany), the others are joined or
+// found cached as Prefetch does. It returns each chunk's error, nil for
+// one now cached.
 func (im *Image) prefetchRun(ctx context.Context, first, n int) []error {
 	errs := make([]error, n)
-	if im.ctx.Err() != nil {
-		for k := range errs {
-			errs[k] = ErrClosed
+	for j := first; j < first+n; {
+		if im.ctx.Err() != nil {
+			errs[j-first] = ErrClosed
+			j++
+			continue
 		}
-		return errs
-	}
-	var fls []*flight
-	if n > 1 {
-		fls = im.s.acquireRun(im, first, n)
-	}
-	if len(fls) > 0 {
-		go im.s.runMany(im, first, fls)
+		var fls []*flight
+		if n > 1 {
+			fls = im.s.acquireRun(im, j, first+n-j)
+		}
+		if len(fls) == 0 {
+			errs[j-first] = im.Prefetch(ctx, j)
+			j++
+			continue
+		}
+		go im.s.runMany(im, j, fls)
 		wctx, cancel := context.WithCancel(ctx)
 		stop := context.AfterFunc(im.ctx, cancel)
 		for k, fl := range fls {
-			digest := im.ix.Chunks[first+k]
+			digest := im.ix.Chunks[j+k]
 			if wctx.Err() != nil {
 				im.s.leave(digest, fl) // given up: no longer waited for
-				errs[k] = wctx.Err()
+				errs[j-first+k] = wctx.Err()
 				continue
 			}
-			errs[k] = im.s.wait(wctx, digest, fl)
+			errs[j-first+k] = im.s.wait(wctx, digest, fl)
 		}
 		stop()
 		cancel()
-		if im.ctx.Err() != nil {
-			for k := range fls {
-				if errs[k] != nil {
-					errs[k] = ErrClosed
-				}
+		for k := range fls {
+			if errs[j-first+k] != nil && im.ctx.Err() != nil {
+				errs[j-first+k] = ErrClosed
 			}
 		}
-	}
-	for k := len(fls); k < n; k++ {
-		errs[k] = im.Prefetch(ctx, first+k)
+		j += len(fls)
 	}
 	return errs
 }

@@ -226,28 +226,28 @@ func TestPrefetchCoalesces(t *testing.T) {
 	rawIx := *ix
 	obj := packedBytes(t, data, ix)
 	for _, tt := range []struct {
-		name      string
-		ix        *Index
-		obj       []byte
-		order     []int
-		corrupt   func(n int64) bool
-		wantGets  int64
-		wantBytes func(ix *Index) int64
+		name     string
+		ix       *Index
+		obj      []byte
+		order    []int
+		workers  int
+		corrupt  func(n int64) bool
+		wantGets int64
 	}{
-		// 0-3, 4-5 (5 listed later), 7, 9-12: four requests.
-		{"raw", &rawIx, data, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, nil, 4, nil},
-		{"packed", ix, obj, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, nil, 4, nil},
+		// 0-3, 4-5 (5 listed later), 7, 9-12: four requests, whichever
+		// workers start them.
+		{"raw", &rawIx, data, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, 1, nil, 4},
+		{"packed", ix, obj, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, 1, nil, 4},
+		{"packed, 4 workers", ix, obj, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, 4, nil, 4},
 		// The first request's first chunk is corrupt: fetched again
 		// alone, its neighbours kept.
-		{"corrupt in a run", ix, obj, []int{0, 1, 2}, func(n int64) bool { return n == 1 }, 2, nil},
+		{"corrupt in a run", ix, obj, []int{0, 1, 2}, 1, func(n int64) bool { return n == 1 }, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(t, Options{})
 			f := &fakeFetcher{data: tt.obj, corrupt: tt.corrupt}
 			im := openImage(t, s, tt.ix, f)
-			// One worker: with more, a worker may claim a chunk
-			// another would have taken along, and the runs differ.
-			res := im.PrefetchOrder(t.Context(), tt.order, 1).Wait()
+			res := im.PrefetchOrder(t.Context(), tt.order, tt.workers).Wait()
 			if res.Err != nil || res.Failed != 0 {
 				t.Fatalf("prefetch: %+v", res)
 			}

@@ -146,11 +146,11 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 	}
 	// claim returns the next chunk to fetch, skipping cached ones, and
 	// how many chunks from it to fetch with one request: it takes along
-	// the chunks right after it in the image that order lists further on
-	// and are not cached (up to Options.PrefetchRun), since one request
-	// for adjacent chunks costs the store, the link and pe less than one
-	// each. Another worker may claim one of those first; the run then
-	// ends before it. It returns -1 when order is used up.
+	// the chunks right after it in the image that order lists further
+	// on (up to Options.PrefetchRun), since one request for adjacent
+	// chunks costs the store, the link and pe less than one each; one
+	// taken along that turns out cached counts as fetched. It returns -1
+	// when order is used up.
 	claim := func() (int, int) {
 		for {
 			mu.Lock()
@@ -170,32 +170,18 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 				continue
 			}
 			delete(queued, i)
+			n := 1
+			for n < im.s.o.PrefetchRun && queued[i+n] {
+				delete(queued, i+n)
+				taken[i+n] = true
+				n++
+			}
 			mu.Unlock()
-			if im.isCached(i) {
+			if n == 1 && im.isCached(i) {
 				mu.Lock()
 				p.res.Cached++
 				mu.Unlock()
 				continue
-			}
-			n := 1
-			for n < im.s.o.PrefetchRun {
-				mu.Lock()
-				ok := queued[i+n]
-				delete(queued, i+n)
-				if ok {
-					taken[i+n] = true
-				}
-				mu.Unlock()
-				if !ok {
-					break
-				}
-				if im.isCached(i + n) {
-					mu.Lock()
-					p.res.Cached++
-					mu.Unlock()
-					break
-				}
-				n++
 			}
 			return i, n
 		}
