@@ -239,6 +239,9 @@ func TestPrefetchCoalesces(t *testing.T) {
 		{"raw", &rawIx, data, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, 1, nil, 4},
 		{"packed", ix, obj, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, 1, nil, 4},
 		{"packed, 4 workers", ix, obj, []int{0, 1, 2, 3, 4, 7, 5, 9, 10, 11, 12, 1}, 4, nil, 4},
+		// Read-ahead order: the run is taken before the first chunk
+		// listed too.
+		{"backwards", ix, obj, []int{5, 4, 3, 2, 7, 6}, 1, nil, 2},
 		// The first request's first chunk is corrupt: fetched again
 		// alone, its neighbours kept.
 		{"corrupt in a run", ix, obj, []int{0, 1, 2}, 1, func(n int64) bool { return n == 1 }, 2},
@@ -295,5 +298,30 @@ func TestPrefetchRunJoinedByRead(t *testing.T) {
 	}
 	if st := im.Stats(); st.Gets != 1 {
 		t.Errorf("%d GETs, want the one coalesced request", st.Gets)
+	}
+}
+
+// TestPrefetchRunHedge: a coalesced request gets its twin only after the
+// hedge delay times its chunks, a single chunk's after the delay.
+func TestPrefetchRunHedge(t *testing.T) {
+	data, ix := testImage(t, 4*cs, cs)
+	for _, tt := range []struct {
+		name       string
+		order      []int
+		wantHedges int64
+	}{
+		{"run of 4", []int{0, 1, 2, 3}, 0},
+		{"one chunk", []int{0}, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t, Options{HedgeAfter: 100 * time.Millisecond})
+			im := openImage(t, s, ix, &fakeFetcher{data: data, latency: 250 * time.Millisecond})
+			if res := im.PrefetchOrder(t.Context(), tt.order, 1).Wait(); res.Err != nil {
+				t.Fatal(res.Err)
+			}
+			if st := im.Stats(); st.Hedges != tt.wantHedges {
+				t.Errorf("%d hedges, want %d", st.Hedges, tt.wantHedges)
+			}
+		})
 	}
 }

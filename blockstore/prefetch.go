@@ -144,13 +144,13 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 			queued[i] = true
 		}
 	}
-	// claim returns the next chunk to fetch, skipping cached ones, and
-	// how many chunks from it to fetch with one request: it takes along
-	// the chunks right after it in the image that order lists further
-	// on (up to Options.PrefetchRun), since one request for adjacent
-	// chunks costs the store, the link and pe less than one each; one
-	// taken along that turns out cached counts as fetched. It returns -1
-	// when order is used up.
+	// claim returns the first of the chunks to fetch next with one
+	// request, and how many: the next chunk of order that is not cached,
+	// with the chunks next to it in the image (after it, then before)
+	// that order lists further on, up to Options.PrefetchRun, since one
+	// request for adjacent chunks costs the store, the link and pe less
+	// than one each; one taken along that turns out cached counts as
+	// fetched. It returns -1 when order is used up.
 	claim := func() (int, int) {
 		for {
 			mu.Lock()
@@ -170,20 +170,27 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 				continue
 			}
 			delete(queued, i)
-			n := 1
-			for n < im.s.o.PrefetchRun && queued[i+n] {
-				delete(queued, i+n)
-				taken[i+n] = true
-				n++
+			lo, hi := i, i
+			for hi-lo+1 < im.s.o.PrefetchRun && queued[hi+1] {
+				hi++
+				delete(queued, hi)
+				taken[hi] = true
+			}
+			// And before it: a trace lists the chunks a read-ahead
+			// brings in the order they arrived, not always rising.
+			for hi-lo+1 < im.s.o.PrefetchRun && queued[lo-1] {
+				lo--
+				delete(queued, lo)
+				taken[lo] = true
 			}
 			mu.Unlock()
-			if n == 1 && im.isCached(i) {
+			if lo == hi && im.isCached(i) {
 				mu.Lock()
 				p.res.Cached++
 				mu.Unlock()
 				continue
 			}
-			return i, n
+			return lo, hi - lo + 1
 		}
 	}
 	for range min(workers, len(order)) {

@@ -451,7 +451,9 @@ func (s *Store) runMany(im *Image, first int, fls []*flight) {
 		defer stop()
 	}
 	off, length := im.ix.fetchRange(first, len(fls))
-	data, err := s.hedged(ctx, im, off, length)
+	// The hedge waits as long for each chunk of the run: one request
+	// for several takes longer, and a twin of it would cost as much.
+	data, err := s.hedged(ctx, im, off, length, s.o.HedgeAfter*time.Duration(len(fls)))
 	var wg sync.WaitGroup
 	for k, fl := range fls {
 		i := first + k
@@ -588,7 +590,7 @@ func (s *Store) fetchVerified(ctx context.Context, im *Image, i, mismatches int)
 			// for them): no request.
 			return nil, fail(err)
 		}
-		data, err := s.hedged(ctx, im, getOff, getLength)
+		data, err := s.hedged(ctx, im, getOff, getLength, s.o.HedgeAfter)
 		attempts++
 		if err == nil {
 			chunk, got, ok := im.check(i, data)
@@ -621,9 +623,10 @@ func (s *Store) fetchVerified(ctx context.Context, im *Image, i, mismatches int)
 	}
 }
 
-// hedged runs one Fetch and, if it has not answered after HedgeAfter, a
-// second one; the first good answer wins and the other is cancelled.
-func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byte, error) {
+// hedged runs one Fetch and, if it has not answered after hedgeAfter
+// (none when negative), a second one; the first good answer wins and the
+// other is cancelled.
+func (s *Store) hedged(ctx context.Context, im *Image, off, length int64, hedgeAfter time.Duration) ([]byte, error) {
 	type result struct {
 		data []byte
 		err  error
@@ -651,14 +654,14 @@ func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byt
 	start()
 	inflight := 1
 	var hedge <-chan time.Time
-	if s.o.HedgeAfter > 0 {
-		t := time.NewTimer(s.o.HedgeAfter)
+	if hedgeAfter > 0 {
+		t := time.NewTimer(hedgeAfter)
 		defer t.Stop()
 		hedge = t.C
 	}
 	// A fetcher that ignores its context must not hang the read: give up
 	// a little after the last request's own timeout.
-	deadline := time.NewTimer(timeout + max(s.o.HedgeAfter, 0) + 100*time.Millisecond)
+	deadline := time.NewTimer(timeout + max(hedgeAfter, 0) + 100*time.Millisecond)
 	defer deadline.Stop()
 	var firstErr error
 	for {
