@@ -64,12 +64,7 @@
 // same command first read chunks: Image.StartTrace, Image.Trace,
 // DecodeTrace). Prefetches rank below demand reads, which never wait for
 // a slot; a prefetch starts a fetch only while the image's demand fetches
-// and prefetches in flight are fewer than its worker budget. A prefetch
-// takes along the chunks right after the one it starts that the list
-// holds further on (up to Options.PrefetchRun) and fetches them with one
-// request, which costs the store, the link and pe less than one each;
-// each chunk keeps its own flight, so reads join it as before, and one
-// that does not check is fetched again alone.
+// and prefetches in flight are fewer than its worker budget.
 //
 // Counters (GETs, bytes, hits, misses, joined waits, time stalled...) are
 // read as a Stats struct from the Store (all images) or one Image.

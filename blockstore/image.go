@@ -225,52 +225,6 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 	return nil
 }
 
-// prefetchRun is Prefetch of the n chunks from first, adjacent in the
-// image: each run of them that nothing holds yet is fetched with one
-// request (Store.acquireRun, Store.runMany), the others are joined or
-// found cached as Prefetch does. It returns each chunk's error, nil for
-// one now cached.
-func (im *Image) prefetchRun(ctx context.Context, first, n int) []error {
-	errs := make([]error, n)
-	for j := first; j < first+n; {
-		if im.ctx.Err() != nil {
-			errs[j-first] = ErrClosed
-			j++
-			continue
-		}
-		var fls []*flight
-		if n > 1 {
-			fls = im.s.acquireRun(im, j, first+n-j)
-		}
-		if len(fls) == 0 {
-			errs[j-first] = im.Prefetch(ctx, j)
-			j++
-			continue
-		}
-		go im.s.runMany(im, j, fls)
-		wctx, cancel := context.WithCancel(ctx)
-		stop := context.AfterFunc(im.ctx, cancel)
-		for k, fl := range fls {
-			digest := im.ix.Chunks[j+k]
-			if wctx.Err() != nil {
-				im.s.leave(digest, fl) // given up: no longer waited for
-				errs[j-first+k] = wctx.Err()
-				continue
-			}
-			errs[j-first+k] = im.s.wait(wctx, digest, fl)
-		}
-		stop()
-		cancel()
-		for k := range fls {
-			if errs[j-first+k] != nil && im.ctx.Err() != nil {
-				errs[j-first+k] = ErrClosed
-			}
-		}
-		j += len(fls)
-	}
-	return errs
-}
-
 // cachedOrFlight copies chunk i's bytes from inOff into dst from the
 // cache and returns nil, or returns the flight to wait for; demand says a
 // read (not a prefetch) wants it.

@@ -135,62 +135,28 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 		next int
 		wg   sync.WaitGroup
 	)
-	// queued holds the chunks of order no worker has claimed yet, taken
-	// those taken along with another (counted in that one's run).
-	queued := make(map[int]bool, len(order))
-	taken := map[int]bool{}
-	for _, i := range order {
-		if i >= 0 && i < len(im.ix.Chunks) {
-			queued[i] = true
-		}
-	}
-	// claim returns the first of the chunks to fetch next with one
-	// request, and how many: the next chunk of order that is not cached,
-	// with the chunks next to it in the image (after it, then before)
-	// that order lists further on, up to Options.PrefetchRun, since one
-	// request for adjacent chunks costs the store, the link and pe less
-	// than one each; one taken along that turns out cached counts as
-	// fetched. It returns -1 when order is used up.
-	claim := func() (int, int) {
+	// claim returns the next chunk to fetch, skipping cached ones, or -1
+	// when order is used up.
+	claim := func() int {
 		for {
 			mu.Lock()
 			if next >= len(order) || ctx.Err() != nil {
 				mu.Unlock()
-				return -1, 0
+				return -1
 			}
 			i := order[next]
 			next++
-			if !queued[i] {
-				// Out of range, taken along already, or listed
-				// before (which counts as cached).
-				if i >= 0 && i < len(im.ix.Chunks) && !taken[i] {
-					p.res.Cached++
-				}
-				mu.Unlock()
+			mu.Unlock()
+			if i < 0 || i >= len(im.ix.Chunks) {
 				continue
 			}
-			delete(queued, i)
-			lo, hi := i, i
-			for hi-lo+1 < im.s.o.PrefetchRun && queued[hi+1] {
-				hi++
-				delete(queued, hi)
-				taken[hi] = true
-			}
-			// And before it: a trace lists the chunks a read-ahead
-			// brings in the order they arrived, not always rising.
-			for hi-lo+1 < im.s.o.PrefetchRun && queued[lo-1] {
-				lo--
-				delete(queued, lo)
-				taken[lo] = true
-			}
-			mu.Unlock()
-			if lo == hi && im.isCached(i) {
+			if im.isCached(i) {
 				mu.Lock()
 				p.res.Cached++
 				mu.Unlock()
 				continue
 			}
-			return lo, hi - lo + 1
+			return i
 		}
 	}
 	for range min(workers, len(order)) {
@@ -201,24 +167,22 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 				if err := im.sched.take(ctx, workers); err != nil {
 					return
 				}
-				i, n := claim()
+				i := claim()
 				if i < 0 {
 					im.sched.release()
 					return
 				}
-				errs := im.prefetchRun(ctx, i, n)
+				err := im.Prefetch(ctx, i)
 				im.sched.release()
 				mu.Lock()
-				for _, err := range errs {
-					switch {
-					case err == nil:
-						p.res.Fetched++
-					case ctx.Err() != nil || errors.Is(err, ErrClosed):
-					default:
-						p.res.Failed++
-						if p.res.Err == nil {
-							p.res.Err = err
-						}
+				switch {
+				case err == nil:
+					p.res.Fetched++
+				case ctx.Err() != nil || errors.Is(err, ErrClosed):
+				default:
+					p.res.Failed++
+					if p.res.Err == nil {
+						p.res.Err = err
 					}
 				}
 				mu.Unlock()

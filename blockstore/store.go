@@ -28,12 +28,6 @@ const (
 	// the first has not answered: several times the 24-47 ms of an S3
 	// ranged GET (lazy-blocks.md §4.1), so only the slow tail is hedged.
 	DefaultHedgeAfter = 250 * time.Millisecond
-	// DefaultPrefetchRun is Options.PrefetchRun's default: 4 chunks of
-	// 512 KiB are one request of 2 MiB raw, about 1 MiB packed, which a
-	// link shared by a run's 16 prefetches still brings well before the
-	// hedge; a compiler's trace lists its 132 chunks as 40 runs of
-	// adjacent ones.
-	DefaultPrefetchRun = 4
 	// DefaultCommitDelay is how long fetched chunks wait in memory after
 	// the last one arrived before they are written to the cache together:
 	// a run's burst of prefetches ends, then its chunks go to disk, with
@@ -98,10 +92,6 @@ type Options struct {
 	// MaxPendingBytes bounds the verified chunks held in memory waiting
 	// to be written; past it they are written at once.
 	MaxPendingBytes int64
-	// PrefetchRun is the most chunks, adjacent in the image, that a
-	// prefetch fetches with one request (Image.PrefetchOrder); 1 fetches
-	// each alone.
-	PrefetchRun int
 }
 
 // Store is a bounded cache of verified chunks on local disk, one file per
@@ -149,7 +139,6 @@ type flight struct {
 	data    []byte // the verified chunk, once done
 	err     error
 	waiters int // reads waiting; the fetch is cancelled when all leave
-	ctx     context.Context
 	cancel  context.CancelFunc
 	// demand is set when a demand read (not a prefetch) started the
 	// fetch: it counts in its image's sched until it ends.
@@ -183,9 +172,6 @@ func NewStore(o Options) (*Store, error) {
 	}
 	if o.MaxPendingBytes <= 0 {
 		o.MaxPendingBytes = DefaultMaxPendingBytes
-	}
-	if o.PrefetchRun <= 0 {
-		o.PrefetchRun = DefaultPrefetchRun
 	}
 	s := &Store{
 		o:        o,
@@ -387,91 +373,16 @@ func (s *Store) acquire(im *Image, i int, recheck, demand bool) *flight {
 			return nil
 		}
 	}
-	fl := s.newFlightLocked(im, digest, demand)
-	go s.complete(im, i, fl, func() ([]byte, error) { return s.fetchVerified(fl.ctx, im, i, 0) })
-	return fl
-}
-
-// newFlightLocked registers a flight for the chunk digest of im, not yet
-// started. s.mu must be held.
-func (s *Store) newFlightLocked(im *Image, digest string, demand bool) *flight {
 	ctx, cancel := context.WithCancel(context.Background())
-	fl := &flight{done: make(chan struct{}), waiters: 1, ctx: ctx, cancel: cancel, demand: demand}
+	fl := &flight{done: make(chan struct{}), waiters: 1, cancel: cancel, demand: demand}
 	s.flights[digest] = fl
 	if demand {
 		im.sched.startDemand()
 	}
 	im.both.add(func(c *counters) *atomic.Int64 { return &c.misses }, 1)
 	s.writes.Add(1)
+	go s.run(ctx, im, i, fl)
 	return fl
-}
-
-// acquireRun registers prefetch flights for chunks first, first+1, ...
-// (at most n), adjacent in the image, which runMany then fetches with one
-// request. It stops at the first chunk that a flight, the pending chunks
-// or the cache already has, so the flights are a run from first: none
-// when first itself is held.
-func (s *Store) acquireRun(im *Image, first, n int) []*flight {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var fls []*flight
-	for j := first; j < first+n && j < len(im.ix.Chunks); j++ {
-		digest := im.ix.Chunks[j]
-		if s.flights[digest] != nil {
-			break
-		}
-		if _, ok := s.pending[digest]; ok {
-			break
-		}
-		if _, err := os.Stat(s.chunkPath(digest)); err == nil {
-			break
-		}
-		fls = append(fls, s.newFlightLocked(im, digest, false))
-	}
-	return fls
-}
-
-// runMany fetches the chunks from first that fls stand for with one
-// request, checks each against the index and completes its flight. A
-// chunk whose bytes did not check, and every one when the request failed,
-// is then fetched on its own (fetchVerified: its retries, and its digest
-// rule, counting the mismatch seen here). The request is cancelled once
-// every flight is: a demand read that joined one keeps it going.
-func (s *Store) runMany(im *Image, first int, fls []*flight) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var left atomic.Int32
-	left.Store(int32(len(fls)))
-	for _, fl := range fls {
-		stop := context.AfterFunc(fl.ctx, func() {
-			if left.Add(-1) == 0 {
-				cancel()
-			}
-		})
-		defer stop()
-	}
-	off, length := im.ix.fetchRange(first, len(fls))
-	// The hedge waits as long for each chunk of the run: one request
-	// for several takes longer, and a twin of it would cost as much.
-	data, err := s.hedged(ctx, im, off, length, s.o.HedgeAfter*time.Duration(len(fls)))
-	var wg sync.WaitGroup
-	for k, fl := range fls {
-		i := first + k
-		mismatches := 0
-		if err == nil {
-			o, n := im.ix.fetchRange(i, 1)
-			if chunk, _, ok := im.check(i, data[o-off:o-off+n]); ok {
-				wg.Go(func() { s.complete(im, i, fl, func() ([]byte, error) { return chunk, nil }) })
-				continue
-			}
-			im.both.add(func(c *counters) *atomic.Int64 { return &c.digestMismatches }, 1)
-			mismatches = 1
-		}
-		wg.Go(func() {
-			s.complete(im, i, fl, func() ([]byte, error) { return s.fetchVerified(fl.ctx, im, i, mismatches) })
-		})
-	}
-	wg.Wait()
 }
 
 // has says whether the chunk with this digest is cached or being fetched.
@@ -511,12 +422,12 @@ func (s *Store) leave(digest string, fl *flight) {
 	}
 }
 
-// complete gets chunk i for fl's waiters from fetch, wakes them, then
+// run fetches and verifies chunk i for fl's waiters, wakes them, then
 // hands the chunk to the pending ones the next commit writes. The flight
 // stays findable until the chunk is pending, so a read in between takes
 // the bytes from the flight instead of fetching again.
-func (s *Store) complete(im *Image, i int, fl *flight, fetch func() ([]byte, error)) {
-	defer s.writes.Done() // Add is in newFlightLocked, before Close can wait
+func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
+	defer s.writes.Done() // Add is in acquire, before Close can wait
 	digest := im.ix.Chunks[i]
 	defer func() {
 		s.mu.Lock()
@@ -526,7 +437,7 @@ func (s *Store) complete(im *Image, i int, fl *flight, fetch func() ([]byte, err
 		s.mu.Unlock()
 		fl.cancel()
 	}()
-	data, err := fetch()
+	data, err := s.fetchVerified(ctx, im, i)
 	fl.data, fl.err = data, err
 	close(fl.done)
 	if fl.demand {
@@ -537,65 +448,41 @@ func (s *Store) complete(im *Image, i int, fl *flight, fetch func() ([]byte, err
 	}
 }
 
-// fetchRange returns where chunks first..first+n-1 are in the object the
-// image's Fetcher reads: their packed bytes, or their own range.
-func (ix *Index) fetchRange(first, n int) (off, length int64) {
-	rng := ix.ChunkRange
-	if ix.Packed != nil {
-		rng = ix.PackedRange
-	}
-	off, _ = rng(first)
-	lastOff, lastLength := rng(first + n - 1)
-	return off, lastOff + lastLength - off
-}
-
-// check returns chunk i from its fetched bytes (decoded, for a packed
-// image) when its sha256 matches the index; else what was found instead:
-// the bytes' sha256, or why they did not decode.
-func (im *Image) check(i int, fetched []byte) (chunk []byte, got string, ok bool) {
-	chunk = fetched
-	if im.ix.Packed != nil {
-		_, length := im.ix.ChunkRange(i)
-		var err error
-		if chunk, err = UnpackChunk(im.ix.Packed.Codec, fetched, length); err != nil {
-			return nil, fmt.Sprintf("none (%v)", err), false
-		}
-	}
-	sum := sha256.Sum256(chunk)
-	got = hex.EncodeToString(sum[:])
-	if got != im.ix.Chunks[i] {
-		return nil, got, false
-	}
-	return chunk, got, true
-}
-
 // fetchVerified fetches chunk i with retries, and returns it once its
 // sha256 matches the index. A mismatch is fetched again once (the object
 // may have been read mid-replacement, or a proxy mangled it) and then
-// fails with a DigestError; mismatches counts those seen already (by a
-// coalesced fetch). A packed image's chunk is fetched as stored and
-// decoded; bytes that do not decode count as a mismatch.
-func (s *Store) fetchVerified(ctx context.Context, im *Image, i, mismatches int) ([]byte, error) {
+// fails with a DigestError.
+func (s *Store) fetchVerified(ctx context.Context, im *Image, i int) ([]byte, error) {
 	off, length := im.ix.ChunkRange(i)
 	want := im.ix.Chunks[i]
 	backoff := s.o.Backoff
-	attempts := 0
+	attempts, mismatches := 0, 0
 	fail := func(err error) error {
 		return &FetchError{Image: im.ix.Digest, Chunk: i, Offset: off, Length: length, Attempts: attempts, Err: err}
 	}
-	getOff, getLength := im.ix.fetchRange(i, 1)
+	// A packed image's chunk is fetched as stored and decoded; what does
+	// not decode counts as bytes that do not match.
+	getOff, getLength := off, length
+	if im.ix.Packed != nil {
+		getOff, getLength = im.ix.PackedRange(i)
+	}
 	for {
-		if err := ctx.Err(); err != nil {
-			// Every reader left (a coalesced request was cancelled
-			// for them): no request.
-			return nil, fail(err)
-		}
-		data, err := s.hedged(ctx, im, getOff, getLength, s.o.HedgeAfter)
+		data, err := s.hedged(ctx, im, getOff, getLength)
 		attempts++
 		if err == nil {
-			chunk, got, ok := im.check(i, data)
-			if ok {
-				return chunk, nil
+			var got string
+			if im.ix.Packed != nil {
+				data, err = UnpackChunk(im.ix.Packed.Codec, data, length)
+				if err != nil {
+					got = fmt.Sprintf("none (%v)", err)
+				}
+			}
+			if err == nil {
+				sum := sha256.Sum256(data)
+				got = hex.EncodeToString(sum[:])
+			}
+			if got == want {
+				return data, nil
 			}
 			im.both.add(func(c *counters) *atomic.Int64 { return &c.digestMismatches }, 1)
 			mismatches++
@@ -623,10 +510,9 @@ func (s *Store) fetchVerified(ctx context.Context, im *Image, i, mismatches int)
 	}
 }
 
-// hedged runs one Fetch and, if it has not answered after hedgeAfter
-// (none when negative), a second one; the first good answer wins and the
-// other is cancelled.
-func (s *Store) hedged(ctx context.Context, im *Image, off, length int64, hedgeAfter time.Duration) ([]byte, error) {
+// hedged runs one Fetch and, if it has not answered after HedgeAfter, a
+// second one; the first good answer wins and the other is cancelled.
+func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byte, error) {
 	type result struct {
 		data []byte
 		err  error
@@ -654,14 +540,14 @@ func (s *Store) hedged(ctx context.Context, im *Image, off, length int64, hedgeA
 	start()
 	inflight := 1
 	var hedge <-chan time.Time
-	if hedgeAfter > 0 {
-		t := time.NewTimer(hedgeAfter)
+	if s.o.HedgeAfter > 0 {
+		t := time.NewTimer(s.o.HedgeAfter)
 		defer t.Stop()
 		hedge = t.C
 	}
 	// A fetcher that ignores its context must not hang the read: give up
 	// a little after the last request's own timeout.
-	deadline := time.NewTimer(timeout + max(hedgeAfter, 0) + 100*time.Millisecond)
+	deadline := time.NewTimer(timeout + max(s.o.HedgeAfter, 0) + 100*time.Millisecond)
 	defer deadline.Stop()
 	var firstErr error
 	for {

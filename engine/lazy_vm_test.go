@@ -303,9 +303,8 @@ func TestLazyS3Trace(t *testing.T) {
 	// The prefetch starts with the VM, which needs a few hundred ms
 	// before it reads /big: its reads should hardly wait.
 	// Every chunk of the trace is fetched (the run may need a few more:
-	// the first run's own early metadata prefetch is not in its trace),
-	// adjacent ones with one request.
-	if string(second.Stdout) != "1500000\n" || st == nil || st.Misses < int64(len(trace.Chunks)) || st.Gets >= st.Misses || st.Stalled*2 > first.ImageBlocks.Stalled {
+	// the first run's own early metadata prefetch is not in its trace).
+	if string(second.Stdout) != "1500000\n" || st == nil || st.Gets < int64(len(trace.Chunks)) || st.Stalled*2 > first.ImageBlocks.Stalled {
 		t.Errorf("second machine: stdout %q, blocks %+v; want the trace's %d chunks prefetched and reads waiting less than half the first run's %v", second.Stdout, st, len(trace.Chunks), first.ImageBlocks.Stalled)
 	}
 	if after, _ := filepath.Glob(filepath.Join(env.g.Dir, "images", "ce", "traces", "sha256", "*", "*.json")); len(after) != 1 {

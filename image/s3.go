@@ -25,9 +25,8 @@ package image
 // chunks' digests, the packed object's digest and stored lengths, and the
 // config, so one digest pins everything a run reads. The packed object
 // about halves what a lazy run fetches (the chunks a gcc run touches pack
-// to 0.53 of their size) for less than half the image's size again in
-// storage (0.41 for that image); pe image pull still downloads the image
-// itself. Blobs and indexes are immutable and shared by every name under
+// to 0.54 of their size) for about half the image's size again in
+// storage; pe image pull still downloads the image itself. Blobs and indexes are immutable and shared by every name under
 // the prefix; only tags move. A reader trusts nothing it has not checked
 // against the digest it started from.
 
