@@ -14,12 +14,16 @@ type DigestError struct {
 	Offset int64  // the chunk's first byte in the image
 	Length int64
 	Want   string // the index's sha256 of the chunk
-	Got    string // the sha256 of the bytes last fetched, or why they did not decode (packed chunks)
+	Got    string // the sha256 of the bytes last fetched, or "does not decode (...)" (packed chunks)
 }
 
 func (e *DigestError) Error() string {
-	return fmt.Sprintf("image %s chunk %d (bytes %d-%d): fetched data has sha256 %s, the index says %s (fetched twice; storage holds a different or corrupt object)",
-		e.Image, e.Chunk, e.Offset, e.Offset+e.Length-1, e.Got, e.Want)
+	got := "has sha256 " + e.Got
+	if !isHexDigest(e.Got) {
+		got = e.Got // why a packed chunk did not decode
+	}
+	return fmt.Sprintf("image %s chunk %d (bytes %d-%d): fetched data %s, the index says sha256 %s (fetched twice; storage holds a different or corrupt object)",
+		e.Image, e.Chunk, e.Offset, e.Offset+e.Length-1, got, e.Want)
 }
 
 // FetchError reports a chunk that could not be fetched: every attempt

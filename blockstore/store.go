@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -474,7 +475,7 @@ func (s *Store) fetchVerified(ctx context.Context, im *Image, i int) ([]byte, er
 			if im.ix.Packed != nil {
 				data, err = UnpackChunk(im.ix.Packed.Codec, data, length)
 				if err != nil {
-					got = fmt.Sprintf("none (%v)", err)
+					got = fmt.Sprintf("does not decode (%s)", strings.TrimPrefix(err.Error(), ErrBadPackedChunk.Error()+": "))
 				}
 			}
 			if err == nil {
