@@ -99,15 +99,18 @@ type PushOptions struct {
 	PartSize    int64
 	Concurrency int
 	// ChunkCodec says how the chunks are also stored packed for lazy
-	// readers (blockstore.Packed): "" or blockstore.CodecLZ4 for LZ4,
+	// readers (blockstore.Packed): "" or ChunkCodecLZ4 for LZ4,
 	// ChunkCodecNone for not at all (lazy runs then fetch the blob's raw
 	// ranges, and the bucket holds the image once).
 	ChunkCodec string
 }
 
-// ChunkCodecNone is the PushOptions.ChunkCodec that stores no packed
-// chunks.
-const ChunkCodecNone = "none"
+// PushOptions.ChunkCodec values: chunks packed with LZ4 (the default),
+// or no packed chunks.
+const (
+	ChunkCodecLZ4  = blockstore.CodecLZ4
+	ChunkCodecNone = "none"
+)
 
 // PushResult is what Push stored.
 type PushResult struct {
@@ -201,13 +204,13 @@ func PushEROFS(ctx context.Context, path string, config []byte, dest Reference, 
 		o.Log.Warn("pushing without the image's user database in the index", "image", path, "error", err)
 	}
 	switch opts.ChunkCodec {
-	case "", blockstore.CodecLZ4:
+	case "", ChunkCodecLZ4:
 		if ix.Packed, err = packChunks(ctx, path, ix); err != nil {
 			return nil, err
 		}
 	case ChunkCodecNone:
 	default:
-		return nil, fmt.Errorf("chunk codec %q: want %s or %s", opts.ChunkCodec, blockstore.CodecLZ4, ChunkCodecNone)
+		return nil, fmt.Errorf("chunk codec %q: want %s or %s", opts.ChunkCodec, ChunkCodecLZ4, ChunkCodecNone)
 	}
 	ib, err := ix.Encode()
 	if err != nil {

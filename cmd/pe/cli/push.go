@@ -52,7 +52,7 @@ AWS_PROFILE and ~/.aws/credentials and ~/.aws/config.`,
 			if err != nil {
 				return err
 			}
-			if chunkCodec != "lz4" && chunkCodec != image.ChunkCodecNone {
+			if chunkCodec != image.ChunkCodecLZ4 && chunkCodec != image.ChunkCodecNone {
 				return usageErrorf(cmd, "--chunk-compression %q: want lz4 or none", chunkCodec)
 			}
 			opts := image.PushOptions{PullOptions: pull, Concurrency: concurrency, ChunkCodec: chunkCodec}
@@ -97,6 +97,6 @@ AWS_PROFILE and ~/.aws/credentials and ~/.aws/config.`,
 	}
 	f.register(cmd.Flags(), false)
 	cmd.Flags().IntVar(&concurrency, "jobs", 4, "parts of the image uploaded at once")
-	cmd.Flags().StringVar(&chunkCodec, "chunk-compression", "lz4", "how the chunks lazy runs fetch are stored besides the image: lz4 or none")
+	cmd.Flags().StringVar(&chunkCodec, "chunk-compression", image.ChunkCodecLZ4, "how the chunks lazy runs fetch are stored besides the image: lz4 or none")
 	return cmd
 }
