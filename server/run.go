@@ -416,15 +416,25 @@ func canonicalPrefixes(prefixes []string) ([]string, error) {
 	return out, nil
 }
 
+// maxDiscardedBody is how much of a body over MaxBody the server reads
+// and drops before it answers 413: a client still sending a body the
+// server has not read gets its connection reset, often before it reads
+// the answer, and a page that sent too large a file would show a network
+// error instead of the limit. Larger bodies are not worth the time.
+const maxDiscardedBody = 16 << 20
+
 // readBody reads the whole body under the size cap and the body deadline.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if r.ContentLength > s.cfg.MaxBody {
-		return nil, &apiError{http.StatusRequestEntityTooLarge, "TooLarge",
-			fmt.Sprintf("the request body is %d bytes, over the limit of %d", r.ContentLength, s.cfg.MaxBody)}
-	}
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
 	defer rc.SetReadDeadline(time.Time{})
+	if r.ContentLength > s.cfg.MaxBody {
+		if r.ContentLength <= maxDiscardedBody {
+			io.Copy(io.Discard, io.LimitReader(r.Body, maxDiscardedBody))
+		}
+		return nil, &apiError{http.StatusRequestEntityTooLarge, "TooLarge",
+			fmt.Sprintf("the request body is %d bytes, over the limit of %d", r.ContentLength, s.cfg.MaxBody)}
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
 	if err == nil {
 		return body, nil
