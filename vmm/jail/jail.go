@@ -75,6 +75,9 @@ type Spec struct {
 	// pe died before the parent-death signal was armed again after the
 	// change of user.
 	AliveFD int `json:"alive_fd"`
+	// NoHugePages starts the VMM with transparent huge pages disabled
+	// (PR_SET_THP_DISABLE), whatever it asks for with madvise.
+	NoHugePages bool `json:"no_hugepages,omitempty"`
 }
 
 // Level is how far pe can confine a VMM here.

@@ -70,8 +70,8 @@ func TestTrampoline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pw.Close()
-	script := `id -u; id -G; hostname; grep NoNewPrivs /proc/self/status; ls /; echo $$; ls /dev; echo x > /dev/null && echo null-ok; touch /usr/x 2>/dev/null || echo usr-ro; touch /y 2>/dev/null || echo root-ro`
-	cmd, err := Command(&Spec{Binary: sh, Args: []string{"-c", script}, Root: root, Devices: Devices(false), UID: UID, GID: GID, AliveFD: 3})
+	script := `id -u; id -G; hostname; grep -E '^(NoNewPrivs|THP_enabled)' /proc/self/status; ls /; echo $$; ls /dev; echo x > /dev/null && echo null-ok; touch /usr/x 2>/dev/null || echo usr-ro; touch /y 2>/dev/null || echo root-ro`
+	cmd, err := Command(&Spec{Binary: sh, Args: []string{"-c", script}, Root: root, Devices: Devices(false), UID: UID, GID: GID, AliveFD: 3, NoHugePages: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestTrampoline(t *testing.T) {
 			top = append(top, p)
 		}
 	}
-	want := append([]string{id, strconv.Itoa(GID), "pe-vmm", "NoNewPrivs:\t1"}, top...)
+	want := append([]string{id, strconv.Itoa(GID), "pe-vmm", "THP_enabled:\t0", "NoNewPrivs:\t1"}, top...)
 	want = append(want, "1", "null", "urandom", "zero", "null-ok", "usr-ro", "root-ro")
 	if diff := cmp.Diff(want, strings.Split(strings.TrimSpace(out.String()), "\n")); diff != "" {
 		t.Errorf("inside the jail (-want +got):\n%s", diff)

@@ -39,6 +39,12 @@ func trampoline() error {
 	if err := privateRoot(&s); err != nil {
 		return err
 	}
+	// Inherited across execve, so the VMM's every mapping goes without.
+	if s.NoHugePages {
+		if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("disabling transparent huge pages: %w", err)
+		}
+	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}

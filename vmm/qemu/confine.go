@@ -239,12 +239,22 @@ func jailSpec(l *vmm.Launch, userNS bool) (*jail.Spec, error) {
 		return nil, fmt.Errorf("jail root: %w", err)
 	}
 	l.OnCleanup(func() { os.RemoveAll(root) })
-	devices := jail.Devices(l.Config.Accel == vmm.AccelKVM)
+	kvm := l.Config.Accel == vmm.AccelKVM
+	devices := jail.Devices(kvm)
+	// Under TCG, QEMU asks for huge pages for the code it translates
+	// (tens of MB in a compiler's run), which the vCPU thread faults in
+	// as it writes it, 2 MiB at a time, zeroed. On a host whose memory is
+	// itself backed lazily (a cloud VM whose balloon takes free memory
+	// back, where TCG is what runs) a huge page is often new to the
+	// hypervisor too, and faulting one in took up to 11 ms here: up to
+	// 350 ms of a run. With small pages QEMU faults in only what it
+	// writes, mostly memory the kernel has at hand. Under KVM the guest's
+	// RAM is what benefits from huge pages: kept.
 	if userNS {
 		// pe's own user and groups: /dev/kvm works if pe could open it.
-		return &jail.Spec{Root: root, Devices: devices, UserNS: true}, nil
+		return &jail.Spec{Root: root, Devices: devices, UserNS: true, NoHugePages: !kvm}, nil
 	}
-	return &jail.Spec{Root: root, Devices: devices, UID: jail.UID, GID: jail.GID, Groups: jail.DeviceGroups(devices)}, nil
+	return &jail.Spec{Root: root, Devices: devices, UID: jail.UID, GID: jail.GID, Groups: jail.DeviceGroups(devices), NoHugePages: !kvm}, nil
 }
 
 // qmpPair makes the QMP connection: a socket pair whose one end QEMU

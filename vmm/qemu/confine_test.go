@@ -91,6 +91,30 @@ func TestConfinedArgs(t *testing.T) {
 	}
 }
 
+// TestJailSpecHugePages checks that a confined QEMU goes without
+// transparent huge pages under TCG only.
+func TestJailSpecHugePages(t *testing.T) {
+	for _, c := range []struct {
+		accel  string
+		userNS bool
+		want   bool
+	}{
+		{vmm.AccelTCG, false, true},
+		{vmm.AccelTCG, true, true},
+		{vmm.AccelKVM, false, false},
+		{vmm.AccelKVM, true, false},
+	} {
+		l := &vmm.Launch{Config: &vmm.Config{Accel: c.accel}, WorkDir: t.TempDir()}
+		s, err := jailSpec(l, c.userNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.NoHugePages != c.want {
+			t.Errorf("%s (user namespace %v): NoHugePages %v, want %v", c.accel, c.userNS, s.NoHugePages, c.want)
+		}
+	}
+}
+
 // fds collects what TestConfinedArgs's capture step saw.
 var fds []string
 
