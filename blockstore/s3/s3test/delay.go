@@ -31,6 +31,13 @@ const linkQuantum = 32 << 10
 // still catch up.
 const linkCatchUp = 20 * time.Millisecond
 
+// linkSlack is how far ahead of the link's schedule a sender may run
+// before it sleeps: the rate holds over any longer time, and a response
+// that comes in small reads costs a sleep a millisecond, not one a read
+// (which made the stand-in for a distant store the busiest process on a
+// small machine, beside the VM it was meant to feed).
+const linkSlack = time.Millisecond
+
 // send blocks for as long as the link takes to send n bytes after what is
 // queued on it.
 func (l *Link) send(n int) {
@@ -51,7 +58,7 @@ func (l *Link) send(n int) {
 	l.free = l.free.Add(d)
 	until := l.free
 	l.mu.Unlock()
-	if wait := time.Until(until); wait > 0 {
+	if wait := time.Until(until); wait > linkSlack {
 		time.Sleep(wait)
 	}
 }
@@ -125,5 +132,23 @@ func Proxy(endpoint string) (http.Handler, error) {
 		},
 		// Stream bodies as they come, never buffered.
 		FlushInterval: -1,
+		BufferPool:    proxyBuffers{},
+		// Keep a connection to the server for each client's (the
+		// default keeps 2): a new one for every request of a parallel
+		// client cost the proxy and the server more than the bodies.
+		Transport: &http.Transport{
+			Proxy:               nil,
+			MaxIdleConnsPerHost: 256,
+			IdleConnTimeout:     90 * time.Second,
+		},
 	}, nil
 }
+
+// proxyBuffers lends the proxy 256 KiB copy buffers (httputil's own are
+// 32 KiB): a read takes whatever the server has sent, up to a chunk.
+type proxyBuffers struct{}
+
+var proxyBufferPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+func (proxyBuffers) Get() []byte  { return *proxyBufferPool.Get().(*[]byte) }
+func (proxyBuffers) Put(b []byte) { proxyBufferPool.Put(&b) }
