@@ -57,6 +57,12 @@
 #        SETTLE=N: before each timed leg, sync and wait N seconds (default
 #          0: none). On a VM whose host takes freed memory back (free page
 #          reporting) the pause slows every leg, a most (docs/benchmarks.md).
+#        STORE=files: legs d and e (and e's untimed run) read the bucket
+#          through `s3delay -files`, which serves versitygw's directory
+#          itself (GET and HEAD, no signature checked) behind the same
+#          delay and link: a store whose own CPU is not this machine's.
+#          The push, leg c and d's first run (which records the trace)
+#          still go to versitygw. Default: versitygw for every leg.
 #        STORE_NICE=N: the niceness of versitygw and the proxy (default 19).
 #          They stand in for a distant store, but run on this machine: at
 #          nice 0 their CPU (about 0.3 s per cold run on 2 cores) comes out
@@ -71,6 +77,8 @@ LAZY_FLAGS=${LAZY_FLAGS:-}
 PUSH_FLAGS=${PUSH_FLAGS:-}
 LEGS=${LEGS:-abcde}
 STORE_NICE=${STORE_NICE:-19}
+STORE=${STORE:-versitygw}
+case $STORE in versitygw | files) ;; *) echo "bench-lazy: STORE=$STORE: want versitygw or files" >&2; exit 2 ;; esac
 SETTLE=${SETTLE:-0}
 # want LEG: whether LEGS has LEG.
 want() { case $LEGS in *"$1"*) return 0 ;; esac; return 1; }
@@ -137,6 +145,14 @@ pids+=($!)
 for _ in $(seq 100); do [ -s "$work/proxy.addr" ] && break; sleep 0.1; done
 touch "$work/proxy.log"
 PROXY=http://$(head -1 "$work/proxy.addr")
+# LAZY_EP: the endpoint of legs d and e.
+LAZY_EP=$PROXY
+if [ "$STORE" = files ]; then
+	nice -n "$STORE_NICE" "$work/s3delay" -files "$gwdir" -delay "$DELAY" -rate "$RATE" -log "$work/proxy.log" >"$work/files.addr" &
+	pids+=($!)
+	for _ in $(seq 100); do [ -s "$work/files.addr" ] && break; sleep 0.1; done
+	LAZY_EP=http://$(head -1 "$work/files.addr")
+fi
 
 none=$work/no-aws-config
 export AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK AWS_REGION=us-east-1 AWS_PROFILE='' \
@@ -303,6 +319,7 @@ untimed() {
 
 for r in $(seq "$ROUNDS"); do
 	echo "bench-lazy: round $r of $ROUNDS" >&2
+	AWS_ENDPOINT_URL=$PROXY # legs d and e set $LAZY_EP
 	if want a; then
 		fresh
 		A=$FRESH
@@ -344,6 +361,7 @@ for r in $(seq "$ROUNDS"); do
 		# the cold run above (whose freed memory and written chunks the
 		# next run pays for on a host with free page reporting).
 		want a && untimed "$A" "$IMAGE"
+		AWS_ENDPOINT_URL=$LAZY_EP
 		timed d "$D" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
 		check_out d ok
 
@@ -361,7 +379,10 @@ for r in $(seq "$ROUNDS"); do
 	for leg in "${pair[@]}"; do
 		case $leg in
 		a) timed a "$A" "${RUN[@]}" "$IMAGE" "${CMD[@]}" ;;
-		e) timed e "$D" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}" ;;
+		e)
+			AWS_ENDPOINT_URL=$LAZY_EP
+			timed e "$D" "${RUN[@]}" "${LAZY[@]}" "$REF" "${CMD[@]}"
+			;;
 		esac
 		check_out "$leg" ok
 	done
@@ -418,7 +439,7 @@ bytes_ok() {
 cat <<EOF
 
 Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s (pe image push ${PUSH_FLAGS:-with no flags}).
-S3: versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections; both at nice $STORE_NICE.
+S3: $([ "$STORE" = files ] && echo "legs d and e: versitygw's directory served by scripts/s3delay -files; the rest: ")versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections; both at nice $STORE_NICE.
 Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
 Median of $ROUNDS rounds; time from the pe command's start to its first byte of output (pe run prints the program's output when the VM ends); each leg on a fresh cache holding the boot snapshot.$([ "$SETTLE" = 0 ] || echo " Each timed leg after sync and $SETTLE s.")${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
 $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).

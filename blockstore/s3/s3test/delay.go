@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path"
+	"path/filepath"
 	"sync"
 	"time"
 )
@@ -152,3 +155,40 @@ var proxyBufferPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); re
 
 func (proxyBuffers) Get() []byte  { return *proxyBufferPool.Get().(*[]byte) }
 func (proxyBuffers) Put(b []byte) { proxyBufferPool.Put(&b) }
+
+// Files returns a handler that answers GET and HEAD of path-style object
+// URLs (/BUCKET/KEY) with the file DIR/BUCKET/KEY, ranges included, the
+// way versitygw's posix backend lays a bucket out; it checks no signature
+// and refuses every other method. It stands in for a store whose own work
+// is not on this machine, where a real S3 server's would be: behind Delay,
+// a distant store that costs the machine only the bytes it receives.
+func Files(dir string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			s3Error(w, http.StatusNotImplemented, "NotImplemented", "only GET and HEAD are served")
+			return
+		}
+		// Clean against the root first: no path leaves dir.
+		p := filepath.Join(dir, filepath.FromSlash(path.Clean("/"+r.URL.Path)))
+		f, err := os.Open(p)
+		if err != nil {
+			s3Error(w, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
+			return
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil || !fi.Mode().IsRegular() {
+			s3Error(w, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
+			return
+		}
+		w.Header().Set("ETag", fmt.Sprintf(`"%x-%x"`, fi.Size(), fi.ModTime().UnixNano()))
+		http.ServeContent(w, r, "", fi.ModTime(), f)
+	})
+}
+
+// s3Error answers an S3 error document.
+func s3Error(w http.ResponseWriter, status int, code, message string) {
+	w.Header().Set("Content-Type", "application/xml")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>`+"\n<Error><Code>%s</Code><Message>%s</Message></Error>", code, message)
+}

@@ -8,6 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -234,5 +237,71 @@ func TestProxyKeepsConnections(t *testing.T) {
 	wg.Wait()
 	if n := opened.Load(); n > clients {
 		t.Errorf("the proxy opened %d connections to the server for %d clients' %d requests, want at most %d", n, clients, clients*each, clients)
+	}
+}
+
+// Files serves a bucket laid out as versitygw's posix backend does to
+// pe's own S3 client, ranges included, and nothing outside its directory.
+func TestFiles(t *testing.T) {
+	dir := t.TempDir()
+	data := randomBytes(t, 1<<20)
+	if err := os.MkdirAll(filepath.Join(dir, "bench", "ce", "blobs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bench", "ce", "blobs", "b1"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A file beside the directory served, which no path may reach.
+	if err := os.WriteFile(filepath.Join(filepath.Dir(dir), filepath.Base(dir)+"-secret"), []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(filepath.Join(filepath.Dir(dir), filepath.Base(dir)+"-secret"))
+	srv := httptest.NewServer(s3test.Delay(s3test.Files(dir), 0, s3test.NewLink(64<<20)))
+	defer srv.Close()
+	c, err := s3.New(s3.Config{Endpoint: srv.URL, Region: s3.DefaultRegion, AccessKeyID: "any",
+		SecretAccessKey: "any", PathStyle: true}, s3.Options{MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.ReadRange(t.Context(), "bench", "ce/blobs/b1", 1000, 5000)
+	if err != nil {
+		t.Fatalf("ranged GET: %v", err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data[1000:6000]) {
+		t.Errorf("ranged GET: %d bytes, err %v; want bytes 1000-5999 of the file", len(got), err)
+	}
+	if _, err := c.ReadRange(t.Context(), "bench", "ce/blobs/none", 0, 10); !s3.IsPermanent(err) || !strings.Contains(err.Error(), "NoSuchKey") {
+		t.Errorf("GET of a missing key: %v, want a permanent NoSuchKey", err)
+	}
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{http.MethodHead, "/bench/ce/blobs/b1", http.StatusOK},
+		{http.MethodGet, "/bench/../" + filepath.Base(dir) + "-secret", http.StatusNotFound},
+		{http.MethodGet, "/../" + filepath.Base(dir) + "-secret", http.StatusNotFound},
+		{http.MethodGet, "/bench/ce/blobs", http.StatusNotFound},
+		{http.MethodPut, "/bench/ce/blobs/b2", http.StatusNotImplemented},
+		{http.MethodDelete, "/bench/ce/blobs/b1", http.StatusNotImplemented},
+	} {
+		req, _ := http.NewRequestWithContext(t.Context(), tc.method, srv.URL+tc.path, strings.NewReader(""))
+		req.URL.Opaque = tc.path // as sent: no client-side cleaning of ..
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
+		if tc.method == http.MethodHead && resp.ContentLength != int64(len(data)) {
+			t.Errorf("HEAD: length %d, want %d", resp.ContentLength, len(data))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bench", "ce", "blobs", "b1")); err != nil {
+		t.Errorf("the DELETE removed the file: %v", err)
 	}
 }
