@@ -40,10 +40,9 @@ func trampoline() error {
 		return err
 	}
 	// Inherited across execve, so the VMM's every mapping goes without.
+	// Best effort: a kernel that refuses it only costs the VMM time.
 	if s.NoHugePages {
-		if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
-			return fmt.Errorf("disabling transparent huge pages: %w", err)
-		}
+		unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)

@@ -140,7 +140,6 @@ func Proxy(endpoint string) (http.Handler, error) {
 		// default keeps 2): a new one for every request of a parallel
 		// client cost the proxy and the server more than the bodies.
 		Transport: &http.Transport{
-			Proxy:               nil,
 			MaxIdleConnsPerHost: 256,
 			IdleConnTimeout:     90 * time.Second,
 		},
