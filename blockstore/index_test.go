@@ -46,15 +46,7 @@ func TestBuildIndexFile(t *testing.T) {
 			if d := cmp.Diff(tt.want, got); d != "" {
 				t.Errorf("index (-want +got):\n%s", d)
 			}
-			enc, err := got.Encode()
-			if err != nil {
-				t.Fatal(err)
-			}
-			back, err := DecodeIndex(enc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := cmp.Diff(got, back); d != "" {
+			if d := cmp.Diff(got, reencode(t, got)); d != "" {
 				t.Errorf("decoded index (-encoded +decoded):\n%s", d)
 			}
 		})
@@ -172,16 +164,23 @@ func FuzzDecodeIndex(f *testing.F) {
 				end += n
 			}
 		}
-		enc, err := ix.Encode()
-		if err != nil {
-			t.Fatalf("accepted index does not encode: %v", err)
-		}
-		back, err := DecodeIndex(enc)
-		if err != nil {
-			t.Fatalf("encoded index does not decode: %v", err)
-		}
-		if d := cmp.Diff(ix, back, cmp.AllowUnexported(Packed{})); d != "" {
+		if d := cmp.Diff(ix, reencode(t, ix), cmp.AllowUnexported(Packed{})); d != "" {
 			t.Fatalf("round trip (-first +second):\n%s", d)
 		}
 	})
+}
+
+// reencode returns ix encoded and decoded again, failing t if either
+// step fails.
+func reencode(t testing.TB, ix *Index) *Index {
+	t.Helper()
+	enc, err := ix.Encode()
+	if err != nil {
+		t.Fatalf("the index does not encode: %v", err)
+	}
+	back, err := DecodeIndex(enc)
+	if err != nil {
+		t.Fatalf("the encoded index does not decode: %v", err)
+	}
+	return back
 }

@@ -61,14 +61,7 @@ func TestPacked(t *testing.T) {
 	if !(p.Sizes[0] < cs/4 && p.Sizes[1] == cs && p.Sizes[2] < p.Sizes[0] && p.Sizes[3] < cs/3/4) {
 		t.Errorf("stored sizes %v for chunks of %d (text, random, zeros, a third of text)", p.Sizes, cs)
 	}
-	enc, err := ix.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := DecodeIndex(enc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	back := reencode(t, ix)
 	if d := cmp.Diff(ix, back, cmp.AllowUnexported(Packed{})); d != "" {
 		t.Errorf("decoded index (-encoded +decoded):\n%s", d)
 	}

@@ -181,6 +181,9 @@ func Files(dir string) http.Handler {
 			return
 		}
 		w.Header().Set("ETag", fmt.Sprintf(`"%x-%x"`, fi.Size(), fi.ModTime().UnixNano()))
+		// Set, so that ServeContent does not read the file's start to
+		// guess one at every request.
+		w.Header().Set("Content-Type", "application/octet-stream")
 		http.ServeContent(w, r, "", fi.ModTime(), f)
 	})
 }
