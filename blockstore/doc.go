@@ -64,10 +64,7 @@
 // same command first read chunks: Image.StartTrace, Image.Trace,
 // DecodeTrace). Prefetches rank below demand reads, which never wait for
 // a slot; a prefetch starts a fetch only while the image's demand fetches
-// and prefetches in flight are fewer than its worker budget. A prefetch
-// fetches neighbouring chunks listed close together with one request (up
-// to 8 chunks, 64 places ahead in its order): one request's work and round
-// trip instead of several, for the store, the link and pe.
+// and prefetches in flight are fewer than its worker budget.
 //
 // Counters (GETs, bytes, hits, misses, joined waits, time stalled...) are
 // read as a Stats struct from the Store (all images) or one Image.

@@ -225,45 +225,6 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 	return nil
 }
 
-// prefetchStretch makes chunks lo..hi cached, as Prefetch does each, but
-// fetches each unbroken stretch of missing ones with one request. It
-// returns how many chunks failed, and the first error.
-func (im *Image) prefetchStretch(ctx context.Context, lo, hi int) (failed int, err error) {
-	if lo < 0 || hi >= len(im.ix.Chunks) || lo > hi {
-		return hi - lo + 1, fmt.Errorf("blockstore: prefetch of chunks %d-%d, image has %d", lo, hi, len(im.ix.Chunks))
-	}
-	if im.ctx.Err() != nil {
-		return hi - lo + 1, ErrClosed
-	}
-	fls := im.s.acquireStretch(im, lo, hi)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(im.ctx, cancel)
-	defer stop()
-	var first error
-	for k, fl := range fls {
-		if fl == nil {
-			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
-			continue
-		}
-		if first != nil && ctx.Err() != nil {
-			im.s.leave(im.ix.Chunks[lo+k], fl)
-			failed++
-			continue
-		}
-		if err := im.s.wait(ctx, im.ix.Chunks[lo+k], fl); err != nil {
-			failed++
-			if first == nil {
-				first = err
-			}
-		}
-	}
-	if first != nil && im.ctx.Err() != nil {
-		return failed, ErrClosed
-	}
-	return failed, first
-}
-
 // cachedOrFlight copies chunk i's bytes from inOff into dst from the
 // cache and returns nil, or returns the flight to wait for; demand says a
 // read (not a prefetch) wants it.
