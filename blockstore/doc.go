@@ -64,7 +64,13 @@
 // same command first read chunks: Image.StartTrace, Image.Trace,
 // DecodeTrace). Prefetches rank below demand reads, which never wait for
 // a slot; a prefetch starts a fetch only while the image's demand fetches
-// and prefetches in flight are fewer than its worker budget.
+// and prefetches in flight are fewer than its worker budget. A prefetch
+// fetches neighbouring chunks listed close together with one request (up
+// to 4 chunks, 16 places ahead in its order, while the chunks in flight
+// are fewer than twice its workers): one request's work and round trip
+// instead of several, for the store, the link and pe. A Fetcher that can
+// stream (StreamFetcher, as the fetcher of pe's s3:// images does) serves
+// each chunk of such a request as soon as its bytes are in.
 //
 // Counters (GETs, bytes, hits, misses, joined waits, time stalled...) are
 // read as a Stats struct from the Store (all images) or one Image.

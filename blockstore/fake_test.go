@@ -18,6 +18,7 @@ type fakeFetcher struct {
 	data    []byte
 	latency time.Duration
 	calls   atomic.Int64
+	bytes   atomic.Int64 // returned
 	// cancelled counts calls that ended because their context did.
 	cancelled atomic.Int64
 	// hang makes a call wait until its context ends.
@@ -60,6 +61,7 @@ func (f *fakeFetcher) Fetch(ctx context.Context, off, length int64) ([]byte, err
 	if f.corrupt != nil && f.corrupt(n) {
 		b[0] ^= 0xff
 	}
+	f.bytes.Add(length)
 	return b, nil
 }
 

@@ -17,6 +17,18 @@ type Fetcher interface {
 	Fetch(ctx context.Context, off, length int64) ([]byte, error)
 }
 
+// StreamFetcher is a Fetcher that can also hand over a range as its bytes
+// arrive. The store reads a prefetch of several neighbouring chunks that
+// way, so that each is served as soon as its own bytes are in rather than
+// with the last: on a slow link a chunk read early in a long range would
+// otherwise wait for all the others. FetchStream's reader yields at most
+// length bytes from off; fewer is an error the reader reports. ctx bounds
+// the whole read; the caller closes the reader.
+type StreamFetcher interface {
+	Fetcher
+	FetchStream(ctx context.Context, off, length int64) (io.ReadCloser, error)
+}
+
 // PermanentError marks a fetch error that retrying cannot fix (access
 // denied, object missing): the store gives up at once instead of retrying.
 type PermanentError struct{ Err error }

@@ -25,6 +25,11 @@ type Image struct {
 	// PrefetchOrder's fetches below demand reads'.
 	rec   atomic.Pointer[recorder]
 	sched sched
+	// waiting counts the reads waiting for fetches now; lastWait is
+	// when one last stopped waiting (unix nanoseconds), 0 if none has.
+	// Prefetches take neighbours along only while reads do not wait.
+	waiting  atomic.Int32
+	lastWait atomic.Int64
 
 	// files keeps chunk files open for the next reads of the same chunk,
 	// saving an open and a close per read. A kept file the cache evicts
@@ -174,8 +179,12 @@ func (im *Image) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	stop := context.AfterFunc(im.ctx, cancel)
 	defer stop()
 	start := time.Now()
+	im.waiting.Add(1)
 	defer func() {
-		im.both.add(func(c *counters) *atomic.Int64 { return &c.stalled }, int64(time.Since(start)))
+		end := time.Now()
+		im.lastWait.Store(end.UnixNano())
+		im.waiting.Add(-1)
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.stalled }, int64(end.Sub(start)))
 	}()
 	for k, w := range waits {
 		digest := im.ix.Chunks[w.i]
@@ -223,6 +232,54 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 		return err
 	}
 	return nil
+}
+
+// readsWaited says whether a read of the image is waiting for a fetch, or
+// stopped waiting less than within ago.
+func (im *Image) readsWaited(within time.Duration) bool {
+	if im.waiting.Load() > 0 {
+		return true
+	}
+	last := im.lastWait.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < within
+}
+
+// prefetchStretch makes chunks lo..hi cached, as Prefetch does each, but
+// fetches each unbroken stretch of missing ones with one request. It
+// returns how many chunks failed, and the first error.
+func (im *Image) prefetchStretch(ctx context.Context, lo, hi int) (failed int, err error) {
+	if lo < 0 || hi >= len(im.ix.Chunks) || lo > hi {
+		return 0, fmt.Errorf("blockstore: prefetch of chunks %d-%d, image has %d", lo, hi, len(im.ix.Chunks))
+	}
+	if im.ctx.Err() != nil {
+		return hi - lo + 1, ErrClosed
+	}
+	fls := im.s.acquireStretch(im, lo, hi)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(im.ctx, cancel)
+	defer stop()
+	var first error
+	for k, fl := range fls {
+		switch {
+		case fl == nil:
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.hits }, 1)
+		case first != nil && ctx.Err() != nil:
+			im.s.leave(im.ix.Chunks[lo+k], fl)
+			failed++
+		default:
+			if err := im.s.wait(ctx, im.ix.Chunks[lo+k], fl); err != nil {
+				failed++
+				if first == nil {
+					first = err
+				}
+			}
+		}
+	}
+	if first != nil && im.ctx.Err() != nil {
+		return failed, ErrClosed
+	}
+	return failed, first
 }
 
 // cachedOrFlight copies chunk i's bytes from inOff into dst from the

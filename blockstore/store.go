@@ -423,11 +423,17 @@ func (s *Store) leave(digest string, fl *flight) {
 	}
 }
 
-// run fetches and verifies chunk i for fl's waiters, wakes them, then
-// hands the chunk to the pending ones the next commit writes. The flight
-// stays findable until the chunk is pending, so a read in between takes
-// the bytes from the flight instead of fetching again.
+// run fetches and verifies chunk i for fl's waiters, then finishes fl.
 func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
+	data, err := s.fetchVerified(ctx, im, i, 0)
+	s.finish(im, i, fl, data, err)
+}
+
+// finish wakes fl's waiters with its chunk (or error), then hands the
+// chunk to the pending ones the next commit writes. The flight stays
+// findable until the chunk is pending, so a read in between takes the
+// bytes from the flight instead of fetching again.
+func (s *Store) finish(im *Image, i int, fl *flight, data []byte, err error) {
 	defer s.writes.Done() // Add is in acquire, before Close can wait
 	digest := im.ix.Chunks[i]
 	defer func() {
@@ -438,7 +444,6 @@ func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 		s.mu.Unlock()
 		fl.cancel()
 	}()
-	data, err := s.fetchVerified(ctx, im, i)
 	fl.data, fl.err = data, err
 	close(fl.done)
 	if fl.demand {
@@ -449,15 +454,234 @@ func (s *Store) run(ctx context.Context, im *Image, i int, fl *flight) {
 	}
 }
 
+// acquireStretch returns the flights that will bring chunks lo..hi of im
+// (one per chunk; nil for one found cached meanwhile), joining those in
+// progress and starting the missing ones as prefetches, each unbroken
+// stretch of them fetched with one request: neighbouring chunks are
+// neighbours in the stored object, and one request for them costs the
+// store, the link and this process one request's work and one round
+// trip instead of several.
+func (s *Store) acquireStretch(im *Image, lo, hi int) []*flight {
+	out := make([]*flight, hi-lo+1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var (
+		first  = -1 // the current stretch of new flights
+		starts []func()
+	)
+	end := func(next int) {
+		if first >= 0 {
+			lo1, fls := first, out[first-lo:next-lo]
+			starts = append(starts, func() { s.startStretch(im, lo1, fls) })
+		}
+		first = -1
+	}
+	for i := lo; i <= hi; i++ {
+		digest := im.ix.Chunks[i]
+		// A chunk in progress is joined, also when it is an earlier
+		// chunk of this stretch with the same bytes.
+		if fl := s.flights[digest]; fl != nil {
+			fl.waiters++
+			im.both.add(func(c *counters) *atomic.Int64 { return &c.joins }, 1)
+			out[i-lo] = fl
+			end(i)
+			continue
+		}
+		if _, ok := s.pending[digest]; ok {
+			end(i)
+			continue
+		}
+		if _, err := os.Stat(s.chunkPath(digest)); err == nil {
+			end(i)
+			continue
+		}
+		fl := &flight{done: make(chan struct{}), waiters: 1}
+		s.flights[digest] = fl
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.misses }, 1)
+		s.writes.Add(1)
+		out[i-lo] = fl
+		if first < 0 {
+			first = i
+		}
+	}
+	end(hi + 1)
+	for _, start := range starts {
+		start()
+	}
+	return out
+}
+
+// startStretch fetches chunks first.. (one flight each, all new) with one
+// request. The request is cancelled once every flight's waiters have left.
+func (s *Store) startStretch(im *Image, first int, fls []*flight) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var left atomic.Int64
+	left.Store(int64(len(fls)))
+	leave := func() {
+		if left.Add(-1) == 0 {
+			cancel()
+		}
+	}
+	for _, fl := range fls {
+		fl.cancel = sync.OnceFunc(leave)
+	}
+	go s.runStretch(ctx, im, first, fls)
+}
+
+// runStretch fetches chunks first..first+len(fls)-1 with one request,
+// verifies each and finishes its flight. A chunk that does not match its
+// digest is fetched again alone, once, as fetchVerified does. When the
+// request fails, the chunks it did not bring are fetched alone, with
+// fetchVerified's retries, unless the store refused it for good.
+func (s *Store) runStretch(ctx context.Context, im *Image, first int, fls []*flight) {
+	if len(fls) == 1 {
+		s.run(ctx, im, first, fls[0])
+		return
+	}
+	offs := make([]int64, len(fls)+1)
+	for k := range fls {
+		off, length := im.ix.ChunkRange(first + k)
+		if im.ix.Packed != nil {
+			off, length = im.ix.PackedRange(first + k)
+		}
+		offs[k], offs[k+1] = off, off+length
+	}
+	var (
+		served int
+		err    error
+	)
+	if sf, ok := im.f.(StreamFetcher); ok {
+		served, err = s.streamStretch(ctx, im, first, fls, offs, sf)
+	} else {
+		// A longer request may take longer before it is slow: the
+		// hedge waits HedgeAfter per chunk's worth of bytes.
+		length := offs[len(fls)] - offs[0]
+		hedge := s.o.HedgeAfter * time.Duration(max(1, length/im.ix.ChunkSize))
+		var data []byte
+		if data, err = s.hedgedAfter(ctx, im, offs[0], length, hedge); err == nil {
+			for k := range fls {
+				s.serveStored(ctx, im, first+k, fls[k], data[offs[k]-offs[0]:offs[k+1]-offs[0]:offs[k+1]-offs[0]])
+			}
+			served = len(fls)
+		}
+	}
+	for k := served; k < len(fls); k++ {
+		i, fl := first+k, fls[k]
+		if isPermanent(err) || ctx.Err() != nil {
+			// Asking for each chunk alone would get the same answer.
+			off, length := im.ix.ChunkRange(i)
+			s.finish(im, i, fl, nil, &FetchError{Image: im.ix.Digest, Chunk: i, Offset: off, Length: length, Attempts: 1, Err: err})
+			continue
+		}
+		go func() {
+			data, err := s.fetchVerified(ctx, im, i, 0)
+			s.finish(im, i, fl, data, err)
+		}()
+	}
+}
+
+// streamStretch reads chunks first.. of one request as they arrive and
+// serves each at once. It returns how many it served (or fetched again
+// alone, when corrupt), and why it stopped before the end. A chunk whose
+// bytes take longer than HedgeAfter ends the request, as a slow single
+// fetch is hedged: the rest are then fetched alone.
+func (s *Store) streamStretch(ctx context.Context, im *Image, first int, fls []*flight, offs []int64, sf StreamFetcher) (int, error) {
+	rctx, cancel := context.WithTimeout(ctx, s.o.RequestTimeout)
+	defer cancel()
+	var slow atomic.Bool
+	watch := func() *time.Timer {
+		if s.o.HedgeAfter <= 0 {
+			return nil
+		}
+		return time.AfterFunc(s.o.HedgeAfter, func() {
+			slow.Store(true)
+			cancel()
+		})
+	}
+	im.both.add(func(c *counters) *atomic.Int64 { return &c.gets }, 1)
+	t := watch()
+	r, err := sf.FetchStream(rctx, offs[0], offs[len(fls)]-offs[0])
+	if err != nil {
+		if t != nil {
+			t.Stop()
+		}
+		return 0, s.streamError(im, &slow, err)
+	}
+	defer r.Close()
+	for k := range fls {
+		if k > 0 {
+			t = watch()
+		}
+		stored := make([]byte, offs[k+1]-offs[k])
+		n, err := io.ReadFull(r, stored)
+		if t != nil {
+			t.Stop()
+		}
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.bytesFetched }, int64(n))
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return k, s.streamError(im, &slow, fmt.Errorf("reading chunk %d of a request for chunks %d-%d: %w", first+k, first, first+len(fls)-1, err))
+		}
+		s.serveStored(ctx, im, first+k, fls[k], stored)
+	}
+	return len(fls), nil
+}
+
+// streamError counts a request streamStretch gave up as slow as a hedge.
+func (s *Store) streamError(im *Image, slow *atomic.Bool, err error) error {
+	if slow.Load() {
+		im.both.add(func(c *counters) *atomic.Int64 { return &c.hedges }, 1)
+		return fmt.Errorf("gave up a slow request: %w", err)
+	}
+	return err
+}
+
+// serveStored finishes chunk i's flight with its stored bytes once they
+// check out, or fetches it again alone (once more, then a DigestError).
+func (s *Store) serveStored(ctx context.Context, im *Image, i int, fl *flight, stored []byte) {
+	chunk, _ := s.verify(im, i, stored)
+	if chunk != nil {
+		s.finish(im, i, fl, chunk, nil)
+		return
+	}
+	im.both.add(func(c *counters) *atomic.Int64 { return &c.digestMismatches }, 1)
+	go func() {
+		data, err := s.fetchVerified(ctx, im, i, 1)
+		s.finish(im, i, fl, data, err)
+	}()
+}
+
+// verify decodes chunk i's stored bytes (for a packed image) and returns
+// the chunk if its sha256 matches the index; else nil and what was found
+// instead.
+func (s *Store) verify(im *Image, i int, stored []byte) (chunk []byte, got string) {
+	_, length := im.ix.ChunkRange(i)
+	chunk = stored
+	if im.ix.Packed != nil {
+		var err error
+		chunk, err = UnpackChunk(im.ix.Packed.Codec, stored, length)
+		if err != nil {
+			return nil, fmt.Sprintf("does not decode (%s)", strings.TrimPrefix(err.Error(), ErrBadPackedChunk.Error()+": "))
+		}
+	}
+	sum := sha256.Sum256(chunk)
+	if got = hex.EncodeToString(sum[:]); got != im.ix.Chunks[i] {
+		return nil, got
+	}
+	return chunk, got
+}
+
 // fetchVerified fetches chunk i with retries, and returns it once its
 // sha256 matches the index. A mismatch is fetched again once (the object
 // may have been read mid-replacement, or a proxy mangled it) and then
-// fails with a DigestError.
-func (s *Store) fetchVerified(ctx context.Context, im *Image, i int) ([]byte, error) {
+// fails with a DigestError; mismatches counts those seen before the call.
+func (s *Store) fetchVerified(ctx context.Context, im *Image, i int, mismatches int) ([]byte, error) {
 	off, length := im.ix.ChunkRange(i)
 	want := im.ix.Chunks[i]
 	backoff := s.o.Backoff
-	attempts, mismatches := 0, 0
+	attempts := 0
 	fail := func(err error) error {
 		return &FetchError{Image: im.ix.Digest, Chunk: i, Offset: off, Length: length, Attempts: attempts, Err: err}
 	}
@@ -471,19 +695,9 @@ func (s *Store) fetchVerified(ctx context.Context, im *Image, i int) ([]byte, er
 		data, err := s.hedged(ctx, im, getOff, getLength)
 		attempts++
 		if err == nil {
-			var got string
-			if im.ix.Packed != nil {
-				data, err = UnpackChunk(im.ix.Packed.Codec, data, length)
-				if err != nil {
-					got = fmt.Sprintf("does not decode (%s)", strings.TrimPrefix(err.Error(), ErrBadPackedChunk.Error()+": "))
-				}
-			}
-			if err == nil {
-				sum := sha256.Sum256(data)
-				got = hex.EncodeToString(sum[:])
-			}
-			if got == want {
-				return data, nil
+			chunk, got := s.verify(im, i, data)
+			if chunk != nil {
+				return chunk, nil
 			}
 			im.both.add(func(c *counters) *atomic.Int64 { return &c.digestMismatches }, 1)
 			mismatches++
@@ -514,6 +728,12 @@ func (s *Store) fetchVerified(ctx context.Context, im *Image, i int) ([]byte, er
 // hedged runs one Fetch and, if it has not answered after HedgeAfter, a
 // second one; the first good answer wins and the other is cancelled.
 func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byte, error) {
+	return s.hedgedAfter(ctx, im, off, length, s.o.HedgeAfter)
+}
+
+// hedgedAfter is hedged with the second request sent after hedgeAfter
+// (none if it is negative).
+func (s *Store) hedgedAfter(ctx context.Context, im *Image, off, length int64, hedgeAfter time.Duration) ([]byte, error) {
 	type result struct {
 		data []byte
 		err  error
@@ -541,14 +761,14 @@ func (s *Store) hedged(ctx context.Context, im *Image, off, length int64) ([]byt
 	start()
 	inflight := 1
 	var hedge <-chan time.Time
-	if s.o.HedgeAfter > 0 {
-		t := time.NewTimer(s.o.HedgeAfter)
+	if hedgeAfter > 0 {
+		t := time.NewTimer(hedgeAfter)
 		defer t.Stop()
 		hedge = t.C
 	}
 	// A fetcher that ignores its context must not hang the read: give up
 	// a little after the last request's own timeout.
-	deadline := time.NewTimer(timeout + max(s.o.HedgeAfter, 0) + 100*time.Millisecond)
+	deadline := time.NewTimer(timeout + max(hedgeAfter, 0) + 100*time.Millisecond)
 	defer deadline.Stop()
 	var firstErr error
 	for {

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -376,6 +377,15 @@ func (f s3Fetcher) Fetch(ctx context.Context, off, length int64) ([]byte, error)
 		return nil, blockstore.Permanent(err)
 	}
 	return b, err
+}
+
+// FetchStream is Fetch as the bytes arrive (blockstore.StreamFetcher).
+func (f s3Fetcher) FetchStream(ctx context.Context, off, length int64) (io.ReadCloser, error) {
+	r, err := f.obj.FetchStream(ctx, off, length)
+	if err != nil && s3.IsPermanent(err) {
+		return nil, blockstore.Permanent(err)
+	}
+	return r, err
 }
 
 // CheckS3 asks the bucket of the s3:// image ref whether it can serve the

@@ -600,6 +600,30 @@ func TestObjectFetch(t *testing.T) {
 	if IsPermanent(&Error{StatusCode: 503, Code: "SlowDown"}) || IsPermanent(context.DeadlineExceeded) {
 		t.Error("throttling or a timeout counted as permanent")
 	}
+
+	// FetchStream: the same bytes as a stream; one that ends short
+	// fails its reader, naming the object.
+	r, err := obj.FetchStream(t.Context(), 512<<10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(r)
+	r.Close()
+	if err != nil || !bytes.Equal(got, data[512<<10:3<<19]) {
+		t.Errorf("FetchStream of 1 MiB: %d bytes, %v", len(got), err)
+	}
+	r, err = obj.FetchStream(t.Context(), 2<<20-10, 512<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(r)
+	r.Close()
+	if !errors.Is(err, io.ErrUnexpectedEOF) || len(got) != 10 || !strings.Contains(err.Error(), "s3://"+bucket+"/img") {
+		t.Errorf("FetchStream past the end: %d bytes, %v; want the 10 there and io.ErrUnexpectedEOF naming the object", len(got), err)
+	}
+	if _, err := c.Object(bucket, "nope").FetchStream(t.Context(), 0, 1); !IsPermanent(err) {
+		t.Errorf("FetchStream of a missing key: %v, want a permanent error", err)
+	}
 }
 
 func TestRetryDroppedConnection(t *testing.T) {
