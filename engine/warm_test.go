@@ -17,7 +17,8 @@ import (
 	"github.com/pe-project/pe/image"
 )
 
-// recordingFetcher reads a file and records the chunks fetched.
+// recordingFetcher reads a file and records the chunks fetched (each of
+// a range of neighbours fetched at once).
 type recordingFetcher struct {
 	f         *os.File
 	chunkSize int64
@@ -27,7 +28,9 @@ type recordingFetcher struct {
 
 func (r *recordingFetcher) Fetch(ctx context.Context, off, length int64) ([]byte, error) {
 	r.mu.Lock()
-	r.chunks = append(r.chunks, int(off/r.chunkSize))
+	for c := off / r.chunkSize; c*r.chunkSize < off+length; c++ {
+		r.chunks = append(r.chunks, int(c))
+	}
 	r.mu.Unlock()
 	b := make([]byte, length)
 	_, err := r.f.ReadAt(b, off)
