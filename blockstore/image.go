@@ -234,8 +234,8 @@ func (im *Image) Prefetch(ctx context.Context, i int) error {
 	return nil
 }
 
-// readsWaited says whether a read of the image is waiting for a fetch, or
-// stopped waiting less than within ago.
+// readsWaited says whether a read of the image is waiting for a fetch
+// now, or was within the last span of time given.
 func (im *Image) readsWaited(within time.Duration) bool {
 	if im.waiting.Load() > 0 {
 		return true

@@ -126,17 +126,23 @@ func TestPrefetchOrderFetchesNeighboursTogether(t *testing.T) {
 	}
 }
 
-// TestPrefetchStretchAroundAFlight: a chunk already being fetched splits
-// a stretch: it is joined, and the chunks on each side are fetched apart.
-func TestPrefetchStretchAroundAFlight(t *testing.T) {
-	data, ix := testImage(t, 8*4096, 4096)
-	release := make(chan struct{})
-	f := &logFetcher{fakeFetcher: &fakeFetcher{data: data, deaf: func(n int64) time.Duration {
+// firstFetchHeld returns a logFetcher of 4 KiB chunks whose first fetch
+// waits until release is closed.
+func firstFetchHeld(data []byte) (f *logFetcher, release chan struct{}) {
+	release = make(chan struct{})
+	return &logFetcher{fakeFetcher: &fakeFetcher{data: data, deaf: func(n int64) time.Duration {
 		if n == 1 {
 			<-release
 		}
 		return 0
-	}}, chunkSize: 4096}
+	}}, chunkSize: 4096}, release
+}
+
+// TestPrefetchStretchAroundAFlight: a chunk already being fetched splits
+// a stretch: it is joined, and the chunks on each side are fetched apart.
+func TestPrefetchStretchAroundAFlight(t *testing.T) {
+	data, ix := testImage(t, 8*4096, 4096)
+	f, release := firstFetchHeld(data)
 	im := openImage(t, newStore(t, Options{HedgeAfter: -1}), ix, f)
 	read := make(chan error, 1)
 	go func() {
@@ -393,13 +399,7 @@ func TestPrefetchOrderBoundsChunksInFlight(t *testing.T) {
 // only take it from the chunks listed first.
 func TestPrefetchOrderSingleWhileReadsWait(t *testing.T) {
 	data, ix := testImage(t, 64*4096, 4096)
-	release := make(chan struct{})
-	f := &logFetcher{fakeFetcher: &fakeFetcher{data: data, deaf: func(n int64) time.Duration {
-		if n == 1 {
-			<-release // the demand read's fetch of chunk 60
-		}
-		return 0
-	}}, chunkSize: 4096}
+	f, release := firstFetchHeld(data) // the demand read's fetch of chunk 60
 	im := openImage(t, newStore(t, Options{HedgeAfter: -1}), ix, f)
 	read := make(chan error, 1)
 	go func() {
