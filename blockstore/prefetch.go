@@ -15,15 +15,17 @@ const DefaultPrefetchWorkers = 8
 // A prefetch fetches neighbouring chunks with one request: a chunk it
 // starts takes along those next to it (and next to those, up to
 // maxStretch chunks) that come up to stretchWindow places later in its
-// order, while the chunks in flight are fewer than stretchFactor times
-// the workers (always enough for one full stretch). A run's trace lists
-// neighbours close together but seldom one right after the other (the
-// guest reads a file's pages, then the directory beside it); one request
-// for them saves the store, the link and pe a request's work each, and a
-// round trip. The bound on chunks in flight is what keeps that from
-// costing a slow link: chunks taken along early take the link from the
-// ones listed first, and with 8 stretches of 4 in flight a run on a
-// 30 MB/s link waited twice as long for chunks (docs/benchmarks.md).
+// order. A run's trace lists neighbours close together but seldom one
+// right after the other (the guest reads a file's pages, then the
+// directory beside it); one request for them saves the store, the link
+// and pe a request's work each, and a round trip. But chunks taken along
+// early take the link from the ones listed first: with 8 stretches of up
+// to 8 in flight, a run on a 30 MB/s link waited twice as long for chunks
+// (docs/benchmarks.md). So a claim takes neighbours only while the chunks
+// in flight are fewer than stretchFactor times the workers (always
+// enough for one full stretch), and no read of the image has waited for
+// a fetch within stretchQuiet: once the guest waits, the link is short of
+// what it needs, and each chunk comes in its own request, in order.
 const (
 	stretchWindow = 16
 	maxStretch    = 4
@@ -154,8 +156,8 @@ func (im *Image) PrefetchOrder(ctx context.Context, order []int, workers int) *P
 		mu   sync.Mutex
 		next int
 		wg   sync.WaitGroup
-		// at holds the place in order of each chunk not yet claimed
-		// (its first place); taken, those claimed with a neighbour.
+		// at holds each listed chunk's first place in order; taken,
+		// the chunks claimed, alone or as a neighbour.
 		at    = make(map[int]int, len(order))
 		taken = map[int]bool{}
 		// inflight counts the chunks claimed and not yet in; a claim
