@@ -138,17 +138,24 @@ func firstFetchHeld(data []byte) (f *logFetcher, release chan struct{}) {
 	}}, chunkSize: 4096}, release
 }
 
+// readInBackground reads a byte of chunk i (of 4 KiB chunks) of im in a
+// goroutine, and sends the read's error.
+func readInBackground(im *Image, i int) <-chan error {
+	read := make(chan error, 1)
+	go func() {
+		_, err := im.ReadAt(make([]byte, 1), int64(i)*4096)
+		read <- err
+	}()
+	return read
+}
+
 // TestPrefetchStretchAroundAFlight: a chunk already being fetched splits
 // a stretch: it is joined, and the chunks on each side are fetched apart.
 func TestPrefetchStretchAroundAFlight(t *testing.T) {
 	data, ix := testImage(t, 8*4096, 4096)
 	f, release := firstFetchHeld(data)
 	im := openImage(t, newStore(t, Options{HedgeAfter: -1}), ix, f)
-	read := make(chan error, 1)
-	go func() {
-		_, err := im.ReadAt(make([]byte, 1), 5*4096)
-		read <- err
-	}()
+	read := readInBackground(im, 5)
 	waitFor(t, func() bool { return len(f.starts()) == 1 }, "the demand read's fetch")
 	prefetched := make(chan error, 1)
 	go func() {
@@ -401,11 +408,7 @@ func TestPrefetchOrderSingleWhileReadsWait(t *testing.T) {
 	data, ix := testImage(t, 64*4096, 4096)
 	f, release := firstFetchHeld(data) // the demand read's fetch of chunk 60
 	im := openImage(t, newStore(t, Options{HedgeAfter: -1}), ix, f)
-	read := make(chan error, 1)
-	go func() {
-		_, err := im.ReadAt(make([]byte, 1), 60*4096)
-		read <- err
-	}()
+	read := readInBackground(im, 60)
 	waitFor(t, func() bool { return len(f.starts()) == 1 }, "the read's fetch")
 	// Two workers: the read's fetch leaves the prefetch one slot, so
 	// its chunks still start one at a time, in order.
