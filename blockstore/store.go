@@ -358,32 +358,44 @@ func (s *Store) touch(digest, path string, last time.Time) {
 // commit, and should look again rather than fetch a second time.
 // A demand read's new flight counts as a demand fetch in im's sched.
 func (s *Store) acquire(im *Image, i int, recheck, demand bool) *flight {
-	digest := im.ix.Chunks[i]
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	fl, started := s.flightLocked(im, i, recheck, demand)
+	if started {
+		ctx, cancel := context.WithCancel(context.Background())
+		fl.cancel = cancel
+		go s.run(ctx, im, i, fl)
+	}
+	return fl
+}
+
+// flightLocked returns the flight fetching chunk i, joining one in
+// progress or making a new one the caller must start (started: its
+// cancel set and its fetch run, before s.mu is released), or nil when
+// recheck finds the chunk pending or cached. s.mu is held.
+func (s *Store) flightLocked(im *Image, i int, recheck, demand bool) (fl *flight, started bool) {
+	digest := im.ix.Chunks[i]
 	if fl := s.flights[digest]; fl != nil {
 		fl.waiters++
 		im.both.add(func(c *counters) *atomic.Int64 { return &c.joins }, 1)
-		return fl
+		return fl, false
 	}
 	if recheck {
 		if _, ok := s.pending[digest]; ok {
-			return nil
+			return nil, false
 		}
 		if _, err := os.Stat(s.chunkPath(digest)); err == nil {
-			return nil
+			return nil, false
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	fl := &flight{done: make(chan struct{}), waiters: 1, cancel: cancel, demand: demand}
+	fl = &flight{done: make(chan struct{}), waiters: 1, demand: demand}
 	s.flights[digest] = fl
 	if demand {
 		im.sched.startDemand()
 	}
 	im.both.add(func(c *counters) *atomic.Int64 { return &c.misses }, 1)
 	s.writes.Add(1)
-	go s.run(ctx, im, i, fl)
-	return fl
+	return fl, true
 }
 
 // has says whether the chunk with this digest is cached or being fetched.
@@ -477,30 +489,14 @@ func (s *Store) acquireStretch(im *Image, lo, hi int) []*flight {
 		first = -1
 	}
 	for i := lo; i <= hi; i++ {
-		digest := im.ix.Chunks[i]
 		// A chunk in progress is joined, also when it is an earlier
 		// chunk of this stretch with the same bytes.
-		if fl := s.flights[digest]; fl != nil {
-			fl.waiters++
-			im.both.add(func(c *counters) *atomic.Int64 { return &c.joins }, 1)
-			out[i-lo] = fl
-			end(i)
-			continue
-		}
-		if _, ok := s.pending[digest]; ok {
-			end(i)
-			continue
-		}
-		if _, err := os.Stat(s.chunkPath(digest)); err == nil {
-			end(i)
-			continue
-		}
-		fl := &flight{done: make(chan struct{}), waiters: 1}
-		s.flights[digest] = fl
-		im.both.add(func(c *counters) *atomic.Int64 { return &c.misses }, 1)
-		s.writes.Add(1)
+		fl, started := s.flightLocked(im, i, true, false)
 		out[i-lo] = fl
-		if first < 0 {
+		switch {
+		case !started:
+			end(i)
+		case first < 0:
 			first = i
 		}
 	}

@@ -29,19 +29,14 @@ func (c *Client) Object(bucket, key string) *Object {
 // ctx bounds the whole request. IsPermanent tells which errors retrying
 // cannot fix.
 func (o *Object) Fetch(ctx context.Context, off, length int64) ([]byte, error) {
-	r, err := o.c.ReadRange(ctx, o.Bucket, o.Key, off, length)
+	r, err := o.FetchStream(ctx, off, length)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
 	buf := make([]byte, length)
-	n, err := io.ReadFull(r, buf)
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("s3: reading bytes %d-%d of s3://%s/%s from %s: got %d: %w",
-			off, off+length-1, o.Bucket, o.Key, o.c.Endpoint(), n, err)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, err
 	}
 	return buf, nil
 }
@@ -70,9 +65,9 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
 	e.n += int64(n)
 	if err == io.EOF && e.n < e.length {
-		err = fmt.Errorf("s3: reading bytes %d-%d of s3://%s/%s from %s: got %d: %w",
-			e.off, e.off+e.length-1, e.o.Bucket, e.o.Key, e.o.c.Endpoint(), e.n, io.ErrUnexpectedEOF)
-	} else if err != nil && err != io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil && err != io.EOF {
 		err = fmt.Errorf("s3: reading bytes %d-%d of s3://%s/%s from %s: got %d: %w",
 			e.off, e.off+e.length-1, e.o.Bucket, e.o.Key, e.o.c.Endpoint(), e.n, err)
 	}
