@@ -185,6 +185,12 @@ func (s *Server) AddExport(e Export) error {
 func (s *Server) RemoveExport(name string) bool {
 	s.mu.Lock()
 	e, ok := s.exports[name]
+	if !ok {
+		// Nothing to end: a connection still in its handshake has no
+		// export yet, and must not be taken for one of this one's.
+		s.mu.Unlock()
+		return false
+	}
 	delete(s.exports, name)
 	var ending []*conn
 	for c := range s.conns {

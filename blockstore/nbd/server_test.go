@@ -94,14 +94,21 @@ func goData(name string, infos ...uint16) []byte {
 func open(t *testing.T, ts *testServer, name string) *rawClient {
 	t.Helper()
 	rc := greet(t, ts, flagFixedNewstyle|flagNoZeroes)
+	rc.goTo(name)
+	return rc
+}
+
+// goTo ends the handshake with NBD_OPT_GO for the named export.
+func (rc *rawClient) goTo(name string) {
+	rc.t.Helper()
 	rc.option(optGo, goData(name))
 	for {
 		r := rc.optReply()
 		if r.Type == repAck {
-			return rc
+			return
 		}
 		if r.Type != repInfo {
-			t.Fatalf("NBD_OPT_GO %q: reply %+v", name, r)
+			rc.t.Fatalf("NBD_OPT_GO %q: reply %+v", name, r)
 		}
 	}
 }
@@ -485,6 +492,23 @@ func TestRemoveExport(t *testing.T) {
 		if err := ts.AddExport(bad); err == nil {
 			t.Errorf("AddExport(%.20q, size %d) accepted", bad.Name, bad.Size)
 		}
+	}
+}
+
+// TestRemoveMissingExport: removing an export that does not exist ends
+// no connection, not even one still in its handshake (which has no
+// export yet). It ended them all, which a lazy disk's second stop did to
+// the other runs' VMs connecting at that moment.
+func TestRemoveMissingExport(t *testing.T) {
+	ts := startServer(t, Options{}, Export{Name: "b", Data: bytes.NewReader(make([]byte, 4096)), Size: 4096})
+	rc := greet(t, ts, flagFixedNewstyle) // the server has the connection
+	if ts.RemoveExport("a") {
+		t.Error("RemoveExport of a missing export reports it existed")
+	}
+	rc.goTo("b")
+	rc.request(cmdRead, 0, 1, 0, 4096)
+	if errno, _ := rc.reply(); errno != 0 {
+		t.Errorf("read: errno %d", errno)
 	}
 }
 
