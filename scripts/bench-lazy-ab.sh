@@ -11,11 +11,13 @@
 # Each run's line: round, build, ms to exit, pe's total, the guest program's
 # ms, ms the guest stalled for chunks, GETs. The summary: medians of pe's
 # total, and the medians of per-round d/a with a 95 % bootstrap interval.
+# Each run's JSON is kept as WORK/ab-ROUND-BUILD.json.
 #
 # Usage: KEEP=1 LEGS=d ROUNDS=1 scripts/bench-lazy.sh   (once, for WORK)
 #        scripts/bench-lazy-ab.sh WORK OLD_PE NEW_PE [ROUNDS]
 #        RATE=30000000 DELAY=30ms: the link (bench-lazy.sh's defaults)
 #        STORE_NICE=N: versitygw's and the proxy's niceness (default 19)
+#        STORE_SCHED=idle: run them under SCHED_IDLE instead (bench-lazy.sh)
 # Run it under scripts/bench-quiet.sh as bench-lazy.sh is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,9 @@ ROUNDS=${4:-10}
 RATE=${RATE:-125000000}
 DELAY=${DELAY:-30ms}
 STORE_NICE=${STORE_NICE:-19}
+STORE_SCHED=${STORE_SCHED:-nice}
+store=(nice -n "$STORE_NICE")
+[ "$STORE_SCHED" = idle ] && store=(chrt -i 0)
 IMAGE=${PE_BENCH_IMAGE:-${BENCH_CACHE:-/work/bench-cache}/gcc-1.5g.erofs}
 for f in "$work/gw/bench" "$work/template/pe" "$work/in" "$work/s3delay" "$IMAGE"; do
 	[ -e "$f" ] || { echo "bench-lazy-ab: $f is missing (a KEEP=1 run of bench-lazy.sh makes WORK)" >&2; exit 1; }
@@ -35,11 +40,11 @@ AK=AKIDPEBENCH SK=pe-bench-secret-key
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-nice -n "$STORE_NICE" versitygw --access "$AK" --secret "$SK" --port "127.0.0.1:$port" posix "$work/gw" >"$work/ab-versitygw.log" 2>&1 &
+"${store[@]}" versitygw --access "$AK" --secret "$SK" --port "127.0.0.1:$port" posix "$work/gw" >"$work/ab-versitygw.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port" && break; sleep 0.1; done
 rm -f "$work/ab-proxy.addr"
-nice -n "$STORE_NICE" "$work/s3delay" -target "http://127.0.0.1:$port" -delay "$DELAY" -rate "$RATE" -log /dev/null >"$work/ab-proxy.addr" &
+"${store[@]}" "$work/s3delay" -target "http://127.0.0.1:$port" -delay "$DELAY" -rate "$RATE" -log /dev/null >"$work/ab-proxy.addr" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/ab-proxy.addr" ] && break; sleep 0.1; done
 none=$work/no-aws-config
@@ -81,6 +86,7 @@ for i in $(seq "$ROUNDS"); do
 			XDG_CACHE_HOME=$D "$pe" run --json --input "$work/in" "$REF" "${CMD[@]}" >"$work/ab.json"
 		fi
 		echo "$i $leg $((($(now) - t0) / 1000000)) $(fields "$work/ab.json")" | tee -a "$out"
+		cp "$work/ab.json" "$work/ab-$i-$leg.json"
 	done
 done
 python3 - "$out" <<'EOF'

@@ -202,6 +202,15 @@ var StepWorkDir = Step{Name: "vmm.WorkDir", Fn: func(ctx context.Context, l *Lau
 	return nil
 }}
 
+// StepBeforeResume calls Config.BeforeResume, when set: a restore's step
+// between loading the snapshot's state and resuming the guest.
+var StepBeforeResume = Step{Name: "vmm.BeforeResume", Fn: func(ctx context.Context, l *Launch) error {
+	if l.Config.BeforeResume == nil {
+		return nil
+	}
+	return l.Config.BeforeResume(ctx)
+}}
+
 // StepStartProcess starts Launch.Binary with Launch.Args as the machine
 // (see StartProcess).
 var StepStartProcess = Step{Name: "vmm.StartProcess", Fn: func(ctx context.Context, l *Launch) error {

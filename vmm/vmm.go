@@ -86,6 +86,14 @@ type Config struct {
 	// OnStep, when set, is told how long each start-up step took (see
 	// Steps.Run): the break-down of a boot or a restore.
 	OnStep func(step string, took time.Duration)
+	// BeforeResume, when set, is called by RestoreSnapshot once the VMM
+	// runs with the snapshot's state loaded, before the guest resumes (a
+	// boot does not call it). Until it returns, the caller may still
+	// write its writable disks' files, which the VMM holds open, and
+	// serve its NBD disks' reads late: the guest reads nothing before it
+	// resumes, and QEMU takes each writable disk's size anew after it.
+	// Its error ends the restore with that error, unwrapped.
+	BeforeResume func(ctx context.Context) error
 }
 
 // StreamPortName is the name of the data channel's virtio-serial port,

@@ -212,6 +212,7 @@ func (b *Backend) RestoreSnapshot(ctx context.Context, cfg *vmm.Config, dir stri
 		vmm.StepStartProcess,
 		stepWaitAPI,
 		stepStream,
+		vmm.StepBeforeResume,
 		{Name: StepResumeName, Fn: func(ctx context.Context, l *vmm.Launch) error {
 			var d net.Dialer
 			conn, err := d.DialContext(ctx, "unix", filepath.Join(l.WorkDir, serialSocketName))

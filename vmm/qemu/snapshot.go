@@ -31,6 +31,7 @@ const (
 	StepSnapshotArgsName = "qemu.SnapshotArgs"
 	StepRestoreArgsName  = "qemu.RestoreArgs"
 	StepIncomingName     = "qemu.Incoming"
+	StepDiskSizesName    = "qemu.DiskSizes"
 	StepResumeName       = "qemu.Resume"
 	StepWakeName         = "qemu.Wake"
 )
@@ -288,10 +289,14 @@ type restore struct {
 }
 
 // steps is the restore chain: the start-up chain with the restore's
-// arguments, then the incoming migration, the resume and the wake-up.
+// arguments, then the incoming migration, the caller's last word
+// (Config.BeforeResume), the writable disks' sizes, the resume and the
+// wake-up.
 func (r *restore) steps() vmm.Steps {
 	return r.b.stepsWith(vmm.Step{Name: StepRestoreArgsName, Fn: r.args}).Append(
 		vmm.Step{Name: StepIncomingName, Fn: r.incoming},
+		vmm.StepBeforeResume,
+		vmm.Step{Name: StepDiskSizesName, Fn: r.diskSizes},
 		vmm.Step{Name: StepResumeName, Fn: r.resume},
 		vmm.Step{Name: StepWakeName, Fn: r.wakeGuest},
 	)
@@ -353,8 +358,8 @@ func (r *restore) copyMem(t fdTable, l *vmm.Launch) (string, error) {
 	return mem, nil
 }
 
-// incoming is the incoming-migration step: it connects QMP, loads the
-// device state and tells the guest its disks' sizes.
+// incoming is the incoming-migration step: it connects QMP and loads the
+// device state.
 func (r *restore) incoming(ctx context.Context, l *vmm.Launch) error {
 	r.theirs.Close()
 	var err error
@@ -377,6 +382,12 @@ func (r *restore) incoming(ctx context.Context, l *vmm.Launch) error {
 	if err := r.q.WaitMigration(ctx); err != nil {
 		return fmt.Errorf("loading the device state: %w", exitReason(ctx, l.Machine, err))
 	}
+	return nil
+}
+
+// diskSizes is the disk-size step: it tells the guest its writable disks'
+// sizes, as their files are now.
+func (r *restore) diskSizes(ctx context.Context, l *vmm.Launch) error {
 	return resizeDisks(ctx, r.q, l.Config.Disks)
 }
 
