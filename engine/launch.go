@@ -30,10 +30,9 @@ const (
 type launch interface {
 	// kind is one of the Launch* names.
 	kind() string
-	// image is the image the VM runs.
-	image() *ResolvedImage
-	// start brings up the machine vm describes. A restore that could not
-	// bring it up fails with a *restoreError.
+	// start brings up the machine vm describes, calling vm.prepare
+	// before the guest runs. A restore that could not bring it up fails
+	// with a *restoreError.
 	start(ctx context.Context, vm *machine) (vmm.Machine, error)
 	// giveUp drops what made start fail with err, so that later runs do
 	// not try it again at once, and returns the launch the run tries
@@ -71,6 +70,12 @@ type machine struct {
 	stream *os.File
 	// onStep receives a restore's steps.
 	onStep func(step string, took time.Duration)
+	// prepare makes the machine ready for its guest (the run's image
+	// resolved, the I/O file written) while the VMM starts: a boot
+	// calls it before the VMM starts, a restore once the snapshot's
+	// state is loaded, before the guest resumes. Only its first call
+	// does the work; later ones return its error.
+	prepare func(ctx context.Context) error
 }
 
 // vmConfig is the VMM configuration of vm, booted or restored: the
@@ -102,28 +107,29 @@ func (e *Engine) vmConfig(vm *machine) *vmm.Config {
 }
 
 // coldBoot boots the VM.
-type coldBoot struct {
-	e   *Engine
-	img *ResolvedImage
-}
+type coldBoot struct{ e *Engine }
 
-func (b *coldBoot) kind() string          { return LaunchBoot }
-func (b *coldBoot) image() *ResolvedImage { return b.img }
-func (b *coldBoot) giveUp(error) launch   { return nil }
+func (b *coldBoot) kind() string        { return LaunchBoot }
+func (b *coldBoot) giveUp(error) launch { return nil }
 
 func (b *coldBoot) start(ctx context.Context, vm *machine) (vmm.Machine, error) {
+	if err := vm.prepare(ctx); err != nil {
+		return nil, err
+	}
 	return vm.choice.Backend.Start(ctx, b.e.vmConfig(vm))
 }
+
+// lateIOVMM is the VMM whose restores take the run's I/O file once the
+// snapshot's state is loaded (vmm.Config.BeforeResume): QEMU, which reads
+// the file's size then. The others get it before they start.
+const lateIOVMM = "qemu"
 
 // restore is what both snapshot launches share: a snapshot, checked
 // against the run, restored with the run's disks.
 type restore struct {
 	e    *Engine
 	snap *Snapshot
-	img  *ResolvedImage
 }
-
-func (r *restore) image() *ResolvedImage { return r.img }
 
 func (r *restore) start(ctx context.Context, vm *machine) (vmm.Machine, error) {
 	if err := r.fits(vm); err != nil {
@@ -135,16 +141,37 @@ func (r *restore) start(ctx context.Context, vm *machine) (vmm.Machine, error) {
 	}
 	cfg := r.e.vmConfig(vm)
 	cfg.Cmdline, cfg.OnStep = r.snap.Manifest.Cmdline, vm.onStep
+	// The run's own failures (its image, its request) end the run; an
+	// I/O file larger than the snapshot's guest knows is the snapshot's.
+	var prepErr error
+	prepare := func(ctx context.Context) error {
+		if prepErr = vm.prepare(ctx); prepErr != nil {
+			return prepErr
+		}
+		if err := checkIOFileFits(vm.ioPath, r.snap.Manifest.IOSize); err != nil {
+			prepErr = &restoreError{err}
+			return prepErr
+		}
+		return nil
+	}
+	if vm.choice.VMM == lateIOVMM {
+		cfg.BeforeResume = prepare
+	} else if err := prepare(ctx); err != nil {
+		return nil, err
+	}
 	m, err := sb.RestoreSnapshot(ctx, cfg, r.snap.Dir, []byte(guest.SnapshotWake))
 	if err != nil {
+		if prepErr != nil {
+			return nil, prepErr
+		}
 		return nil, &restoreError{err}
 	}
 	return m, nil
 }
 
 // fits checks that the snapshot's VM can take the run's machine: the
-// same VMM, acceleration and initramfs, and an I/O disk its guest knows
-// to be large enough.
+// same VMM, acceleration and initramfs. (That its guest knows an I/O disk
+// large enough is checked once the I/O file is written.)
 func (r *restore) fits(vm *machine) error {
 	m := &r.snap.Manifest
 	if vm.choice.VMM != m.VMM || vm.choice.Accel != m.Accel {
@@ -153,7 +180,7 @@ func (r *restore) fits(vm *machine) error {
 	if filepath.Base(vm.initramfs) != m.Initramfs {
 		return fmt.Errorf("%w: %s was made with another guest init or kernel modules", ErrSnapshotMismatch, r.snap.Dir)
 	}
-	return checkIOFileFits(vm.ioPath, m.IOSize)
+	return nil
 }
 
 // bootSnapshotRestore restores the boot snapshot, with the run's image.
@@ -165,7 +192,7 @@ func (b *bootSnapshotRestore) kind() string { return LaunchBootSnapshot }
 // boots, and a run after the note expires makes a new snapshot.
 func (b *bootSnapshotRestore) giveUp(err error) launch {
 	b.e.dropBootSnapshot(b.snap, err)
-	return &coldBoot{e: b.e, img: b.img}
+	return &coldBoot{e: b.e}
 }
 
 // imageSnapshotRestore restores an image's snapshot (RunRequest.Snapshot,
@@ -182,7 +209,7 @@ func (s *imageSnapshotRestore) giveUp(error) launch {
 		return nil
 	}
 	s.snap.pool.failed(s.snap)
-	return &coldBoot{e: s.e, img: s.img}
+	return &coldBoot{e: s.e}
 }
 
 // startVM starts the run's VM the way l says. When a restore fails, and

@@ -186,6 +186,9 @@ func TestLazyS3Run(t *testing.T) {
 	if res.Launch != LaunchBootSnapshot || res.Image.Digest != env.digest || res.ImageBlocks == nil {
 		t.Errorf("first run: launch %s, image %+v, blocks %+v; want a boot-snapshot run of %s with counters", res.Launch, res.Image, res.ImageBlocks, env.digest)
 	}
+	if _, ok := res.Durations["vm_start/image_wait"]; !ok {
+		t.Errorf("first run: durations %v; want the image resolved while the VM started (vm_start/image_wait)", res.Durations)
+	}
 	if st := res.ImageBlocks; st != nil && (st.Misses == 0 || st.Misses > env.chunks/2) {
 		t.Errorf("first run fetched %d chunks of %d; want some, and at most half", st.Misses, env.chunks)
 	}
@@ -415,6 +418,35 @@ func TestLazyS3Faults(t *testing.T) {
 			}
 			if took > time.Minute {
 				t.Errorf("the run took %v; its limit is 30s plus the grace period", took)
+			}
+		})
+	}
+	// An image that does not resolve, while its VM starts (see
+	// resolvesLate): the run fails with the resolve's error, and leaves
+	// no VM behind (checkNoLeaks).
+	for _, c := range []struct {
+		name  string
+		e     *Engine
+		image string
+		want  []string
+	}{
+		{name: "no such tag", e: good, image: "s3://images/ce/nope:1", want: []string{"s3://images/ce/nope:1", "not found"}},
+		{name: "unreachable, tag not cached", e: dead, image: "s3://images/ce/bb:other", want: []string{"s3://images/ce/bb:other", "connection refused"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res, err := runErr(t, c.e, &RunRequest{Image: c.image, Overrides: Overrides{Cmd: sh("echo ran")}})
+			if err == nil {
+				t.Fatalf("run: %+v; want it to fail", res)
+			}
+			t.Logf("run: %v", err)
+			var rerr *ImageReadError
+			if errors.As(err, &rerr) {
+				t.Errorf("run: an ImageReadError (%v); want the resolve's own error", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("the error does not say %q", w)
+				}
 			}
 		})
 	}

@@ -81,7 +81,9 @@ func (e *ImageReadError) Unwrap() error { return e.Err }
 
 // lazyDisk is one run's lazy image served as an NBD export.
 type lazyDisk struct {
-	e      *Engine
+	e *Engine
+	// ref names the run's image; img is the image, nil until serve.
+	ref    string
 	img    *ResolvedImage
 	export string
 	r      *runReader
@@ -96,6 +98,9 @@ type lazyDisk struct {
 
 	// pf is the run's prefetch, which stopLazyDisk ends.
 	pf *imagePrefetch
+	// file is the image's file when the disk serves one (an image the
+	// cache holds whole, known only once resolved).
+	file *os.File
 
 	mu    sync.Mutex
 	ends  []*os.File // the VMM's ends of the socket pairs, until stop
@@ -103,21 +108,49 @@ type lazyDisk struct {
 }
 
 // runReader reads the image for one run: every read ends with the run
-// (ctx), and the first failure is kept for the run's error.
+// (ctx), and the first failure is kept for the run's error. Its reads
+// wait until serve gives it the image.
 type runReader struct {
-	ctx    context.Context
-	im     *blockstore.Image
-	failed atomic.Int64
-	// pending counts the reads waiting now.
+	ctx context.Context
+	// ready is closed once src and size are set: src nil means the
+	// run has no image (it failed to resolve).
+	ready chan struct{}
+	src   io.ReaderAt
+	size  int64
+	// failed counts the failed reads; pending the reads waiting now.
+	failed  atomic.Int64
 	pending atomic.Int64
 	mu      sync.Mutex
 	err     error
 }
 
+// errNoImage is the read of a disk whose image could not be resolved
+// (the run fails with the resolve's error).
+var errNoImage = errors.New("the run has no image")
+
+// ReadAt reads the image; past its end, where the disk served before the
+// image was known is larger than the image, it reads zeros.
 func (r *runReader) ReadAt(p []byte, off int64) (int, error) {
 	r.pending.Add(1)
-	n, err := r.im.ReadAtContext(r.ctx, p, off)
-	r.pending.Add(-1)
+	defer r.pending.Add(-1)
+	select {
+	case <-r.ready:
+	case <-r.ctx.Done():
+		return 0, r.ctx.Err()
+	}
+	if r.src == nil {
+		return 0, errNoImage
+	}
+	want := len(p)
+	if off >= r.size {
+		clear(p)
+		return want, nil
+	}
+	if rest := r.size - off; int64(len(p)) > rest {
+		clear(p[rest:])
+		p = p[:rest]
+	}
+	n, err := r.src.ReadAt(p, off)
 	if err != nil && !(errors.Is(err, io.EOF) && n == len(p)) && r.ctx.Err() == nil {
 		r.failed.Add(1)
 		r.mu.Lock()
@@ -125,6 +158,9 @@ func (r *runReader) ReadAt(p []byte, off int64) (int, error) {
 			r.err = err
 		}
 		r.mu.Unlock()
+	}
+	if n == len(p) {
+		return want, nil
 	}
 	return n, err
 }
@@ -149,37 +185,90 @@ func (e *Engine) nbdServer() *nbd.Server {
 	return e.nbd
 }
 
-// startLazyDisk offers img's lazy image for one run, to a VM of the VMM
-// named vmmName whose work directory is work: as a new export of the
-// engine's NBD server, or as a file on a FUSE mount in work when the VMM
-// cannot read NBD. pf is the run's prefetch, started when the run was
-// planned (nil: the metadata's, started now). Its reads end when ctx does
-// or at stopLazyDisk, which the caller calls once the run's VM is gone.
-func (e *Engine) startLazyDisk(ctx context.Context, img *ResolvedImage, vmmName, work string, pf *imagePrefetch) (*lazyDisk, error) {
+// startLazyDisk offers the run's image (ref, resolved as img) for one
+// run, to a VM of the VMM named vmmName whose work directory is work: as
+// a new export of the engine's NBD server, or as a file on a FUSE mount
+// in work when the VMM cannot read NBD. pf is the run's prefetch, started
+// when the run was planned (nil: the metadata's, started now). Its reads
+// end when ctx does or at stopLazyDisk, which the caller calls once the
+// run's VM is gone.
+//
+// img is nil for an image resolved while the VM starts (NBD only): the
+// export then has the size of a boot snapshot's image disk, and its reads
+// wait until serve gives it the image.
+func (e *Engine) startLazyDisk(ctx context.Context, ref string, img *ResolvedImage, vmmName, work string, pf *imagePrefetch) (*lazyDisk, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	d := &lazyDisk{
-		e: e, img: img, cancel: cancel,
+		e: e, cancel: cancel, ref: ref,
 		export: "run-" + rand.Text(),
-		r:      &runReader{ctx: rctx, im: img.Lazy},
-		pf:     pf,
+		r:      &runReader{ctx: rctx, ready: make(chan struct{})},
+	}
+	size := int64(BootSnapshotImageSize)
+	if img != nil {
+		if err := d.serve(img, pf); err != nil {
+			cancel()
+			return nil, err
+		}
+		size = d.r.size
 	}
 	if vmmName != nbdVMM || e.opts.LazyFUSE {
-		if err := d.mountFUSE(work); err != nil {
+		if img == nil {
 			cancel()
-			return nil, fmt.Errorf("serving image %s to %s: %w", img.Reference, vmmName, err)
+			return nil, fmt.Errorf("serving image %s to %s: the image must be resolved first", ref, vmmName)
+		}
+		if err := d.mountFUSE(work); err != nil {
+			d.closeFile()
+			cancel()
+			return nil, fmt.Errorf("serving image %s to %s: %w", ref, vmmName, err)
 		}
 	} else {
-		err := e.nbdServer().AddExport(nbd.Export{Name: d.export, Description: img.Reference, Data: d.r, Size: img.Lazy.Size()})
+		err := e.nbdServer().AddExport(nbd.Export{Name: d.export, Description: ref, Data: d.r, Size: size})
 		if err != nil {
+			d.closeFile()
 			cancel()
-			return nil, fmt.Errorf("serving image %s: %w", img.Reference, err)
+			return nil, fmt.Errorf("serving image %s: %w", ref, err)
 		}
-	}
-	if d.pf == nil {
-		d.pf = e.startPrefetch(rctx, img, "")
 	}
 	e.lazyDisks.Add(1)
 	return d, nil
+}
+
+// serve gives the disk its image, once: a lazy image read within the
+// run, with pf as its prefetch (nil: the metadata's, started now), or
+// the file of one the cache holds whole.
+func (d *lazyDisk) serve(img *ResolvedImage, pf *imagePrefetch) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.r
+	if img.Lazy != nil {
+		if pf == nil {
+			pf = d.e.startPrefetch(r.ctx, img, "")
+		}
+		d.pf = pf
+		r.src, r.size = ctxReader{r.ctx, img.Lazy}, img.Lazy.Size()
+	} else {
+		f, err := os.Open(img.EROFSPath)
+		if err != nil {
+			return fmt.Errorf("serving image %s: %w", img.Reference, err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("serving image %s: %w", img.Reference, err)
+		}
+		d.file = f
+		r.src, r.size = f, fi.Size()
+	}
+	d.img = img
+	close(r.ready)
+	return nil
+}
+
+// closeFile closes the image file the disk serves, if it serves one.
+func (d *lazyDisk) closeFile() {
+	if d.file != nil {
+		d.file.Close()
+	}
 }
 
 // imagePrefetch is a lazy run's prefetch: started when the run is planned,
@@ -301,7 +390,7 @@ func (d *lazyDisk) mountFUSE(work string) error {
 	if err != nil {
 		return err
 	}
-	path, err := fs.Add(d.export+".erofs", d.r, d.img.Lazy.Size())
+	path, err := fs.Add(d.export+".erofs", d.r, d.r.size)
 	if err != nil {
 		fs.Close()
 		return err
@@ -332,18 +421,18 @@ func (d *lazyDisk) attach(vm *machine) (detach func(), err error) {
 func (d *lazyDisk) connect() (*os.File, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("image %s: socket pair: %w", d.img.Reference, err)
+		return nil, fmt.Errorf("image %s: socket pair: %w", d.ref, err)
 	}
 	mine, theirs := os.NewFile(uintptr(fds[0]), "pe-nbd"), os.NewFile(uintptr(fds[1]), "vmm-nbd")
 	nc, err := net.FileConn(mine)
 	mine.Close() // nc has its own copy: the VMM sees the end when nc closes
 	if err != nil {
 		theirs.Close()
-		return nil, fmt.Errorf("image %s: %w", d.img.Reference, err)
+		return nil, fmt.Errorf("image %s: %w", d.ref, err)
 	}
 	if err := d.e.nbdServer().ServeConn(nc); err != nil {
 		theirs.Close()
-		return nil, fmt.Errorf("serving image %s: %w", d.img.Reference, err)
+		return nil, fmt.Errorf("serving image %s: %w", d.ref, err)
 	}
 	d.mu.Lock()
 	d.ends = append(d.ends, theirs)
@@ -368,7 +457,7 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 	if d.fuse != nil {
 		// Close ends reads still waiting and unmounts, whatever they do.
 		if err := d.fuse.Close(); err != nil {
-			e.log.Warn("unmounting a lazy image's FUSE file", "image", d.img.Reference, "error", err)
+			e.log.Warn("unmounting a lazy image's FUSE file", "image", d.ref, "error", err)
 		}
 	} else {
 		e.nbdServer().RemoveExport(d.export)
@@ -377,16 +466,23 @@ func (e *Engine) stopLazyDisk(d *lazyDisk) {
 		f.Close()
 	}
 	d.ends = nil
-	st := diffStats(d.img.Lazy.Stats(), d.pf.before)
-	d.stats = &st
+	d.closeFile()
+	d.stats = &blockstore.Stats{}
+	if d.img != nil && d.img.Lazy != nil {
+		*d.stats = diffStats(d.img.Lazy.Stats(), d.pf.before)
+	}
 	e.lazyDisks.Add(-1)
 	d.pf.saveTrace(d.r.failed.Load() > 0)
 }
 
-// runStats returns the run's counters so far.
+// runStats returns the run's counters so far, nil when the disk serves
+// no lazy image.
 func (d *lazyDisk) runStats() *blockstore.Stats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.img == nil || d.img.Lazy == nil {
+		return nil
+	}
 	if d.stats != nil {
 		s := *d.stats
 		return &s

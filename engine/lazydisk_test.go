@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -173,4 +174,71 @@ func TestProcessCarriedUserFiles(t *testing.T) {
 	if err == nil || fetcher.n.Load() == 0 {
 		t.Errorf("without carried files: error %v after %d fetches; want the image read, and its failure", err, fetcher.n.Load())
 	}
+}
+
+// TestRunReader reads a run's disk served before its image was known: the
+// reads wait for the image, read it, and read zeros past its end (the
+// disk has the size of a boot snapshot's image disk); a run without an
+// image, or one that ended, reads an error.
+func TestRunReader(t *testing.T) {
+	img := []byte("0123456789")
+	zeros := func(n int) string { return string(make([]byte, n)) }
+	for _, c := range []struct {
+		name string
+		off  int64
+		n    int
+		want string
+	}{
+		{"inside", 2, 4, "2345"},
+		{"to the end", 6, 4, "6789"},
+		{"across the end", 8, 6, "89" + zeros(4)},
+		{"past the end", 20, 5, zeros(5)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := &runReader{ctx: t.Context(), ready: make(chan struct{})}
+			type read struct {
+				b   []byte
+				n   int
+				err error
+			}
+			got := make(chan read, 1)
+			go func() {
+				b := bytes.Repeat([]byte{0xee}, c.n)
+				n, err := r.ReadAt(b, c.off)
+				got <- read{b, n, err}
+			}()
+			select {
+			case g := <-got:
+				t.Fatalf("ReadAt returned %d, %v before the image was there", g.n, g.err)
+			case <-time.After(20 * time.Millisecond):
+			}
+			r.src, r.size = bytes.NewReader(img), int64(len(img))
+			close(r.ready)
+			g := <-got
+			if g.err != nil || g.n != c.n {
+				t.Fatalf("ReadAt = %d, %v; want %d, nil", g.n, g.err, c.n)
+			}
+			if diff := cmp.Diff(c.want, string(g.b)); diff != "" {
+				t.Errorf("bytes (-want +got):\n%s", diff)
+			}
+			if r.failed.Load() != 0 || r.pending.Load() != 0 {
+				t.Errorf("failed %d, pending %d; want 0, 0", r.failed.Load(), r.pending.Load())
+			}
+		})
+	}
+	t.Run("no image", func(t *testing.T) {
+		r := &runReader{ctx: t.Context(), ready: make(chan struct{})}
+		close(r.ready)
+		if _, err := r.ReadAt(make([]byte, 4), 0); !errors.Is(err, errNoImage) {
+			t.Errorf("ReadAt: %v; want errNoImage", err)
+		}
+	})
+	t.Run("run ended", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		r := &runReader{ctx: ctx, ready: make(chan struct{})}
+		cancel()
+		if _, err := r.ReadAt(make([]byte, 4), 0); !errors.Is(err, context.Canceled) {
+			t.Errorf("ReadAt: %v; want context.Canceled", err)
+		}
+	})
 }

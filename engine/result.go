@@ -43,11 +43,14 @@ type RunResult struct {
 	// Launch says how the VM came up: LaunchBoot, LaunchBootSnapshot or
 	// LaunchSnapshot (LaunchBoot for a run whose restore failed).
 	Launch string
-	// Durations holds the phases of the run: image (lookup and config
-	// merge), choose_vmm, queue (waiting for a VM slot), initramfs,
+	// Durations holds the phases of the run: choose_vmm, image (lookup
+	// and config merge), queue (waiting for a VM slot), initramfs,
 	// io_file, vm_start, vm (boot, program and shutdown), result, total,
 	// and the guest's own phases as guest_<name>; a run from a snapshot
-	// adds the restore's steps as vm_start/<step name>.
+	// adds the restore's steps as vm_start/<step name>. io_file is
+	// within vm_start, and so is image for an image resolved while the
+	// VM starts (an s3:// image with pe run), which adds
+	// vm_start/image_wait: how long the VM waited for it.
 	Durations map[string]time.Duration
 	// Console is the end of the guest console.
 	Console []byte

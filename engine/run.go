@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pe-project/pe/guest"
+	"github.com/pe-project/pe/image"
 	"github.com/pe-project/pe/vmm"
 )
 
@@ -22,8 +24,9 @@ import (
 // from a snapshot (RunRequest.Snapshot) restores the snapshot's VM instead
 // of booting one; the rest of the run is the same.
 //
-// A run is: plan (the image, the program, how the VM comes up), I/O file,
-// start, wait, collect.
+// A run is: plan (the image, the program, how the VM comes up), start
+// (the I/O file written while the VMM starts), wait, collect. An s3://
+// image is resolved while the VM starts (see resolvesLate).
 func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 	t := newTimer()
 	req, err := e.checkRequest(r)
@@ -47,14 +50,14 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		_, cpus := machineOrDefaults(req.MemoryMiB, req.CPUs)
 		defer yieldCores(cpus)()
 	}
-	vm, err := e.writeIOFile(p, req, t)
+	vm, err := e.newRunVM(p, req, t)
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(vm.work)
-	if img := p.launch.image(); img.Lazy != nil {
+	if p.late != nil || p.img.Lazy != nil {
 		// Stopped after the VM is killed (defers run last first).
-		if vm.lazy, err = e.startLazyDisk(ctx, img, p.choice.VMM, vm.work, p.prefetch); err != nil {
+		if vm.lazy, err = e.startLazyDisk(ctx, req.Image, p.img, p.choice.VMM, vm.work, p.prefetch); err != nil {
 			return nil, err
 		}
 		defer e.stopLazyDisk(vm.lazy)
@@ -96,15 +99,15 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		vm.lazy.stalled = stalled
 		m.Kill()
 		e.stopLazyDisk(vm.lazy)
-		if err := vm.lazy.r.readError(l.image().Reference); err != nil {
+		if err := vm.lazy.r.readError(p.img.Reference); err != nil {
 			return nil, err
 		}
 		if x.killed && stalled > 0 {
-			return nil, &ImageReadError{Reference: l.image().Reference, Waiting: stalled,
+			return nil, &ImageReadError{Reference: p.img.Reference, Waiting: stalled,
 				Err: fmt.Errorf("reads were still waiting for the storage when the VM was killed at its limit (%v)", x.limit)}
 		}
 	}
-	res, err := e.collect(req, l, vm, m, x, t)
+	res, err := e.collect(req, p.img, l, vm, m, x, t)
 	if res != nil {
 		live.complete(res)
 	}
@@ -112,7 +115,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 		res.ImageBlocks = vm.lazy.runStats()
 		if res.TimedOut && vm.lazy.stalled > 0 {
 			// The program waited for the storage until its time ran out.
-			return nil, &ImageReadError{Reference: l.image().Reference, Waiting: vm.lazy.stalled,
+			return nil, &ImageReadError{Reference: p.img.Reference, Waiting: vm.lazy.stalled,
 				Err: fmt.Errorf("reads were still waiting for the storage when the program ran past its time limit (%v)", req.Timeout)}
 		}
 	}
@@ -122,7 +125,7 @@ func (e *Engine) Run(ctx context.Context, r *RunRequest) (*RunResult, error) {
 // lazyError returns the error of a run with a lazy image that failed with
 // err: the image's read error when there was one, which is the cause.
 func (e *Engine) lazyError(vm *runVM, err error) error {
-	if vm.lazy == nil {
+	if vm.lazy == nil || vm.lazy.img == nil {
 		return err
 	}
 	if rerr := vm.lazy.r.readError(vm.lazy.img.Reference); rerr != nil {
@@ -163,41 +166,119 @@ func (e *Engine) checkRequest(r *RunRequest) (*RunRequest, error) {
 // runPlan is what plan decides for a run.
 type runPlan struct {
 	launch launch
-	// proc is the program, the image's config merged with the request.
-	proc   *Process
 	choice *Choice
+	// imagePlan is the run's image and program; zero until late has
+	// resolved, when there is a late.
+	imagePlan
+	// late, when set, is the run's image being resolved while the VM
+	// starts: the VM's prepare takes it over.
+	late *lateImage
 	// release gives the image back to the cache.
 	release func()
+}
+
+// imagePlan is a run's image and what is made of it before the guest
+// runs.
+type imagePlan struct {
+	img *ResolvedImage
+	// proc is the program, the image's config merged with the request.
+	proc *Process
 	// prefetch is a lazy image's prefetch, started once the image is
 	// resolved: the engine's own reads of it (the config's user) and the
 	// VM's start overlap with it.
 	prefetch *imagePrefetch
 }
 
-// startPrefetch starts the prefetch of the run's lazy image img, by the
-// trace of the command o and the image's config name, and has release
-// end it too (the run may fail before its lazy disk takes it over).
-func (p *runPlan) startPrefetch(ctx context.Context, e *Engine, img *ResolvedImage, o Overrides) {
-	var cfg v1.Config
-	if img.Config != nil {
-		cfg = img.Config.Config
+// planImage starts the prefetch of img when it is lazy, by the trace of
+// the command o and the image's config name, and merges the image's
+// config with o. release, returned with or without an error, ends the
+// prefetch and gives the image back.
+func (e *Engine) planImage(ctx context.Context, img *ResolvedImage, o Overrides) (ip imagePlan, release func(), err error) {
+	ip.img = img
+	release = img.release
+	if img.Lazy != nil {
+		var cfg v1.Config
+		if img.Config != nil {
+			cfg = img.Config.Config
+		}
+		key := ""
+		if argv, cwd, err := mergeCommand(&cfg, o); err == nil {
+			key = traceKey(argv, cwd)
+		}
+		pf := e.startPrefetch(ctx, img, key)
+		ip.prefetch = pf
+		release = func() {
+			pf.stop()
+			img.release()
+		}
 	}
-	key := ""
-	if argv, cwd, err := mergeCommand(&cfg, o); err == nil {
-		key = traceKey(argv, cwd)
+	if ip.proc, err = e.process(ctx, img, o); err != nil {
+		return ip, release, fmt.Errorf("image %s: %w", img.Reference, err)
 	}
-	p.prefetch = e.startPrefetch(ctx, img, key)
-	release := p.release
-	p.release = func() {
-		p.prefetch.stop()
-		release()
+	return ip, release, nil
+}
+
+// lateImage is a run's image resolved (and planned) in the background
+// while the run's VM starts.
+type lateImage struct {
+	done    chan struct{}
+	plan    imagePlan
+	err     error
+	release func()
+	// took is how long resolving and planning took.
+	took time.Duration
+}
+
+// resolvesLate says whether the run's image may be resolved while its VM
+// starts: an s3:// image, whose resolving fetches its index (a round
+// trip to the bucket) and no more, run by a VMM that reads the image
+// over NBD, where the engine serves the disk before it knows the image.
+// A registry image is not, as a pull may take minutes: it is pulled
+// before the run takes a VM slot.
+func (e *Engine) resolvesLate(req *RunRequest, choice *Choice) bool {
+	if req.Snapshot != nil || req.SnapshotDir != "" || req.Resolved != nil || e.opts.Images == nil {
+		return false
+	}
+	if choice.VMM != nbdVMM || e.opts.LazyFUSE {
+		return false
+	}
+	r, err := image.ParseReference(req.Image)
+	return err == nil && r.Transport() == image.TransportS3
+}
+
+// resolveLate starts resolving and planning ref's image in the
+// background.
+func (e *Engine) resolveLate(ctx context.Context, ref string, o Overrides) *lateImage {
+	l := &lateImage{done: make(chan struct{}), release: func() {}}
+	go func() {
+		defer close(l.done)
+		start := time.Now()
+		img, err := e.opts.Images.Resolve(ctx, ref)
+		if err != nil {
+			l.err = err
+			return
+		}
+		l.plan, l.release, l.err = e.planImage(ctx, img, o)
+		l.took = time.Since(start)
+	}()
+	return l
+}
+
+// wait returns the image once resolved.
+func (l *lateImage) wait(ctx context.Context) (imagePlan, error) {
+	select {
+	case <-l.done:
+		return l.plan, l.err
+	case <-ctx.Done():
+		return imagePlan{}, ctx.Err()
 	}
 }
 
 // plan resolves the run's image, merges its config with the request,
 // chooses the VMM and decides how the VM comes up: restored from the
 // request's snapshot, restored from the boot snapshot (made first if
-// need be), or booted. It sets req's machine to the snapshot's.
+// need be), or booted. It sets req's machine to the snapshot's. An image
+// that resolvesLate is only started resolving.
 func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (_ *runPlan, err error) {
 	p := &runPlan{release: func() {}}
 	defer func() {
@@ -209,44 +290,55 @@ func (e *Engine) plan(ctx context.Context, req *RunRequest, t *timer) (_ *runPla
 	if err != nil {
 		return nil, err
 	}
+	if p.choice, err = e.Choice(ctx); err != nil {
+		return nil, err
+	}
+	t.lap("choose_vmm")
 	var img *ResolvedImage
 	switch {
 	case snap != nil:
 		if img, err = e.snapshotImage(ctx, snap); err != nil {
 			return nil, err
 		}
-		p.release = img.release
 	case req.Resolved != nil:
 		img = req.Resolved
+	case e.resolvesLate(req, p.choice):
+		l := e.resolveLate(ctx, req.Image, req.Overrides)
+		p.late = l
+		p.release = func() {
+			<-l.done
+			l.release()
+		}
 	default:
 		if img, err = e.opts.Images.Resolve(ctx, req.Image); err != nil {
 			return nil, err
 		}
-		p.release = img.release
 	}
-	if img.Lazy != nil {
-		p.startPrefetch(ctx, e, img, req.Overrides)
-	}
-	if p.proc, err = e.process(ctx, img, req.Overrides); err != nil {
-		return nil, fmt.Errorf("image %s: %w", img.Reference, err)
-	}
-	t.lap("image")
-	if p.choice, err = e.Choice(ctx); err != nil {
-		return nil, err
+	if img != nil {
+		ip, release, err := e.planImage(ctx, img, req.Overrides)
+		if img == req.Resolved {
+			// The caller's image: only the prefetch is the run's to end.
+			release = ip.prefetch.stop
+		}
+		p.release = release
+		if err != nil {
+			return nil, err
+		}
+		p.imagePlan = ip
+		t.lap("image")
 	}
 	switch {
 	case snap != nil:
-		p.launch = &imageSnapshotRestore{restore{e: e, snap: snap, img: img}}
-	case e.opts.BootSnapshots && !req.Debug && fitsBootSnapshot(img):
+		p.launch = &imageSnapshotRestore{restore{e: e, snap: snap}}
+	case e.opts.BootSnapshots && !req.Debug && (p.late != nil || fitsBootSnapshot(img)):
 		if boot := e.tryBootSnapshot(ctx, req.MemoryMiB, req.CPUs); boot != nil {
-			p.launch = &bootSnapshotRestore{restore{e: e, snap: boot, img: img}}
+			p.launch = &bootSnapshotRestore{restore{e: e, snap: boot}}
 			break
 		}
 		fallthrough
 	default:
-		p.launch = &coldBoot{e: e, img: img}
+		p.launch = &coldBoot{e: e}
 	}
-	t.lap("choose_vmm")
 	return p, nil
 }
 
@@ -285,14 +377,17 @@ type runVM struct {
 	machine
 	// lazy serves a lazy image's disk, nil for an image file.
 	lazy *lazyDisk
+	// greq is the request to the guest: its nonce from the start, the
+	// rest once prepare has written it.
 	greq *guest.Request
 	// ready sees the guest's result-ready line on the console.
 	ready *lineWatch
 }
 
-// writeIOFile makes the run directory and the I/O file with the guest's
-// request, and describes the run's machine.
-func (e *Engine) writeIOFile(p *runPlan, req *RunRequest, t *timer) (*runVM, error) {
+// newRunVM makes the run directory and an empty I/O file, which the VMM
+// opens as it starts, and describes the run's machine. Its prepare
+// writes the request into the I/O file, once the run's image is there.
+func (e *Engine) newRunVM(p *runPlan, req *RunRequest, t *timer) (*runVM, error) {
 	initramfs, err := e.initramfs(p.choice)
 	if err != nil {
 		return nil, err
@@ -303,35 +398,73 @@ func (e *Engine) writeIOFile(p *runPlan, req *RunRequest, t *timer) (*runVM, err
 		return nil, err
 	}
 	ioPath := filepath.Join(work, "io.img")
-	proc := p.proc
+	if err := os.WriteFile(ioPath, nil, 0o600); err != nil {
+		os.RemoveAll(work)
+		return nil, fmt.Errorf("write I/O file: %w", err)
+	}
 	greq := &guest.Request{
-		Argv: proc.Argv, Env: proc.Env, Cwd: proc.Cwd,
-		UID: proc.UID, GID: proc.GID, Groups: proc.Groups,
 		Timeout:   req.Timeout,
 		MaxOutput: req.MaxOutput,
-		Time:      time.Now(),
 		Seed:      make([]byte, guest.SeedSize),
 		Nonce:     rand.Text(),
 		Stream:    streamRequest(req.Live),
 	}
 	rand.Read(greq.Seed)
-	if err := guest.WriteIOFile(ioPath, greq, req.Stdin, req.InputDir, e.limits()); err != nil {
-		os.RemoveAll(work)
-		return nil, err
-	}
 	// Once the guest says its result is on the I/O disk, the VM has
 	// nothing more to give: stop it rather than wait for its power-off.
 	// Only the line with the run's nonce counts, which the program cannot
 	// know: a line it forged cannot end the run early.
 	ready := newLineWatch(req.Console, guest.ResultReadyLine(greq.Nonce))
 	vm := &runVM{greq: greq, ready: ready, machine: machine{
-		choice: p.choice, initramfs: initramfs,
-		imagePath: p.launch.image().EROFSPath, ioPath: ioPath, work: work,
+		choice: p.choice, initramfs: initramfs, ioPath: ioPath, work: work,
 		memMiB: req.MemoryMiB, cpus: req.CPUs, debug: req.Debug, console: ready,
 		onStep: func(step string, took time.Duration) { t.d["vm_start/"+step] = took },
 	}}
-	t.lap("io_file")
+	if p.img != nil {
+		vm.imagePath = p.img.EROFSPath
+	}
+	var once sync.Once
+	var prepErr error
+	vm.prepare = func(ctx context.Context) error {
+		once.Do(func() { prepErr = e.prepare(ctx, p, req, vm, t) })
+		return prepErr
+	}
 	return vm, nil
+}
+
+// prepare makes vm ready for its guest: it waits for an image resolved
+// late (and serves it on the run's disk), then writes the request into
+// the I/O file.
+func (e *Engine) prepare(ctx context.Context, p *runPlan, req *RunRequest, vm *runVM, t *timer) error {
+	if p.late != nil {
+		start := time.Now()
+		ip, err := p.late.wait(ctx)
+		if err != nil {
+			return err
+		}
+		t.d["image"] = p.late.took
+		t.d["vm_start/image_wait"] = time.Since(start)
+		if !fitsBootSnapshot(ip.img) {
+			// The run's disk, served before the image was known, has
+			// the size of a boot snapshot's image disk.
+			return fmt.Errorf("image %s: larger than the %d bytes of a VM's image disk", ip.img.Reference, int64(BootSnapshotImageSize))
+		}
+		p.imagePlan = ip
+		if err := vm.lazy.serve(ip.img, ip.prefetch); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	proc := p.proc
+	g := vm.greq
+	g.Argv, g.Env, g.Cwd = proc.Argv, proc.Env, proc.Cwd
+	g.UID, g.GID, g.Groups = proc.UID, proc.GID, proc.Groups
+	g.Time = time.Now()
+	if err := guest.WriteIOFile(vm.ioPath, g, req.Stdin, req.InputDir, e.limits()); err != nil {
+		return err
+	}
+	t.d["io_file"] = time.Since(start)
+	return nil
 }
 
 // vmExit is how a run's VM ended.
@@ -363,7 +496,7 @@ func (e *Engine) wait(ctx context.Context, m vmm.Machine, vm *runVM, timeout tim
 
 // collect reads the guest's result from the I/O file and extracts the
 // output files.
-func (e *Engine) collect(req *RunRequest, l launch, vm *runVM, m vmm.Machine, x vmExit, t *timer) (*RunResult, error) {
+func (e *Engine) collect(req *RunRequest, img *ResolvedImage, l launch, vm *runVM, m vmm.Machine, x vmExit, t *timer) (*RunResult, error) {
 	choice := vm.choice
 	resp, err := guest.ReadResult(vm.ioPath, e.limits())
 	if err == nil && resp.Result.Nonce != vm.greq.Nonce {
@@ -376,7 +509,6 @@ func (e *Engine) collect(req *RunRequest, l launch, vm *runVM, m vmm.Machine, x 
 			Killed: x.killed, Limit: x.limit, Console: m.ConsoleLog(),
 		}
 	}
-	img := l.image()
 	res := &RunResult{
 		Result:  resp.Result,
 		Stdout:  resp.Stdout,

@@ -373,7 +373,7 @@ func (e *Engine) createSnapshot(ctx context.Context, img *ResolvedImage, dir str
 	defer cancel()
 	var lazy *lazyDisk
 	if img != nil && img.Lazy != nil {
-		if lazy, err = e.startLazyDisk(sctx, img, env.choice.VMM, work, nil); err != nil {
+		if lazy, err = e.startLazyDisk(sctx, img.Reference, img, env.choice.VMM, work, nil); err != nil {
 			return nil, err
 		}
 		defer e.stopLazyDisk(lazy)

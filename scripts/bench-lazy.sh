@@ -67,6 +67,10 @@
 #          They stand in for a distant store, but run on this machine: at
 #          nice 0 their CPU (about 0.3 s per cold run on 2 cores) comes out
 #          of the VM's; STORE_NICE=0 measures that way.
+#        STORE_SCHED=idle: run them under SCHED_IDLE instead of a niceness:
+#          the kernel counts a core that runs only them as idle, so the
+#          VMM's threads wake there rather than preempt the guest's vCPU
+#          (a nice-19 task still keeps its core busy). Default: nice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -77,6 +81,12 @@ LAZY_FLAGS=${LAZY_FLAGS:-}
 PUSH_FLAGS=${PUSH_FLAGS:-}
 LEGS=${LEGS:-abcde}
 STORE_NICE=${STORE_NICE:-19}
+STORE_SCHED=${STORE_SCHED:-nice}
+case $STORE_SCHED in
+nice) store=(nice -n "$STORE_NICE") ;;
+idle) store=(chrt -i 0) ;;
+*) echo "bench-lazy: STORE_SCHED=$STORE_SCHED: want nice or idle" >&2; exit 2 ;;
+esac
 STORE=${STORE:-versitygw}
 case $STORE in versitygw | files) ;; *) echo "bench-lazy: STORE=$STORE: want versitygw or files" >&2; exit 2 ;; esac
 SETTLE=${SETTLE:-0}
@@ -134,13 +144,13 @@ gwdir=$work/gw
 mkdir -p "$gwdir"
 gwport=$(freeport)
 GW=http://127.0.0.1:$gwport
-nice -n "$STORE_NICE" versitygw --access "$AK" --secret "$SK" --port "127.0.0.1:$gwport" posix "$gwdir" >"$work/versitygw.log" 2>&1 &
+"${store[@]}" versitygw --access "$AK" --secret "$SK" --port "127.0.0.1:$gwport" posix "$gwdir" >"$work/versitygw.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "$GW/" && break; sleep 0.1; done
 curl -sf -o /dev/null -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AK:$SK" -X PUT "$GW/bench" ||
 	{ echo "bench-lazy: creating the bucket failed" >&2; cat "$work/versitygw.log" >&2; exit 1; }
 $GO build -o "$work/s3delay" ./scripts/s3delay
-nice -n "$STORE_NICE" "$work/s3delay" -target "$GW" -delay "$DELAY" -rate "$RATE" -log "$work/proxy.log" >"$work/proxy.addr" &
+"${store[@]}" "$work/s3delay" -target "$GW" -delay "$DELAY" -rate "$RATE" -log "$work/proxy.log" >"$work/proxy.addr" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/proxy.addr" ] && break; sleep 0.1; done
 touch "$work/proxy.log"
@@ -148,7 +158,7 @@ PROXY=http://$(head -1 "$work/proxy.addr")
 # LAZY_EP: the endpoint of legs d and e.
 LAZY_EP=$PROXY
 if [ "$STORE" = files ]; then
-	nice -n "$STORE_NICE" "$work/s3delay" -files "$gwdir" -delay "$DELAY" -rate "$RATE" -log "$work/proxy.log" >"$work/files.addr" &
+	"${store[@]}" "$work/s3delay" -files "$gwdir" -delay "$DELAY" -rate "$RATE" -log "$work/proxy.log" >"$work/files.addr" &
 	pids+=($!)
 	for _ in $(seq 100); do [ -s "$work/files.addr" ] && break; sleep 0.1; done
 	LAZY_EP=http://$(head -1 "$work/files.addr")
@@ -439,7 +449,7 @@ bytes_ok() {
 cat <<EOF
 
 Image: $(mib "$image_size") EROFS ($IMAGE), pushed as $REF in $((push_ms / 1000)) s (pe image push ${PUSH_FLAGS:-with no flags}).
-S3: $([ "$STORE" = files ] && echo "legs d and e: versitygw's directory served by scripts/s3delay -files; the rest: ")versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections; both at nice $STORE_NICE.
+S3: $([ "$STORE" = files ] && echo "legs d and e: versitygw's directory served by scripts/s3delay -files; the rest: ")versitygw behind scripts/s3delay: $DELAY per request, response bodies over one $RATE bytes/s link shared by all connections; both $([ "$STORE_SCHED" = idle ] && echo "under SCHED_IDLE" || echo "at nice $STORE_NICE").
 Command: pe run --json --input DIR${RUN_FLAGS:+ $RUN_FLAGS} IMAGE sh -c 'cd /run/pe/input && gcc -c -o /tmp/hello.o hello.c && echo ok'
 Median of $ROUNDS rounds; time from the pe command's start to its first byte of output (pe run prints the program's output when the VM ends); each leg on a fresh cache holding the boot snapshot.$([ "$SETTLE" = 0 ] || echo " Each timed leg after sync and $SETTLE s.")${LAZY_FLAGS:+ Lazy runs (c, d, e) with $LAZY_FLAGS.}
 $(uname -r), $(nproc) CPUs, accel $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("accel","?"))' "$work/last.out"), load $(cut -d' ' -f1-3 /proc/loadavg).

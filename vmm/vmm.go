@@ -88,11 +88,12 @@ type Config struct {
 	OnStep func(step string, took time.Duration)
 	// BeforeResume, when set, is called by RestoreSnapshot once the VMM
 	// runs with the snapshot's state loaded, before the guest resumes (a
-	// boot does not call it). Until it returns, the caller may still
-	// write its writable disks' files, which the VMM holds open, and
-	// serve its NBD disks' reads late: the guest reads nothing before it
-	// resumes, and QEMU takes each writable disk's size anew after it.
-	// Its error ends the restore with that error, unwrapped.
+	// boot does not call it). Until it returns, the guest reads nothing:
+	// the caller may still serve its NBD disks' reads late and, with
+	// QEMU, which takes each writable disk's size anew after it, write
+	// its writable disks' files, which the VMM holds open
+	// (cloud-hypervisor keeps the sizes it opened them with). Its error
+	// ends the restore with that error, unwrapped.
 	BeforeResume func(ctx context.Context) error
 }
 

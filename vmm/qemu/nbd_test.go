@@ -40,9 +40,9 @@ func TestNBDArgs(t *testing.T) {
 	i := slices.Index(args, "-drive")
 	want := []string{
 		"-drive", "id=disk0,format=raw,if=none,file.driver=nbd,file.server.type=fd,file.server.str=3,file.export=img,,1,readonly=on",
-		"-device", "virtio-blk-device,drive=disk0",
+		"-device", "virtio-blk-device,drive=disk0,cyls=16383,heads=16,secs=63",
 		"-drive", "id=disk1,file=/tmp/io.img,file.drop-cache=off,format=raw,if=none,cache=unsafe",
-		"-device", "virtio-blk-device,drive=disk1",
+		"-device", "virtio-blk-device,drive=disk1,cyls=16383,heads=16,secs=63",
 		"-device", "virtio-serial-device",
 		"-chardev", "null,id=pe-stream",
 		"-device", "virtserialport,chardev=pe-stream,name=pe.stream",

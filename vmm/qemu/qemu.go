@@ -231,7 +231,11 @@ func argsWith(cfg *vmm.Config, tscKHz int64, a access) []string {
 		} else {
 			drive += ",cache=unsafe"
 		}
-		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id)
+		// A geometry of its own: else QEMU guesses one from the disk's
+		// first sector as it starts, a read an NBD disk may only answer
+		// once its VM is to run (engine: an image resolved while its VM
+		// starts). The guest does not use it.
+		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id+",cyls=16383,heads=16,secs=63")
 	}
 	// The data channel: a virtio-serial port the guest finds by its
 	// name, after the disks so that they keep their names. It is there
