@@ -16,8 +16,8 @@
 # Usage: KEEP=1 LEGS=d ROUNDS=1 scripts/bench-lazy.sh   (once, for WORK)
 #        scripts/bench-lazy-ab.sh WORK OLD_PE NEW_PE [ROUNDS]
 #        RATE=30000000 DELAY=30ms: the link (bench-lazy.sh's defaults)
-#        STORE_NICE=N: versitygw's and the proxy's niceness (default 19)
-#        STORE_SCHED=idle: run them under SCHED_IDLE instead (bench-lazy.sh)
+#        STORE_SCHED=idle|nice, STORE_NICE=N: how versitygw and the proxy
+#          are scheduled, as in bench-lazy.sh (default idle)
 # Run it under scripts/bench-quiet.sh as bench-lazy.sh is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +29,12 @@ ROUNDS=${4:-10}
 RATE=${RATE:-125000000}
 DELAY=${DELAY:-30ms}
 STORE_NICE=${STORE_NICE:-19}
-STORE_SCHED=${STORE_SCHED:-nice}
-store=(nice -n "$STORE_NICE")
-[ "$STORE_SCHED" = idle ] && store=(chrt -i 0)
+STORE_SCHED=${STORE_SCHED:-idle}
+case $STORE_SCHED in
+nice) store=(nice -n "$STORE_NICE") ;;
+idle) store=(chrt -i 0) ;;
+*) echo "bench-lazy-ab: STORE_SCHED=$STORE_SCHED: want nice or idle" >&2; exit 2 ;;
+esac
 IMAGE=${PE_BENCH_IMAGE:-${BENCH_CACHE:-/work/bench-cache}/gcc-1.5g.erofs}
 for f in "$work/gw/bench" "$work/template/pe" "$work/in" "$work/s3delay" "$IMAGE"; do
 	[ -e "$f" ] || { echo "bench-lazy-ab: $f is missing (a KEEP=1 run of bench-lazy.sh makes WORK)" >&2; exit 1; }

@@ -63,14 +63,17 @@
 #          delay and link: a store whose own CPU is not this machine's.
 #          The push, leg c and d's first run (which records the trace)
 #          still go to versitygw. Default: versitygw for every leg.
-#        STORE_NICE=N: the niceness of versitygw and the proxy (default 19).
-#          They stand in for a distant store, but run on this machine: at
-#          nice 0 their CPU (about 0.3 s per cold run on 2 cores) comes out
-#          of the VM's; STORE_NICE=0 measures that way.
-#        STORE_SCHED=idle: run them under SCHED_IDLE instead of a niceness:
-#          the kernel counts a core that runs only them as idle, so the
-#          VMM's threads wake there rather than preempt the guest's vCPU
-#          (a nice-19 task still keeps its core busy). Default: nice.
+#        STORE_SCHED=idle|nice: how versitygw and the proxy are scheduled.
+#          They stand in for a distant store, but run on this machine,
+#          where their CPU (about 0.3 s per cold run on 2 cores) is not a
+#          real store's. idle (the default): SCHED_IDLE, which runs them
+#          only on CPU time nothing else wants, and makes the kernel count
+#          a core that runs only them as idle, so that QEMU's threads wake
+#          there instead of preempting the guest's vCPU. nice: at
+#          STORE_NICE (default 19), as the figures before 2026-12-07 were
+#          measured; a nice-19 task still keeps its core busy, and its
+#          wake-ups still land on the vCPU's core (docs/benchmarks.md);
+#          STORE_NICE=0 gives the store the VM's own priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -81,7 +84,7 @@ LAZY_FLAGS=${LAZY_FLAGS:-}
 PUSH_FLAGS=${PUSH_FLAGS:-}
 LEGS=${LEGS:-abcde}
 STORE_NICE=${STORE_NICE:-19}
-STORE_SCHED=${STORE_SCHED:-nice}
+STORE_SCHED=${STORE_SCHED:-idle}
 case $STORE_SCHED in
 nice) store=(nice -n "$STORE_NICE") ;;
 idle) store=(chrt -i 0) ;;
