@@ -196,36 +196,38 @@ func (e *Engine) nbdServer() *nbd.Server {
 // img is nil for an image resolved while the VM starts (NBD only): the
 // export then has the size of a boot snapshot's image disk, and its reads
 // wait until serve gives it the image.
-func (e *Engine) startLazyDisk(ctx context.Context, ref string, img *ResolvedImage, vmmName, work string, pf *imagePrefetch) (*lazyDisk, error) {
+func (e *Engine) startLazyDisk(ctx context.Context, ref string, img *ResolvedImage, vmmName, work string, pf *imagePrefetch) (_ *lazyDisk, err error) {
+	fuse := vmmName != nbdVMM || e.opts.LazyFUSE
+	if fuse && img == nil {
+		return nil, fmt.Errorf("serving image %s to %s: the image must be resolved first", ref, vmmName)
+	}
 	rctx, cancel := context.WithCancel(ctx)
 	d := &lazyDisk{
 		e: e, cancel: cancel, ref: ref,
 		export: "run-" + rand.Text(),
 		r:      &runReader{ctx: rctx, ready: make(chan struct{})},
 	}
+	defer func() {
+		if err != nil {
+			d.pf.stop()
+			d.closeFile()
+			cancel()
+		}
+	}()
 	size := int64(BootSnapshotImageSize)
 	if img != nil {
 		if err := d.serve(img, pf); err != nil {
-			cancel()
 			return nil, err
 		}
 		size = d.r.size
 	}
-	if vmmName != nbdVMM || e.opts.LazyFUSE {
-		if img == nil {
-			cancel()
-			return nil, fmt.Errorf("serving image %s to %s: the image must be resolved first", ref, vmmName)
-		}
+	if fuse {
 		if err := d.mountFUSE(work); err != nil {
-			d.closeFile()
-			cancel()
 			return nil, fmt.Errorf("serving image %s to %s: %w", ref, vmmName, err)
 		}
 	} else {
 		err := e.nbdServer().AddExport(nbd.Export{Name: d.export, Description: ref, Data: d.r, Size: size})
 		if err != nil {
-			d.closeFile()
-			cancel()
 			return nil, fmt.Errorf("serving image %s: %w", ref, err)
 		}
 	}
